@@ -1,0 +1,439 @@
+//! The frame format: a 16-byte header, then the payload, padded to 8 bytes.
+//!
+//! Every message in a ring is one frame. Both processes build and read frames through this module
+//! only, so the format is defined once.
+//!
+//! ```text
+//!  0        4      6       8                16                 16+len   align8
+//!  | len u32 | kind | flags | flowid u64     | payload (len B)  | pad    |
+//! ```
+//!
+//! * `len` is the **payload** length in bytes (the header is not included).
+//! * Frames start at 8-byte aligned positions. 8, not 16: the header's widest field is a `u64`,
+//!   so 8 keeps every field naturally aligned, and 16 would waste up to 8 more bytes on the small
+//!   line messages (`PING\n`) that dominate. The cost is one more wrap case, below.
+//! * **Wrap rule.** A frame never splits across the end of the data area. At a position whose
+//!   remainder to the end (`rem`) is smaller than a header (only `rem == 8` is possible), both
+//!   sides skip to the start implicitly, without any record. Otherwise, if the frame does not fit
+//!   in `rem`, the producer writes a [`Kind::Pad`] record whose `len` is exactly `rem - 16`, and
+//!   the consumer skips it.
+//! * `flowid` names the client connection: the low 32 bits a slot index, the high 32 bits the
+//!   slot's generation ([`FlowId`]), so a reply for a closed connection never reaches a new one.
+//!
+//! # Payloads by kind
+//!
+//! | kind | direction | payload |
+//! |---|---|---|
+//! | `OPEN` | io → md | [`OpenInfo`]: credit u64, family u16, port u16, service len u16, pad, 16-byte address, service name |
+//! | `DATA` | both | the message bytes |
+//! | `EOF`, `CLOSE`, `PAUSE`, `RESUME` | see [`Kind`] | empty |
+//! | `DRAINED` | io → md | bytes flushed to the client, u64 LE |
+//! | `HELLO` | md → io | [`Hello`]: pid u32, instance u32, start time u64 |
+//! | `BROADCAST` | md → io | service len u16, service name, then the bytes to send (flowid 0) |
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::layout::Direction;
+
+/// Bytes in a frame header.
+pub const HEADER_SIZE: usize = 16;
+/// Frames start at multiples of this.
+pub const ALIGN: usize = 8;
+/// Smallest data area a ring may have.
+pub const MIN_CAPACITY: u64 = 256;
+
+/// Bytes a frame with `payload` bytes occupies in the ring, header and padding included.
+#[inline]
+pub const fn frame_size(payload: usize) -> usize {
+    (HEADER_SIZE + payload + (ALIGN - 1)) & !(ALIGN - 1)
+}
+
+/// What a frame means. `#[repr(u16)]`: the value is stored in the frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Kind {
+    /// Filler to the end of the data area (never returned to callers).
+    Pad = 1,
+    /// io → md: a new flow. Payload: [`OpenInfo`].
+    Open = 2,
+    /// Both ways: one message (io → md: one framed request; md → io: bytes to send).
+    Data = 3,
+    /// io → md: the client half-closed; answer what was read, then close.
+    Eof = 4,
+    /// io → md: the client is gone. md → io: close the flow after flushing what was sent.
+    Close = 5,
+    /// io → md: output bytes flushed to the client; returns output credit. Payload: u64 LE.
+    Drained = 6,
+    /// md → io: stop reading this flow's socket.
+    Pause = 7,
+    /// md → io: resume reading this flow's socket.
+    Resume = 8,
+    /// md → io: send the payload to every flow of a service. Payload: see module docs.
+    Broadcast = 9,
+    /// md → io: the md instance attached; first frame after every attach. Payload: [`Hello`].
+    Hello = 10,
+}
+
+impl Kind {
+    /// Decodes a header value; `None` for unknown values.
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::Pad,
+            2 => Self::Open,
+            3 => Self::Data,
+            4 => Self::Eof,
+            5 => Self::Close,
+            6 => Self::Drained,
+            7 => Self::Pause,
+            8 => Self::Resume,
+            9 => Self::Broadcast,
+            10 => Self::Hello,
+            _ => return None,
+        })
+    }
+
+    /// Whether a consumer of a ring going `dir` accepts this kind (padding is always allowed).
+    pub const fn allowed(self, dir: Direction) -> bool {
+        match dir {
+            Direction::ToMd => matches!(
+                self,
+                Self::Pad | Self::Open | Self::Data | Self::Eof | Self::Close | Self::Drained
+            ),
+            Direction::ToIo => matches!(
+                self,
+                Self::Pad
+                    | Self::Data
+                    | Self::Close
+                    | Self::Pause
+                    | Self::Resume
+                    | Self::Broadcast
+                    | Self::Hello
+            ),
+        }
+    }
+
+    /// Exact payload length this kind requires, if fixed.
+    pub const fn fixed_len(self) -> Option<usize> {
+        match self {
+            Self::Eof | Self::Close | Self::Pause | Self::Resume => Some(0),
+            Self::Drained => Some(8),
+            Self::Hello => Some(Hello::SIZE),
+            Self::Pad | Self::Open | Self::Data | Self::Broadcast => None,
+        }
+    }
+}
+
+/// A frame header as stored in the ring (little-endian host; shmsrv runs on one host).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Payload length in bytes.
+    pub len: u32,
+    /// A [`Kind`] value.
+    pub kind: u16,
+    /// Per-kind flags; 0 today, reserved.
+    pub flags: u16,
+    /// The flow ([`FlowId`] as u64).
+    pub flowid: u64,
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(size_of::<FrameHeader>() == HEADER_SIZE);
+    assert!(core::mem::offset_of!(FrameHeader, flowid) == 8);
+};
+
+/// A flow identifier: slot index (low 32 bits) and slot generation (high 32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FlowId(pub u64);
+
+impl FlowId {
+    /// Builds a flow id from a slot index and its generation.
+    #[inline]
+    pub const fn new(slot: u32, generation: u32) -> Self {
+        Self(((generation as u64) << 32) | slot as u64)
+    }
+    /// The slot index.
+    #[inline]
+    pub const fn slot(self) -> u32 {
+        self.0 as u32
+    }
+    /// The slot's generation.
+    #[inline]
+    pub const fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// A frame borrowed in place from a ring by [`crate::ring::Consumer::peek`].
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// The flow.
+    pub flowid: FlowId,
+    /// Validated kind (never [`Kind::Pad`]).
+    pub kind: Kind,
+    /// Flags as sent.
+    pub flags: u16,
+    /// The payload, in the shared segment.
+    pub payload: &'a [u8],
+}
+
+/// Why a payload could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Shorter than its fixed part, or than its declared name length.
+    Short,
+    /// Address family neither 4 nor 6.
+    BadFamily(u16),
+    /// Service name is not UTF-8.
+    BadName,
+    /// Service name longer than [`MAX_SERVICE_NAME`].
+    NameTooLong(usize),
+}
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Short => f.write_str("payload shorter than its layout"),
+            Self::BadFamily(x) => write!(f, "unknown address family {x}"),
+            Self::BadName => f.write_str("service name is not UTF-8"),
+            Self::NameTooLong(n) => write!(f, "service name of {n} bytes (max {MAX_SERVICE_NAME})"),
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// Longest service name an OPEN or BROADCAST carries.
+pub const MAX_SERVICE_NAME: usize = 64;
+
+/// The payload of an `OPEN` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenInfo<'a> {
+    /// Output bytes md may have outstanding (sent but not yet `DRAINED`) on this flow.
+    pub credit: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The service the flow's listener serves.
+    pub service: &'a str,
+}
+
+impl<'a> OpenInfo<'a> {
+    const FIXED: usize = 32;
+
+    /// Encoded length.
+    pub fn encoded_len(&self) -> usize {
+        Self::FIXED + self.service.len()
+    }
+
+    /// Writes the payload into `out` (at least [`Self::encoded_len`] bytes); returns its length.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, PayloadError> {
+        let n = self.encoded_len();
+        if self.service.len() > MAX_SERVICE_NAME {
+            return Err(PayloadError::NameTooLong(self.service.len()));
+        }
+        if out.len() < n {
+            return Err(PayloadError::Short);
+        }
+        let (family, addr): (u16, [u8; 16]) = match self.peer.ip() {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (4, b)
+            }
+            IpAddr::V6(a) => (6, a.octets()),
+        };
+        out[0..8].copy_from_slice(&self.credit.to_le_bytes());
+        out[8..10].copy_from_slice(&family.to_le_bytes());
+        out[10..12].copy_from_slice(&self.peer.port().to_le_bytes());
+        out[12..14].copy_from_slice(&(self.service.len() as u16).to_le_bytes());
+        out[14..16].fill(0);
+        out[16..32].copy_from_slice(&addr);
+        out[32..n].copy_from_slice(self.service.as_bytes());
+        Ok(n)
+    }
+
+    /// Decodes and validates an `OPEN` payload.
+    pub fn decode(p: &'a [u8]) -> Result<Self, PayloadError> {
+        if p.len() < Self::FIXED {
+            return Err(PayloadError::Short);
+        }
+        let credit = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
+        let family = u16::from_le_bytes([p[8], p[9]]);
+        let port = u16::from_le_bytes([p[10], p[11]]);
+        let name_len = u16::from_le_bytes([p[12], p[13]]) as usize;
+        if name_len > MAX_SERVICE_NAME {
+            return Err(PayloadError::NameTooLong(name_len));
+        }
+        if p.len() != Self::FIXED + name_len {
+            return Err(PayloadError::Short);
+        }
+        let a: [u8; 16] = p[16..32].try_into().expect("16 bytes");
+        let ip = match family {
+            4 => IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+            6 => IpAddr::V6(Ipv6Addr::from(a)),
+            f => return Err(PayloadError::BadFamily(f)),
+        };
+        let service = std::str::from_utf8(&p[32..]).map_err(|_| PayloadError::BadName)?;
+        Ok(Self { credit, peer: SocketAddr::new(ip, port), service })
+    }
+}
+
+/// The payload of a `HELLO` frame: who attached as md instance `instance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// The md process id.
+    pub pid: u32,
+    /// The instance number it attached as.
+    pub instance: u32,
+    /// Its start time in clock ticks since boot (checked against a pidfd's process).
+    pub start_time: u64,
+}
+
+impl Hello {
+    /// Encoded length.
+    pub const SIZE: usize = 16;
+
+    /// Encodes the payload.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.pid.to_le_bytes());
+        b[4..8].copy_from_slice(&self.instance.to_le_bytes());
+        b[8..16].copy_from_slice(&self.start_time.to_le_bytes());
+        b
+    }
+
+    /// Decodes a `HELLO` payload.
+    pub fn decode(p: &[u8]) -> Result<Self, PayloadError> {
+        if p.len() != Self::SIZE {
+            return Err(PayloadError::Short);
+        }
+        Ok(Self {
+            pid: u32::from_le_bytes(p[0..4].try_into().expect("4 bytes")),
+            instance: u32::from_le_bytes(p[4..8].try_into().expect("4 bytes")),
+            start_time: u64::from_le_bytes(p[8..16].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// Encodes a `DRAINED` payload.
+#[inline]
+pub fn encode_drained(bytes: u64) -> [u8; 8] {
+    bytes.to_le_bytes()
+}
+
+/// Decodes a `DRAINED` payload.
+#[inline]
+pub fn decode_drained(p: &[u8]) -> Result<u64, PayloadError> {
+    let b: [u8; 8] = p.try_into().map_err(|_| PayloadError::Short)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Writes a `BROADCAST` payload prefix (service name) followed by `data` into `out`; returns the
+/// length written.
+pub fn encode_broadcast(service: &str, data: &[u8], out: &mut [u8]) -> Result<usize, PayloadError> {
+    if service.len() > MAX_SERVICE_NAME {
+        return Err(PayloadError::NameTooLong(service.len()));
+    }
+    let n = 2 + service.len() + data.len();
+    if out.len() < n {
+        return Err(PayloadError::Short);
+    }
+    out[0..2].copy_from_slice(&(service.len() as u16).to_le_bytes());
+    out[2..2 + service.len()].copy_from_slice(service.as_bytes());
+    out[2 + service.len()..n].copy_from_slice(data);
+    Ok(n)
+}
+
+/// Splits a `BROADCAST` payload into (service, data).
+pub fn decode_broadcast(p: &[u8]) -> Result<(&str, &[u8]), PayloadError> {
+    if p.len() < 2 {
+        return Err(PayloadError::Short);
+    }
+    let n = u16::from_le_bytes([p[0], p[1]]) as usize;
+    if n > MAX_SERVICE_NAME {
+        return Err(PayloadError::NameTooLong(n));
+    }
+    if p.len() < 2 + n {
+        return Err(PayloadError::Short);
+    }
+    let name = std::str::from_utf8(&p[2..2 + n]).map_err(|_| PayloadError::BadName)?;
+    Ok((name, &p[2 + n..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_size_rounds_to_eight() {
+        assert_eq!(frame_size(0), 16);
+        assert_eq!(frame_size(1), 24);
+        assert_eq!(frame_size(8), 24);
+        assert_eq!(frame_size(9), 32);
+        assert_eq!(frame_size(64), 80);
+    }
+
+    #[test]
+    fn kinds_round_trip_and_unknown_rejected() {
+        for v in 0..=u16::MAX {
+            match Kind::from_u16(v) {
+                Some(k) => assert_eq!(k as u16, v),
+                None => assert!(v == 0 || v > 10),
+            }
+        }
+    }
+
+    #[test]
+    fn direction_rules() {
+        assert!(Kind::Open.allowed(Direction::ToMd));
+        assert!(!Kind::Open.allowed(Direction::ToIo));
+        assert!(Kind::Pause.allowed(Direction::ToIo));
+        assert!(!Kind::Pause.allowed(Direction::ToMd));
+        assert!(Kind::Data.allowed(Direction::ToMd) && Kind::Data.allowed(Direction::ToIo));
+    }
+
+    #[test]
+    fn flowid_parts() {
+        let f = FlowId::new(7, 0xdead_beef);
+        assert_eq!(f.slot(), 7);
+        assert_eq!(f.generation(), 0xdead_beef);
+    }
+
+    #[test]
+    fn open_round_trip_v4_v6() {
+        for peer in ["127.0.0.1:5555", "[::1]:80"] {
+            let info = OpenInfo { credit: 1 << 20, peer: peer.parse().unwrap(), service: "dumb" };
+            let mut buf = [0u8; 128];
+            let n = info.encode(&mut buf).unwrap();
+            assert_eq!(n, info.encoded_len());
+            assert_eq!(OpenInfo::decode(&buf[..n]).unwrap(), info);
+            assert_eq!(OpenInfo::decode(&buf[..n - 1]), Err(PayloadError::Short));
+        }
+    }
+
+    #[test]
+    fn open_rejects_garbage() {
+        let mut buf = [0u8; 40];
+        buf[8] = 5; // family 5
+        buf[12] = 8; // name length 8
+        assert_eq!(OpenInfo::decode(&buf), Err(PayloadError::BadFamily(5)));
+        buf[8] = 4;
+        buf[32..40].copy_from_slice(&[0xff; 8]);
+        assert_eq!(OpenInfo::decode(&buf), Err(PayloadError::BadName));
+        buf[12] = 200;
+        assert_eq!(OpenInfo::decode(&buf), Err(PayloadError::NameTooLong(200)));
+    }
+
+    #[test]
+    fn hello_drained_broadcast_round_trip() {
+        let h = Hello { pid: 42, instance: 3, start_time: 123456 };
+        assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+        assert_eq!(decode_drained(&encode_drained(99)).unwrap(), 99);
+        assert!(decode_drained(&[0; 7]).is_err());
+        let mut buf = [0u8; 64];
+        let n = encode_broadcast("dumb", b"hi\n", &mut buf).unwrap();
+        assert_eq!(decode_broadcast(&buf[..n]).unwrap(), ("dumb", &b"hi\n"[..]));
+        assert_eq!(decode_broadcast(&[9, 0, b'a']), Err(PayloadError::Short));
+    }
+}
