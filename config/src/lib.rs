@@ -1,0 +1,604 @@
+//! The one config schema of shmsrv, read from one TOML file by io_conn, md and viewstats.
+//!
+//! Every program loads the whole file with [`Config::load`] (or [`Config::load_or_default`]),
+//! uses its own section plus [`Shared`], and logs [`Config::summary`] once at INFO. Loading
+//! parses, checks the schema and validates; any error names the file, the line and the dotted
+//! key (see [`ConfigError`]), so a bad file stops the program at start, not later.
+//!
+//! # Schema
+//!
+//! | section | struct | read by |
+//! |---|---|---|
+//! | `[shared]` | [`Shared`] | everyone: segment/FIFO names, queue geometry |
+//! | `[io_conn]`, `[[io_conn.listener]]` | [`IoConn`], [`Listener`] | io_conn |
+//! | `[md]`, `[md.dumb]` | [`Md`], [`Dumb`] | md (io_conn reads `md.max_instances`) |
+//! | `[viewstats]` | [`Viewstats`] | viewstats |
+//!
+//! Every section is strict (an unknown key is an error) and every key has a default, so an
+//! empty file is the default config. The shipped file [`SHIPPED`] (`config/shmsrv.toml`) lists
+//! every key with its meaning, default and unit, and equals [`Config::default`].
+//!
+//! Sizes are `u64` bytes and durations [`Duration`]s in the structs; the spellings the file
+//! accepts are documented in [`units`]. A duration of zero means "never" / "off" where a
+//! key's doc says so.
+//!
+//! # Example
+//!
+//! ```
+//! let cfg = config::Config::from_toml_str("[io_conn]\nbacklog = 64\n", "inline").unwrap();
+//! assert_eq!(cfg.io_conn.backlog, 64);
+//! assert_eq!(cfg.shared.queue_size, 1 << 20);
+//!
+//! let err = config::Config::from_toml_str("[io_conn]\nidle_timeout = \"30 parsecs\"\n", "x.toml")
+//!     .unwrap_err();
+//! assert!(err.to_string().starts_with("x.toml:2: io_conn.idle_timeout: invalid duration"));
+//! ```
+
+#![deny(missing_docs)]
+
+mod error;
+mod locate;
+pub mod units;
+mod validate;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::error::{ConfigError, ErrorKind};
+use crate::locate::Locator;
+
+/// The shipped, commented default config (`config/shmsrv.toml`); equals [`Config::default`].
+pub const SHIPPED: &str = include_str!("../shmsrv.toml");
+
+/// Where the binaries look for the config when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/shmsrv/shmsrv.toml";
+
+/// Longest `shared.name` and listener `service`, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Largest `md.max_instances`.
+pub const MAX_MD_INSTANCES: u32 = 256;
+
+/// [`DEFAULT_CONFIG_PATH`] as a path.
+pub fn default_config_path() -> PathBuf {
+    PathBuf::from(DEFAULT_CONFIG_PATH)
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[shared]`: names and queue geometry every program must agree on.
+    pub shared: Shared,
+    /// `[io_conn]`: the process that owns client sockets.
+    pub io_conn: IoConn,
+    /// `[md]`: the logic processes.
+    pub md: Md,
+    /// `[viewstats]`: the stats viewer.
+    pub viewstats: Viewstats,
+}
+
+/// `[shared]`: read by every program; io_conn creates what these describe, the others attach.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shared {
+    /// Prefix of every shm segment, SysV key and FIFO name: 1..=[`MAX_NAME_LEN`] characters of
+    /// `[A-Za-z0-9_-]`. Two servers on one machine need two names. Default `shmsrv`.
+    pub name: String,
+    /// Directory of the FIFOs. Empty = automatic, see [`Config::runtime_dir`]. Otherwise an
+    /// absolute path, and not `/tmp` or `/var/tmp` themselves. Default empty.
+    pub runtime_dir: PathBuf,
+    /// Which kind of shared memory segments to use. Default [`ShmBackend::Posix`].
+    pub shm_backend: ShmBackend,
+    /// Bytes in each ring's data area: a power of two, 4KiB..=4GiB, and at least
+    /// `2 * (max_message rounded up to 8 + 16)` so two largest frames fit. Default 1MiB.
+    #[serde(
+        deserialize_with = "units::deserialize_size",
+        serialize_with = "units::serialize_size"
+    )]
+    pub queue_size: u64,
+    /// Largest payload of one frame between io_conn and md, so the largest client message
+    /// (after framing) and the largest reply chunk. `>= 1`. Default 64KiB.
+    #[serde(
+        deserialize_with = "units::deserialize_size",
+        serialize_with = "units::serialize_size"
+    )]
+    pub max_message: u64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            name: "shmsrv".to_owned(),
+            runtime_dir: PathBuf::new(),
+            shm_backend: ShmBackend::Posix,
+            queue_size: 1 << 20,
+            max_message: 64 << 10,
+        }
+    }
+}
+
+/// Kind of shared memory segment (`shared.shm_backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShmBackend {
+    /// `shm_open` / `mmap`: files in `/dev/shm`. Written `"posix"`.
+    Posix,
+    /// `shmget` / `shmat`: keyed segments, visible with `ipcs -m`. Written `"sysv"`.
+    Sysv,
+}
+
+impl fmt::Display for ShmBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Posix => "posix",
+            Self::Sysv => "sysv",
+        })
+    }
+}
+
+/// `[io_conn]`: the process that owns every client socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IoConn {
+    /// `listen(2)` backlog of each listener, 1..=2147483647 (the kernel caps it at
+    /// `net.core.somaxconn`). Default 1024.
+    pub backlog: u32,
+    /// Size of the preallocated flow table: connections beyond this are accepted and closed at
+    /// once. 1..=16777216. Default 10000.
+    pub max_connections: u32,
+    /// Bytes read per `recv` into a pooled buffer; 1..=64MiB. Default 16KiB.
+    #[serde(
+        deserialize_with = "units::deserialize_size",
+        serialize_with = "units::serialize_size"
+    )]
+    pub read_buffer: u64,
+    /// Close a connection after this long without any traffic; zero = never. At most 365 days.
+    /// Default 300s.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub idle_timeout: Duration,
+    /// A message whose first byte has arrived must be complete within this (slowloris
+    /// defence); zero = never. At most 365 days. Default 30s.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub message_deadline: Duration,
+    /// Per-flow cap on output bytes not yet written to the client: the credit md spends and
+    /// `DRAINED` returns. `>= 1`. Default 256KiB.
+    #[serde(
+        deserialize_with = "units::deserialize_size",
+        serialize_with = "units::serialize_size"
+    )]
+    pub output_credit: u64,
+    /// On SIGTERM, how long to keep flushing output before exiting anyway. At most 1h.
+    /// Default 5s.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub drain_deadline: Duration,
+    /// How long to busy-poll the rings before arming the doorbells and sleeping in epoll;
+    /// zero = never spin. At most 1s. Default 20us.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub spin: Duration,
+    /// The listening sockets (`[[io_conn.listener]]` in the file; at least one). A file that
+    /// has any `[[io_conn.listener]]` table replaces the whole default list.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<Listener>,
+}
+
+impl Default for IoConn {
+    fn default() -> Self {
+        Self {
+            backlog: 1024,
+            max_connections: 10_000,
+            read_buffer: 16 << 10,
+            idle_timeout: Duration::from_secs(300),
+            message_deadline: Duration::from_secs(30),
+            output_credit: 256 << 10,
+            drain_deadline: Duration::from_secs(5),
+            spin: Duration::from_micros(20),
+            listeners: vec![
+                Listener::new(4680, "echo"),
+                Listener::new(9090, "reverse"),
+                Listener::new(8090, "dumb"),
+            ],
+        }
+    }
+}
+
+/// One `[[io_conn.listener]]`: a TCP address and the service its connections get.
+///
+/// `address` and `service` are required in each table; `framing` is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `IP:port` to bind, e.g. `"127.0.0.1:4680"` or `"[::1]:4680"`; host names are not
+    /// resolved. Port 0 = any free port. No two listeners may overlap.
+    #[serde(deserialize_with = "deserialize_addr")]
+    pub address: SocketAddr,
+    /// Name of the md service: `echo`, `reverse`, `dumb`, or any name an md registers;
+    /// 1..=[`MAX_NAME_LEN`] characters of `[A-Za-z0-9_-]`.
+    pub service: String,
+    /// How to cut the byte stream into messages; `None` (written `""` or left out) = the
+    /// service's default, see [`default_framing`] and [`Listener::framing`].
+    #[serde(
+        default,
+        deserialize_with = "deserialize_framing_opt",
+        serialize_with = "serialize_framing_opt"
+    )]
+    pub framing: Option<Framing>,
+}
+
+impl Listener {
+    /// A listener on `127.0.0.1:port` with the service's default framing.
+    fn new(port: u16, service: &str) -> Self {
+        Self {
+            address: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            service: service.to_owned(),
+            framing: None,
+        }
+    }
+
+    /// The framing in effect: the explicit one, else the service's default. A validated
+    /// config always has one of the two; for an unvalidated one with neither, `Raw`.
+    pub fn framing(&self) -> Framing {
+        self.framing.or_else(|| default_framing(&self.service)).unwrap_or(Framing::Raw)
+    }
+}
+
+/// How io_conn finds message boundaries in a client's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// Each `recv` chunk is one message (at most `io_conn.read_buffer` bytes). `"raw"`.
+    Raw,
+    /// Messages end with `\n`. `"line"`.
+    Line,
+    /// Each message is preceded by its length in 4 bytes, network (big-endian) order. `"len32"`.
+    Len32,
+}
+
+impl Framing {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Line => "line",
+            Self::Len32 => "len32",
+        }
+    }
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Default framing of the built-in services: `echo` → raw, `reverse` → line, `dumb` → line;
+/// `None` for any other service (its listeners must set `framing`).
+pub fn default_framing(service: &str) -> Option<Framing> {
+    match service {
+        "echo" => Some(Framing::Raw),
+        "reverse" | "dumb" => Some(Framing::Line),
+        _ => None,
+    }
+}
+
+/// `[md]`: the logic processes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Md {
+    /// Number of md slots io_conn prepares a queue pair and a stats block for; `md --instance
+    /// N` needs `N < max_instances`. 1..=[`MAX_MD_INSTANCES`]. Default 8.
+    pub max_instances: u32,
+    /// How long md busy-polls its input ring before arming the doorbell and sleeping;
+    /// zero = never spin. At most 1s. Default 20us.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub spin: Duration,
+    /// `[md.dumb]`: limits of the built-in `dumb` service.
+    pub dumb: Dumb,
+}
+
+impl Default for Md {
+    fn default() -> Self {
+        Self { max_instances: 8, spin: Duration::from_micros(20), dumb: Dumb::default() }
+    }
+}
+
+/// `[md.dumb]`: limits of the built-in `dumb` service; a request above a limit gets `ERR`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dumb {
+    /// Largest `n` of `BURN n` (iterations). Default 100000000.
+    pub burn_max: u64,
+    /// Largest wait of `WAIT ms`; at most 365 days. Default 60s.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub wait_max: Duration,
+    /// Largest `n` of `STREAM n` (bytes). Default 1000000000.
+    pub stream_max: u64,
+    /// Bytes per `DATA` frame of a `STREAM` reply; at least 1, at most `shared.max_message`
+    /// and `io_conn.output_credit`. Default 16KiB.
+    #[serde(
+        deserialize_with = "units::deserialize_size",
+        serialize_with = "units::serialize_size"
+    )]
+    pub stream_chunk: u64,
+}
+
+impl Default for Dumb {
+    fn default() -> Self {
+        Self {
+            burn_max: 100_000_000,
+            wait_max: Duration::from_secs(60),
+            stream_max: 1_000_000_000,
+            stream_chunk: 16 << 10,
+        }
+    }
+}
+
+/// `[viewstats]`: the stats viewer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Viewstats {
+    /// Interval between screens in `--watch` mode; 10ms..=1h. Default 1s.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub refresh: Duration,
+}
+
+impl Default for Viewstats {
+    fn default() -> Self {
+        Self { refresh: Duration::from_secs(1) }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`. Errors name `path` as given.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let result = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::io(origin.clone(), e))
+            .and_then(|text| Self::from_toml_str(&text, &origin));
+        if let Err(e) = &result {
+            log::debug!("loading config: {e}");
+        }
+        result
+    }
+
+    /// [`Config::load`] of `path`, or the validated defaults when `path` is `None`.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None => {
+                let cfg = Config::default();
+                cfg.validate().map_err(|mut e| {
+                    e.origin = "(built-in defaults)".to_owned();
+                    e
+                })?;
+                Ok(cfg)
+            }
+        }
+    }
+
+    /// Parses and validates a TOML document; `origin` (a file name) starts every error message.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let with_origin = |mut e: ConfigError| {
+            e.origin = origin.to_owned();
+            e
+        };
+        // Pass 1: syntax, and the spans of every key for the messages below.
+        let doc = match toml::de::DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let loc = Locator::empty(text);
+                let mut message = one_line(e.message());
+                // toml says only "duplicate key"; name it.
+                if let Some(key) = e.span().and_then(|s| text.get(s)) {
+                    if message == "duplicate key" && !key.is_empty() && !key.contains('\n') {
+                        message = format!("duplicate key `{key}`");
+                    }
+                }
+                let mut err = ConfigError::new(ErrorKind::Syntax, None, message);
+                err.line = e.span().map(|s| loc.line_of(s.start));
+                return Err(with_origin(err));
+            }
+        };
+        let loc = Locator::new(text, doc.get_ref());
+        // Pass 2: the schema (unknown keys, types, units, enum values).
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let key = e.span().and_then(|s| loc.path_at(&s)).map(str::to_owned);
+            let mut err = ConfigError::new(ErrorKind::Schema, key, one_line(e.message()));
+            err.line = e.span().map(|s| loc.line_of(s.start));
+            with_origin(err)
+        })?;
+        // Pass 3: ranges and cross-key rules.
+        cfg.check().map_err(|inv| with_origin(inv.locate(&loc)))?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and cross-key rules (everything [`Config::load`] checks after parsing).
+    /// The error names the key but, without a file, no origin or line.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(validate::Invalid::into_error)
+    }
+
+    /// Directory of the FIFOs: `shared.runtime_dir` if set; else the first absolute path in
+    /// `$RUNTIME_DIRECTORY` (set by systemd's `RuntimeDirectory=`); else
+    /// `$XDG_RUNTIME_DIR/shmsrv` if that variable is an absolute path; else `/run/shmsrv`.
+    /// Never `/tmp`. The directory is not created here.
+    pub fn runtime_dir(&self) -> PathBuf {
+        resolve_runtime_dir(&self.shared.runtime_dir, |k| std::env::var_os(k))
+    }
+
+    /// The effective config on one line, for logging once at INFO at start.
+    pub fn summary(&self) -> String {
+        use units::{format_duration as d, format_size as b};
+        let (s, io, md) = (&self.shared, &self.io_conn, &self.md);
+        let listeners: Vec<String> = io
+            .listeners
+            .iter()
+            .map(|l| format!("{}={}/{}", l.address, l.service, l.framing()))
+            .collect();
+        format!(
+            "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
+             io_conn: listeners=[{}] backlog={} max_connections={} read_buffer={} \
+             idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={}; \
+             md: max_instances={} spin={} dumb.burn_max={} dumb.wait_max={} \
+             dumb.stream_max={} dumb.stream_chunk={}; viewstats: refresh={}",
+            s.name,
+            self.runtime_dir().display(),
+            s.shm_backend,
+            b(s.queue_size),
+            b(s.max_message),
+            listeners.join(" "),
+            io.backlog,
+            io.max_connections,
+            b(io.read_buffer),
+            d(io.idle_timeout),
+            d(io.message_deadline),
+            b(io.output_credit),
+            d(io.drain_deadline),
+            d(io.spin),
+            md.max_instances,
+            d(md.spin),
+            md.dumb.burn_max,
+            d(md.dumb.wait_max),
+            md.dumb.stream_max,
+            b(md.dumb.stream_chunk),
+            d(self.viewstats.refresh),
+        )
+    }
+
+    /// The config as a TOML document (every key, sizes and durations with units), e.g. for a
+    /// `--print-config` flag. [`Config::from_toml_str`] reads it back to an equal config.
+    pub fn to_toml(&self) -> String {
+        // Every field is a string, integer, table or array of tables: nothing toml rejects.
+        toml::to_string(self).expect("the schema only has types TOML can represent")
+    }
+}
+
+/// [`Config::runtime_dir`] with the environment passed in (for tests).
+fn resolve_runtime_dir(configured: &Path, env: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    if !configured.as_os_str().is_empty() {
+        return configured.to_owned();
+    }
+    if let Some(dirs) = env("RUNTIME_DIRECTORY") {
+        // systemd joins several RuntimeDirectory= entries with ':'.
+        if let Some(dir) = std::env::split_paths(&dirs).find(|p| p.is_absolute()) {
+            return dir;
+        }
+    }
+    if let Some(xdg) = env("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        if xdg.is_absolute() {
+            return xdg.join("shmsrv");
+        }
+    }
+    PathBuf::from("/run/shmsrv")
+}
+
+/// toml's messages can span lines; ours are one line.
+fn one_line(msg: &str) -> String {
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn deserialize_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid address {s:?} (expected IP:port, e.g. \"127.0.0.1:4680\" or \
+             \"[::1]:4680\"; host names are not resolved)"
+        ))
+    })
+}
+
+fn deserialize_framing_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Framing>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "" => Ok(None),
+        "raw" => Ok(Some(Framing::Raw)),
+        "line" => Ok(Some(Framing::Line)),
+        "len32" => Ok(Some(Framing::Len32)),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid framing {s:?} (expected \"raw\", \"line\", \"len32\", or \"\" for the \
+             service's default)"
+        ))),
+    }
+}
+
+fn serialize_framing_opt<S: serde::Serializer>(
+    v: &Option<Framing>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.map_or("", Framing::as_str))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_dir_resolution() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+        };
+        let auto = Path::new("");
+        assert_eq!(resolve_runtime_dir(Path::new("/srv/x"), env(&[])), Path::new("/srv/x"));
+        assert_eq!(resolve_runtime_dir(auto, env(&[])), Path::new("/run/shmsrv"));
+        assert_eq!(
+            resolve_runtime_dir(auto, env(&[("XDG_RUNTIME_DIR", "/run/user/1000")])),
+            Path::new("/run/user/1000/shmsrv")
+        );
+        assert_eq!(
+            resolve_runtime_dir(
+                auto,
+                env(&[("RUNTIME_DIRECTORY", "/run/shmsrv2:/run/other"), ("XDG_RUNTIME_DIR", "/x")])
+            ),
+            Path::new("/run/shmsrv2")
+        );
+        // Relative or empty values are ignored.
+        assert_eq!(
+            resolve_runtime_dir(
+                auto,
+                env(&[("RUNTIME_DIRECTORY", ""), ("XDG_RUNTIME_DIR", "relative")])
+            ),
+            Path::new("/run/shmsrv")
+        );
+    }
+
+    #[test]
+    fn listener_framing() {
+        let mut l = Listener::new(1, "echo");
+        assert_eq!(l.framing(), Framing::Raw);
+        l.service = "reverse".into();
+        assert_eq!(l.framing(), Framing::Line);
+        l.framing = Some(Framing::Len32);
+        assert_eq!(l.framing(), Framing::Len32);
+        l.service = "custom".into();
+        l.framing = None;
+        assert_eq!(l.framing(), Framing::Raw);
+    }
+}
