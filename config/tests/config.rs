@@ -155,7 +155,7 @@ fn summary_names_every_section() {
     let s = Config::default().summary();
     for part in [
         "name=shmsrv",
-        "queue_size=4MiB",
+        "queue_size=1MiB",
         "127.0.0.1:4680=echo/raw",
         "127.0.0.1:9090=reverse/line",
         "idle_timeout=5m",
