@@ -1,1 +1,209 @@
-//! placeholder
+//! viewstats: a read-only viewer of the shmsrv stats segment.
+//!
+//! It maps `{name}.stats` read-only ([`shmq::stats::StatsReader`]: `O_RDONLY` + `PROT_READ`, or
+//! `SHM_RDONLY`), so it cannot change a byte, and knows the counters only through the segment's
+//! descriptor table: a viewer of another build reads any segment of the same layout version.
+//!
+//! Modes: `-1` one-shot table (value, per-second rate since start, description), `--watch` live
+//! view (value and change per second, per-md rows and a total), `--json`, `--prometheus` (text
+//! exposition format). `--wait SECONDS` waits for a segment that is not there yet; otherwise a
+//! missing segment is "no server running under NAME" and exit code 1.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use clap::Parser;
+//! let args = viewstats::Args::parse_from(["viewstats", "--name", "shmsrv", "--json"]);
+//! let code = viewstats::run(&args, &mut std::io::stdout()).unwrap();
+//! std::process::exit(code);
+//! ```
+#![forbid(unsafe_code)]
+
+mod render;
+mod watch;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use shmq::region::Backend;
+use shmq::stats::{StatsError, StatsReader};
+
+pub use render::{json, prometheus, table};
+pub use watch::Watch;
+
+/// Command line.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "viewstats", version, about = "Live counters of a running shmsrv (read-only)")]
+pub struct Args {
+    /// One-shot table: name, value, per-second rate since start, description.
+    #[arg(short = '1', long = "once")]
+    pub once: bool,
+    /// Live view, redrawn every interval (the default on a terminal).
+    #[arg(long, conflicts_with_all = ["once", "json", "prometheus"])]
+    pub watch: bool,
+    /// One JSON document.
+    #[arg(long, conflicts_with_all = ["once", "prometheus"])]
+    pub json: bool,
+    /// Prometheus text exposition format.
+    #[arg(long, conflicts_with = "once")]
+    pub prometheus: bool,
+    /// The server's config file (to find the segment); default: the installed one if present.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Server name (`shared.name`); overrides the config.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Segment kind (`shared.shm_backend`); overrides the config.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// Wait up to SECONDS for the segment to appear.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<f64>,
+    /// Refresh interval of --watch in seconds (default: `viewstats.refresh`).
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<f64>,
+    /// Also show md slots that were never used.
+    #[arg(long)]
+    pub all: bool,
+    /// --watch: stop after N screens (0 = never).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub count: u64,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// /dev/shm files.
+    Posix,
+    /// SysV keyed segments.
+    Sysv,
+}
+
+/// Where the segment is, resolved from the arguments and the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Server name.
+    pub name: String,
+    /// Segment kind.
+    pub backend: Backend,
+    /// Refresh interval for --watch.
+    pub interval: Duration,
+}
+
+impl Target {
+    /// Where an operator finds the segment: `/dev/shm/NAME.stats` or the SysV key.
+    pub fn location(&self) -> String {
+        let seg = shmq::stats::segment_name(&self.name);
+        match self.backend {
+            Backend::Posix => format!("/dev/shm/{seg}"),
+            _ => format!("SysV key {:#010x} ({seg})", shmq::region::sysv_key(&seg)),
+        }
+    }
+}
+
+/// Resolves name, backend and interval: flags first, then the config file (`--config`, else the
+/// installed default if it exists, else built-in defaults).
+pub fn resolve(args: &Args) -> anyhow::Result<Target> {
+    let path = match &args.config {
+        Some(p) => Some(p.clone()),
+        None => Some(config::default_config_path()).filter(|p| p.exists() && args.name.is_none()),
+    };
+    let cfg = config::Config::load_or_default(path.as_deref())
+        .with_context(|| "reading the config".to_owned())?;
+    let name = args.name.clone().unwrap_or_else(|| cfg.shared.name.clone());
+    let backend = match args.backend {
+        Some(BackendArg::Posix) => Backend::Posix,
+        Some(BackendArg::Sysv) => Backend::Sysv,
+        None => match cfg.shared.shm_backend {
+            config::ShmBackend::Posix => Backend::Posix,
+            config::ShmBackend::Sysv => Backend::Sysv,
+        },
+    };
+    let interval = match args.interval {
+        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+        Some(s) => anyhow::bail!("--interval {s}: must be a positive number of seconds"),
+        None => cfg.viewstats.refresh,
+    };
+    Ok(Target { name, backend, interval })
+}
+
+/// Why the segment could not be read.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Not there (after waiting, if asked to).
+    NoServer,
+    /// Any other failure.
+    Other(StatsError),
+}
+
+/// Attaches read-only, waiting up to `wait` for the segment to appear and become ready.
+pub fn open(t: &Target, wait: Option<Duration>) -> Result<StatsReader, OpenError> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        match StatsReader::attach(t.backend, &t.name) {
+            Ok(r) => return Ok(r),
+            Err(e @ (StatsError::NotFound { .. } | StatsError::NotReady)) => match deadline {
+                Some(d) if Instant::now() < d => std::thread::sleep(Duration::from_millis(50)),
+                _ if matches!(e, StatsError::NotReady) => return Err(OpenError::Other(e)),
+                _ => return Err(OpenError::NoServer),
+            },
+            Err(e) => return Err(OpenError::Other(e)),
+        }
+    }
+}
+
+/// Runs viewstats; returns the exit code. Errors and "no server" go to stderr.
+pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let t = resolve(args)?;
+    let wait = match args.wait {
+        Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--wait {s}: must be a non-negative number of seconds"),
+        None => None,
+    };
+    let reader = match open(&t, wait) {
+        Ok(r) => r,
+        Err(OpenError::NoServer) => {
+            eprintln!(
+                "viewstats: no server running under {} (no segment {})",
+                t.name,
+                t.location()
+            );
+            return Ok(1);
+        }
+        Err(OpenError::Other(e)) => {
+            eprintln!("viewstats: {}: {e}", t.location());
+            return Ok(2);
+        }
+    };
+    let watch = args.watch
+        || (!args.once && !args.json && !args.prometheus && {
+            use std::io::IsTerminal;
+            std::io::stdout().is_terminal()
+        });
+    if watch {
+        let mut w = Watch::new(t.clone(), reader, args.all);
+        return w.run(out, args.count);
+    }
+    let snap = reader.snapshot();
+    let alive = render::creator_alive(&snap);
+    if !alive {
+        eprintln!(
+            "viewstats: the server under {} is not running (io_conn pid {} is gone); \
+             these are its last values",
+            t.name, snap.info.creator_pid
+        );
+    }
+    if args.json {
+        let v = json(&t, &snap, args.all);
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else if args.prometheus {
+        out.write_all(prometheus(&snap, args.all).as_bytes())?;
+    } else {
+        out.write_all(table(&t, &snap, args.all).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(0)
+}

@@ -1,0 +1,409 @@
+//! Turning a snapshot into text: the one-shot table, JSON and Prometheus exposition.
+//!
+//! Everything here is generic over the segment's descriptor table; the only names it knows are
+//! the `md` section (for "which slots are in use", the slot state and start time) and the
+//! `X.producer` / `X.consumer` naming of queue halves (for labels).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value, json as j};
+use shmq::stats::{BlockSnapshot, CounterKind, Descriptor, MdState, Snapshot, quantile};
+use shmq::sys::{Liveness, ProcId};
+
+use crate::Target;
+
+/// Whether io_conn (the segment's creator) is still the same live process.
+pub(crate) fn creator_alive(s: &Snapshot) -> bool {
+    ProcId { pid: s.info.creator_pid, start_time: s.info.creator_start_time }.liveness()
+        == Liveness::Alive
+}
+
+/// Index of the `md` section, if the segment has one.
+fn md_section(s: &Snapshot) -> Option<usize> {
+    s.sections.iter().position(|x| x.name == "md")
+}
+
+/// Per slot: shown or not. A slot is shown if its md state is not absent or any value of any of
+/// its blocks is non-zero (or `all`).
+pub(crate) fn shown_slots(s: &Snapshot, all: bool) -> Vec<bool> {
+    let n = s.info.md_slots as usize;
+    let mut shown = vec![all; n];
+    for b in &s.blocks {
+        if s.sections[b.section].instances > 1 || s.sections[b.section].name != "io" {
+            if let Some(x) = shown.get_mut(b.instance as usize) {
+                *x |= b.values.iter().any(|&v| v != 0);
+            }
+        }
+    }
+    shown
+}
+
+pub(crate) fn is_shown(s: &Snapshot, b: &BlockSnapshot, shown: &[bool]) -> bool {
+    s.sections[b.section].name == "io" || shown.get(b.instance as usize).copied().unwrap_or(true)
+}
+
+/// Value of counter `name` in `b`.
+pub(crate) fn value(s: &Snapshot, b: &BlockSnapshot, name: &str) -> Option<u64> {
+    let d = s.sections[b.section].descriptors.iter().find(|d| d.name == name)?;
+    b.values.get(d.word - 1).copied()
+}
+
+/// When the writer of `b` started (Unix ns): the md's start time for md-written blocks, else the
+/// segment's creation.
+fn start_unix_ns(s: &Snapshot, b: &BlockSnapshot) -> u64 {
+    let sec = &s.sections[b.section].name;
+    if matches!(sec.as_str(), "md" | "in.consumer" | "out.producer") {
+        if let Some(st) = md_section(s)
+            .and_then(|m| s.blocks.iter().find(|x| x.section == m && x.instance == b.instance))
+            .and_then(|mb| value(s, mb, "start_time_unix_ns"))
+            .filter(|&v| v != 0)
+        {
+            return st;
+        }
+    }
+    s.info.created_unix_ns
+}
+
+/// Display key of a value: `io.NAME`, `md.3.NAME`, `in.3.producer.NAME`.
+pub(crate) fn key(s: &Snapshot, b: &BlockSnapshot, name: &str) -> String {
+    let sec = &s.sections[b.section];
+    if sec.instances == 1 && sec.name == "io" {
+        return format!("io.{name}");
+    }
+    match sec.name.split_once('.') {
+        Some((a, rest)) => format!("{a}.{}.{rest}.{name}", b.instance),
+        None => format!("{}.{}.{name}", sec.name, b.instance),
+    }
+}
+
+/// A histogram of a block: name, descriptor of its sum (or first bucket), buckets and sum.
+pub(crate) struct Hist<'a> {
+    pub name: &'a str,
+    pub desc: &'a Descriptor,
+    pub buckets: Vec<(u64, u64)>,
+    pub sum: u64,
+}
+
+impl Hist<'_> {
+    pub(crate) fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.1).sum()
+    }
+}
+
+/// Scalar values (counters and gauges) and histograms of a block, in descriptor order.
+pub(crate) fn split<'a>(
+    s: &'a Snapshot,
+    b: &BlockSnapshot,
+) -> (Vec<(&'a Descriptor, u64)>, Vec<Hist<'a>>) {
+    let sec = &s.sections[b.section];
+    let mut scalars = Vec::new();
+    let mut hists: Vec<Hist<'a>> = Vec::new();
+    for d in &sec.descriptors {
+        let v = b.values.get(d.word - 1).copied().unwrap_or(0);
+        match d.kind {
+            CounterKind::Counter | CounterKind::Gauge => scalars.push((d, v)),
+            CounterKind::Bucket | CounterKind::HistSum => {
+                let h = match hists.iter_mut().position(|h| h.name == d.name) {
+                    Some(i) => &mut hists[i],
+                    None => {
+                        hists.push(Hist { name: &d.name, desc: d, buckets: Vec::new(), sum: 0 });
+                        hists.last_mut().expect("just pushed")
+                    }
+                };
+                if d.kind == CounterKind::Bucket {
+                    h.buckets.push((d.bound, v));
+                } else {
+                    h.sum = v;
+                    h.desc = d;
+                }
+            }
+        }
+    }
+    for h in &mut hists {
+        h.buckets.sort_by_key(|b| b.0);
+    }
+    (scalars, hists)
+}
+
+/// `1.2µs`-style duration from ns.
+pub(crate) fn fmt_ns(ns: u64) -> String {
+    match ns {
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{:.1}µs", n as f64 / 1e3),
+        n if n < 1_000_000_000 => format!("{:.1}ms", n as f64 / 1e6),
+        n => format!("{:.2}s", n as f64 / 1e9),
+    }
+}
+
+pub(crate) fn quantiles(h: &Hist<'_>) -> String {
+    let q = |p| quantile(&h.buckets, p).map_or("-".to_owned(), fmt_ns);
+    format!("p50<={} p99<={} p99.9<={}", q(0.5), q(0.99), q(0.999))
+}
+
+fn state_name(v: u64) -> &'static str {
+    MdState::from_u64(v).map_or("unknown", MdState::as_str)
+}
+
+/// The one-shot table: name, value, per-second rate since the writer started, description.
+pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
+    let mut o = String::new();
+    let up = s.taken_unix_ns.saturating_sub(s.info.created_unix_ns);
+    let _ = writeln!(
+        o,
+        "shmsrv {} ({})  epoch {}  io_conn pid {} {}  up {}",
+        t.name,
+        t.location(),
+        s.info.epoch,
+        s.info.creator_pid,
+        if creator_alive(s) { "running" } else { "NOT RUNNING" },
+        fmt_ns(up)
+    );
+    let _ = writeln!(o, "{:<40} {:>16} {:>12}  DESCRIPTION", "NAME", "VALUE", "RATE/S");
+    let shown = shown_slots(s, all);
+    for b in s.blocks.iter().filter(|b| is_shown(s, b, &shown)) {
+        let secs = s.taken_unix_ns.saturating_sub(start_unix_ns(s, b)) as f64 / 1e9;
+        let rate = |v: u64| {
+            if secs > 0.0 { format!("{:.2}", v as f64 / secs) } else { "-".to_owned() }
+        };
+        let (scalars, hists) = split(s, b);
+        for (d, v) in scalars {
+            let r = if d.kind == CounterKind::Counter { rate(v) } else { "-".to_owned() };
+            let mut help = d.help.clone();
+            if s.sections[b.section].name == "md" && d.name == "state" {
+                help = format!("{} ({})", state_name(v), d.help);
+            }
+            if !b.consistent {
+                help.push_str(" [inconsistent read]");
+            }
+            let _ = writeln!(o, "{:<40} {:>16} {:>12}  {}", key(s, b, &d.name), v, r, help);
+        }
+        for h in hists {
+            let c = h.count();
+            let _ = writeln!(
+                o,
+                "{:<40} {:>16} {:>12}  {}; {}",
+                key(s, b, h.name),
+                c,
+                rate(c),
+                quantiles(&h),
+                h.desc.help
+            );
+        }
+    }
+    o
+}
+
+/// One JSON document: header fields, then per section a list of blocks with their values and
+/// histograms (count, sum, quantile bounds and the raw buckets).
+pub fn json(t: &Target, s: &Snapshot, all: bool) -> Value {
+    let shown = shown_slots(s, all);
+    let mut sections = Map::new();
+    for (si, sec) in s.sections.iter().enumerate() {
+        let mut blocks = Vec::new();
+        for b in s.blocks.iter().filter(|b| b.section == si && is_shown(s, b, &shown)) {
+            let (scalars, hists) = split(s, b);
+            let mut values = Map::new();
+            for (d, v) in scalars {
+                values.insert(d.name.clone(), j!(v));
+            }
+            let mut hs = Map::new();
+            for h in hists {
+                let q = |p| quantile(&h.buckets, p);
+                hs.insert(
+                    h.name.to_owned(),
+                    j!({
+                        "unit": h.desc.unit,
+                        "count": h.count(),
+                        "sum": h.sum,
+                        "p50": q(0.5), "p99": q(0.99), "p999": q(0.999),
+                        "buckets": h.buckets.iter().filter(|b| b.1 != 0)
+                            .map(|b| j!([if b.0 == u64::MAX { j!("+Inf") } else { j!(b.0) }, b.1]))
+                            .collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            let mut block = Map::new();
+            block.insert("instance".into(), j!(b.instance));
+            block.insert("consistent".into(), j!(b.consistent));
+            if sec.name == "md" {
+                block
+                    .insert("state_name".into(), j!(state_name(value(s, b, "state").unwrap_or(0))));
+            }
+            block.insert("values".into(), Value::Object(values));
+            block.insert("histograms".into(), Value::Object(hs));
+            blocks.push(Value::Object(block));
+        }
+        sections.insert(sec.name.clone(), Value::Array(blocks));
+    }
+    j!({
+        "name": t.name,
+        "location": t.location(),
+        "epoch": s.info.epoch,
+        "created_unix_ns": s.info.created_unix_ns,
+        "creator_pid": s.info.creator_pid,
+        "creator_start_time": s.info.creator_start_time,
+        "creator_running": creator_alive(s),
+        "md_slots": s.info.md_slots,
+        "layout_version": s.info.layout_version,
+        "schema_version": s.info.schema_version,
+        "taken_unix_ns": s.taken_unix_ns,
+        "sections": Value::Object(sections),
+    })
+}
+
+/// Metric name stem and labels for a block: `io`, `md{slot}`, `queue_producer{slot,queue}`.
+fn prom_stem(s: &Snapshot, b: &BlockSnapshot) -> (String, Vec<(&'static str, String)>) {
+    let sec = &s.sections[b.section];
+    let slot = ("slot", b.instance.to_string());
+    match sec.name.split_once('.') {
+        _ if sec.name == "io" && sec.instances == 1 => ("io".into(), vec![]),
+        Some((q, side)) => {
+            (format!("queue_{}", sanitize(side)), vec![slot, ("queue", q.to_owned())])
+        }
+        None => (sanitize(&sec.name), vec![slot]),
+    }
+}
+
+fn sanitize(n: &str) -> String {
+    n.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+/// Name and scale of a value: nanosecond units become seconds.
+fn prom_name(stem: &str, d_name: &str, unit: &str) -> (String, f64) {
+    let n = sanitize(d_name);
+    let (n, scale) = if matches!(unit, "ns" | "unix_ns" | "mono_ns") {
+        let base = n
+            .strip_suffix("_unix_ns")
+            .or_else(|| n.strip_suffix("_ns"))
+            .map_or(n.clone(), str::to_owned);
+        let base = if unit == "mono_ns" && !base.ends_with("_mono") {
+            format!("{base}_mono")
+        } else {
+            base
+        };
+        (format!("{base}_seconds"), 1e-9)
+    } else {
+        (n, 1.0)
+    };
+    (format!("shmsrv_{stem}_{n}"), scale)
+}
+
+fn escape_help(h: &str) -> String {
+    h.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn labels(l: &[(&str, String)], extra: Option<(&str, String)>) -> String {
+    let all: Vec<String> = l
+        .iter()
+        .cloned()
+        .chain(extra)
+        .map(|(k, v)| {
+            format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+        })
+        .collect();
+    if all.is_empty() { String::new() } else { format!("{{{}}}", all.join(",")) }
+}
+
+/// Exact decimal seconds from integer nanoseconds (no float noise in `le` labels and sums).
+fn ns_as_secs(ns: u64) -> String {
+    let frac = ns % 1_000_000_000;
+    if frac == 0 {
+        return (ns / 1_000_000_000).to_string();
+    }
+    let f = format!("{frac:09}");
+    format!("{}.{}", ns / 1_000_000_000, f.trim_end_matches('0'))
+}
+
+/// Prometheus text exposition (version 0.0.4): `# HELP` / `# TYPE` once per family, names
+/// prefixed `shmsrv_`, counters suffixed `_total`, nanoseconds as seconds, labels `slot` and
+/// `queue`, histograms with cumulative `le` buckets, and `shmsrv_start_time_seconds`.
+pub fn prometheus(s: &Snapshot, all: bool) -> String {
+    struct Family {
+        help: String,
+        typ: &'static str,
+        lines: Vec<String>,
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut fams: HashMap<String, Family> = HashMap::new();
+    let mut add = |name: &str, help: &str, typ: &'static str, line: String| {
+        let f = fams.entry(name.to_owned()).or_insert_with(|| {
+            order.push(name.to_owned());
+            Family { help: escape_help(help), typ, lines: Vec::new() }
+        });
+        f.lines.push(line);
+    };
+    let secs = ns_as_secs;
+    add(
+        "shmsrv_start_time_seconds",
+        "Start time of the server (io_conn) since unix epoch in seconds",
+        "gauge",
+        format!("shmsrv_start_time_seconds {}", secs(s.info.created_unix_ns)),
+    );
+    add(
+        "shmsrv_epoch",
+        "Epoch of the running io_conn (changes on every restart)",
+        "gauge",
+        format!("shmsrv_epoch {}", s.info.epoch),
+    );
+    add(
+        "shmsrv_up",
+        "1 if the io_conn that created the stats segment is running",
+        "gauge",
+        format!("shmsrv_up {}", u8::from(creator_alive(s))),
+    );
+    let shown = shown_slots(s, all);
+    for b in s.blocks.iter().filter(|b| is_shown(s, b, &shown)) {
+        let (stem, lab) = prom_stem(s, b);
+        let (scalars, hists) = split(s, b);
+        for (d, v) in scalars {
+            let (mut name, scale) = prom_name(&stem, &d.name, &d.unit);
+            let typ = if d.kind == CounterKind::Counter {
+                name.push_str("_total");
+                "counter"
+            } else {
+                "gauge"
+            };
+            let val = if scale == 1.0 { v.to_string() } else { ns_as_secs(v) };
+            let line = format!("{name}{} {val}", labels(&lab, None));
+            add(&name, &d.help, typ, line);
+        }
+        for h in hists {
+            let (name, scale) = prom_name(&stem, h.name, &h.desc.unit);
+            let scaled = |v: u64| if scale == 1.0 { v.to_string() } else { ns_as_secs(v) };
+            let mut cum = 0u64;
+            let mut lines = Vec::new();
+            for &(bound, c) in &h.buckets {
+                cum += c;
+                let le = if bound == u64::MAX {
+                    "+Inf".to_owned()
+                } else {
+                    // Integer-valued buckets: `bound` is inclusive, so le = bound exactly.
+                    scaled(bound)
+                };
+                lines.push(format!("{name}_bucket{} {cum}", labels(&lab, Some(("le", le)))));
+            }
+            if h.buckets.last().is_none_or(|b| b.0 != u64::MAX) {
+                lines.push(format!(
+                    "{name}_bucket{} {cum}",
+                    labels(&lab, Some(("le", "+Inf".to_owned())))
+                ));
+            }
+            lines.push(format!("{name}_sum{} {}", labels(&lab, None), scaled(h.sum)));
+            lines.push(format!("{name}_count{} {cum}", labels(&lab, None)));
+            for l in lines {
+                add(&name, &h.desc.help, "histogram", l);
+            }
+        }
+    }
+    let mut o = String::new();
+    for name in &order {
+        let f = &fams[name];
+        let _ = writeln!(o, "# HELP {name} {}", f.help);
+        let _ = writeln!(o, "# TYPE {name} {}", f.typ);
+        for l in &f.lines {
+            let _ = writeln!(o, "{l}");
+        }
+    }
+    o
+}
