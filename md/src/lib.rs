@@ -1,1 +1,85 @@
-//! placeholder
+//! md: shmsrv's logic process, as a library.
+//!
+//! io_conn owns the client sockets and sends each md instance framed requests through a
+//! shared-memory ring; md answers through another. This crate is everything on md's side:
+//!
+//! * [`Service`]: the API business logic implements (per-flow state, requests in, bytes out,
+//!   timers), with [`Ctx`] and [`Status`];
+//! * [`Runner`]: the event loop that drives a service over an attached queue pair
+//!   ([`Endpoint`]): batches, output credit, request order, `PAUSE`/`RESUME`, timers, signals;
+//! * [`serve`]: attach to io_conn's pair for an instance, run, and re-attach after io_conn
+//!   restarts;
+//! * [`services`]: the built-in `echo`, `reverse` and `dumb` services, and [`services::Builtin`]
+//!   which serves them all (the `md` binary).
+//!
+//! # Writing your own md
+//!
+//! Implement [`Service`], then do in `main` what the `md` binary does (see
+//! `md/examples/upper.rs` for a complete program):
+//!
+//! ```no_run
+//! use md::{Control, Ctx, Runner, RunnerOptions, Service, Status};
+//! use shmq::frame::OpenInfo;
+//!
+//! /// Answers every line with its length.
+//! struct LineLength;
+//!
+//! impl Service for LineLength {
+//!     type Flow = ();
+//!     fn open(&mut self, info: &OpenInfo<'_>, _cx: &mut Ctx<'_>) -> Option<()> {
+//!         (info.service == "length").then_some(())
+//!     }
+//!     fn message(&mut self, _: &mut (), msg: &[u8], cx: &mut Ctx<'_>) -> Status {
+//!         use std::fmt::Write as _;
+//!         let _ = writeln!(cx, "{}", md::services::strip_eol(msg).len());
+//!         Status::Done
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mask = md::block_signals()?; // first, before any thread exists
+//!     let cfg = config::Config::load_or_default(None)?;
+//!     let pair = md::pair_config(&cfg);
+//!     let (control, _handle) = Control::new()?;
+//!     let control = control.with_signals(&mask)?;
+//!     let mut runner = Runner::new(LineLength, RunnerOptions::from_config(&cfg, 0, 0));
+//!     md::serve(&mut runner, &pair, 0, &control)?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Allocation
+//!
+//! In steady state (existing flows, requests that fit the flow's buffers) the runner allocates
+//! nothing per message: frames are read in place, buffers are reused, the flow table and the timer
+//! heap keep their capacity. `md/tests/alloc.rs` checks it with a counting allocator.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod control;
+mod runner;
+mod serve;
+mod service;
+pub mod services;
+pub mod stats;
+mod timer;
+
+pub use control::{Control, ShutdownHandle, block_signals, handled_signals};
+pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
+pub use serve::{ServeError, serve};
+pub use service::{Ctx, Service, Status};
+pub use stats::Stats;
+
+/// The queue-pair parameters of the config's `[shared]` section.
+pub fn pair_config(cfg: &config::Config) -> shmq::pair::PairConfig {
+    shmq::pair::PairConfig {
+        name: cfg.shared.name.clone(),
+        runtime_dir: cfg.runtime_dir(),
+        backend: match cfg.shared.shm_backend {
+            config::ShmBackend::Posix => shmq::region::Backend::Posix,
+            config::ShmBackend::Sysv => shmq::region::Backend::Sysv,
+        },
+        capacity: cfg.shared.queue_size,
+        max_payload: cfg.shared.max_message,
+    }
+}

@@ -1,0 +1,128 @@
+//! How an md runner is told to stop: SIGTERM/SIGINT through a signalfd (the binary), or a
+//! [`ShutdownHandle`] (tests, embedders).
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// The signals md handles through its signalfd: SIGTERM and SIGINT stop it, SIGHUP is logged
+/// and ignored (md has nothing to reload: restart it to apply a new config).
+pub fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Blocks [`handled_signals`] in the calling thread. Call first thing in `main`, before any
+/// thread starts, so every thread inherits the mask and the signals queue for the signalfd.
+pub fn block_signals() -> io::Result<SigSet> {
+    let set = handled_signals();
+    set.thread_block().map_err(io::Error::from)?;
+    Ok(set)
+}
+
+/// Asks a runner to stop; cheap to clone, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<EventFd>);
+
+impl ShutdownHandle {
+    /// Requests shutdown: the runner finishes its batch, hands over the output it can and returns
+    /// [`crate::Exit::Shutdown`].
+    pub fn trigger(&self) {
+        // EAGAIN (counter saturated) means a request is pending already.
+        let _ = self.0.write(1);
+    }
+}
+
+/// The runner's view of shutdown requests: an eventfd for [`ShutdownHandle`]s and optionally a
+/// signalfd. Used by one thread (the runner's).
+#[derive(Debug)]
+pub struct Control {
+    shutdown: Arc<EventFd>,
+    signals: Option<SignalFd>,
+    requested: Cell<bool>,
+}
+
+impl Control {
+    /// A control without signals, and the handle that triggers it.
+    pub fn new() -> io::Result<(Self, ShutdownHandle)> {
+        let efd = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(io::Error::from)?,
+        );
+        let c = Self { shutdown: efd.clone(), signals: None, requested: Cell::new(false) };
+        Ok((c, ShutdownHandle(efd)))
+    }
+
+    /// Adds a signalfd for `mask` (which the caller blocked with [`block_signals`]).
+    pub fn with_signals(mut self, mask: &SigSet) -> io::Result<Self> {
+        let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        self.signals = Some(sfd);
+        Ok(self)
+    }
+
+    /// True once shutdown was requested (sticky). Reads pending signals/triggers first.
+    pub fn shutdown_requested(&self) -> bool {
+        self.poll_fds();
+        self.requested.get()
+    }
+
+    /// The sticky flag alone, without reading the fds (the runner reads them when epoll says so).
+    pub(crate) fn requested(&self) -> bool {
+        self.requested.get()
+    }
+
+    pub(crate) fn shutdown_fd(&self) -> BorrowedFd<'_> {
+        self.shutdown.as_fd()
+    }
+
+    pub(crate) fn signal_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.signals.as_ref().map(|s| s.as_fd())
+    }
+
+    /// Reads every pending trigger and signal (non-blocking) and updates the sticky flag.
+    pub(crate) fn poll_fds(&self) {
+        if self.shutdown.read().is_ok() {
+            if !self.requested.get() {
+                log::info!("shutdown requested");
+            }
+            self.requested.set(true);
+        }
+        if let Some(sfd) = &self.signals {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                        log::info!("{sig} received: finishing and exiting");
+                        self.requested.set(true);
+                    }
+                    _ => log::info!("signal {} ignored (md has nothing to reload)", info.ssi_signo),
+                }
+            }
+        }
+    }
+
+    /// Sleeps up to `timeout`, waking early on a shutdown request. Returns
+    /// [`Self::shutdown_requested`]. For backoff between attach attempts.
+    pub fn sleep(&self, timeout: Duration) -> bool {
+        if self.shutdown_requested() {
+            return true;
+        }
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = vec![PollFd::new(self.shutdown.as_fd(), PollFlags::POLLIN)];
+        if let Some(s) = &self.signals {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        self.shutdown_requested()
+    }
+}

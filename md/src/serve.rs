@@ -1,0 +1,126 @@
+//! Attaching to io_conn's queue pair, and re-attaching after io_conn restarts or resets the pair.
+
+use std::fmt;
+use std::time::Duration;
+
+use shmq::pair::{MdSide, PairConfig, PairError};
+
+use crate::control::Control;
+use crate::runner::{Detach, Endpoint, Exit, RunError, Runner};
+use crate::service::Service;
+
+/// Why [`serve`] gave up.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The pair exists but cannot be used by us, and waiting will not help.
+    Attach(PairError),
+    /// The runner's event loop failed.
+    Run(RunError),
+    /// The queue pair is corrupt. md exits so that io_conn notices (pidfd) and resets the pair
+    /// for the restarted md.
+    Corrupt(Detach),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Attach(e) => write!(f, "cannot attach: {e}"),
+            Self::Run(e) => write!(f, "{e}"),
+            Self::Corrupt(why) => write!(f, "{why}; exiting so that io_conn resets the pair"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Attach(e) => Some(e),
+            Self::Run(e) => Some(e),
+            Self::Corrupt(_) => None,
+        }
+    }
+}
+
+/// First and longest pause between attach attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Attaches to instance `instance` of `pair` (waiting with backoff while io_conn is not there),
+/// runs `runner` on it, and re-attaches whenever io_conn goes away or resets the pair, until
+/// shutdown is requested. Returns `Ok(())` after a requested shutdown.
+pub fn serve<S: Service>(
+    runner: &mut Runner<S>,
+    pair: &PairConfig,
+    instance: u32,
+    control: &Control,
+) -> Result<(), ServeError>
+where
+    S::Flow: fmt::Debug,
+{
+    // (epoch, generation) of the pair we last served: a pair still showing them is stale.
+    let mut stale: Option<(u64, u64)> = None;
+    loop {
+        let Some(side) = attach(pair, instance, control, stale)? else { return Ok(()) };
+        stale = Some((side.epoch, side.generation));
+        let io_pidfd = match side.creator.pidfd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!(
+                    "no pidfd for io_conn (pid {}): {e}; noticing its exit by generation only",
+                    side.creator.pid
+                );
+                None
+            }
+        };
+        let mut ep = Endpoint { rx: side.rx, rx_bell: side.rx_bell, tx: side.tx, io_pidfd };
+        match runner.run(&mut ep, control).map_err(ServeError::Run)? {
+            Exit::Shutdown => return Ok(()),
+            Exit::Detached(why @ Detach::Corrupt(_)) => return Err(ServeError::Corrupt(why)),
+            Exit::Detached(why) => {
+                log::warn!("instance {instance}: {why}; waiting for io_conn to re-create the pair")
+            }
+        }
+    }
+}
+
+/// One attach with backoff. `None`: shutdown was requested while waiting.
+fn attach(
+    pair: &PairConfig,
+    instance: u32,
+    control: &Control,
+    stale: Option<(u64, u64)>,
+) -> Result<Option<MdSide>, ServeError> {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_reason = String::new();
+    loop {
+        if control.shutdown_requested() {
+            return Ok(None);
+        }
+        let reason = match pair.attach(instance) {
+            Ok(side) if Some((side.epoch, side.generation)) == stale => {
+                format!(
+                    "waiting for io_conn to reset instance {instance} (epoch {} generation {} is \
+                     the one we left)",
+                    side.epoch, side.generation
+                )
+            }
+            Ok(side) => return Ok(Some(side)),
+            Err(PairError::NotFound { what }) => {
+                format!("waiting for io_conn (segment {what} not found)")
+            }
+            Err(PairError::NotReady { what }) => {
+                format!("waiting for io_conn ({what} not ready)")
+            }
+            Err(e @ PairError::InUse { .. }) => return Err(ServeError::Attach(e)),
+            Err(e) => format!("cannot attach instance {instance} yet: {e}"),
+        };
+        if reason != last_reason {
+            log::info!("{reason}");
+            last_reason = reason;
+        }
+        if control.sleep(backoff) {
+            return Ok(None);
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}

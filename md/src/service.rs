@@ -1,0 +1,200 @@
+//! The API business logic is written against: [`Service`], its per-callback [`Ctx`], and
+//! [`Status`].
+//!
+//! The runner ([`crate::Runner`]) owns everything about queues, output credit, ordering and
+//! backpressure; a service only turns requests into reply bytes. See the crate docs for a
+//! complete example.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use shmq::frame::{FlowId, OpenInfo};
+
+use crate::stats::Stats;
+use crate::timer::Timers;
+
+/// What a callback did with the request it was handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The request is fully answered; the runner may hand the flow's next request to the service.
+    Done,
+    /// The request is still running (a timer, a stream waiting for credit). The runner holds the
+    /// flow's later requests (in order) until a later [`Service::timer`] or
+    /// [`Service::drained`] callback returns [`Status::Done`].
+    Pending,
+}
+
+/// Business logic for one or more services, driven by a [`crate::Runner`].
+///
+/// One value serves every flow; per-flow state lives in [`Service::Flow`], which the runner stores
+/// next to its own bookkeeping and hands back on every callback of that flow.
+///
+/// # The contract
+///
+/// * Callbacks of one flow never overlap, and the runner delivers a flow's requests to
+///   [`Service::message`] one at a time, in order: while a request is [`Status::Pending`], later
+///   requests are held (and io_conn is told to stop reading the client when too many pile up).
+/// * Output is written through the [`Ctx`] ([`Ctx::send`], or `write!` via [`fmt::Write`]) and
+///   goes to the client in the order written. The runner spends the flow's output credit and keeps
+///   what does not fit yet; it never drops bytes. A service that produces a lot (a stream) should
+///   write at most [`Ctx::room`] bytes per callback and continue in [`Service::drained`].
+/// * Nothing here may block, except work a request explicitly asks for (the whole md instance
+///   waits for it). Wait with [`Ctx::set_timer`] instead.
+/// * Steady state should not allocate: reuse buffers in the flow state.
+///
+/// # Example: a line service that answers `HELLO <name>`
+///
+/// ```
+/// use std::fmt::Write as _;
+/// use md::{Ctx, Service, Status};
+/// use shmq::frame::OpenInfo;
+///
+/// struct Greeter;
+///
+/// impl Service for Greeter {
+///     type Flow = ();
+///
+///     fn open(&mut self, info: &OpenInfo<'_>, _cx: &mut Ctx<'_>) -> Option<()> {
+///         (info.service == "greet").then_some(()) // refuse other services: the flow is closed
+///     }
+///
+///     fn message(&mut self, _flow: &mut (), msg: &[u8], cx: &mut Ctx<'_>) -> Status {
+///         let line = md::services::strip_eol(msg);
+///         match line.strip_prefix(b"HELLO ") {
+///             Some(name) => {
+///                 cx.send(b"hello, ");
+///                 cx.send(name);
+///                 cx.send(b"\n");
+///             }
+///             None => {
+///                 cx.error();
+///                 let _ = write!(cx, "ERR expected HELLO <name>, got {} bytes\n", line.len());
+///             }
+///         }
+///         Status::Done
+///     }
+/// }
+/// ```
+pub trait Service {
+    /// Per-flow state, created by [`Service::open`] and dropped by [`Service::close`].
+    type Flow;
+
+    /// A new flow (client connection) of `info.service`. Return its state, or `None` to refuse
+    /// it (unknown service): the runner then closes the flow. May write a greeting.
+    fn open(&mut self, info: &OpenInfo<'_>, cx: &mut Ctx<'_>) -> Option<Self::Flow>;
+
+    /// One request: for `line` services one complete line including its `\n` (a `\r` before
+    /// it is possible; the last line before an EOF may lack the `\n`); for `raw` services
+    /// whatever chunk io_conn read. `msg` is valid only during the call.
+    fn message(&mut self, flow: &mut Self::Flow, msg: &[u8], cx: &mut Ctx<'_>) -> Status;
+
+    /// A timer set with [`Ctx::set_timer`] fired with `token`. The return value finishes the
+    /// pending request (ignored when none is pending). Timers of a closed flow never fire.
+    fn timer(&mut self, flow: &mut Self::Flow, token: u64, cx: &mut Ctx<'_>) -> Status {
+        let _ = (flow, token, cx);
+        Status::Pending
+    }
+
+    /// Output credit came back (io_conn flushed bytes to the client) while a request of this flow
+    /// is pending: [`Ctx::room`] may have grown. The return value finishes the pending request.
+    fn drained(&mut self, flow: &mut Self::Flow, cx: &mut Ctx<'_>) -> Status {
+        let _ = (flow, cx);
+        Status::Pending
+    }
+
+    /// The client half-closed and every request before it is answered. May write a last
+    /// message; the runner then sends everything and closes the flow.
+    fn eof(&mut self, flow: &mut Self::Flow, cx: &mut Ctx<'_>) {
+        let _ = (flow, cx);
+    }
+
+    /// The flow is gone (the client left, or md closed it after an EOF, or io_conn went away).
+    /// Drop its state; its timers are cancelled already.
+    fn close(&mut self, flow: Self::Flow) {
+        let _ = flow;
+    }
+
+    /// Names of the request kinds this service counts with [`Ctx::count`], in index order (at
+    /// most [`crate::stats::MAX_COMMANDS`]); for stats.
+    fn command_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// What a callback may do: write output, set timers, count. Borrowed for one callback.
+pub struct Ctx<'a> {
+    pub(crate) flow: FlowId,
+    pub(crate) slot: u32,
+    /// The flow's outbox: bytes written but not yet in the ring.
+    pub(crate) out: &'a mut Vec<u8>,
+    /// Credit not spent by bytes already in the ring, when this callback started.
+    pub(crate) avail: u64,
+    pub(crate) timers: &'a mut Timers,
+    pub(crate) stats: &'a mut Stats,
+    pub(crate) now: Instant,
+}
+
+impl fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("flow", &self.flow)
+            .field("queued", &self.out.len())
+            .field("room", &self.room())
+            .finish()
+    }
+}
+
+impl Ctx<'_> {
+    /// The flow this callback is about.
+    pub fn flow_id(&self) -> FlowId {
+        self.flow
+    }
+
+    /// The time the current batch started (cheaper than `Instant::now()` per request).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Queues `bytes` for the client, after everything written before. Never fails and never
+    /// drops; bytes beyond the flow's credit wait in the flow's outbox until io_conn returns
+    /// credit (and while they wait, the flow's next requests are held).
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Bytes that can still go out now without exceeding the flow's output credit (credit minus
+    /// bytes in flight minus bytes queued). A stream writes at most this much per callback.
+    pub fn room(&self) -> u64 {
+        self.avail.saturating_sub(self.out.len() as u64)
+    }
+
+    /// Bytes written in this flow but not yet handed to io_conn.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Calls [`Service::timer`] with `token` for this flow after `after` (not before). A flow
+    /// may have any number of timers; they are cancelled when the flow closes.
+    pub fn set_timer(&mut self, after: Duration, token: u64) {
+        self.timers.add(self.now + after, self.flow, self.slot, token);
+    }
+
+    /// Counts one request of kind `cmd` (an index into [`Service::command_names`]).
+    pub fn count(&mut self, cmd: usize) {
+        if let Some(c) = self.stats.commands.get_mut(cmd) {
+            *c += 1;
+        }
+    }
+
+    /// Counts one error reply (a request that was answered with an error).
+    pub fn error(&mut self) {
+        self.stats.errors += 1;
+    }
+}
+
+impl fmt::Write for Ctx<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.send(s.as_bytes());
+        Ok(())
+    }
+}

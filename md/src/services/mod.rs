@@ -1,0 +1,117 @@
+//! The built-in services and [`Builtin`], which serves all of them by name.
+//!
+//! | service | framing | behaviour |
+//! |---|---|---|
+//! | [`echo`] | raw | sends back every chunk as received |
+//! | [`reverse`] | line | sends back each line reversed, then `\n` |
+//! | [`dumb`] | line | `PING`, `WAIT <ms>`, `BURN <n>`, `STREAM <n>` (see the module) |
+
+pub mod dumb;
+pub mod echo;
+pub mod reverse;
+
+use shmq::frame::OpenInfo;
+
+use crate::service::{Ctx, Service, Status};
+
+pub use dumb::{Dumb, DumbFlow, DumbOptions};
+pub use echo::Echo;
+pub use reverse::Reverse;
+
+/// `msg` without its line ending: one trailing `\n`, then one trailing `\r`, if present.
+pub fn strip_eol(msg: &[u8]) -> &[u8] {
+    let m = msg.strip_suffix(b"\n").unwrap_or(msg);
+    m.strip_suffix(b"\r").unwrap_or(m)
+}
+
+/// Every built-in service in one [`Service`], chosen per flow by the `OPEN` frame's service name
+/// (`echo`, `reverse`, `dumb`); other names are refused (the flow is closed).
+#[derive(Debug)]
+pub struct Builtin {
+    /// The `dumb` service (holds its limits).
+    pub dumb: Dumb,
+}
+
+/// Per-flow state of [`Builtin`].
+#[derive(Debug)]
+pub enum BuiltinFlow {
+    /// An `echo` flow.
+    Echo,
+    /// A `reverse` flow.
+    Reverse,
+    /// A `dumb` flow.
+    Dumb(DumbFlow),
+}
+
+/// Command indices of [`Builtin`] (see [`Service::command_names`]).
+pub mod cmd {
+    /// An echoed chunk.
+    pub const ECHO: usize = 0;
+    /// A reversed line.
+    pub const REVERSE: usize = 1;
+    /// `dumb` `PING`.
+    pub const PING: usize = 2;
+    /// `dumb` `WAIT`.
+    pub const WAIT: usize = 3;
+    /// `dumb` `BURN`.
+    pub const BURN: usize = 4;
+    /// `dumb` `STREAM`.
+    pub const STREAM: usize = 5;
+    /// `dumb` request answered with `ERR`.
+    pub const ERR: usize = 6;
+}
+
+const COMMANDS: &[&str] =
+    &["echo", "reverse", "dumb.ping", "dumb.wait", "dumb.burn", "dumb.stream", "dumb.err"];
+
+impl Builtin {
+    /// The built-in services, `dumb` limited by `dumb`.
+    pub fn new(dumb: DumbOptions) -> Self {
+        Self { dumb: Dumb::new(dumb) }
+    }
+}
+
+impl Service for Builtin {
+    type Flow = BuiltinFlow;
+
+    fn open(&mut self, info: &OpenInfo<'_>, cx: &mut Ctx<'_>) -> Option<BuiltinFlow> {
+        match info.service {
+            "echo" => Echo.open(info, cx).map(|()| BuiltinFlow::Echo),
+            "reverse" => Reverse.open(info, cx).map(|()| BuiltinFlow::Reverse),
+            "dumb" => self.dumb.open(info, cx).map(BuiltinFlow::Dumb),
+            _ => None,
+        }
+    }
+
+    fn message(&mut self, flow: &mut BuiltinFlow, msg: &[u8], cx: &mut Ctx<'_>) -> Status {
+        match flow {
+            BuiltinFlow::Echo => Echo.message(&mut (), msg, cx),
+            BuiltinFlow::Reverse => Reverse.message(&mut (), msg, cx),
+            BuiltinFlow::Dumb(f) => self.dumb.message(f, msg, cx),
+        }
+    }
+
+    fn timer(&mut self, flow: &mut BuiltinFlow, token: u64, cx: &mut Ctx<'_>) -> Status {
+        match flow {
+            BuiltinFlow::Dumb(f) => self.dumb.timer(f, token, cx),
+            _ => Status::Done,
+        }
+    }
+
+    fn drained(&mut self, flow: &mut BuiltinFlow, cx: &mut Ctx<'_>) -> Status {
+        match flow {
+            BuiltinFlow::Dumb(f) => self.dumb.drained(f, cx),
+            _ => Status::Done,
+        }
+    }
+
+    fn close(&mut self, flow: BuiltinFlow) {
+        if let BuiltinFlow::Dumb(f) = flow {
+            self.dumb.close(f);
+        }
+    }
+
+    fn command_names(&self) -> &'static [&'static str] {
+        COMMANDS
+    }
+}

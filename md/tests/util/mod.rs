@@ -1,0 +1,314 @@
+//! A harness that plays io_conn's side of one md queue pair: heap rings, real FIFO doorbells in a
+//! private temp dir, and the md runner on its own thread.
+#![allow(dead_code, unreachable_pub)]
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use md::{Control, Endpoint, Exit, Runner, RunnerOptions, Service, ShutdownHandle, Stats};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use shmq::Doorbell;
+use shmq::frame::{FlowId, Hello, Kind, OpenInfo, encode_drained};
+use shmq::layout::Direction;
+use shmq::ring::{Consumer, HeapMemory, Producer, PushError};
+
+/// Generous: a hang fails the test instead of blocking CI; no test asserts on timing.
+pub const WATCHDOG: Duration = Duration::from_secs(20);
+
+/// A frame the harness received from md (copied out of the ring).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Out {
+    pub flow: FlowId,
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+}
+
+/// Removes the temp dir even when a test panics.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(test: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("md-test-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Self(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// io_conn's side of a pair plus the md runner thread.
+pub struct Io {
+    pub tx: Producer,
+    pub rx: Consumer,
+    pub bell: Doorbell,
+    pub shutdown: ShutdownHandle,
+    pub runner: Option<JoinHandle<(Exit, Stats)>>,
+    pub in_mem: Arc<HeapMemory>,
+    pub out_mem: Arc<HeapMemory>,
+    /// Write end of the pipe whose read end md watches as io_conn's "pidfd": writing to it
+    /// looks like io_conn exiting.
+    pub fake_pidfd: std::os::fd::OwnedFd,
+    pub _dir: TempDir,
+    /// Frames received and not yet taken by a `expect_*`/`recv_*` call.
+    pub pending: std::collections::VecDeque<Out>,
+}
+
+pub struct Geometry {
+    pub in_cap: u64,
+    pub out_cap: u64,
+    pub max_payload: u64,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Self { in_cap: 1 << 16, out_cap: 1 << 16, max_payload: 8 << 10 }
+    }
+}
+
+/// Fast test options: short spin.
+pub fn opts() -> RunnerOptions {
+    RunnerOptions {
+        instance: 3,
+        start_time: 77,
+        spin: Duration::from_micros(5),
+        ..Default::default()
+    }
+}
+
+impl Io {
+    /// Starts `service` in a runner thread over fresh rings.
+    pub fn start<S>(test: &str, service: S, opts: RunnerOptions, geo: Geometry) -> Self
+    where
+        S: Service + Send + 'static,
+        S::Flow: std::fmt::Debug,
+    {
+        Self::start_with(test, geo, move |ep, control| {
+            let mut r = Runner::new(service, opts);
+            let exit = r.run(ep, control).expect("runner failed");
+            (exit, r.stats().clone())
+        })
+    }
+
+    /// Starts `body` (which runs a runner) on a thread over fresh rings.
+    pub fn start_with<F>(test: &str, geo: Geometry, body: F) -> Self
+    where
+        F: FnOnce(&mut Endpoint, &Control) -> (Exit, Stats) + Send + 'static,
+    {
+        let dir = TempDir::new(test);
+        let md_fifo = dir.0.join("in.fifo");
+        let io_fifo = dir.0.join("out.fifo");
+        let md_bell = Doorbell::create(&md_fifo, 0o600).unwrap();
+        let io_bell = Doorbell::create(&io_fifo, 0o600).unwrap();
+        let in_mem = Arc::new(HeapMemory::new_ring(geo.in_cap, geo.max_payload, Direction::ToMd));
+        let out_mem = Arc::new(HeapMemory::new_ring(geo.out_cap, geo.max_payload, Direction::ToIo));
+        let tx =
+            Producer::attach(in_mem.clone(), 0, Some(Doorbell::open(&md_fifo).unwrap())).unwrap();
+        let rx = Consumer::attach(out_mem.clone(), 0).unwrap();
+        let mut ep = Endpoint {
+            rx: Consumer::attach(in_mem.clone(), 0).unwrap(),
+            rx_bell: md_bell,
+            tx: Producer::attach(out_mem.clone(), 0, Some(Doorbell::open(&io_fifo).unwrap()))
+                .unwrap(),
+            io_pidfd: None,
+        };
+        let (pid_r, pid_w) = nix::unistd::pipe().unwrap();
+        ep.io_pidfd = Some(pid_r);
+        let (control, shutdown) = Control::new().unwrap();
+        let runner = std::thread::Builder::new()
+            .name("md-runner".into())
+            .spawn(move || body(&mut ep, &control))
+            .unwrap();
+        Self {
+            tx,
+            rx,
+            bell: io_bell,
+            shutdown,
+            runner: Some(runner),
+            in_mem,
+            out_mem,
+            fake_pidfd: pid_w,
+            _dir: dir,
+            pending: Default::default(),
+        }
+    }
+
+    pub fn send(&mut self, flow: FlowId, kind: Kind, payload: &[u8]) {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            match self.tx.try_push(flow, kind, 0, payload) {
+                Ok(()) => break,
+                Err(PushError::Full) => {
+                    // md is behind: keep its output moving so it can make progress.
+                    self.poll_into_pending(Duration::from_millis(1));
+                    assert!(Instant::now() < deadline, "input ring stayed full");
+                }
+                Err(e) => panic!("push failed: {e}"),
+            }
+        }
+        self.tx.flush();
+    }
+
+    pub fn open(&mut self, flow: FlowId, service: &str, credit: u64) {
+        let info = OpenInfo { credit, peer: "127.0.0.1:4242".parse().unwrap(), service };
+        let mut buf = [0u8; 128];
+        let n = info.encode(&mut buf).unwrap();
+        self.send(flow, Kind::Open, &buf[..n]);
+    }
+
+    pub fn data(&mut self, flow: FlowId, bytes: &[u8]) {
+        self.send(flow, Kind::Data, bytes);
+    }
+
+    /// Sends each `\n`-terminated line of `text` as one DATA frame (as io_conn's line framer).
+    pub fn lines(&mut self, flow: FlowId, text: &str) {
+        for l in text.split_inclusive('\n') {
+            self.data(flow, l.as_bytes());
+        }
+    }
+
+    pub fn drained(&mut self, flow: FlowId, n: u64) {
+        self.send(flow, Kind::Drained, &encode_drained(n));
+    }
+
+    /// Copies every frame md has published into `pending`; sleeps on the doorbell up to `wait`
+    /// when there is none. Returns how many frames were added.
+    pub fn poll_into_pending(&mut self, wait: Duration) -> usize {
+        let mut n = 0;
+        while let Some(f) = self.rx.peek().expect("output ring corrupt") {
+            self.pending.push_back(Out {
+                flow: f.flowid,
+                kind: f.kind,
+                payload: f.payload.to_vec(),
+            });
+            self.rx.release();
+            n += 1;
+        }
+        self.rx.publish();
+        if n == 0 && self.rx.prepare_sleep(&self.bell) {
+            let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.bell.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+        }
+        n
+    }
+
+    /// The next frame from md (waits up to the watchdog).
+    pub fn recv(&mut self) -> Out {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            if let Some(o) = self.pending.pop_front() {
+                return o;
+            }
+            assert!(Instant::now() < deadline, "no frame from md within {WATCHDOG:?}");
+            self.poll_into_pending(Duration::from_millis(50));
+        }
+    }
+
+    /// Asserts that md sends nothing more within `settle` (used only to check for absence).
+    pub fn expect_silence(&mut self, settle: Duration) {
+        let end = Instant::now() + settle;
+        while Instant::now() < end {
+            self.poll_into_pending(Duration::from_millis(10));
+        }
+        assert!(self.pending.is_empty(), "unexpected frames: {:?}", self.pending);
+    }
+
+    /// Expects HELLO as the very first frame.
+    pub fn expect_hello(&mut self) -> Hello {
+        let o = self.recv();
+        assert_eq!((o.kind, o.flow), (Kind::Hello, FlowId(0)), "first frame is HELLO");
+        Hello::decode(&o.payload).unwrap()
+    }
+
+    /// Receives frames of `flow` until its DATA bytes total `want.len()`, returning DRAINED for
+    /// every DATA frame at once (an infinitely fast client). Asserts the bytes equal `want`.
+    /// Frames of other flows are kept in `pending` order-preserved (returned separately).
+    pub fn expect_bytes(&mut self, flow: FlowId, want: &[u8]) {
+        let got = self.collect_bytes(flow, want.len(), true);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "reply bytes of {flow:?}"
+        );
+    }
+
+    /// Collects `n` DATA bytes of `flow` (drains them back if `ack`); other flows' frames are left
+    /// in `pending`.
+    pub fn collect_bytes(&mut self, flow: FlowId, n: usize, ack: bool) -> Vec<u8> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + WATCHDOG;
+        let mut others = std::collections::VecDeque::new();
+        while got.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} bytes from {flow:?}: {:?}",
+                got.len(),
+                String::from_utf8_lossy(&got)
+            );
+            let Some(o) = self.pending.pop_front() else {
+                self.poll_into_pending(Duration::from_millis(50));
+                continue;
+            };
+            if o.flow != flow {
+                others.push_back(o);
+                continue;
+            }
+            assert_eq!(o.kind, Kind::Data, "unexpected {:?} on {flow:?} after {:?}", o, got);
+            got.extend_from_slice(&o.payload);
+            if ack {
+                self.drained(flow, o.payload.len() as u64);
+            }
+        }
+        others.extend(self.pending.drain(..));
+        self.pending = others;
+        got
+    }
+
+    /// Expects the next frame of `flow` to be `kind` (skipping nothing of that flow).
+    pub fn expect_kind(&mut self, flow: FlowId, kind: Kind) {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            if let Some(pos) = self.pending.iter().position(|o| o.flow == flow) {
+                let o = self.pending.remove(pos).unwrap();
+                assert_eq!(o.kind, kind, "next frame of {flow:?}: {o:?}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {kind:?} for {flow:?}");
+            self.poll_into_pending(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the runner to return by itself.
+    pub fn join(mut self) -> (Exit, Stats) {
+        self.runner.take().unwrap().join().expect("runner thread panicked")
+    }
+
+    /// Stops the runner and returns its exit and stats.
+    pub fn stop(mut self) -> (Exit, Stats) {
+        self.shutdown.trigger();
+        self.runner.take().unwrap().join().expect("runner thread panicked")
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        if let Some(r) = self.runner.take() {
+            self.shutdown.trigger();
+            let _ = r.join();
+        }
+    }
+}
+
+pub fn flow(slot: u32) -> FlowId {
+    FlowId::new(slot, 7)
+}
