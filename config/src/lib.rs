@@ -55,7 +55,8 @@ use crate::locate::Locator;
 /// The shipped, commented default config (`config/shmsrv.toml`); equals [`Config::default`].
 pub const SHIPPED: &str = include_str!("../shmsrv.toml");
 
-/// Where the binaries look for the config when no `--config` is given.
+/// Where the systemd units point `--config`; the binaries themselves use the built-in defaults
+/// when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shmsrv/shmsrv.toml";
 
 /// Longest `shared.name` and listener `service`, in bytes.
