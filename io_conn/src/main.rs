@@ -1,1 +1,100 @@
-fn main() {}
+//! io_conn: owns every client socket of shmsrv and routes messages to md instances.
+//!
+//! Thin: blocks the handled signals (before any thread or child exists), parses arguments,
+//! loads the config, raises the open-files limit, binds and prints the listeners, then calls
+//! [`io_conn::run`]. See `io_conn --help`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// shmsrv's front end: listeners, client connections, framing, routing to md instances.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (default: /etc/shmsrv/shmsrv.toml if it exists, else built-in defaults).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate the config, print the effective settings and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Development mode: start N md children (instances 0..N) and restart any that die.
+    #[arg(long, value_name = "N")]
+    spawn_md: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    // Before anything else (threads, children): signals arrive through the loop's signalfd.
+    if let Err(e) = io_conn::handled_signals().thread_block() {
+        eprintln!("io_conn: blocking signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    match real_main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    let path = args.config.clone().or_else(|| {
+        let p = config::default_config_path();
+        p.is_file().then_some(p)
+    });
+    let mut cfg = config::Config::load_or_default(path.as_deref())?;
+    if args.check_config {
+        println!("config OK: {}", cfg.summary());
+        return Ok(());
+    }
+    log::info!("config: {}", cfg.summary());
+
+    let nofile = io_conn::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
+    let need = u64::from(cfg.io_conn.max_connections) + io_conn::fixed_fds(&cfg);
+    if need > nofile {
+        // Warn and clamp: the server stays useful, and the operator sees the fix.
+        let clamped = nofile.saturating_sub(io_conn::fixed_fds(&cfg)).max(1);
+        log::warn!(
+            "io_conn.max_connections = {} needs ~{need} open files but the limit is {nofile}; \
+             using max_connections = {clamped} (raise LimitNOFILE / ulimit -n)",
+            cfg.io_conn.max_connections
+        );
+        cfg.io_conn.max_connections = u32::try_from(clamped).unwrap_or(u32::MAX);
+    }
+
+    let mut listeners = Vec::with_capacity(cfg.io_conn.listeners.len());
+    let mut out = std::io::stdout().lock();
+    for l in &cfg.io_conn.listeners {
+        let sock = io_conn::bind_listener(l.address, cfg.io_conn.backlog)
+            .with_context(|| format!("binding {} ({})", l.address, l.service))?;
+        let local = sock.local_addr().context("getsockname")?;
+        writeln!(out, "listening {local} {} {}", l.service, l.framing())?;
+        listeners.push((sock, l.clone()));
+    }
+    out.flush()?;
+    drop(out);
+
+    let spawn = match args.spawn_md {
+        Some(count) => {
+            let bin = io_conn::md_binary().context(
+                "--spawn-md: no md binary next to io_conn; build it (cargo build --bins) or set SHMSRV_MD_BIN",
+            )?;
+            Some(io_conn::SpawnMd { bin, config: path.clone(), count })
+        }
+        None => None,
+    };
+    let opts = io_conn::Options { shutdown: None, signals: true, spawn };
+    let on_ready = || {
+        println!("ready");
+    };
+    io_conn::run_with_ready(&cfg, listeners, opts, on_ready)?;
+    Ok(())
+}

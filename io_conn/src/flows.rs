@@ -1,0 +1,418 @@
+//! The flow table: one preallocated slot per possible client connection.
+//!
+//! Used only by the event loop. A flow is named by a [`FlowId`] (slot index + the slot's
+//! generation); the generation is bumped when the flow closes, so a frame md sends for a closed
+//! flow never reaches the connection that reuses the slot (it is dropped and counted). Slots are
+//! reused LIFO (the most recently freed first: warm in cache).
+//!
+//! Two intrusive doubly-linked lists thread through the slots with no allocation:
+//! * [`ListId::Idle`]: every flow holding a socket, least recently active first (idle timeout;
+//!   also how BROADCAST and md death find flows without scanning every slot);
+//! * [`ListId::Deadline`]: flows holding an incomplete message, oldest first (message deadline).
+//!
+//! Both timeouts are fixed durations, so appending at the tail keeps each list ordered by
+//! deadline; the timer only ever looks at the heads.
+//!
+//! # Example
+//!
+//! ```
+//! use io_conn::flows::{FlowTable, ListId};
+//!
+//! let mut t = FlowTable::new(2);
+//! let a = t.alloc().unwrap();
+//! let b = t.alloc().unwrap();
+//! t.push_back(ListId::Idle, a);
+//! t.push_back(ListId::Idle, b);
+//! t.move_to_back(ListId::Idle, a);
+//! assert_eq!(t.front(ListId::Idle), Some(b));
+//! let id = t.id(a);
+//! t.remove(ListId::Idle, a);
+//! t.release(a);
+//! assert_ne!(t.id(a), id, "the slot's generation moved on");
+//! ```
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use nix::sys::epoll::EpollFlags;
+use shmq::frame::FlowId;
+
+use crate::pool::Buf;
+
+/// "No slot" in list links.
+pub const NIL: u32 = u32::MAX;
+/// "No md instance" (a flow held until an md is live).
+pub const NO_MD: u32 = u32::MAX;
+
+/// Life cycle of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Unused; on the free stack.
+    Free,
+    /// Accepted while no md was live; waits (not read) until one says HELLO, or times out.
+    Unassigned,
+    /// Bound to an md instance.
+    Open,
+    /// Socket closed; the CLOSE frame to md is still to be pushed (its ring was full). The slot
+    /// is reused only after that.
+    Closing,
+}
+
+/// Which intrusive list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListId {
+    /// Flows with a socket, least recently active first.
+    Idle = 0,
+    /// Flows with an incomplete input message, oldest first.
+    Deadline = 1,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+    linked: bool,
+}
+
+impl Link {
+    const NONE: Self = Self { prev: NIL, next: NIL, linked: false };
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Flow {
+    /// Current generation of this slot (part of the [`FlowId`]).
+    pub generation: u32,
+    /// Life cycle.
+    pub state: State,
+    /// The client socket (None when Free or Closing).
+    pub sock: Option<TcpStream>,
+    /// Index of the listener it came from (service and framing).
+    pub listener: u16,
+    /// The md instance it is bound to, or [`NO_MD`].
+    pub md: u32,
+    /// The client's address (for OPEN).
+    pub peer: SocketAddr,
+    /// Input not yet pushed to md: an incomplete message, or messages the full ring refused.
+    pub input: Option<Buf>,
+    /// Output not yet written to the client.
+    pub output: Option<Buf>,
+    /// Bytes in `output` md did not pay credit for (len32 prefixes, BROADCAST): subtracted from
+    /// what is flushed before reporting DRAINED.
+    pub uncredited: u64,
+    /// Credited bytes flushed to the client and not yet reported with DRAINED.
+    pub drained: u64,
+    /// In the loop's DRAINED list.
+    pub in_drained_list: bool,
+    /// The epoll interest currently registered.
+    pub interest: EpollFlags,
+    /// md sent PAUSE: do not read.
+    pub md_paused: bool,
+    /// In its md's blocked queue (something to push did not fit the ring): do not read.
+    pub blocked: bool,
+    /// OPEN still to be pushed.
+    pub open_pending: bool,
+    /// The client half-closed (or shutdown asked for an orderly end): read no more.
+    pub eof_seen: bool,
+    /// EOF still to be pushed to md (after any buffered messages).
+    pub eof_pending: bool,
+    /// Close once `output` is flushed (md sent CLOSE, or an error reply is on its way).
+    pub close_after_flush: bool,
+    /// The pending close (`close_after_flush`) is for an oversized message, not md's CLOSE.
+    pub error_close: bool,
+    /// Lingering close after an error reply: our side is shut down for writing and input is
+    /// read and discarded until the client closes (or the message deadline), so closing with
+    /// unread input does not send an RST that would destroy the error line in flight.
+    pub discard: bool,
+    /// The id the flow had while open (the CLOSE to push while Closing).
+    pub close_id: FlowId,
+    /// Last read or write.
+    pub last_active: Instant,
+    /// When the incomplete message at the front of `input` started (or accept time while
+    /// Unassigned).
+    pub since: Instant,
+    links: [Link; 2],
+}
+
+impl Flow {
+    fn new(now: Instant) -> Self {
+        Self {
+            generation: 1,
+            state: State::Free,
+            sock: None,
+            listener: 0,
+            md: NO_MD,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            input: None,
+            output: None,
+            uncredited: 0,
+            drained: 0,
+            in_drained_list: false,
+            interest: EpollFlags::empty(),
+            md_paused: false,
+            blocked: false,
+            open_pending: false,
+            eof_seen: false,
+            eof_pending: false,
+            close_after_flush: false,
+            error_close: false,
+            discard: false,
+            close_id: FlowId(0),
+            last_active: now,
+            since: now,
+            links: [Link::NONE; 2],
+        }
+    }
+
+    /// Bytes waiting to be written.
+    #[inline]
+    pub fn output_len(&self) -> usize {
+        self.output.as_ref().map_or(0, Buf::len)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+    len: u32,
+}
+
+/// The preallocated slots, the free stack and the intrusive lists.
+#[derive(Debug)]
+pub struct FlowTable {
+    flows: Vec<Flow>,
+    free: Vec<u32>,
+    lists: [List; 2],
+}
+
+impl FlowTable {
+    /// `n` free slots.
+    pub fn new(n: u32) -> Self {
+        let now = Instant::now();
+        let flows = (0..n).map(|_| Flow::new(now)).collect();
+        // Reversed so that slot 0 is handed out first.
+        let free = (0..n).rev().collect();
+        let empty = List { head: NIL, tail: NIL, len: 0 };
+        Self { flows, free, lists: [empty; 2] }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Slots in use (any state but Free).
+    pub fn in_use(&self) -> usize {
+        self.flows.len() - self.free.len()
+    }
+
+    /// Takes a free slot (state still [`State::Free`]; the caller sets it up), or None if all
+    /// are in use.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<u32> {
+        self.free.pop()
+    }
+
+    /// Returns a slot to the free stack: clears it and bumps its generation. The caller has
+    /// unlinked it from every list and taken its buffers and socket.
+    pub fn release(&mut self, slot: u32) {
+        let f = &mut self.flows[slot as usize];
+        debug_assert!(!f.links[0].linked && !f.links[1].linked);
+        f.state = State::Free;
+        f.sock = None;
+        f.md = NO_MD;
+        f.input = None;
+        f.output = None;
+        f.uncredited = 0;
+        f.drained = 0;
+        f.interest = EpollFlags::empty();
+        f.md_paused = false;
+        f.blocked = false;
+        f.open_pending = false;
+        f.eof_seen = false;
+        f.eof_pending = false;
+        f.close_after_flush = false;
+        f.error_close = false;
+        f.discard = false;
+        self.bump(slot);
+        self.free.push(slot);
+    }
+
+    /// Moves the slot to its next generation (0 is skipped: flowid 0 means "no flow").
+    #[inline]
+    pub fn bump(&mut self, slot: u32) {
+        let f = &mut self.flows[slot as usize];
+        f.generation = f.generation.wrapping_add(1).max(1);
+    }
+
+    /// The current id of a slot.
+    #[inline]
+    pub fn id(&self, slot: u32) -> FlowId {
+        FlowId::new(slot, self.flows[slot as usize].generation)
+    }
+
+    /// The slot `id` names, if it is still that flow (generation matches) and in `state`.
+    #[inline]
+    pub fn lookup(&self, id: FlowId, state: State) -> Option<u32> {
+        let f = self.flows.get(id.slot() as usize)?;
+        (f.generation == id.generation() && f.state == state).then_some(id.slot())
+    }
+
+    /// A slot.
+    #[inline]
+    pub fn get(&self, slot: u32) -> &Flow {
+        &self.flows[slot as usize]
+    }
+
+    /// A slot, mutably.
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> &mut Flow {
+        &mut self.flows[slot as usize]
+    }
+
+    /// Length of a list.
+    pub fn list_len(&self, list: ListId) -> usize {
+        self.lists[list as usize].len as usize
+    }
+
+    /// First slot of a list.
+    #[inline]
+    pub fn front(&self, list: ListId) -> Option<u32> {
+        let h = self.lists[list as usize].head;
+        (h != NIL).then_some(h)
+    }
+
+    /// The slot after `slot` in `list`.
+    #[inline]
+    pub fn next(&self, list: ListId, slot: u32) -> Option<u32> {
+        let n = self.flows[slot as usize].links[list as usize].next;
+        (n != NIL).then_some(n)
+    }
+
+    /// True if `slot` is in `list`.
+    #[inline]
+    pub fn is_linked(&self, list: ListId, slot: u32) -> bool {
+        self.flows[slot as usize].links[list as usize].linked
+    }
+
+    /// Appends `slot` to `list` (no-op if already linked).
+    pub fn push_back(&mut self, list: ListId, slot: u32) {
+        let li = list as usize;
+        if self.flows[slot as usize].links[li].linked {
+            return;
+        }
+        let tail = self.lists[li].tail;
+        self.flows[slot as usize].links[li] = Link { prev: tail, next: NIL, linked: true };
+        if tail == NIL {
+            self.lists[li].head = slot;
+        } else {
+            self.flows[tail as usize].links[li].next = slot;
+        }
+        self.lists[li].tail = slot;
+        self.lists[li].len += 1;
+    }
+
+    /// Unlinks `slot` from `list` (no-op if not linked).
+    pub fn remove(&mut self, list: ListId, slot: u32) {
+        let li = list as usize;
+        let Link { prev, next, linked } = self.flows[slot as usize].links[li];
+        if !linked {
+            return;
+        }
+        if prev == NIL {
+            self.lists[li].head = next;
+        } else {
+            self.flows[prev as usize].links[li].next = next;
+        }
+        if next == NIL {
+            self.lists[li].tail = prev;
+        } else {
+            self.flows[next as usize].links[li].prev = prev;
+        }
+        self.flows[slot as usize].links[li] = Link::NONE;
+        self.lists[li].len -= 1;
+    }
+
+    /// Moves `slot` to the back of `list` (links it if it was not).
+    #[inline]
+    pub fn move_to_back(&mut self, list: ListId, slot: u32) {
+        if self.lists[list as usize].tail == slot {
+            return;
+        }
+        self.remove(list, slot);
+        self.push_back(list, slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(t: &FlowTable, l: ListId) -> Vec<u32> {
+        let mut v = Vec::new();
+        let mut cur = t.front(l);
+        while let Some(s) = cur {
+            v.push(s);
+            cur = t.next(l, s);
+        }
+        v
+    }
+
+    #[test]
+    fn alloc_until_full_then_lifo_reuse() {
+        let mut t = FlowTable::new(3);
+        assert_eq!((t.alloc(), t.alloc(), t.alloc(), t.alloc()), (Some(0), Some(1), Some(2), None));
+        assert_eq!(t.in_use(), 3);
+        t.release(1);
+        assert_eq!(t.alloc(), Some(1));
+    }
+
+    #[test]
+    fn stale_id_does_not_match_reused_slot() {
+        let mut t = FlowTable::new(1);
+        let s = t.alloc().unwrap();
+        t.get_mut(s).state = State::Open;
+        let old = t.id(s);
+        assert_eq!(t.lookup(old, State::Open), Some(s));
+        t.release(s);
+        let s2 = t.alloc().unwrap();
+        t.get_mut(s2).state = State::Open;
+        assert_eq!(s, s2);
+        assert_eq!(t.lookup(old, State::Open), None, "old generation rejected");
+        assert_eq!(t.lookup(t.id(s2), State::Open), Some(s2));
+        assert_eq!(t.lookup(FlowId::new(99, 1), State::Open), None, "out of range slot");
+    }
+
+    #[test]
+    fn generation_skips_zero() {
+        let mut t = FlowTable::new(1);
+        t.get_mut(0).generation = u32::MAX;
+        t.bump(0);
+        assert_eq!(t.get(0).generation, 1);
+    }
+
+    #[test]
+    fn lists_keep_order_and_unlink() {
+        let mut t = FlowTable::new(5);
+        for s in 0..5 {
+            t.push_back(ListId::Idle, s);
+        }
+        t.push_back(ListId::Idle, 2); // no-op
+        assert_eq!(collect(&t, ListId::Idle), vec![0, 1, 2, 3, 4]);
+        t.move_to_back(ListId::Idle, 0);
+        t.remove(ListId::Idle, 3);
+        t.remove(ListId::Idle, 3); // no-op
+        assert_eq!(collect(&t, ListId::Idle), vec![1, 2, 4, 0]);
+        assert_eq!(t.list_len(ListId::Idle), 4);
+        t.push_back(ListId::Deadline, 4);
+        assert_eq!(collect(&t, ListId::Deadline), vec![4]);
+        for s in [1, 2, 4, 0] {
+            t.remove(ListId::Idle, s);
+        }
+        assert_eq!(t.front(ListId::Idle), None);
+        assert_eq!(t.list_len(ListId::Idle), 0);
+        t.push_back(ListId::Idle, 3);
+        assert_eq!(collect(&t, ListId::Idle), vec![3]);
+    }
+}

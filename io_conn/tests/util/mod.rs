@@ -1,0 +1,401 @@
+//! Helpers for io_conn's end-to-end tests: start the real io_conn binary (with md children) on a
+//! per-test config, find its listeners, talk to it, stop it and check it cleaned up.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous watchdog for anything that should happen "soon".
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// The io_conn binary under test.
+pub fn io_conn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_io_conn"))
+}
+
+/// The md binary: next to io_conn (`cargo build --workspace --bins` builds it).
+pub fn md_bin() -> PathBuf {
+    let p = io_conn_bin().parent().expect("bin dir").join("md");
+    assert!(
+        p.is_file(),
+        "md binary not found at {} (run `cargo build --workspace --bins`)",
+        p.display()
+    );
+    p
+}
+
+/// A unique, valid `shared.name` for a test (<= 32 chars of [A-Za-z0-9_-]).
+pub fn unique_name(test: &str) -> String {
+    let t: String = test.chars().filter(|c| c.is_ascii_alphanumeric()).take(18).collect();
+    format!("t{}{}", std::process::id(), t)
+}
+
+/// Per-test scratch directory under target/tmp.
+pub fn test_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create test dir");
+    d
+}
+
+/// The config text for a test server: echo (raw), reverse (line), dumb (line) and an echo
+/// listener with len32 framing, all on 127.0.0.1:0. `io_extra` goes into `[io_conn]`,
+/// `md_extra` into `[md]`.
+pub fn config_text(
+    name: &str,
+    runtime_dir: &Path,
+    max_instances: u32,
+    io_extra: &str,
+    md_extra: &str,
+) -> String {
+    format!(
+        r#"[shared]
+name = "{name}"
+runtime_dir = "{rt}"
+queue_size = "1MiB"
+max_message = "64KiB"
+
+[io_conn]
+drain_deadline = "3s"
+{io_extra}
+
+[[io_conn.listener]]
+address = "127.0.0.1:0"
+service = "echo"
+
+[[io_conn.listener]]
+address = "127.0.0.1:0"
+service = "reverse"
+
+[[io_conn.listener]]
+address = "127.0.0.1:0"
+service = "dumb"
+
+[[io_conn.listener]]
+address = "127.0.0.1:0"
+service = "echo"
+framing = "len32"
+
+[md]
+max_instances = {max_instances}
+{md_extra}
+"#,
+        rt = runtime_dir.display()
+    )
+}
+
+/// A running io_conn process. Dropping it without [`Server::stop`] kills it and its md
+/// children and removes what it left.
+pub struct Server {
+    pub child: Option<Child>,
+    pub name: String,
+    pub dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub config: PathBuf,
+    /// "service/framing" -> address, e.g. "dumb/line".
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: Arc<Mutex<String>>,
+}
+
+/// Options for [`Server::start_with`].
+#[derive(Default)]
+pub struct Setup<'a> {
+    pub spawn_md: u32,
+    pub max_instances: u32,
+    pub io_extra: &'a str,
+    pub md_extra: &'a str,
+}
+
+impl Server {
+    /// io_conn with `spawn_md` md children, waiting until all of them are live.
+    pub fn start(test: &str, spawn_md: u32) -> Server {
+        Self::start_with(
+            test,
+            Setup { spawn_md, max_instances: spawn_md.max(1), ..Setup::default() },
+        )
+    }
+
+    pub fn start_with(test: &str, s: Setup<'_>) -> Server {
+        let name = unique_name(test);
+        let dir = test_dir(&name);
+        let runtime_dir = dir.join("run");
+        let config = dir.join("shmsrv.toml");
+        let max = s.max_instances.max(s.spawn_md).max(1);
+        std::fs::write(&config, config_text(&name, &runtime_dir, max, s.io_extra, s.md_extra))
+            .expect("write config");
+        let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md);
+        server.wait_md_live(s.spawn_md);
+        server
+    }
+
+    fn launch(name: &str, dir: &Path, runtime_dir: &Path, config: &Path, spawn_md: u32) -> Server {
+        let mut cmd = Command::new(io_conn_bin());
+        cmd.arg("--config").arg(config);
+        if spawn_md > 0 {
+            cmd.arg("--spawn-md").arg(spawn_md.to_string());
+        }
+        cmd.env("SHMSRV_MD_BIN", md_bin())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn io_conn");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let log2 = Arc::clone(&log);
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                log2.lock().unwrap().push_str(&line);
+                log2.lock().unwrap().push('\n');
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child: Some(child),
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            runtime_dir: runtime_dir.to_owned(),
+            config: config.to_owned(),
+            addrs: HashMap::new(),
+            log,
+        };
+        loop {
+            let line = rx.recv_timeout(WATCHDOG).expect("io_conn printed `ready` in time");
+            if line == "ready" {
+                break;
+            }
+            // listening 127.0.0.1:4680 echo raw
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(parts.len(), 4, "unexpected stdout line {line:?}");
+            assert_eq!(parts[0], "listening");
+            server
+                .addrs
+                .insert(format!("{}/{}", parts[2], parts[3]), parts[1].parse().expect("address"));
+        }
+        server
+    }
+
+    /// Address of a listener: "echo/raw", "reverse/line", "dumb/line", "echo/len32".
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        *self.addrs.get(key).unwrap_or_else(|| panic!("no listener {key}: {:?}", self.addrs))
+    }
+
+    pub fn connect(&self, key: &str) -> TcpStream {
+        let s = TcpStream::connect(self.addr(key)).expect("connect");
+        s.set_read_timeout(Some(WATCHDOG)).expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log says `pattern` `count` times.
+    pub fn wait_log(&self, pattern: &str, count: usize) {
+        let until = Instant::now() + WATCHDOG;
+        while self.log_text().matches(pattern).count() < count {
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {count} x {pattern:?} in the log"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until md instances 0..n said HELLO.
+    pub fn wait_md_live(&self, n: u32) {
+        for i in 0..n {
+            self.wait_log(&format!("md instance {i} live"), 1);
+        }
+    }
+
+    /// pids of md children, from io_conn's log ("started md instance I (pid P)").
+    pub fn md_pids(&self) -> Vec<u32> {
+        let log = self.log_text();
+        log.lines()
+            .filter_map(|l| l.split("started md instance ").nth(1))
+            .filter_map(|r| r.split("(pid ").nth(1))
+            .filter_map(|r| r.trim_end_matches(')').parse().ok())
+            .collect()
+    }
+
+    /// Resident set size of io_conn in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Names of this server's segments in /dev/shm and FIFOs in its runtime directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/dev/shm") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("{}.", self.name)) {
+                    v.push(format!("/dev/shm/{n}"));
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.runtime_dir) {
+            for e in rd.flatten() {
+                v.push(e.path().display().to_string());
+            }
+        }
+        v
+    }
+
+    /// SIGTERM, wait (watchdog), assert exit 0 and that every segment and FIFO is gone.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let until = Instant::now() + WATCHDOG;
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("io_conn did not exit within the watchdog after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "io_conn exited with {status}; log:\n{}", self.log_text());
+        let left = self.leftovers();
+        assert!(left.is_empty(), "io_conn left {left:?}");
+        for pid in self.md_pids() {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+                "md child {pid} still running"
+            );
+        }
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            for pid in self.md_pids() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            for p in self.leftovers() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads exactly `n` bytes (watchdog via the socket's read timeout).
+pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).expect("read_exact");
+    buf
+}
+
+/// Reads one line (up to and including `\n`), byte by byte.
+pub fn read_line(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        let n = s.read(&mut b).expect("read");
+        assert!(n == 1, "EOF before end of line; got {:?}", String::from_utf8_lossy(&out));
+        out.push(b[0]);
+        if b[0] == b'\n' {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+    }
+}
+
+/// Reads one line; None on EOF or reset before its end.
+pub fn try_read_line(s: &mut TcpStream) -> Option<String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(1) => {
+                out.push(b[0]);
+                if b[0] == b'\n' {
+                    return Some(String::from_utf8_lossy(&out).into_owned());
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Reads until EOF; returns what came (an RST after data counts as EOF).
+pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("read: {e} after {} bytes", out.len()),
+        }
+    }
+}
+
+/// Sends `req` and expects exactly `resp` back.
+pub fn roundtrip(s: &mut TcpStream, req: &[u8], resp: &[u8]) {
+    s.write_all(req).expect("write");
+    let got = read_n(s, resp.len());
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(resp));
+}
+
+/// Sets SO_LINGER {on, 0}: close() sends an RST.
+pub fn set_linger_zero(s: &TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Linger, &l).expect("SO_LINGER");
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
