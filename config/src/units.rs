@@ -206,7 +206,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_owned();
     }
     for (per, unit) in UNITS {
-        if ns % per == 0 {
+        if ns.is_multiple_of(per) {
             return format!("{}{unit}", ns / per);
         }
     }
