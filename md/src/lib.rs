@@ -7,8 +7,10 @@
 //!   timers), with [`Ctx`] and [`Status`];
 //! * [`Runner`]: the event loop that drives a service over an attached queue pair
 //!   ([`Endpoint`]): batches, output credit, request order, `PAUSE`/`RESUME`, timers, signals;
-//! * [`serve`]: attach to io_conn's pair for an instance, run, and re-attach after io_conn
-//!   restarts;
+//! * [`serve`]: attach to io_conn's pair (and stats segment) for an instance, run, and re-attach
+//!   after io_conn restarts;
+//! * [`stats`]: the runner's counters, and [`MdStatsSink`], which mirrors them into the instance's
+//!   slot of the stats segment once per batch;
 //! * [`services`]: the built-in `echo`, `reverse` and `dumb` services, and [`services::Builtin`]
 //!   which serves them all (the `md` binary).
 //!
@@ -68,7 +70,7 @@ pub use control::{Control, ShutdownHandle, block_signals, handled_signals};
 pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
 pub use serve::{ServeError, serve};
 pub use service::{Ctx, Service, Status};
-pub use stats::Stats;
+pub use stats::{MdStatsSink, Stats};
 
 /// The queue-pair parameters of the config's `[shared]` section.
 pub fn pair_config(cfg: &config::Config) -> shmq::pair::PairConfig {

@@ -9,6 +9,9 @@
 //!    its queued output to the output ring within its credit, run held requests that may now run,
 //!    send `PAUSE`/`RESUME`/`CLOSE` as needed.
 //! 4. [`Producer::flush`] once: one Release store, and one doorbell write only if io_conn sleeps.
+//!    With a stats sink ([`Runner::set_stats_sink`]), the counters, the heartbeat and both rings'
+//!    counters are then mirrored into the stats segment (relaxed stores, once per batch; also
+//!    before every sleep), and the publish time is stamped if frames went out.
 //! 5. Nothing happened: spin on the input ring for [`RunnerOptions::spin`], then arm the doorbell
 //!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
 //!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
@@ -48,10 +51,11 @@ use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
 use shmq::doorbell::Doorbell;
 use shmq::frame::{FlowId, Frame, Hello, Kind, OpenInfo, decode_drained};
 use shmq::ring::{Consumer, Producer, PushError, RingError};
+use shmq::stats::MdState;
 
 use crate::control::Control;
 use crate::service::{Ctx, Service, Status};
-use crate::stats::Stats;
+use crate::stats::{MdStatsSink, Stats};
 use crate::timer::Timers;
 
 /// One attached queue pair, as the runner uses it. Built from a [`shmq::pair::MdSide`] by the
@@ -314,6 +318,8 @@ struct Core<F> {
 pub struct Runner<S: Service> {
     service: S,
     core: Core<S::Flow>,
+    /// Where the counters are mirrored once per batch; `None`: in-process only.
+    sink: Option<MdStatsSink>,
 }
 
 impl<S: Service> Runner<S>
@@ -336,12 +342,29 @@ where
             now: Instant::now(),
             warned_refused: false,
         };
-        Self { service, core }
+        Self { service, core, sink: None }
     }
 
-    /// The counters.
+    /// The counters (over the whole life of the runner).
     pub fn stats(&self) -> &Stats {
         &self.core.stats
+    }
+
+    /// Mirrors the counters into `sink` from now on (once per batch, and when the runner sleeps
+    /// or stops), or stops mirroring (`None`). The sink's block counts from this call: it shows
+    /// each counter minus its value now. Returns the previous sink. [`crate::serve`] calls it
+    /// after each attach to a new io_conn.
+    pub fn set_stats_sink(&mut self, sink: Option<MdStatsSink>) -> Option<MdStatsSink> {
+        let sink = sink.map(|mut s| {
+            s.bind(&self.core.stats, self.service.command_names());
+            s
+        });
+        std::mem::replace(&mut self.sink, sink)
+    }
+
+    /// The stats sink, if one is set.
+    pub fn stats_sink(&self) -> Option<&MdStatsSink> {
+        self.sink.as_ref()
     }
 
     /// The service.
@@ -356,6 +379,10 @@ where
 
     /// Serves `ep` until shutdown or until the pair becomes unusable. Sends `HELLO` first. Every
     /// flow is closed (with [`Service::close`]) before it returns.
+    ///
+    /// With a stats sink ([`Self::set_stats_sink`]) the slot's state is `running` while it
+    /// serves, `stopping` while it hands over output after a shutdown request, then `exited`;
+    /// after a detach it is `starting` again (the caller re-attaches).
     pub fn run(&mut self, ep: &mut Endpoint, control: &Control) -> Result<Exit, RunError> {
         let epoll = sys("epoll_create1", Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC))?;
         let timerfd = sys(
@@ -378,6 +405,9 @@ where
         self.core.max_payload = ep.tx.max_payload();
         self.core.timers.fired();
         self.core.stats.attaches += 1;
+        if let Some(sink) = &mut self.sink {
+            sink.begin_run(&ep.tx);
+        }
         log::info!(
             "md instance {} attached (epoch {}, generation {}); serving",
             self.core.opts.instance,
@@ -387,12 +417,25 @@ where
         let exit = self.serve(ep, control, &epoll, &timerfd);
         // Hand over what we can before letting go (on shutdown the pair is still good).
         if matches!(exit, Ok(Exit::Shutdown)) {
+            if let Some(sink) = &self.sink {
+                sink.set_state(MdState::Stopping);
+            }
             self.core.pump_all(&mut self.service, &mut ep.tx);
             ep.tx.flush();
             ep.rx.publish();
         }
         let open = self.core.index.len();
         self.core.close_all(&mut self.service);
+        if let Some(sink) = &mut self.sink {
+            sink.after_flush(&ep.tx);
+            sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
+            match exit {
+                Ok(Exit::Shutdown) => sink.set_state(MdState::Exited),
+                Ok(Exit::Detached(_)) => sink.set_state(MdState::Starting),
+                // The process is about to exit with an error; io_conn marks the slot dead.
+                Err(_) => {}
+            }
+        }
         match &exit {
             Ok(Exit::Shutdown) => log::info!("md stopping; {open} open flows dropped"),
             Ok(Exit::Detached(why)) => {
@@ -430,6 +473,9 @@ where
                 match ep.tx.try_push(FlowId(0), Kind::Hello, 0, &hello) {
                     Ok(()) => {
                         ep.tx.flush();
+                        if let Some(sink) = &mut self.sink {
+                            sink.after_flush(&ep.tx);
+                        }
                         hello_pending = false;
                     }
                     Err(PushError::Full) => {}
@@ -442,8 +488,13 @@ where
             }
             if !hello_pending {
                 let batch = self.core.opts.batch;
-                let Self { service, core } = self;
+                let Self { service, core, sink } = self;
                 let Endpoint { rx, tx, .. } = ep;
+                if let Some(sink) = sink {
+                    if rx.has_data() {
+                        sink.pickup();
+                    }
+                }
                 let n = match rx.drain(batch, |f| core.on_frame(service, tx, f)) {
                     Ok(n) => n,
                     // A reset ring looks corrupt to a consumer of the old generation.
@@ -460,6 +511,9 @@ where
                 worked |= core.fire_timers(service);
                 core.pump_dirty(service, tx);
                 tx.flush();
+                if let Some(sink) = sink {
+                    sink.after_flush(tx);
+                }
                 if let Some(why) = core.fatal.take() {
                     if !rx.is_current() || !tx.is_current() {
                         return Ok(Exit::Detached(Detach::Reset));
@@ -472,6 +526,9 @@ where
             let timeout;
             if worked {
                 self.core.stats.busy_ns += start.elapsed().as_nanos() as u64;
+                if let Some(sink) = &mut self.sink {
+                    sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
+                }
                 since_poll += 1;
                 if since_poll < POLL_EVERY {
                     continue;
@@ -497,6 +554,12 @@ where
                 };
             }
             since_poll = 0;
+            if !worked {
+                // About to wait: the heartbeat and the consumer's sleep count go out now.
+                if let Some(sink) = &mut self.sink {
+                    sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
+                }
+            }
             let n = match epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,

@@ -1,13 +1,17 @@
-//! Attaching to io_conn's queue pair, and re-attaching after io_conn restarts or resets the pair.
+//! Attaching to io_conn's queue pair (and its stats segment), and re-attaching after io_conn
+//! restarts or resets the pair.
 
 use std::fmt;
 use std::time::Duration;
 
 use shmq::pair::{MdSide, PairConfig, PairError};
+use shmq::stats::StatsSegment;
+use shmq::sys::ProcId;
 
 use crate::control::Control;
 use crate::runner::{Detach, Endpoint, Exit, RunError, Runner};
 use crate::service::Service;
+use crate::stats::MdStatsSink;
 
 /// Why [`serve`] gave up.
 #[derive(Debug)]
@@ -48,6 +52,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Attaches to instance `instance` of `pair` (waiting with backoff while io_conn is not there),
 /// runs `runner` on it, and re-attaches whenever io_conn goes away or resets the pair, until
 /// shutdown is requested. Returns `Ok(())` after a requested shutdown.
+///
+/// After each attach to a new io_conn (a new epoch) it also attaches io_conn's stats segment
+/// (`{pair.name}.stats`), takes slot `instance` in it and gives the runner the sink
+/// ([`Runner::set_stats_sink`]). Without a usable segment (io_conn has none, or it belongs to
+/// another epoch) md logs a warning and serves without stats; it tries again at the next attach.
+/// A reset of the pair by the same io_conn keeps the sink (and its counts).
 pub fn serve<S: Service>(
     runner: &mut Runner<S>,
     pair: &PairConfig,
@@ -59,9 +69,14 @@ where
 {
     // (epoch, generation) of the pair we last served: a pair still showing them is stale.
     let mut stale: Option<(u64, u64)> = None;
+    // Why the last stats attach failed (logged when it changes, not on every attempt).
+    let mut stats_problem: Option<String> = None;
     loop {
         let Some(side) = attach(pair, instance, control, stale)? else { return Ok(()) };
         stale = Some((side.epoch, side.generation));
+        if runner.stats_sink().is_none_or(|s| s.epoch() != side.epoch) {
+            runner.set_stats_sink(attach_stats(pair, instance, side.epoch, &mut stats_problem));
+        }
         let io_pidfd = match side.creator.pidfd() {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -123,4 +138,38 @@ fn attach(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Attaches the stats segment of `pair` and takes slot `instance`, if the segment belongs to the
+/// io_conn of `epoch`. `None` (with a warning when the reason is new): run without stats.
+fn attach_stats(
+    pair: &PairConfig,
+    instance: u32,
+    epoch: u64,
+    last_problem: &mut Option<String>,
+) -> Option<MdStatsSink> {
+    let name = shmq::stats::segment_name(&pair.name);
+    let problem = match StatsSegment::attach(pair.backend, &pair.name) {
+        Ok(seg) if seg.epoch() != epoch => format!(
+            "stats segment {name} is from io_conn epoch {}, the queue pair from epoch {epoch} \
+             (a stale segment?)",
+            seg.epoch()
+        ),
+        Ok(seg) => match MdStatsSink::attach(&seg, instance, ProcId::current()) {
+            Ok(sink) => {
+                log::info!("writing stats to slot {instance} of {name} (epoch {epoch})");
+                *last_problem = None;
+                return Some(sink);
+            }
+            Err(e) => format!("cannot take slot {instance} of stats segment {name}: {e}"),
+        },
+        Err(e) => format!("cannot attach stats segment {name}: {e}"),
+    };
+    if last_problem.as_deref() != Some(problem.as_str()) {
+        log::warn!("{problem}; running without stats");
+        *last_problem = Some(problem);
+    } else {
+        log::debug!("{problem}; running without stats");
+    }
+    None
 }

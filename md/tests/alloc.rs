@@ -1,17 +1,22 @@
 //! Steady state allocates nothing per message in md: a counting global allocator counts the
 //! allocations made on the md runner's thread while 100k pipelined PINGs (and their DRAINED
-//! frames) flow over existing flows, after a warm-up of the same shape.
+//! frames) flow over existing flows, after a warm-up of the same shape; once without and once
+//! with a stats sink (mirroring into a stats segment once per batch).
 
 mod util;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use md::services::{Builtin, DumbOptions};
-use md::{Exit, Runner};
+use md::{Exit, MdStatsSink, Runner};
 use shmq::frame::{FlowId, Kind};
+use shmq::ring::HeapMemory;
+use shmq::stats::{StatsSegment, required_len};
+use shmq::sys::ProcId;
 use util::{Geometry, Io, WATCHDOG, flow, opts};
 
 /// Allocations (alloc, alloc_zeroed, realloc) made by threads that set `TRACKED`.
@@ -88,10 +93,19 @@ fn pings(io: &mut Io, flows: &[FlowId], per_flow: usize, window: usize) {
     assert_eq!(answered_bytes, vec![per_flow * 5; flows.len()]);
 }
 
-#[test]
-fn steady_state_pings_allocate_nothing_in_md() {
-    let mut io = Io::start_with("alloc", Geometry::default(), |ep, control| {
+/// Runs the measured PINGs; with `stats`, the runner mirrors into a stats segment (heap-backed)
+/// as the md binary does. Returns md's allocations during the 100k measured PINGs.
+fn allocations_during_pings(stats: Option<StatsSegment>) -> u64 {
+    // One measurement at a time: the counter is shared by every tracked thread.
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sink_seg = stats.clone();
+    let mut io = Io::start_with("alloc", Geometry::default(), move |ep, control| {
         let mut r = Runner::new(Builtin::new(DumbOptions::default()), opts());
+        if let Some(seg) = &sink_seg {
+            let sink = MdStatsSink::attach(seg, opts().instance, ProcId::current()).unwrap();
+            r.set_stats_sink(Some(sink));
+        }
         TRACKED.with(|t| t.set(true));
         let exit = r.run(ep, control).expect("runner failed");
         TRACKED.with(|t| t.set(false));
@@ -107,9 +121,29 @@ fn steady_state_pings_allocate_nothing_in_md() {
     let before = ALLOCS.load(Ordering::Relaxed);
     pings(&mut io, &flows, 25_000, 64); // 100k PINGs in all
     let after = ALLOCS.load(Ordering::Relaxed);
-    let (exit, stats) = io.stop();
+    let (exit, stats_out) = io.stop();
     assert_eq!(exit, Exit::Shutdown);
-    assert_eq!(stats.messages_in, 120_000);
+    assert_eq!(stats_out.messages_in, 120_000);
     assert!(before > 0, "the counter works: md allocated during setup");
-    assert_eq!(after - before, 0, "md allocated {} times during 100k PINGs", after - before);
+    if let Some(seg) = stats {
+        // The sink was really in the loop: the segment saw every PING.
+        let snap = seg.reader().snapshot();
+        assert_eq!(snap.get("md", opts().instance, "messages_in"), Some(120_000));
+        assert_eq!(snap.get("md", opts().instance, "dumb_ping"), Some(120_000));
+    }
+    after - before
+}
+
+#[test]
+fn steady_state_pings_allocate_nothing_in_md() {
+    let n = allocations_during_pings(None);
+    assert_eq!(n, 0, "md allocated {n} times during 100k PINGs");
+}
+
+#[test]
+fn steady_state_pings_allocate_nothing_in_md_with_stats() {
+    let mem = Arc::new(HeapMemory::new(required_len(4)));
+    let seg = StatsSegment::create_in(mem, 4, 1, ProcId { pid: 1, start_time: 1 }).unwrap();
+    let n = allocations_during_pings(Some(seg));
+    assert_eq!(n, 0, "md allocated {n} times during 100k PINGs with a stats sink");
 }
