@@ -65,11 +65,13 @@ pub struct ProducerCounters {
     pub frames: AtomicU64,
     /// Payload bytes committed.
     pub bytes: AtomicU64,
-    /// Times a push or reserve found the ring full.
+    /// Times the ring turned full: a push or reserve returned `Full` after a successful one (a
+    /// producer retrying while still full counts once).
     pub full_events: AtomicU64,
     /// Doorbell bytes written (the consumer was armed).
     pub doorbells: AtomicU64,
-    /// Largest backlog in bytes (`tail - head`) seen at a publish.
+    /// Largest backlog in bytes (`tail - head`, with the producer's cached `head`, so it may
+    /// overstate) seen at a publish.
     pub max_depth: AtomicU64,
     /// Producer's pid, set when it attaches (0 = none yet).
     pub pid: AtomicU32,
