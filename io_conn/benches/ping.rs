@@ -5,6 +5,10 @@
 //! version (debug builds) so the bench keeps compiling and working. The client is one thread
 //! that writes `PING\n` on every connection, then reads every `PONG\n` (so `c` requests are in
 //! flight); it shares the machine's vCPUs with the server, as in `../shared/bench/`.
+//!
+//! To compare two builds side by side, run the bench executable against each in turn:
+//! `SHMSRV_IO_CONN_BIN=/path/to/io_conn target/release/deps/ping-* --bench` (md is taken from the
+//! same directory); docs/BENCHMARKS.md "PING before and after the stats wiring" did that.
 
 #[path = "../tests/util/mod.rs"]
 mod util;

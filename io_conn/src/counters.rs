@@ -1,8 +1,8 @@
 //! io_conn's counters: one plain struct, written only by the event loop.
 //!
-//! Kept in one place so it can be mirrored into io_conn's block of the stats segment (relaxed
-//! stores, one writer) once that exists; until then [`crate::run`] returns the final values and
-//! logs them at exit. Nothing here is logged per event.
+//! Kept in one place so the loop can mirror it into io_conn's block of the stats segment once per
+//! iteration (`crate::stats`: relaxed stores, one writer; viewstats shows them). [`crate::run`]
+//! also returns the final values and logs them at exit. Nothing here is logged per event.
 
 /// Event counts since start. All fields only grow except `connections_current`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -15,7 +15,9 @@ pub struct Counters {
     pub connections_refused: u64,
     /// Times `accept` failed with EMFILE/ENFILE (accepting paused briefly each time).
     pub accept_fd_exhausted: u64,
-    /// Closed because the client closed or reset.
+    /// Closed because the client closed or reset. A client that half-closes (EOF) gets its
+    /// pending replies first; the close that follows md's CLOSE is counted here, not in
+    /// `closed_by_md`.
     pub closed_by_peer: u64,
     /// Closed after the idle timeout.
     pub closed_idle: u64,
@@ -27,7 +29,7 @@ pub struct Counters {
     pub closed_credit_overrun: u64,
     /// Closed on a socket error.
     pub closed_error: u64,
-    /// Closed because md asked (CLOSE).
+    /// Closed because md asked (CLOSE) on its own, or after a SIGTERM drain asked it to finish.
     pub closed_by_md: u64,
     /// Closed because their md instance died (or no md came in time).
     pub closed_md_gone: u64,
@@ -45,8 +47,15 @@ pub struct Counters {
     pub framing_errors: u64,
     /// Times a flow stopped reading because its md's ring was full.
     pub backpressure_pauses: u64,
-    /// Returns from epoll_wait.
+    /// PAUSE frames received from md.
+    pub md_pauses: u64,
+    /// BROADCAST frames received from md.
+    pub broadcasts: u64,
+    /// Returns from epoll_wait that reported at least one event (a zero-timeout poll or a timeout
+    /// with nothing ready is not a wake-up).
     pub epoll_wakeups: u64,
+    /// Events epoll_wait reported, in total.
+    pub epoll_events: u64,
     /// md frames for a closed flow (stale generation) or another md's flow, dropped.
     pub stale_frames: u64,
     /// md frames that made no sense (bad payload), dropped.

@@ -114,12 +114,17 @@ pub struct Flow {
     pub open_pending: bool,
     /// The client half-closed (or shutdown asked for an orderly end): read no more.
     pub eof_seen: bool,
+    /// The client half-closed (read returned 0): the close that follows md's CLOSE is the
+    /// client's doing, counted as closed by peer.
+    pub peer_eof: bool,
     /// EOF still to be pushed to md (after any buffered messages).
     pub eof_pending: bool,
     /// Close once `output` is flushed (md sent CLOSE, or an error reply is on its way).
     pub close_after_flush: bool,
     /// The pending close (`close_after_flush`) is for an oversized message, not md's CLOSE.
     pub error_close: bool,
+    /// md sent CLOSE: it has forgotten the flow, so closing it sends md no CLOSE back.
+    pub md_closed: bool,
     /// Lingering close after an error reply: our side is shut down for writing and input is
     /// read and discarded until the client closes (or the message deadline), so closing with
     /// unread input does not send an RST that would destroy the error line in flight.
@@ -153,9 +158,11 @@ impl Flow {
             blocked: false,
             open_pending: false,
             eof_seen: false,
+            peer_eof: false,
             eof_pending: false,
             close_after_flush: false,
             error_close: false,
+            md_closed: false,
             discard: false,
             close_id: FlowId(0),
             last_active: now,
@@ -231,9 +238,11 @@ impl FlowTable {
         f.blocked = false;
         f.open_pending = false;
         f.eof_seen = false;
+        f.peer_eof = false;
         f.eof_pending = false;
         f.close_after_flush = false;
         f.error_close = false;
+        f.md_closed = false;
         f.discard = false;
         self.bump(slot);
         self.free.push(slot);

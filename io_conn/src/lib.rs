@@ -53,6 +53,7 @@ pub mod framing;
 pub mod pool;
 mod server;
 mod spawn;
+mod stats;
 
 pub use counters::Counters;
 pub use spawn::SpawnMd;
@@ -135,14 +136,16 @@ pub fn handled_signals() -> SigSet {
 }
 
 /// Runs io_conn until it is shut down (SIGTERM/SIGINT with [`Options::signals`], or
-/// [`Options::shutdown`]): creates every md queue pair (replacing a dead predecessor's, refusing
-/// a live one's), starts md children if asked, serves, drains within `io_conn.drain_deadline`,
-/// stops the children and removes the pairs. Returns the final counters.
+/// [`Options::shutdown`]): creates every md queue pair and the stats segment `{name}.stats`
+/// (replacing a dead predecessor's, refusing a live one's), starts md children if asked, serves
+/// (mirroring its counters into the stats segment once per loop iteration), drains within
+/// `io_conn.drain_deadline`, stops the children and removes the pairs and the stats segment.
+/// Returns the final counters.
 pub fn run(cfg: &Config, listeners: Vec<BoundListener>, opts: Options) -> anyhow::Result<Counters> {
     run_with_ready(cfg, listeners, opts, || {})
 }
 
-/// [`run`], calling `ready` once the queue pairs exist and md children were started, just
+/// [`run`], calling `ready` once the queue pairs and the stats segment exist and md children were started, just
 /// before the loop starts serving (the binary prints `ready` there).
 pub fn run_with_ready(
     cfg: &Config,

@@ -15,6 +15,9 @@
 //! 5. Push the DRAINED frames (one per flow per iteration, deferred up to 1 ms when nothing else
 //!    is going to that md, so a request/response client does not cost md an extra wake-up).
 //! 6. Flush each io→md producer once (one Release store; rings md's doorbell only if md armed it).
+//! 7. Mirror the counters into the stats segment (relaxed stores, no syscall; see `crate::stats`)
+//!    with a heartbeat; the timer wakes an idle loop once per [`HEARTBEAT_TICK`] so the heartbeat
+//!    tells a live io_conn from a hung one.
 //!
 //! # Level-triggered, and what pause/resume costs
 //!
@@ -41,18 +44,23 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use shmq::frame::{self, FlowId, Frame, Hello, Kind, OpenInfo};
 use shmq::pair::{IoSide, PairConfig};
 use shmq::ring::{Consumer, Producer, PushError};
+use shmq::stats::monotonic_ns;
+use shmq::sys::ProcId;
 
 use crate::counters::Counters;
 use crate::flows::{FlowTable, ListId, State};
 use crate::framing::{self, Next};
 use crate::pool::Pool;
 use crate::spawn::Children;
+use crate::stats::Stats;
 use crate::{Options, Shutdown};
 
 /// How long a connection accepted while no md is live is held (not read) waiting for one.
 pub(crate) const UNASSIGNED_HOLD: Duration = Duration::from_secs(10);
 /// How long accepting pauses after EMFILE/ENFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Longest an idle loop sleeps: the stats heartbeat advances at least this often.
+pub(crate) const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 /// Longest sleep while flows wait for ring space or DRAINED frames are deferred.
 const SHORT_TICK: Duration = Duration::from_millis(1);
 /// Reads per readiness event of one socket before moving on (fairness; level-triggered epoll
@@ -123,18 +131,22 @@ struct Lst {
 struct Md {
     /// The pair (None once a reset failed: instance disabled).
     side: Option<IoSide>,
-    /// pid and pidfd of the md that said HELLO.
-    live: Option<(u32, OwnedFd)>,
+    /// Identity and pidfd of the md that said HELLO.
+    live: Option<(ProcId, OwnedFd)>,
     /// Flows bound to it.
     flows: u32,
     /// Our `armed` flag on its out ring is set (cleared only by its doorbell waking us).
     armed: bool,
     /// Flows with frames that did not fit `tx`, as (slot, generation), oldest first.
     blocked: VecDeque<(u32, u32)>,
-    /// Frames pushed since the last flush.
+    /// Frames pushed since the last flush (`Producer::flush` says whether it rang, not whether
+    /// it published; this says the latter, for the stats publish stamp).
     pushed: bool,
     /// Lost (corrupt ring, bad HELLO): reset after the current batch.
     lost: bool,
+    /// The pair is new (created or reset): mirror its stats halves once even without a live md,
+    /// so viewstats shows the new generation.
+    stats_fresh: bool,
 }
 
 impl Md {
@@ -171,6 +183,8 @@ pub(crate) struct Server<'c> {
     shutdown: Option<Shutdown>,
     children: Option<Children>,
     c: Counters,
+    /// The stats segment (created right after the queue pairs; None only before that).
+    stats: Option<Stats>,
     drained_list: Vec<u32>,
     drained_force_at: Option<Instant>,
     unassigned: VecDeque<(u32, u32)>,
@@ -186,6 +200,8 @@ pub(crate) struct Server<'c> {
     deadline: Option<Duration>,
     spin: Duration,
     now: Instant,
+    /// CLOCK_MONOTONIC ns read with `now` (stats: heartbeat, queue-wait pick-ups).
+    now_ns: u64,
 }
 
 impl std::fmt::Debug for Server<'_> {
@@ -283,6 +299,7 @@ impl<'c> Server<'c> {
             shutdown: opts.shutdown.take(),
             children: None,
             c: Counters::default(),
+            stats: None,
             drained_list: Vec::with_capacity((max_conn as usize).min(1 << 16)),
             drained_force_at: None,
             unassigned: VecDeque::new(),
@@ -298,6 +315,7 @@ impl<'c> Server<'c> {
             deadline: nonzero(io.message_deadline),
             spin: io.spin,
             now: Instant::now(),
+            now_ns: monotonic_ns(),
         };
         for i in 0..cfg.md.max_instances {
             let side = server.pairs.create(i, epoch).map_err(|e| match e {
@@ -317,6 +335,16 @@ impl<'c> Server<'c> {
             runtime_dir.display(),
             cfg.shared.shm_backend
         );
+        // After the pairs: their creation refused a live predecessor, so a leftover stats segment
+        // is a dead one's. Before md children: md attaches it right after its pair, and checks
+        // that its epoch is the pairs' epoch.
+        server.stats = Some(Stats::create(
+            server.pairs.backend,
+            &cfg.shared.name,
+            cfg.md.max_instances,
+            epoch,
+        )?);
+        server.publish_stats();
         if let Some(spec) = opts.spawn.take() {
             anyhow::ensure!(
                 spec.count <= cfg.md.max_instances,
@@ -344,6 +372,7 @@ impl<'c> Server<'c> {
             blocked: VecDeque::new(),
             pushed: false,
             lost: false,
+            stats_fresh: true,
         };
         if (i as usize) < self.mds.len() {
             let old = std::mem::replace(&mut self.mds[i as usize], md);
@@ -385,8 +414,12 @@ impl<'c> Server<'c> {
                 Err(Errno::EINTR) => 0,
                 Err(e) => return Err(e).context("epoll_wait"),
             };
-            self.c.epoll_wakeups += 1;
+            if n > 0 {
+                self.c.epoll_wakeups += 1;
+                self.c.epoll_events += n as u64;
+            }
             self.now = Instant::now();
+            self.now_ns = monotonic_ns();
             for k in 0..n {
                 let ev = self.events[k];
                 self.dispatch(ev.data(), ev.events());
@@ -396,6 +429,7 @@ impl<'c> Server<'c> {
             let force = self.drained_force_at.is_some_and(|t| self.now >= t);
             self.flush_drained(force);
             self.flush_tx();
+            self.publish_stats();
             self.rearm_timer();
             if self.drain_until.is_some() && self.flows.in_use() == 0 {
                 log::info!("all connections closed");
@@ -467,6 +501,9 @@ impl<'c> Server<'c> {
         }
         if let Some(t) = self.children.as_ref().and_then(Children::next_due) {
             add(t);
+        }
+        if self.stats.is_some() {
+            add(self.now + HEARTBEAT_TICK);
         }
         let Some(due) = due else { return };
         if self.timer_armed.is_some_and(|armed| armed <= due) {
@@ -571,7 +608,7 @@ impl<'c> Server<'c> {
         if let Some(fd) = fd {
             let _ = self.epoll.delete(&fd);
         }
-        let live_pid = self.mds[i as usize].live.as_ref().map(|(p, _)| *p);
+        let live_pid = self.mds[i as usize].live.as_ref().map(|(p, _)| p.pid);
         match (live_pid, pid) {
             (Some(live), Some(pid)) if live == pid => self.md_died(i, "its process exited"),
             // It died before saying HELLO: it may have attached; start its successor clean.
@@ -926,6 +963,7 @@ impl<'c> Server<'c> {
     fn on_eof(&mut self, slot: u32) {
         let f = self.flows.get_mut(slot);
         f.eof_seen = true;
+        f.peer_eof = true;
         f.eof_pending = true;
         self.flows.remove(ListId::Deadline, slot);
         self.after_input(slot);
@@ -1253,7 +1291,8 @@ impl<'c> Server<'c> {
                 if f.error_close {
                     self.linger(slot);
                 } else {
-                    self.close_flow(slot, Why::ByMd);
+                    let why = if f.peer_eof { Why::Peer } else { Why::ByMd };
+                    self.close_flow(slot, why);
                 }
                 return;
             }
@@ -1326,12 +1365,35 @@ impl<'c> Server<'c> {
     }
 
     fn flush_tx(&mut self) {
-        for m in &mut self.mds {
+        let mut now_ns = 0;
+        for (i, m) in self.mds.iter_mut().enumerate() {
             if std::mem::take(&mut m.pushed) {
                 if let Some(tx) = m.tx() {
                     tx.flush();
+                    // `pushed` means this flush published frames (flush() only says whether it
+                    // rang): stamp it for md's queue-wait histogram. One clock read per batch.
+                    if let Some(ss) = self.stats.as_mut().and_then(|st| st.slot(i as u32)) {
+                        if now_ns == 0 {
+                            now_ns = monotonic_ns();
+                        }
+                        ss.inprod.stamp_publish(now_ns);
+                    }
                 }
                 self.spin_wanted = true;
+            }
+        }
+    }
+
+    /// Mirrors the counters, the heartbeat (this iteration's clock) and the queue halves of live
+    /// md slots into the stats segment. Relaxed stores only: no syscall, no allocation.
+    fn publish_stats(&mut self) {
+        let Some(st) = self.stats.as_mut() else { return };
+        st.mirror(&self.c, self.now_ns);
+        for (i, m) in self.mds.iter_mut().enumerate() {
+            let fresh = std::mem::take(&mut m.stats_fresh);
+            let (Some(side), true) = (m.side.as_ref(), fresh || m.live.is_some()) else { continue };
+            if let Some(ss) = st.slot(i as u32) {
+                publish_halves(ss, side);
             }
         }
     }
@@ -1345,6 +1407,10 @@ impl<'c> Server<'c> {
             let Some(side) = self.mds[i].side.as_mut() else { continue };
             if !side.rx.has_data() {
                 continue;
+            }
+            // A batch begins: one queue-wait sample (md's latest publish -> our wake-up).
+            if let Some(ss) = self.stats.as_mut().and_then(|st| st.slot(i as u32)) {
+                ss.outcons.note_pickup(self.now_ns);
             }
             let Some(spare) = self.spare_rx.take() else { continue };
             let mut rx = std::mem::replace(&mut side.rx, spare);
@@ -1400,19 +1466,27 @@ impl<'c> Server<'c> {
                 let Some(slot) = self.md_flow(i, fr.flowid) else { return };
                 let f = self.flows.get_mut(slot);
                 f.close_after_flush = true;
+                f.md_closed = true;
                 if f.output_len() == 0 {
-                    self.close_flow(slot, Why::ByMd);
+                    let why = if f.peer_eof { Why::Peer } else { Why::ByMd };
+                    self.close_flow(slot, why);
                 } else {
                     self.update_interest(slot);
                 }
             }
             Kind::Pause | Kind::Resume => {
+                if fr.kind == Kind::Pause {
+                    self.c.md_pauses += 1;
+                }
                 let Some(slot) = self.md_flow(i, fr.flowid) else { return };
                 self.flows.get_mut(slot).md_paused = fr.kind == Kind::Pause;
                 self.update_interest(slot);
             }
             Kind::Broadcast => match frame::decode_broadcast(fr.payload) {
-                Ok((service, data)) => self.broadcast(service, data),
+                Ok((service, data)) => {
+                    self.c.broadcasts += 1;
+                    self.broadcast(service, data);
+                }
                 Err(_) => self.c.bad_frames += 1,
             },
             Kind::Hello => match Hello::decode(fr.payload) {
@@ -1446,10 +1520,11 @@ impl<'c> Server<'c> {
     }
 
     fn on_hello(&mut self, i: u32, h: Hello) {
-        if let Some((pid, fd)) = self.mds[i as usize].live.take() {
+        if let Some((old, fd)) = self.mds[i as usize].live.take() {
             let _ = self.epoll.delete(&fd);
             log::warn!(
-                "md instance {i} attached again (pid {pid} -> {}); closing its old flows",
+                "md instance {i} attached again (pid {} -> {}); closing its old flows",
+                old.pid,
                 h.pid
             );
             self.close_md_flows(i);
@@ -1465,7 +1540,7 @@ impl<'c> Server<'c> {
                     self.mds[i as usize].lost = true;
                     return;
                 }
-                self.mds[i as usize].live = Some((h.pid, fd));
+                self.mds[i as usize].live = Some((proc_id, fd));
                 self.c.md_hellos += 1;
                 log::info!("md instance {i} live (pid {})", h.pid);
                 self.assign_unassigned();
@@ -1495,11 +1570,20 @@ impl<'c> Server<'c> {
     /// md instance `i` is gone: close its flows, reset its pair (new generation).
     fn md_died(&mut self, i: u32, why: &str) {
         let Some(m) = self.mds.get_mut(i as usize) else { return };
-        let pid = m.live.as_ref().map(|(p, _)| *p);
+        let who = m.live.as_ref().map(|(p, _)| *p);
         if let Some((_, fd)) = m.live.take() {
             let _ = self.epoll.delete(&fd);
         }
         self.c.md_deaths += 1;
+        let pid = who.map(|w| w.pid);
+        if let (Some(st), Some(who)) = (&self.stats, who) {
+            // Only for a process that is really gone (its pidfd said so): then io_conn is the
+            // block's only writer. An md dropped for a corrupt ring may still run and write its
+            // block; it is left alone (its state says what it thinks).
+            if who.liveness() != shmq::sys::Liveness::Alive {
+                st.mark_md_dead(i, who);
+            }
+        }
         let n = self.mds[i as usize].flows;
         log::error!(
             "md instance {i} (pid {}) lost: {why}; closing its {n} connections and resetting its queue pair",
@@ -1535,6 +1619,11 @@ impl<'c> Server<'c> {
         match self.pairs.reset(side) {
             Ok(side) => {
                 let generation = side.generation;
+                if let Some(ss) = self.stats.as_mut().and_then(|st| st.slot(i)) {
+                    // A new generation: our halves start from zero with the rings' counters.
+                    ss.inprod.reset();
+                    ss.outcons.reset();
+                }
                 if let Err(e) = self.install(i, side) {
                     log::error!("md instance {i}: {e:#}");
                 } else {
@@ -1612,11 +1701,15 @@ impl<'c> Server<'c> {
             self.pool.put(b);
         }
         let md = f.md;
+        let md_closed = f.md_closed;
         self.flows.remove(ListId::Idle, slot);
         self.flows.remove(ListId::Deadline, slot);
         // A new generation now: frames md still sends for `old_id` are stale from here on.
         self.flows.bump(slot);
+        // md forgot a flow it closed itself: a CLOSE back would only cost it a frame (and maybe a
+        // wake-up) to count as an unknown flow.
         let tell_md = state == State::Open
+            && !md_closed
             && why != Why::MdGone
             && self.mds.get(md as usize).is_some_and(|m| m.side.is_some());
         if let Some(m) = self.mds.get_mut(md as usize) {
@@ -1701,6 +1794,17 @@ impl<'c> Server<'c> {
             log::info!("stopping {} md children", ch.count());
             ch.stop_all();
         }
+        // Final values for anyone who still maps the segment (a viewstats --watch), then remove
+        // it with the pairs.
+        if let Some(st) = self.stats.as_mut() {
+            st.mirror(&self.c, monotonic_ns());
+            for (i, m) in self.mds.iter().enumerate() {
+                if let (Some(side), Some(ss)) = (m.side.as_ref(), st.slot(i as u32)) {
+                    publish_halves(ss, side);
+                }
+            }
+            st.remove();
+        }
         for m in &mut self.mds {
             m.side = None;
             m.live = None;
@@ -1718,6 +1822,19 @@ impl Drop for Server<'_> {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Mirrors the ring counters of io_conn's ends of one pair into its stats halves.
+#[inline]
+fn publish_halves(ss: &crate::stats::SlotStats, side: &IoSide) {
+    use shmq::sync::Ordering;
+    let h = side.tx.header();
+    // The real backlog, not `tx.depth()` (which uses our cached head and so keeps showing frames
+    // md consumed long ago). Relaxed: a gauge; any recent value of either position will do (tail
+    // is our own store, head md's), and nothing is read through them.
+    let depth = h.tail.0.load(Ordering::Relaxed).saturating_sub(h.head.0.load(Ordering::Relaxed));
+    ss.inprod.publish_from(&h.producer, depth, side.tx.generation());
+    ss.outcons.publish_from(&side.rx.header().consumer, side.rx.generation());
 }
 
 /// A consumer over a tiny heap ring: stands in for an md's consumer while that one is in use.

@@ -14,9 +14,14 @@ use std::time::{Duration, Instant};
 /// Generous watchdog for anything that should happen "soon".
 pub const WATCHDOG: Duration = Duration::from_secs(30);
 
-/// The io_conn binary under test.
+/// The io_conn binary under test: `$SHMSRV_IO_CONN_BIN` if set (the PING bench uses it to compare
+/// two builds side by side; md and viewstats are then taken from that directory too), else the
+/// one cargo built.
 pub fn io_conn_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_io_conn"))
+    match std::env::var_os("SHMSRV_IO_CONN_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_io_conn")),
+    }
 }
 
 /// The md binary: next to io_conn (`cargo build --workspace --bins` builds it).
@@ -25,6 +30,17 @@ pub fn md_bin() -> PathBuf {
     assert!(
         p.is_file(),
         "md binary not found at {} (run `cargo build --workspace --bins`)",
+        p.display()
+    );
+    p
+}
+
+/// The viewstats binary: next to io_conn, like md.
+pub fn viewstats_bin() -> PathBuf {
+    let p = io_conn_bin().parent().expect("bin dir").join("viewstats");
+    assert!(
+        p.is_file(),
+        "viewstats binary not found at {} (run `cargo build --workspace --bins`)",
         p.display()
     );
     p
@@ -54,12 +70,25 @@ pub fn config_text(
     io_extra: &str,
     md_extra: &str,
 ) -> String {
+    config_text_with(name, runtime_dir, max_instances, "64KiB", io_extra, md_extra)
+}
+
+/// [`config_text`] with another `shared.max_message` (keep `md.dumb.stream_chunk` at or below it
+/// through `md_extra`, e.g. `"[md.dumb]\nstream_chunk = \"512B\""`).
+pub fn config_text_with(
+    name: &str,
+    runtime_dir: &Path,
+    max_instances: u32,
+    max_message: &str,
+    io_extra: &str,
+    md_extra: &str,
+) -> String {
     format!(
         r#"[shared]
 name = "{name}"
 runtime_dir = "{rt}"
 queue_size = "1MiB"
-max_message = "64KiB"
+max_message = "{max_message}"
 
 [io_conn]
 drain_deadline = "3s"
@@ -110,6 +139,8 @@ pub struct Setup<'a> {
     pub max_instances: u32,
     pub io_extra: &'a str,
     pub md_extra: &'a str,
+    /// `shared.max_message` (default 64KiB).
+    pub max_message: Option<&'a str>,
 }
 
 impl Server {
@@ -127,8 +158,15 @@ impl Server {
         let runtime_dir = dir.join("run");
         let config = dir.join("shmsrv.toml");
         let max = s.max_instances.max(s.spawn_md).max(1);
-        std::fs::write(&config, config_text(&name, &runtime_dir, max, s.io_extra, s.md_extra))
-            .expect("write config");
+        let text = config_text_with(
+            &name,
+            &runtime_dir,
+            max,
+            s.max_message.unwrap_or("64KiB"),
+            s.io_extra,
+            s.md_extra,
+        );
+        std::fs::write(&config, text).expect("write config");
         let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md);
         server.wait_md_live(s.spawn_md);
         server
@@ -269,11 +307,45 @@ impl Server {
         v
     }
 
-    /// SIGTERM, wait (watchdog), assert exit 0 and that every segment and FIFO is gone.
-    pub fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    /// SIGTERM, wait (watchdog), assert exit 0 and that every segment (the stats segment
+    /// included) and FIFO is gone.
+    pub fn stop(self) {
+        self.terminate();
+        self.wait_clean_exit();
+    }
+
+    /// Sends SIGTERM (io_conn starts draining).
+    pub fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// SIGKILL io_conn (not its md children) and reap it: what it created stays behind.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts a new io_conn on the same config (after [`Server::kill9`] or a clean exit).
+    pub fn relaunch(&mut self, spawn_md: u32) {
+        assert!(self.child.is_none(), "relaunch while running");
+        let next = Self::launch(&self.name, &self.dir, &self.runtime_dir, &self.config, spawn_md);
+        // Keep the earlier log lines (the tests read md pids from it).
+        let old = self.log_text();
+        next.log.lock().unwrap().insert_str(0, &old);
+        let mut next = next;
+        self.child = next.child.take();
+        self.addrs = std::mem::take(&mut next.addrs);
+        self.log = Arc::clone(&next.log);
+        // `next` has no child now; dropping it would remove the directory, which we still use.
+        next.dir = PathBuf::new();
+        self.wait_md_live(spawn_md);
+    }
+
+    /// Waits for io_conn to exit (watchdog), asserts exit 0 and that everything is gone.
+    pub fn wait_clean_exit(mut self) {
+        let mut child = self.child.take().expect("running");
         let until = Instant::now() + WATCHDOG;
         let status = loop {
             if let Some(st) = child.try_wait().expect("wait") {
@@ -314,12 +386,79 @@ impl Drop for Server {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+        }
+        // Also after a `kill9` whose test failed before `relaunch`.
+        if !self.dir.as_os_str().is_empty() {
             for p in self.leftovers() {
                 let _ = std::fs::remove_file(p);
             }
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `viewstats --json` on `name` (POSIX backend); the parsed document, or the failure's exit
+/// status and stderr.
+pub fn viewstats_json(name: &str) -> Result<serde_json::Value, String> {
+    let out = Command::new(viewstats_bin())
+        .args(["--json", "--name", name, "--backend", "posix"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run viewstats");
+    if !out.status.success() {
+        return Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON from viewstats: {e}"))
+}
+
+/// A value of a `viewstats --json` document: `section` block `instance`, counter `name`.
+pub fn stat(v: &serde_json::Value, section: &str, instance: u64, name: &str) -> Option<u64> {
+    v["sections"][section]
+        .as_array()?
+        .iter()
+        .find(|b| b["instance"].as_u64() == Some(instance))?["values"][name]
+        .as_u64()
+}
+
+impl Server {
+    /// `viewstats --json` for this server (panics if viewstats fails).
+    pub fn stats(&self) -> serde_json::Value {
+        viewstats_json(&self.name).unwrap_or_else(|e| panic!("viewstats failed: {e}"))
+    }
+
+    /// Polls `viewstats --json` until `problems` returns none (counters are mirrored once per
+    /// loop iteration, so they settle shortly after the traffic); panics after the watchdog with
+    /// the last problems and document.
+    pub fn wait_stats(
+        &self,
+        what: &str,
+        problems: impl Fn(&serde_json::Value) -> Vec<String>,
+    ) -> serde_json::Value {
+        let until = Instant::now() + WATCHDOG;
+        loop {
+            let v = self.stats();
+            let p = problems(&v);
+            if p.is_empty() {
+                return v;
+            }
+            assert!(
+                Instant::now() < until,
+                "{what}: counters did not settle:\n  {}\nlast document:\n{v:#}",
+                p.join("\n  ")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Problems of `v` against exact expectations `(section, instance, name, value)`.
+pub fn expect_exact(v: &serde_json::Value, want: &[(&str, u64, &str, u64)]) -> Vec<String> {
+    want.iter()
+        .filter_map(|&(sec, i, name, val)| {
+            let got = stat(v, sec, i, name);
+            (got != Some(val)).then(|| format!("{sec}[{i}].{name} = {got:?}, want {val}"))
+        })
+        .collect()
 }
 
 /// Reads exactly `n` bytes (watchdog via the socket's read timeout).

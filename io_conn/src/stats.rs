@@ -1,0 +1,260 @@
+//! io_conn's side of the stats segment (`shmq::stats`): creates `{name}.stats`, mirrors the
+//! loop's [`Counters`] into io_conn's block, and keeps the io_conn halves of every md queue.
+//!
+//! io_conn creates the segment after its queue pairs (so a live predecessor has already been
+//! refused) and before md children start (md attaches it right after its pair, and checks that
+//! its epoch is the pairs' epoch). It removes the segment at exit, after one last mirror.
+//!
+//! # Cost
+//!
+//! The event loop keeps counting in its plain [`Counters`] struct; [`Stats::mirror`] copies it
+//! into the segment once per loop iteration: one relaxed store per counter, no read-modify-write,
+//! no syscall, no allocation (docs/BENCHMARKS.md "Stats counters": ~2 ns per store). The queue
+//! halves are mirrored for live md slots only.
+//!
+//! # Which block io_conn writes
+//!
+//! | block | what | when |
+//! |---|---|---|
+//! | `io` | every [`Counters`] field that has an [`Io`] counterpart, and the heartbeat | each loop iteration |
+//! | `in.producer` slot i | the `in.i` ring's producer counters, depth, generation, publish stamp | each iteration with md i live; stamp on each flush that published |
+//! | `out.consumer` slot i | the `out.i` ring's consumer counters, generation, wait histogram | as above; a wait sample when io_conn picks up a batch |
+//! | `md` slot i | `state = dead` only, after md i's pidfd said it exited | on md death |
+
+use anyhow::Context;
+use shmq::layout::Direction;
+use shmq::region::Backend;
+use shmq::stats::{Io, IoStats, QueueConsumerStats, QueueProducerStats, StatsReader, StatsSegment};
+use shmq::sys::{Liveness, ProcId};
+
+use crate::counters::Counters;
+
+/// io_conn's halves of one md slot's queues.
+#[derive(Debug)]
+pub(crate) struct SlotStats {
+    /// `in.i` producer half (io_conn → md).
+    pub(crate) inprod: QueueProducerStats,
+    /// `out.i` consumer half (md → io_conn), with the wait histogram.
+    pub(crate) outcons: QueueConsumerStats,
+}
+
+/// The stats segment as io_conn writes it. Removed by [`Stats::remove`] (the server's cleanup).
+#[derive(Debug)]
+pub(crate) struct Stats {
+    seg: StatsSegment,
+    io: IoStats,
+    slots: Vec<SlotStats>,
+    backend: Backend,
+    name: String,
+    removed: bool,
+}
+
+impl Stats {
+    /// Creates `{name}.stats` for `md_slots` slots under `epoch`, replacing a dead predecessor's.
+    /// Call only after the queue pairs were created (that refused a live predecessor).
+    pub(crate) fn create(
+        backend: Backend,
+        name: &str,
+        md_slots: u32,
+        epoch: u64,
+    ) -> anyhow::Result<Self> {
+        let seg_name = shmq::stats::segment_name(name);
+        remove_stale(backend, name, &seg_name)?;
+        let seg = StatsSegment::create(backend, name, md_slots, epoch)
+            .with_context(|| format!("creating stats segment {seg_name}"))?;
+        let io = seg.io();
+        let mut slots = Vec::with_capacity(md_slots as usize);
+        for i in 0..md_slots {
+            let inprod = seg
+                .queue_producer(i, Direction::ToMd)
+                .with_context(|| format!("stats: in.{i} producer half"))?;
+            let outcons = seg
+                .queue_consumer(i, Direction::ToIo)
+                .with_context(|| format!("stats: out.{i} consumer half"))?;
+            slots.push(SlotStats { inprod, outcons });
+        }
+        log::info!("created stats segment {seg_name} ({md_slots} md slots, epoch {epoch})");
+        Ok(Self { seg, io, slots, backend, name: name.to_owned(), removed: false })
+    }
+
+    /// Copies every counter with an [`Io`] counterpart into io_conn's block and stores the
+    /// heartbeat. Relaxed stores only (see the module docs, "Cost").
+    #[inline]
+    pub(crate) fn mirror(&self, c: &Counters, now_mono_ns: u64) {
+        mirror_counters(&self.io, c);
+        self.io.heartbeat(now_mono_ns);
+    }
+
+    /// io_conn's halves of slot `i`'s queues.
+    #[inline]
+    pub(crate) fn slot(&mut self, i: u32) -> Option<&mut SlotStats> {
+        self.slots.get_mut(i as usize)
+    }
+
+    /// md `who` of slot `i` is gone: `state = dead` in its block (if the block still names it).
+    pub(crate) fn mark_md_dead(&self, i: u32, who: ProcId) {
+        if !self.seg.mark_md_dead(i, who) {
+            log::debug!("stats: md slot {i} does not name pid {} (never attached stats)", who.pid);
+        }
+    }
+
+    /// Removes the segment (idempotent). Mappings others hold stay valid until they unmap.
+    pub(crate) fn remove(&mut self) {
+        if std::mem::replace(&mut self.removed, true) {
+            return;
+        }
+        match StatsSegment::remove(self.backend, &self.name) {
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("removing stats segment {}: {e}", shmq::stats::segment_name(&self.name))
+            }
+        }
+    }
+}
+
+/// Removes a leftover `{name}.stats` whose creator is dead. Refuses (error) if its creator still
+/// runs: the queue pairs' check should have caught that already, so this is a second line of
+/// defence, not the main one.
+fn remove_stale(backend: Backend, name: &str, seg_name: &str) -> anyhow::Result<()> {
+    match StatsReader::attach(backend, name) {
+        Ok(r) => {
+            let info = r.info();
+            let creator = ProcId { pid: info.creator_pid, start_time: info.creator_start_time };
+            if creator != ProcId::current() && creator.liveness() == Liveness::Alive {
+                anyhow::bail!(
+                    "stats segment {seg_name} belongs to a running process (pid {}): is another \
+                     io_conn with shared.name = {name:?} running?",
+                    creator.pid
+                );
+            }
+            log::warn!(
+                "replacing stale stats segment {seg_name} left by pid {} (epoch {})",
+                creator.pid,
+                info.epoch
+            );
+        }
+        Err(shmq::stats::StatsError::NotFound { .. }) => return Ok(()),
+        // Half-written, foreign or of another layout: nobody can use it; replace it.
+        Err(e) => log::warn!("replacing unusable stats segment {seg_name} ({e})"),
+    }
+    StatsSegment::remove(backend, name)
+        .with_context(|| format!("removing stale stats segment {seg_name}"))?;
+    Ok(())
+}
+
+/// The mapping from [`Counters`] to [`Io`]. Fields without a counterpart (not in the segment's
+/// schema, which io_conn does not own): `accept_fd_exhausted`, `stale_frames`, `bad_frames`,
+/// `drained_frames`. They stay in [`Counters`] (returned by [`crate::run`], logged at exit).
+#[inline]
+pub(crate) fn mirror_counters(io: &IoStats, c: &Counters) {
+    io.set(Io::ConnectionsCurrent, c.connections_current);
+    io.set(Io::ConnectionsAccepted, c.connections_accepted);
+    io.set(Io::ConnectionsRefused, c.connections_refused);
+    io.set(Io::ClosedByPeer, c.closed_by_peer);
+    io.set(Io::ClosedIdle, c.closed_idle);
+    io.set(Io::ClosedDeadline, c.closed_deadline);
+    io.set(Io::ClosedOversized, c.closed_oversized);
+    io.set(Io::ClosedCreditOverrun, c.closed_credit_overrun);
+    io.set(Io::ClosedError, c.closed_error);
+    io.set(Io::ClosedByMd, c.closed_by_md);
+    io.set(Io::ClosedMdGone, c.closed_md_gone);
+    io.set(Io::ClosedShutdown, c.closed_shutdown);
+    io.set(Io::BytesIn, c.bytes_in);
+    io.set(Io::BytesOut, c.bytes_out);
+    io.set(Io::MessagesIn, c.messages_in);
+    io.set(Io::MessagesOut, c.messages_out);
+    io.set(Io::FramingErrors, c.framing_errors);
+    io.set(Io::BackpressurePauses, c.backpressure_pauses);
+    io.set(Io::MdPauses, c.md_pauses);
+    io.set(Io::Broadcasts, c.broadcasts);
+    io.set(Io::EpollWakeups, c.epoll_wakeups);
+    io.set(Io::EpollEvents, c.epoll_events);
+    io.set(Io::MdDeaths, c.md_deaths);
+    io.set(Io::MdAttaches, c.md_hellos);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use shmq::ring::HeapMemory;
+    use shmq::stats::{IO_COUNTERS, required_len};
+
+    use super::*;
+
+    /// Every `Io` counter but the heartbeat is fed from a distinct `Counters` field, under the
+    /// right name. (The struct literal names every field: a new field breaks this test until it is
+    /// mapped or listed as unmapped.)
+    #[test]
+    fn every_io_counter_is_mirrored_under_its_name() {
+        let c = Counters {
+            connections_current: 1,
+            connections_accepted: 2,
+            connections_refused: 3,
+            accept_fd_exhausted: 1000,
+            closed_by_peer: 4,
+            closed_idle: 5,
+            closed_deadline: 6,
+            closed_oversized: 7,
+            closed_credit_overrun: 8,
+            closed_error: 9,
+            closed_by_md: 10,
+            closed_md_gone: 11,
+            closed_shutdown: 12,
+            bytes_in: 13,
+            bytes_out: 14,
+            messages_in: 15,
+            messages_out: 16,
+            framing_errors: 17,
+            backpressure_pauses: 18,
+            md_pauses: 19,
+            broadcasts: 20,
+            epoll_wakeups: 21,
+            epoll_events: 22,
+            stale_frames: 1001,
+            bad_frames: 1002,
+            md_hellos: 24,
+            md_deaths: 23,
+            drained_frames: 1003,
+        };
+        let mem = Arc::new(HeapMemory::new(required_len(1)));
+        let seg =
+            StatsSegment::create_in(mem, 1, 1, ProcId { pid: 1, start_time: 1 }).expect("segment");
+        let io = seg.io();
+        mirror_counters(&io, &c);
+        io.heartbeat(99);
+        let snap = seg.reader().snapshot();
+        let get = |n: &str| snap.get("io", 0, n).unwrap_or_else(|| panic!("no io counter {n}"));
+        let want = [
+            ("connections_current", 1),
+            ("connections_accepted", 2),
+            ("connections_refused", 3),
+            ("closed_by_peer", 4),
+            ("closed_idle", 5),
+            ("closed_deadline", 6),
+            ("closed_oversized", 7),
+            ("closed_credit_overrun", 8),
+            ("closed_error", 9),
+            ("closed_by_md", 10),
+            ("closed_md_gone", 11),
+            ("closed_shutdown", 12),
+            ("bytes_in", 13),
+            ("bytes_out", 14),
+            ("messages_in", 15),
+            ("messages_out", 16),
+            ("framing_errors", 17),
+            ("backpressure_pauses", 18),
+            ("md_pauses", 19),
+            ("broadcasts", 20),
+            ("epoll_wakeups", 21),
+            ("epoll_events", 22),
+            ("md_deaths", 23),
+            ("md_attaches", 24),
+            ("heartbeat_mono_ns", 99),
+        ];
+        assert_eq!(want.len(), IO_COUNTERS.len(), "an Io counter is not checked here");
+        for (name, v) in want {
+            assert_eq!(get(name), v, "io counter {name}");
+        }
+    }
+}
