@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `raw` | whatever is buffered, cut at `max` bytes | never |
 //! | `line` | bytes up to and including `\n` | a line of more than `max` bytes, `\n` included |
-//! | `len32` | 4-byte big-endian length, then that many bytes; the payload excludes the prefix | a length above `max` |
+//! | `len32` | 4-byte big-endian length, then that many bytes; the message *includes* the prefix (md parses it, and writes its replies' prefixes itself: md's output is a plain byte stream for every framing) | prefix + length above `max` |
 //!
 //! # Example
 //!
@@ -84,12 +84,12 @@ pub fn next_message(framing: Framing, buf: &[u8], scanned: usize, max: usize) ->
                 return Next::Incomplete { scanned: 0 };
             }
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len > max {
+            if len > max.saturating_sub(LEN32_PREFIX) {
                 return Next::TooLong;
             }
             let end = LEN32_PREFIX + len;
             if buf.len() >= end {
-                Next::Message { start: LEN32_PREFIX, end, consumed: end }
+                Next::Message { start: 0, end, consumed: end }
             } else {
                 Next::Incomplete { scanned: 0 }
             }
@@ -98,12 +98,12 @@ pub fn next_message(framing: Framing, buf: &[u8], scanned: usize, max: usize) ->
 }
 
 /// How much room a flow's input buffer needs to hold one whole message of up to `max` bytes
-/// (the `len32` prefix included) plus one more read of `read` bytes.
+/// plus one more read of `read` bytes.
 pub fn input_capacity(framing: Framing, max: usize, read: usize) -> usize {
     match framing {
         Framing::Raw => max.max(read),
         Framing::Line => max + read,
-        Framing::Len32 => max + LEN32_PREFIX + read,
+        Framing::Len32 => max + read,
     }
 }
 
@@ -178,20 +178,25 @@ mod tests {
     }
 
     #[test]
-    fn len32_strips_prefix_and_checks_max() {
+    fn len32_keeps_prefix_and_checks_max() {
         let mut m = 3u32.to_be_bytes().to_vec();
         m.extend_from_slice(b"abcXX");
         assert_eq!(
             next_message(Framing::Len32, &m, 0, 16),
-            Next::Message { start: 4, end: 7, consumed: 7 }
+            Next::Message { start: 0, end: 7, consumed: 7 }
         );
         assert_eq!(next_message(Framing::Len32, &m[..6], 0, 16), Next::Incomplete { scanned: 0 });
         assert_eq!(next_message(Framing::Len32, &m[..3], 0, 16), Next::Incomplete { scanned: 0 });
-        assert_eq!(next_message(Framing::Len32, &17u32.to_be_bytes(), 0, 16), Next::TooLong);
+        // max counts the prefix: 12 payload bytes + 4 fit in 16, 13 do not.
+        assert_eq!(next_message(Framing::Len32, &13u32.to_be_bytes(), 0, 16), Next::TooLong);
+        assert_eq!(
+            next_message(Framing::Len32, &12u32.to_be_bytes(), 0, 16),
+            Next::Incomplete { scanned: 0 }
+        );
         // An empty message is a message.
         assert_eq!(
             next_message(Framing::Len32, &[0, 0, 0, 0], 0, 16),
-            Next::Message { start: 4, end: 4, consumed: 4 }
+            Next::Message { start: 0, end: 4, consumed: 4 }
         );
     }
 
@@ -228,12 +233,15 @@ mod tests {
             chunks in proptest::collection::vec(1usize..70, 1..10),
         ) {
             let mut stream = Vec::new();
+            let mut want = Vec::new();
             for m in &msgs {
-                stream.extend_from_slice(&(m.len() as u32).to_be_bytes());
-                stream.extend_from_slice(m);
+                let mut w = (m.len() as u32).to_be_bytes().to_vec();
+                w.extend_from_slice(m);
+                stream.extend_from_slice(&w);
+                want.push(w);
             }
-            let got = frame_all(Framing::Len32, &stream, &chunks, 100).unwrap();
-            prop_assert_eq!(got, msgs);
+            let got = frame_all(Framing::Len32, &stream, &chunks, 104).unwrap();
+            prop_assert_eq!(got, want);
         }
 
         #[test]

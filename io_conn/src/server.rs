@@ -28,7 +28,7 @@
 //! which edge-triggered mode would only allow with a private "still readable" list.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -983,7 +983,7 @@ impl<'c> Server<'c> {
             f.eof_seen = true;
             f.close_after_flush = true;
             f.error_close = true;
-            if !self.send_to_client(slot, &[], ERR_TOO_LONG, false) {
+            if !self.send_to_client(slot, ERR_TOO_LONG, false) {
                 return; // the write failed and closed the flow
             }
             if self.flows.get(slot).output_len() == 0 {
@@ -1192,23 +1192,18 @@ impl<'c> Server<'c> {
 
     // ---- writing --------------------------------------------------------------------------
 
-    /// Sends `prefix` + `payload` to the client: writes at once if nothing is queued, queues the
-    /// rest. `credited`: md paid credit for `payload` (DATA), not for BROADCAST. False if the flow
+    /// Sends `payload` to the client: writes at once if nothing is queued, queues the rest.
+    /// `credited`: md paid credit for `payload` (DATA), not for BROADCAST. False if the flow
     /// closed.
-    fn send_to_client(&mut self, slot: u32, prefix: &[u8], payload: &[u8], credited: bool) -> bool {
-        let total = prefix.len() + payload.len();
-        let uncredited = if credited { prefix.len() } else { total };
+    fn send_to_client(&mut self, slot: u32, payload: &[u8], credited: bool) -> bool {
+        let total = payload.len();
+        let uncredited = if credited { 0 } else { total };
         let f = self.flows.get_mut(slot);
         let Some(sock) = f.sock.as_ref() else { return false };
         let mut sock: &TcpStream = sock;
         let mut written = 0;
         if f.output_len() == 0 {
-            let r = if prefix.is_empty() {
-                sock.write(payload)
-            } else {
-                sock.write_vectored(&[IoSlice::new(prefix), IoSlice::new(payload)])
-            };
-            match r {
+            match sock.write(payload) {
                 Ok(n) => written = n,
                 Err(e)
                     if matches!(
@@ -1230,12 +1225,7 @@ impl<'c> Server<'c> {
         if written < total {
             let f = self.flows.get_mut(slot);
             let buf = f.output.get_or_insert_with(|| self.pool.get());
-            if written < prefix.len() {
-                buf.extend(&prefix[written..]);
-                buf.extend(payload);
-            } else {
-                buf.extend(&payload[written - prefix.len()..]);
-            }
+            buf.extend(&payload[written..]);
             f.uncredited += (uncredited - written.min(uncredited)) as u64;
             let queued = f.output_len() as u64;
             if queued - f.uncredited.min(queued) > self.credit || f.uncredited > self.credit {
@@ -1454,13 +1444,9 @@ impl<'c> Server<'c> {
             Kind::Data => {
                 self.c.messages_out += 1;
                 let Some(slot) = self.md_flow(i, fr.flowid) else { return };
-                if self.listeners[self.flows.get(slot).listener as usize].framing == Framing::Len32
-                {
-                    let Ok(len) = u32::try_from(fr.payload.len()) else { return };
-                    self.send_to_client(slot, &len.to_be_bytes(), fr.payload, true);
-                } else {
-                    self.send_to_client(slot, &[], fr.payload, true);
-                }
+                // md's output is a byte stream for every framing: a len32 service writes its own
+                // length prefixes, as it reads them (io_conn passes them through).
+                self.send_to_client(slot, fr.payload, true);
             }
             Kind::Close => {
                 let Some(slot) = self.md_flow(i, fr.flowid) else { return };
@@ -1510,12 +1496,7 @@ impl<'c> Server<'c> {
             if f.state != State::Open || l.service != service || f.close_after_flush || f.discard {
                 continue;
             }
-            if l.framing == Framing::Len32 {
-                let Ok(len) = u32::try_from(data.len()) else { return };
-                self.send_to_client(slot, &len.to_be_bytes(), data, false);
-            } else {
-                self.send_to_client(slot, &[], data, false);
-            }
+            self.send_to_client(slot, data, false);
         }
     }
 

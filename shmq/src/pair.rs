@@ -1,15 +1,76 @@
 //! The queue pair of one md instance: `in` (io_conn → md) and `out` (md → io_conn), each a ring in
 //! its own segment with a FIFO doorbell in the runtime directory. io_conn creates, md attaches.
 //!
-//! STUB: the API below is fixed; the implementation lands with issue 3 (shmq 2/2).
-#![allow(missing_docs, dead_code, unused_variables)]
+//! # Names
+//!
+//! For prefix `NAME` (`shared.name`) and instance `I`:
+//!
+//! | what | name |
+//! |---|---|
+//! | ring io_conn → md | segment `NAME.in.I` (POSIX: `/dev/shm/NAME.in.I`; SysV: key [`sysv_key`]`("NAME.in.I")`) |
+//! | ring md → io_conn | segment `NAME.out.I` |
+//! | md's doorbell | FIFO `RUNTIME_DIR/NAME.in.I.fifo` |
+//! | io_conn's doorbell | FIFO `RUNTIME_DIR/NAME.out.I.fifo` |
+//!
+//! Everything is created mode 0600; the runtime directory is created 0700 if missing, and must be
+//! a real directory (not a symlink) owned by us and writable by nobody else.
+//!
+//! # Ownership
+//!
+//! io_conn ([`PairConfig::create`]) owns both segments and both FIFOs; each segment holds one ring
+//! at offset 0 whose header names io_conn (pid + start time) and its epoch. A create that finds
+//! leftovers checks the recorded creator: alive → [`PairError::InUse`]; dead or replaced (or the
+//! header is not a ring at all) → the leftovers are removed and made afresh. md
+//! ([`PairConfig::attach`]) only attaches. io_conn resets a pair (new generation) when md died or
+//! a ring is corrupt ([`PairConfig::reset`]) and removes it on a clean exit
+//! ([`PairConfig::remove`]).
+//!
+//! There is no lock between two io_conns creating the same names at the same instant; the
+//! systemd unit runs one io_conn, and the liveness check covers the restart case.
+//!
+//! # Example
+//!
+//! ```
+//! use shmq::frame::{FlowId, Kind};
+//! use shmq::pair::PairConfig;
+//! use shmq::region::Backend;
+//! let pid = std::process::id();
+//! let cfg = PairConfig {
+//!     name: format!("shmq-doc-pair-{pid}"),
+//!     runtime_dir: std::env::current_dir().unwrap().join(format!("target/shmq-doc-{pid}")),
+//!     backend: Backend::Posix,
+//!     capacity: 1 << 16,
+//!     max_payload: 4096,
+//! };
+//! let mut io = cfg.create(0, 7).unwrap();
+//! let mut md = cfg.attach(0).unwrap();
+//! assert_eq!((md.epoch, md.generation), (7, 1));
+//! io.tx.try_push(FlowId::new(1, 1), Kind::Data, 0, b"hi").unwrap();
+//! io.tx.flush();
+//! assert_eq!(md.rx.peek().unwrap().unwrap().payload, b"hi");
+//! drop((io, md));
+//! cfg.remove(0).unwrap();
+//! # std::fs::remove_dir_all(&cfg.runtime_dir).unwrap();
+//! ```
 
 use std::fmt;
-use std::path::PathBuf;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::doorbell::Doorbell;
-use crate::region::Backend;
-use crate::ring::{Consumer, Producer};
+use crate::layout::{Direction, RING_MAGIC, RingParams};
+use crate::region::{self, Backend, Segment};
+use crate::ring::{self, Consumer, Producer, RingAttachError};
+use crate::sync::Ordering;
+use crate::sys::{Liveness, ProcId};
+
+#[cfg(doc)]
+use crate::region::sysv_key;
+
+/// Mode of every segment and FIFO of a pair.
+pub const MODE: u32 = 0o600;
 
 /// Where and how a set of queue pairs lives. One per server (from the config's shared section).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +90,7 @@ pub struct PairConfig {
 /// io_conn's end of instance `instance`'s pair.
 #[derive(Debug)]
 pub struct IoSide {
+    /// The md instance number.
     pub instance: u32,
     /// Producer of `in` (holds md's doorbell and rings it).
     pub tx: Producer,
@@ -36,13 +98,18 @@ pub struct IoSide {
     pub rx: Consumer,
     /// io_conn's doorbell for `out`: put it in epoll, pass it to `rx.prepare_sleep`.
     pub rx_bell: Doorbell,
+    /// The epoch both rings were created under.
     pub epoch: u64,
+    /// The current generation of both rings.
     pub generation: u64,
+    in_seg: Arc<Segment>,
+    out_seg: Arc<Segment>,
 }
 
 /// md's end of instance `instance`'s pair.
 #[derive(Debug)]
 pub struct MdSide {
+    /// The md instance number.
     pub instance: u32,
     /// Consumer of `in`.
     pub rx: Consumer,
@@ -50,7 +117,9 @@ pub struct MdSide {
     pub rx_bell: Doorbell,
     /// Producer of `out` (holds io_conn's doorbell).
     pub tx: Producer,
+    /// The epoch of io_conn that created the pair.
     pub epoch: u64,
+    /// The generation attached to; `rx.is_current()` turns false when io_conn resets the pair.
     pub generation: u64,
     /// io_conn's identity, from the segment header (watch it with a pidfd).
     pub creator: crate::sys::ProcId,
@@ -61,13 +130,29 @@ pub struct MdSide {
 #[non_exhaustive]
 pub enum PairError {
     /// A live process owns a segment or FIFO of that name.
-    InUse { what: String, owner: u32 },
+    InUse {
+        /// The segment.
+        what: String,
+        /// Its creator's pid.
+        owner: u32,
+    },
     /// Not created yet (or io_conn not running): retry later.
-    NotFound { what: String },
+    NotFound {
+        /// The segment or FIFO.
+        what: String,
+    },
     /// Not ready / being reset: retry shortly.
-    NotReady { what: String },
+    NotReady {
+        /// The segment.
+        what: String,
+    },
     /// Something else; `what` names the segment or FIFO.
-    Other { what: String, source: Box<dyn std::error::Error + Send + Sync> },
+    Other {
+        /// The segment, FIFO or directory.
+        what: String,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl fmt::Display for PairError {
@@ -81,26 +166,387 @@ impl fmt::Display for PairError {
     }
 }
 
-impl std::error::Error for PairError {}
+impl std::error::Error for PairError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Other { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+fn other(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> PairError {
+    PairError::Other { what: what.into(), source: Box::new(e) }
+}
+
+/// The two directions of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    In,
+    Out,
+}
+
+impl Dir {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+        }
+    }
+    fn direction(self) -> Direction {
+        match self {
+            Self::In => Direction::ToMd,
+            Self::Out => Direction::ToIo,
+        }
+    }
+}
 
 impl PairConfig {
+    /// Segment name of the io_conn → md ring: `NAME.in.I`.
+    pub fn in_segment(&self, instance: u32) -> String {
+        self.segment(Dir::In, instance)
+    }
+    /// Segment name of the md → io_conn ring: `NAME.out.I`.
+    pub fn out_segment(&self, instance: u32) -> String {
+        self.segment(Dir::Out, instance)
+    }
+    /// md's doorbell FIFO: `RUNTIME_DIR/NAME.in.I.fifo`.
+    pub fn in_fifo(&self, instance: u32) -> PathBuf {
+        self.fifo(Dir::In, instance)
+    }
+    /// io_conn's doorbell FIFO: `RUNTIME_DIR/NAME.out.I.fifo`.
+    pub fn out_fifo(&self, instance: u32) -> PathBuf {
+        self.fifo(Dir::Out, instance)
+    }
+    /// Bytes of each segment (one ring header + `capacity`).
+    pub fn segment_bytes(&self) -> usize {
+        ring::ring_bytes(self.capacity)
+    }
+
+    fn segment(&self, d: Dir, instance: u32) -> String {
+        format!("{}.{}.{instance}", self.name, d.tag())
+    }
+    fn fifo(&self, d: Dir, instance: u32) -> PathBuf {
+        self.runtime_dir.join(format!("{}.{}.{instance}.fifo", self.name, d.tag()))
+    }
+
+    /// Creates the runtime directory (0700) if missing; checks that it is a directory, not a
+    /// symlink, owned by us and not writable by group or others.
+    pub fn ensure_runtime_dir(&self) -> Result<(), PairError> {
+        let dir = &self.runtime_dir;
+        let what = || dir.display().to_string();
+        match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(other(what(), e)),
+        }
+        let md = std::fs::symlink_metadata(dir).map_err(|e| other(what(), e))?;
+        let bad = |why: &str| {
+            other(what(), io::Error::new(io::ErrorKind::PermissionDenied, why.to_string()))
+        };
+        if md.file_type().is_symlink() {
+            return Err(bad("runtime directory is a symlink"));
+        }
+        if !md.is_dir() {
+            return Err(bad("runtime directory is not a directory"));
+        }
+        if md.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(bad("runtime directory is not owned by us"));
+        }
+        if md.mode() & 0o022 != 0 {
+            return Err(bad("runtime directory is writable by group or others"));
+        }
+        Ok(())
+    }
+
+    /// Checks an existing segment's recorded creator: `Err(InUse)` if it is alive.
+    fn check_leftover(&self, name: &str) -> Result<(), PairError> {
+        let seg = match Segment::attach(self.backend, name, false) {
+            Ok(s) => s,
+            Err(region::AttachError::NotFound { .. }) => return Ok(()),
+            // Empty or unmappable: not a ring anybody uses.
+            Err(e) => {
+                log::debug!("leftover segment {name} cannot be attached ({e}); replacing it");
+                return Ok(());
+            }
+        };
+        if let Some(id) = seg.ring_identity(0) {
+            if id.magic == RING_MAGIC && id.creator.pid != 0 {
+                match id.creator.liveness() {
+                    Liveness::Alive => {
+                        return Err(PairError::InUse {
+                            what: seg.location().display().to_string(),
+                            owner: id.creator.pid,
+                        });
+                    }
+                    l => log::warn!(
+                        "replacing stale segment {} left by pid {} ({l:?})",
+                        seg.location().display(),
+                        id.creator.pid
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every leftover of `instance` whose creator is dead. `Err(InUse)` (and nothing
+    /// removed) if a live process created either segment. Returns how many things were removed.
+    pub fn remove_stale(&self, instance: u32) -> Result<usize, PairError> {
+        for d in [Dir::In, Dir::Out] {
+            self.check_leftover(&self.segment(d, instance))?;
+        }
+        self.remove_counted(instance)
+    }
+
+    fn remove_counted(&self, instance: u32) -> Result<usize, PairError> {
+        let mut n = 0;
+        for d in [Dir::In, Dir::Out] {
+            let seg = self.segment(d, instance);
+            if Segment::remove(self.backend, &seg).map_err(|e| other(seg, e))? {
+                n += 1;
+            }
+            let fifo = self.fifo(d, instance);
+            match std::fs::remove_file(&fifo) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(other(fifo.display().to_string(), e)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Creates one segment with a fresh ring.
+    fn create_ring(&self, d: Dir, instance: u32, epoch: u64) -> Result<Arc<Segment>, PairError> {
+        let name = self.segment(d, instance);
+        // `Exists` here means another creator made it since `remove_stale` looked: a race
+        // between two io_conns, reported as such (`Other` with the `Exists` source).
+        let seg = Segment::create(self.backend, &name, self.segment_bytes(), MODE)
+            .map_err(|e| other(name.clone(), e))?;
+        let me = ProcId::current();
+        let p = RingParams {
+            capacity: self.capacity,
+            max_payload: self.max_payload,
+            direction: d.direction(),
+            creator_pid: me.pid,
+            creator_start_time: me.start_time,
+            epoch,
+            generation: 1,
+        };
+        if let Err(e) = ring::init(&seg, 0, &p) {
+            let _ = Segment::remove(self.backend, &name);
+            return Err(other(name, e));
+        }
+        Ok(Arc::new(seg))
+    }
+
     /// Creates (or, if a dead predecessor left them, replaces) instance `instance`'s segments and
     /// FIFOs under `epoch`, generation 1. io_conn only.
     pub fn create(&self, instance: u32, epoch: u64) -> Result<IoSide, PairError> {
-        todo!("issue 3")
+        self.ensure_runtime_dir()?;
+        // Leftovers: refuse if a live creator owns them, else clear everything of this instance
+        // (FIFOs too: a fresh FIFO has our mode and no stale bytes, and an md still holding the
+        // old one re-opens it when it re-attaches to the new epoch).
+        self.remove_stale(instance)?;
+        let in_seg = self.create_ring(Dir::In, instance, epoch)?;
+        let out_seg = match self.create_ring(Dir::Out, instance, epoch) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = Segment::remove(self.backend, in_seg.name());
+                return Err(e);
+            }
+        };
+        let r = (|| {
+            let in_path = self.fifo(Dir::In, instance);
+            let out_path = self.fifo(Dir::Out, instance);
+            let in_bell = Doorbell::create(&in_path, MODE)
+                .map_err(|e| other(in_path.display().to_string(), e))?;
+            let rx_bell = Doorbell::create(&out_path, MODE)
+                .map_err(|e| other(out_path.display().to_string(), e))?;
+            self.io_side(instance, in_seg, out_seg, in_bell, rx_bell)
+        })();
+        if r.is_err() {
+            let _ = self.remove_counted(instance);
+        }
+        let side = r?;
+        log::info!(
+            "created queue pair {}.{{in,out}}.{instance} ({} backend, {} bytes per ring, epoch {epoch})",
+            self.name,
+            self.backend,
+            self.capacity
+        );
+        Ok(side)
     }
+
+    fn io_side(
+        &self,
+        instance: u32,
+        in_seg: Arc<Segment>,
+        out_seg: Arc<Segment>,
+        in_bell: Doorbell,
+        rx_bell: Doorbell,
+    ) -> Result<IoSide, PairError> {
+        let tx = Producer::attach(in_seg.clone(), 0, Some(in_bell))
+            .map_err(|e| ring_err(in_seg.name(), e))?;
+        let rx = Consumer::attach(out_seg.clone(), 0).map_err(|e| ring_err(out_seg.name(), e))?;
+        let st = ProcId::current().start_time;
+        // Relaxed: only the producer (us) writes the producer line, only the consumer (us) the
+        // consumer line; readers accept staleness.
+        tx.header().producer.start_time.store(st, Ordering::Relaxed);
+        rx.header().consumer.start_time.store(st, Ordering::Relaxed);
+        Ok(IoSide {
+            instance,
+            epoch: tx.epoch(),
+            generation: tx.generation(),
+            tx,
+            rx,
+            rx_bell,
+            in_seg,
+            out_seg,
+        })
+    }
+
     /// Resets both rings in place under a new generation (after md died, or on corruption),
-    /// drains both FIFOs; returns fresh producer/consumer handles.
+    /// drains both FIFOs; returns fresh producer/consumer handles. `rx_bell` is kept (same fd, so
+    /// it stays registered in the caller's epoll set).
+    ///
+    /// A still-running md notices through `is_current()` turning false and must re-attach;
+    /// nothing queued under the old generation is delivered.
     pub fn reset(&self, side: IoSide) -> Result<IoSide, PairError> {
-        todo!("issue 3")
+        let IoSide { instance, tx, rx, rx_bell, in_seg, out_seg, generation, epoch } = side;
+        drop((tx, rx));
+        let new_gen = generation + 1;
+        for (d, seg) in [(Dir::In, &in_seg), (Dir::Out, &out_seg)] {
+            self.reset_ring(d, seg, epoch, new_gen)?;
+        }
+        let in_path = self.fifo(Dir::In, instance);
+        let in_bell =
+            Doorbell::open(&in_path).map_err(|e| other(in_path.display().to_string(), e))?;
+        // Stale wake-ups from the old generation: harmless, but drained so the counts start clean.
+        let _ = in_bell.drain();
+        let _ = rx_bell.drain();
+        let side = self.io_side(instance, in_seg, out_seg, in_bell, rx_bell)?;
+        log::info!("reset queue pair {} to generation {new_gen}", self.segment(Dir::In, instance));
+        Ok(side)
     }
+
+    /// Resets one ring to `generation` in place. If the header itself is damaged (a peer
+    /// scribbled over magic or geometry), it is written afresh from this config instead.
+    fn reset_ring(
+        &self,
+        d: Dir,
+        seg: &Arc<Segment>,
+        epoch: u64,
+        generation: u64,
+    ) -> Result<(), PairError> {
+        let geometry_ok = |h: &crate::layout::RingHeader| {
+            h.capacity == self.capacity
+                && h.max_payload == self.max_payload
+                && h.direction == d.direction() as u32
+        };
+        // Validate by attaching as the side io_conn plays on this ring (which it does next anyway).
+        let intact = ring::reset(&**seg, 0, generation).is_ok()
+            && match d {
+                Dir::In => {
+                    Producer::attach(seg.clone(), 0, None).is_ok_and(|p| geometry_ok(p.header()))
+                }
+                Dir::Out => Consumer::attach(seg.clone(), 0).is_ok_and(|c| geometry_ok(c.header())),
+            };
+        if intact {
+            return Ok(());
+        }
+        log::warn!("ring header of {} damaged; rewriting it", seg.name());
+        let me = ProcId::current();
+        let p = RingParams {
+            capacity: self.capacity,
+            max_payload: self.max_payload,
+            direction: d.direction(),
+            creator_pid: me.pid,
+            creator_start_time: me.start_time,
+            epoch,
+            generation,
+        };
+        ring::init(&**seg, 0, &p).map_err(|e| other(seg.name(), e))
+    }
+
     /// Attaches as md instance `instance` (records our pid in the consumer/producer lines).
+    ///
+    /// `NotFound` if io_conn has not created the pair (or removed it); `NotReady` while it is
+    /// being created or reset (retry shortly); `Other` for a segment that is not a valid ring.
     pub fn attach(&self, instance: u32) -> Result<MdSide, PairError> {
-        todo!("issue 3")
+        let in_name = self.segment(Dir::In, instance);
+        let out_name = self.segment(Dir::Out, instance);
+        let in_seg = self.attach_segment(&in_name)?;
+        let out_seg = self.attach_segment(&out_name)?;
+        let rx = Consumer::attach(in_seg.clone(), 0).map_err(|e| ring_err(&in_name, e))?;
+        let in_path = self.fifo(Dir::In, instance);
+        let out_path = self.fifo(Dir::Out, instance);
+        let rx_bell = open_fifo(&in_path)?;
+        let out_bell = open_fifo(&out_path)?;
+        let tx = Producer::attach(out_seg.clone(), 0, Some(out_bell))
+            .map_err(|e| ring_err(&out_name, e))?;
+        if rx.header().direction != Direction::ToMd as u32
+            || tx.header().direction != Direction::ToIo as u32
+        {
+            return Err(other(
+                in_name,
+                io::Error::new(io::ErrorKind::InvalidData, "ring directions are swapped"),
+            ));
+        }
+        if rx.epoch() != tx.epoch() || rx.generation() != tx.generation() {
+            // Caught between the resets of the two rings, or a mix of two epochs.
+            return Err(PairError::NotReady { what: in_name });
+        }
+        let h = rx.header();
+        let creator = ProcId { pid: h.creator_pid, start_time: h.creator_start_time };
+        let st = ProcId::current().start_time;
+        // Relaxed: we are the only writer of these lines now; readers accept staleness.
+        rx.header().consumer.start_time.store(st, Ordering::Relaxed);
+        tx.header().producer.start_time.store(st, Ordering::Relaxed);
+        Ok(MdSide {
+            instance,
+            epoch: rx.epoch(),
+            generation: rx.generation(),
+            rx,
+            rx_bell,
+            tx,
+            creator,
+        })
     }
+
+    fn attach_segment(&self, name: &str) -> Result<Arc<Segment>, PairError> {
+        match Segment::attach(self.backend, name, true) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(region::AttachError::NotFound { .. }) => {
+                Err(PairError::NotFound { what: name.to_string() })
+            }
+            Err(region::AttachError::Empty { .. }) => {
+                Err(PairError::NotReady { what: name.to_string() })
+            }
+            Err(e) => Err(other(name, e)),
+        }
+    }
+
     /// Removes instance `instance`'s segments and FIFOs (io_conn on clean exit). Missing ones are
     /// not an error.
     pub fn remove(&self, instance: u32) -> Result<(), PairError> {
-        todo!("issue 3")
+        self.remove_counted(instance).map(drop)
+    }
+}
+
+fn open_fifo(path: &Path) -> Result<Doorbell, PairError> {
+    Doorbell::open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            PairError::NotFound { what: path.display().to_string() }
+        } else {
+            other(path.display().to_string(), e)
+        }
+    })
+}
+
+fn ring_err(name: &str, e: RingAttachError) -> PairError {
+    match e {
+        RingAttachError::NotReady => PairError::NotReady { what: name.to_string() },
+        e => other(name, e),
     }
 }
