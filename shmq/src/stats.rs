@@ -483,7 +483,11 @@ pub const fn bucket_upper_bound(i: usize) -> u64 {
         return u64::MAX;
     }
     let m = HIST_MIN_SHIFT + ((i - 1) / 2) as u32;
-    if (i - 1).is_multiple_of(2) { (1u64 << m) + (1u64 << (m - 1)) - 1 } else { (1u64 << (m + 1)) - 1 }
+    if (i - 1).is_multiple_of(2) {
+        (1u64 << m) + (1u64 << (m - 1)) - 1
+    } else {
+        (1u64 << (m + 1)) - 1
+    }
 }
 
 /// The `q` quantile (0..=1) of a histogram given as `(inclusive upper bound, count)` pairs in
@@ -826,7 +830,10 @@ impl Mapping {
 
     /// The words of a block: `1 + words` atomics from `offset`.
     fn words(&self, offset: usize, words: usize) -> &[AtomicU64] {
-        assert!(offset.is_multiple_of(8) && offset + (words + 1) * 8 <= self.len, "block out of bounds");
+        assert!(
+            offset.is_multiple_of(8) && offset + (words + 1) * 8 <= self.len,
+            "block out of bounds"
+        );
         // SAFETY: in bounds (asserted just above, against the real mapping length); aligned: the
         // base is 128-aligned and offset a multiple of 8; AtomicU64 has the size and alignment of
         // u64 (const-asserted) and every bit pattern is valid. Aliasing: the block area is only
@@ -945,7 +952,10 @@ fn validate(map: &Mapping) -> Result<Geometry, StatsError> {
         .checked_mul(h.desc_size as u64)
         .and_then(|b| b.checked_add(h.desc_offset))
         .ok_or(StatsError::BadGeometry("descriptor table"))?;
-    if !h.desc_offset.is_multiple_of(8) || h.desc_offset < HEADER_BYTES as u64 || desc_end > h.total_len {
+    if !h.desc_offset.is_multiple_of(8)
+        || h.desc_offset < HEADER_BYTES as u64
+        || desc_end > h.total_len
+    {
         return Err(StatsError::BadGeometry("descriptor table"));
     }
     let mut sections = Vec::with_capacity(h.section_count as usize);
