@@ -1,6 +1,6 @@
 //! Framers: find message boundaries in a client's byte stream (`raw`, `line`, `len32`).
 //!
-//! Used by the event loop ([`crate::server`]) on whatever bytes a flow has buffered: the loop's
+//! Used by the event loop (`server.rs`) on whatever bytes a flow has buffered: the loop's
 //! scratch buffer right after a read, or the flow's pooled input buffer. The framers are pure
 //! functions over a byte slice: they never copy, allocate or parse beyond the boundary (md
 //! parses the message). io_conn finds boundaries only.
