@@ -490,9 +490,11 @@ where
                 let batch = self.core.opts.batch;
                 let Self { service, core, sink } = self;
                 let Endpoint { rx, tx, .. } = ep;
-                if let Some(sink) = sink {
+                let mut picked = false;
+                if let Some(sink) = sink.as_mut() {
                     if rx.has_data() {
                         sink.pickup();
+                        picked = true;
                     }
                 }
                 let n = match rx.drain(batch, |f| core.on_frame(service, tx, f)) {
@@ -508,6 +510,11 @@ where
                     }
                 };
                 worked = n > 0;
+                if let (Some(sink), true, false) = (sink.as_mut(), worked, picked) {
+                    // Frames landed between the `has_data` look and the drain: their wait ends
+                    // now (a little late, never lost).
+                    sink.pickup();
+                }
                 worked |= core.fire_timers(service);
                 core.pump_dirty(service, tx);
                 tx.flush();

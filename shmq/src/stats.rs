@@ -1327,11 +1327,13 @@ impl QueueConsumerStats {
     #[inline]
     pub fn note_pickup(&mut self, now_mono_ns: u64) -> Option<u64> {
         let stamp = self.partner.get(QueueProducer::LastPublishNs.word());
-        if stamp == 0 || stamp == self.last_stamp || stamp > now_mono_ns {
+        if stamp == 0 || stamp == self.last_stamp {
             return None;
         }
         self.last_stamp = stamp;
-        let ns = now_mono_ns - stamp;
+        // A stamp later than `now`: the caller read its clock before it saw the frames (a batch
+        // that began just before they landed). The wait was shorter than that gap: record 0.
+        let ns = now_mono_ns.saturating_sub(stamp);
         self.record_wait_ns(ns);
         Some(ns)
     }
