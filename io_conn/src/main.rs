@@ -15,7 +15,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Config file (default: /etc/shmsrv/shmsrv.toml if it exists, else built-in defaults).
+    /// Config file (TOML). Without it: the built-in defaults (identical to the shipped file).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Validate the config, print the effective settings and exit.
@@ -46,11 +46,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
-    let path = args.config.clone().or_else(|| {
-        let p = config::default_config_path();
-        p.is_file().then_some(p)
-    });
-    let mut cfg = config::Config::load_or_default(path.as_deref())?;
+    // Without --config: the built-in defaults, identical to the shipped file (the systemd units
+    // pass --config explicitly).
+    let mut cfg = config::Config::load_or_default(args.config.as_deref())?;
     if args.check_config {
         println!("config OK: {}", cfg.summary());
         return Ok(());
@@ -87,7 +85,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             let bin = io_conn::md_binary().context(
                 "--spawn-md: no md binary next to io_conn; build it (cargo build --bins) or set SHMSRV_MD_BIN",
             )?;
-            Some(io_conn::SpawnMd { bin, config: path.clone(), count })
+            Some(io_conn::SpawnMd { bin, config: args.config.clone(), count })
         }
         None => None,
     };

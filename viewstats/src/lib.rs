@@ -50,9 +50,12 @@ pub struct Args {
     /// Prometheus text exposition format.
     #[arg(long, conflicts_with = "once")]
     pub prometheus: bool,
-    /// The server's config file (to find the segment); default: the installed one if present.
+    /// The server's config file (to find the segment); without it: the built-in defaults.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Validate the config, print the effective settings and exit.
+    #[arg(long)]
+    pub check_config: bool,
     /// Server name (`shared.name`); overrides the config.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -105,13 +108,9 @@ impl Target {
 }
 
 /// Resolves name, backend and interval: flags first, then the config file (`--config`, else the
-/// installed default if it exists, else built-in defaults).
+/// built-in defaults).
 pub fn resolve(args: &Args) -> anyhow::Result<Target> {
-    let path = match &args.config {
-        Some(p) => Some(p.clone()),
-        None => Some(config::default_config_path()).filter(|p| p.exists() && args.name.is_none()),
-    };
-    let cfg = config::Config::load_or_default(path.as_deref())
+    let cfg = config::Config::load_or_default(args.config.as_deref())
         .with_context(|| "reading the config".to_owned())?;
     let name = args.name.clone().unwrap_or_else(|| cfg.shared.name.clone());
     let backend = match args.backend {
@@ -157,6 +156,11 @@ pub fn open(t: &Target, wait: Option<Duration>) -> Result<StatsReader, OpenError
 
 /// Runs viewstats; returns the exit code. Errors and "no server" go to stderr.
 pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
+    if args.check_config {
+        let cfg = config::Config::load_or_default(args.config.as_deref())?;
+        writeln!(out, "config OK: {}", cfg.summary())?;
+        return Ok(0);
+    }
     let t = resolve(args)?;
     let wait = match args.wait {
         Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
