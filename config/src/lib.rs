@@ -188,7 +188,7 @@ pub struct IoConn {
     )]
     pub drain_deadline: Duration,
     /// How long to busy-poll the rings before arming the doorbells and sleeping in epoll;
-    /// zero = never spin. At most 1s. Default 20us.
+    /// zero = never spin. At most 1s. Default 0 (see the shipped file for the trade-off).
     #[serde(
         deserialize_with = "units::deserialize_duration",
         serialize_with = "units::serialize_duration"
@@ -210,7 +210,7 @@ impl Default for IoConn {
             message_deadline: Duration::from_secs(30),
             output_credit: 256 << 10,
             drain_deadline: Duration::from_secs(5),
-            spin: Duration::from_micros(20),
+            spin: Duration::ZERO,
             listeners: vec![
                 Listener::new(4680, "echo"),
                 Listener::new(9090, "reverse"),
@@ -307,7 +307,7 @@ pub struct Md {
     /// N` needs `N < max_instances`. 1..=[`MAX_MD_INSTANCES`]. Default 8.
     pub max_instances: u32,
     /// How long md busy-polls its input ring before arming the doorbell and sleeping;
-    /// zero = never spin. At most 1s. Default 20us.
+    /// zero = never spin. At most 1s. Default 0 (see the shipped file for the trade-off).
     #[serde(
         deserialize_with = "units::deserialize_duration",
         serialize_with = "units::serialize_duration"
@@ -319,7 +319,7 @@ pub struct Md {
 
 impl Default for Md {
     fn default() -> Self {
-        Self { max_instances: 8, spin: Duration::from_micros(20), dumb: Dumb::default() }
+        Self { max_instances: 8, spin: Duration::ZERO, dumb: Dumb::default() }
     }
 }
 
