@@ -2,7 +2,8 @@
 //!
 //! Thin: blocks the handled signals (before any thread or child exists), parses arguments,
 //! loads the config, raises the open-files limit, binds and prints the listeners, then calls
-//! [`io_conn::run`]. See `io_conn --help`.
+//! [`io_conn::run`]. Under systemd (`Type=notify`) it sends `READY=1` with a `STATUS=` naming the
+//! listeners once the queue pairs exist (see `md::notify`). See `io_conn --help`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -70,11 +71,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
 
     let mut listeners = Vec::with_capacity(cfg.io_conn.listeners.len());
     let mut out = std::io::stdout().lock();
+    let mut status = String::from("listening on");
     for l in &cfg.io_conn.listeners {
         let sock = io_conn::bind_listener(l.address, cfg.io_conn.backlog)
             .with_context(|| format!("binding {} ({})", l.address, l.service))?;
         let local = sock.local_addr().context("getsockname")?;
         writeln!(out, "listening {local} {} {}", l.service, l.framing())?;
+        status.push_str(&format!(" {local} ({})", l.service));
         listeners.push((sock, l.clone()));
     }
     out.flush()?;
@@ -92,6 +95,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let opts = io_conn::Options { shutdown: None, signals: true, spawn };
     let on_ready = || {
         println!("ready");
+        // Not fatal: systemd would time the start out and say why.
+        if let Err(e) = md::notify::notify(&format!("READY=1\nSTATUS={status}")) {
+            log::warn!("telling systemd we are ready: {e}");
+        }
     };
     io_conn::run_with_ready(&cfg, listeners, opts, on_ready)?;
     Ok(())

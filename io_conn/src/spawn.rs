@@ -80,6 +80,13 @@ impl Children {
             cmd.arg("--config").arg(c);
         }
         cmd.arg("--instance").arg(i.to_string()).stdin(Stdio::null()).process_group(0);
+        // systemd's notification socket and watchdog are io_conn's (`NotifyAccess=main`): a
+        // child that said READY=1 or pinged the watchdog would speak for io_conn (or be
+        // rejected and logged by systemd).
+        use md::notify::{NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+        for var in [NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID] {
+            cmd.env_remove(var);
+        }
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {

@@ -11,6 +11,7 @@
 //!   after io_conn restarts;
 //! * [`stats`]: the runner's counters, and [`MdStatsSink`], which mirrors them into the instance's
 //!   slot of the stats segment once per batch;
+//! * [`notify`]: the systemd notification protocol (`READY=1`, `STOPPING=1`, watchdog pings);
 //! * [`services`]: the built-in `echo`, `reverse` and `dumb` services, and [`services::Builtin`]
 //!   which serves them all (the `md` binary).
 //!
@@ -59,6 +60,7 @@
 #![deny(missing_docs)]
 
 mod control;
+pub mod notify;
 mod runner;
 mod serve;
 mod service;

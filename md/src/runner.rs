@@ -54,6 +54,7 @@ use shmq::ring::{Consumer, Producer, PushError, RingError};
 use shmq::stats::MdState;
 
 use crate::control::Control;
+use crate::notify::Watchdog;
 use crate::service::{Ctx, Service, Status};
 use crate::stats::{MdStatsSink, Stats};
 use crate::timer::Timers;
@@ -320,14 +321,21 @@ pub struct Runner<S: Service> {
     core: Core<S::Flow>,
     /// Where the counters are mirrored once per batch; `None`: in-process only.
     sink: Option<MdStatsSink>,
+    /// systemd's watchdog (`WatchdogSec=`), pinged from the loop; disabled without it.
+    watchdog: Watchdog,
 }
 
 impl<S: Service> Runner<S>
 where
     S::Flow: fmt::Debug,
 {
-    /// A runner for `service`.
-    pub fn new(service: S, opts: RunnerOptions) -> Self {
+    /// A runner for `service`. Under systemd with `WatchdogSec=` (`$WATCHDOG_USEC`) its loop
+    /// pings the watchdog ([`crate::notify::Watchdog`]) and `opts.check_interval` is capped at
+    /// half the watchdog interval.
+    pub fn new(service: S, mut opts: RunnerOptions) -> Self {
+        let watchdog = Watchdog::from_env();
+        // An idle loop wakes every `check_interval`: often enough for the watchdog too.
+        opts.check_interval = opts.check_interval.min(watchdog.period().unwrap_or(Duration::MAX));
         let core = Core {
             opts,
             flows: Vec::new(),
@@ -342,7 +350,7 @@ where
             now: Instant::now(),
             warned_refused: false,
         };
-        Self { service, core, sink: None }
+        Self { service, core, sink: None, watchdog }
     }
 
     /// The counters (over the whole life of the runner).
@@ -462,6 +470,7 @@ where
         loop {
             let start = Instant::now();
             self.core.now = start;
+            self.watchdog.tick(start);
             let mut worked = false;
             if hello_pending {
                 let hello = Hello {
@@ -488,7 +497,7 @@ where
             }
             if !hello_pending {
                 let batch = self.core.opts.batch;
-                let Self { service, core, sink } = self;
+                let Self { service, core, sink, .. } = self;
                 let Endpoint { rx, tx, .. } = ep;
                 let mut picked = false;
                 if let Some(sink) = sink.as_mut() {

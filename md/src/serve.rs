@@ -9,6 +9,7 @@ use shmq::stats::StatsSegment;
 use shmq::sys::ProcId;
 
 use crate::control::Control;
+use crate::notify::{self, Watchdog};
 use crate::runner::{Detach, Endpoint, Exit, RunError, Runner};
 use crate::service::Service;
 use crate::stats::MdStatsSink;
@@ -58,6 +59,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// ([`Runner::set_stats_sink`]). Without a usable segment (io_conn has none, or it belongs to
 /// another epoch) md logs a warning and serves without stats; it tries again at the next attach.
 /// A reset of the pair by the same io_conn keeps the sink (and its counts).
+///
+/// Under systemd (`Type=notify`, see [`crate::notify`]) it sends `READY=1` after the first
+/// attach, a `STATUS=` line on each attach and detach, `STOPPING=1` when shutdown is requested,
+/// and pings the watchdog while it waits for io_conn (the runner pings it while it serves).
 pub fn serve<S: Service>(
     runner: &mut Runner<S>,
     pair: &PairConfig,
@@ -71,9 +76,28 @@ where
     let mut stale: Option<(u64, u64)> = None;
     // Why the last stats attach failed (logged when it changes, not on every attempt).
     let mut stats_problem: Option<String> = None;
+    let mut watchdog = Watchdog::from_env();
+    let mut ready_sent = false;
     loop {
-        let Some(side) = attach(pair, instance, control, stale)? else { return Ok(()) };
+        let Some(side) = attach(pair, instance, control, stale, &mut watchdog)? else {
+            let _ = notify::stopping();
+            return Ok(());
+        };
         stale = Some((side.epoch, side.generation));
+        let attached = format!(
+            "instance {instance} attached to io_conn epoch {} generation {}",
+            side.epoch, side.generation
+        );
+        // Failures are not fatal: a missing notification shows up in `systemctl status`.
+        let sent = if ready_sent {
+            notify::status(&attached)
+        } else {
+            notify::notify(&format!("READY=1\nSTATUS={attached}"))
+        };
+        if let Err(e) = sent {
+            log::warn!("systemd notification failed: {e}");
+        }
+        ready_sent = true;
         if runner.stats_sink().is_none_or(|s| s.epoch() != side.epoch) {
             runner.set_stats_sink(attach_stats(pair, instance, side.epoch, &mut stats_problem));
         }
@@ -89,7 +113,10 @@ where
         };
         let mut ep = Endpoint { rx: side.rx, rx_bell: side.rx_bell, tx: side.tx, io_pidfd };
         match runner.run(&mut ep, control).map_err(ServeError::Run)? {
-            Exit::Shutdown => return Ok(()),
+            Exit::Shutdown => {
+                let _ = notify::stopping();
+                return Ok(());
+            }
             Exit::Detached(why @ Detach::Corrupt(_)) => return Err(ServeError::Corrupt(why)),
             Exit::Detached(why) => {
                 log::warn!("instance {instance}: {why}; waiting for io_conn to re-create the pair")
@@ -104,10 +131,12 @@ fn attach(
     instance: u32,
     control: &Control,
     stale: Option<(u64, u64)>,
+    watchdog: &mut Watchdog,
 ) -> Result<Option<MdSide>, ServeError> {
     let mut backoff = BACKOFF_MIN;
     let mut last_reason = String::new();
     loop {
+        watchdog.tick(std::time::Instant::now());
         if control.shutdown_requested() {
             return Ok(None);
         }
@@ -131,9 +160,10 @@ fn attach(
         };
         if reason != last_reason {
             log::info!("{reason}");
+            let _ = notify::status(&reason);
             last_reason = reason;
         }
-        if control.sleep(backoff) {
+        if control.sleep(backoff.min(watchdog.period().unwrap_or(BACKOFF_MAX))) {
             return Ok(None);
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);

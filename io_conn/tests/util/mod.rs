@@ -130,6 +130,8 @@ pub struct Server {
     /// "service/framing" -> address, e.g. "dumb/line".
     pub addrs: HashMap<String, SocketAddr>,
     pub log: Arc<Mutex<String>>,
+    /// Extra environment of the io_conn process (kept for [`Server::relaunch`]).
+    pub env: Vec<(String, String)>,
 }
 
 /// Options for [`Server::start_with`].
@@ -141,6 +143,8 @@ pub struct Setup<'a> {
     pub md_extra: &'a str,
     /// `shared.max_message` (default 64KiB).
     pub max_message: Option<&'a str>,
+    /// Extra environment variables for io_conn (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -167,13 +171,25 @@ impl Server {
             s.md_extra,
         );
         std::fs::write(&config, text).expect("write config");
-        let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md);
+        let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md, s.env);
         server.wait_md_live(s.spawn_md);
         server
     }
 
-    fn launch(name: &str, dir: &Path, runtime_dir: &Path, config: &Path, spawn_md: u32) -> Server {
+    fn launch(
+        name: &str,
+        dir: &Path,
+        runtime_dir: &Path,
+        config: &Path,
+        spawn_md: u32,
+        env: Vec<(String, String)>,
+    ) -> Server {
         let mut cmd = Command::new(io_conn_bin());
+        // Never the test runner's own systemd socket (a CI job may run as a service).
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--config").arg(config);
         if spawn_md > 0 {
             cmd.arg("--spawn-md").arg(spawn_md.to_string());
@@ -212,6 +228,7 @@ impl Server {
             config: config.to_owned(),
             addrs: HashMap::new(),
             log,
+            env,
         };
         loop {
             let line = rx.recv_timeout(WATCHDOG).expect("io_conn printed `ready` in time");
@@ -330,7 +347,14 @@ impl Server {
     /// Starts a new io_conn on the same config (after [`Server::kill9`] or a clean exit).
     pub fn relaunch(&mut self, spawn_md: u32) {
         assert!(self.child.is_none(), "relaunch while running");
-        let next = Self::launch(&self.name, &self.dir, &self.runtime_dir, &self.config, spawn_md);
+        let next = Self::launch(
+            &self.name,
+            &self.dir,
+            &self.runtime_dir,
+            &self.config,
+            spawn_md,
+            self.env.clone(),
+        );
         // Keep the earlier log lines (the tests read md pids from it).
         let old = self.log_text();
         next.log.lock().unwrap().insert_str(0, &old);

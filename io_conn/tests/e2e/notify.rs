@@ -1,0 +1,195 @@
+//! systemd's notification protocol, end to end: the real io_conn and md binaries with
+//! `NOTIFY_SOCKET` pointing at a datagram socket the test binds (what systemd does for a
+//! `Type=notify` unit) and `WATCHDOG_USEC` set (what `WatchdogSec=` does). Only order and content
+//! are asserted; every wait has the watchdog.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::util::{self, Server, Setup, WATCHDOG};
+
+/// A bound notification socket in its own scratch directory (removed on drop).
+struct NotifySocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(test: &str) -> Self {
+        // Not the server's directory (`Server::start_with` empties that one).
+        let dir = util::test_dir(&format!("{}-sock", util::unique_name(test)));
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind the notification socket");
+        sock.set_read_timeout(Some(WATCHDOG)).expect("read timeout");
+        Self { sock, path, dir }
+    }
+
+    /// The environment of a process that systemd watches with a 200 ms watchdog. No
+    /// `WATCHDOG_PID`: the pid is known only after the spawn, and unset it means "whoever reads
+    /// it" (as in `sd_watchdog_enabled`).
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("NOTIFY_SOCKET".into(), self.path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "200000".into()),
+        ]
+    }
+
+    /// The next datagram (panics after the watchdog).
+    fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).expect("a notification within the watchdog");
+        String::from_utf8(buf[..n].to_vec()).expect("notifications are UTF-8")
+    }
+
+    /// Every datagram queued right now.
+    fn queued(&self) -> Vec<String> {
+        self.sock.set_nonblocking(true).expect("nonblocking");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.sock.set_nonblocking(false).expect("blocking");
+        out
+    }
+
+    /// Reads `n` watchdog pings; anything else in between fails.
+    fn expect_pings(&self, n: usize) {
+        for _ in 0..n {
+            assert_eq!(self.next(), "WATCHDOG=1");
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// io_conn says READY=1 (with the listeners in STATUS) once it serves, pings the watchdog from
+/// its loop while idle, and says STOPPING=1 when SIGTERM starts the drain. Its md child (started
+/// with `--spawn-md`) does not inherit the socket: nothing else ever arrives.
+#[test]
+fn io_conn_ready_watchdog_stopping() {
+    let notify = NotifySocket::bind("sdnotify_io");
+    let sut = Server::start_with(
+        "sdnotify_io",
+        Setup { spawn_md: 1, max_instances: 1, env: notify.env(), ..Setup::default() },
+    );
+    // md 0 said HELLO, so it attached: had it inherited NOTIFY_SOCKET, its READY=1 is queued.
+    let first = notify.next();
+    assert!(first.starts_with("READY=1\nSTATUS=listening on 127.0.0.1:"), "first: {first:?}");
+    assert!(first.contains("(echo)") && first.contains("(dumb)"), "status: {first:?}");
+    for msg in notify.queued() {
+        assert_eq!(msg, "WATCHDOG=1", "only io_conn's pings may follow READY");
+    }
+    // The loop is idle (no clients): these pings come from the timer waking it.
+    notify.expect_pings(3);
+
+    sut.terminate();
+    let stopping = loop {
+        match notify.next() {
+            ping if ping == "WATCHDOG=1" => continue,
+            msg => break msg,
+        }
+    };
+    assert!(
+        stopping.starts_with("STOPPING=1\nSTATUS=SIGTERM: draining"),
+        "after SIGTERM: {stopping:?}"
+    );
+    sut.wait_clean_exit();
+}
+
+/// md says READY=1 once attached, pings the watchdog from its loop, reports a restart of io_conn
+/// in STATUS (waiting, then attached to the new epoch, without a second READY=1), and says
+/// STOPPING=1 on SIGTERM.
+#[test]
+fn md_ready_watchdog_reattach_stopping() {
+    let notify = NotifySocket::bind("sdnotify_md");
+    let mut sut = Server::start_with(
+        "sdnotify_md",
+        Setup { spawn_md: 0, max_instances: 1, ..Setup::default() },
+    );
+    let mut md = KillOnDrop(
+        Command::new(util::md_bin())
+            .arg("--config")
+            .arg(&sut.config)
+            .args(["--instance", "0"])
+            .env_remove("WATCHDOG_PID")
+            .envs(notify.env())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start md"),
+    );
+
+    let ready = loop {
+        match notify.next() {
+            // While it looks for the pair (the first look may come before io_conn's is ready).
+            msg if msg == "WATCHDOG=1" || msg.starts_with("STATUS=waiting") => continue,
+            msg => break msg,
+        }
+    };
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=instance 0 attached to io_conn epoch "),
+        "md's first state: {ready:?}"
+    );
+    sut.wait_md_live(1);
+    notify.expect_pings(3);
+
+    // io_conn dies and comes back: md waits and re-attaches; it stays READY (no second one).
+    sut.kill9();
+    sut.relaunch(0);
+    sut.wait_md_live(1);
+    let attached = loop {
+        match notify.next() {
+            // Pings, and whatever md reports while io_conn is away ("waiting for io_conn ...").
+            msg if msg == "WATCHDOG=1" => continue,
+            msg if msg.starts_with("STATUS=") && !msg.contains(" attached ") => continue,
+            msg => break msg,
+        }
+    };
+    assert!(
+        attached.starts_with("STATUS=instance 0 attached to io_conn epoch "),
+        "after the restart: {attached:?}"
+    );
+    assert_ne!(epoch(&ready), epoch(&attached), "re-attached to the same io_conn?");
+    notify.expect_pings(2);
+
+    let pid = nix::unistd::Pid::from_raw(md.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM md");
+    let stopping = loop {
+        match notify.next() {
+            msg if msg == "WATCHDOG=1" => continue,
+            msg => break msg,
+        }
+    };
+    assert_eq!(stopping, "STOPPING=1");
+    let status = md.0.wait().expect("wait md");
+    assert!(status.success(), "md exited with {status}");
+    sut.stop();
+}
+
+/// The epoch in "... attached to io_conn epoch E generation G".
+fn epoch(status: &str) -> u64 {
+    status
+        .split("epoch ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch in {status:?}"))
+}
+
+/// An md started by hand, killed if the test fails before it stops it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
