@@ -38,14 +38,12 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use config::{Config, ShmBackend};
+use config::Config;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{
     self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
 };
-use shmq::pair::PairConfig;
-use shmq::region::Backend;
 
 pub mod counters;
 pub mod flows;
@@ -158,19 +156,8 @@ pub fn run_with_ready(
     server.run()
 }
 
-/// The queue-pair geometry and names for `cfg` (md derives the same from the same file).
-pub fn pair_config(cfg: &Config) -> PairConfig {
-    PairConfig {
-        name: cfg.shared.name.clone(),
-        runtime_dir: cfg.runtime_dir(),
-        backend: match cfg.shared.shm_backend {
-            ShmBackend::Posix => Backend::Posix,
-            ShmBackend::Sysv => Backend::Sysv,
-        },
-        capacity: cfg.shared.queue_size,
-        max_payload: cfg.shared.max_message,
-    }
-}
+/// The queue-pair parameters of the config's `[shared]` section (the same mapping md uses).
+pub use md::pair_config;
 
 /// Binds a nonblocking TCP listener with `SO_REUSEADDR` and the given backlog (capped at the
 /// kernel's `SOMAXCONN`, which the kernel would apply anyway). IPv6 addresses are bound
