@@ -425,3 +425,51 @@ fn max_connections_refused_cleanly() {
     drop(b);
     sut.stop();
 }
+
+/// Out of file descriptors (EMFILE on accept): io_conn pauses accepting instead of spinning on a
+/// listener that stays readable, keeps serving the connections it has, and accepts the waiting
+/// ones (which sit in the kernel's backlog meanwhile) once descriptors are available again. The
+/// soft limit of the running io_conn is lowered from outside with `prlimit`.
+#[test]
+fn emfile_pauses_accepting_and_keeps_serving() {
+    let sut = Server::start("emfile", 1);
+    let pid = sut.pid();
+    let mut a = sut.connect("dumb/line");
+    roundtrip(&mut a, b"PING\n", b"PONG\n");
+    let prlimit = |soft: &str| {
+        let st = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(st.success(), "prlimit failed: {st}");
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("Max open files line")
+        .to_owned();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count();
+    // Room for one more connection, not for the ten that follow.
+    prlimit(&(open_fds + 1).to_string());
+    let mut waiting: Vec<_> = (0..10).map(|_| sut.connect("dumb/line")).collect();
+    for c in &mut waiting {
+        c.write_all(b"PING\n").expect("write");
+    }
+    sut.wait_log("pausing accepts", 1);
+    // The connection it has is still served while accepting is paused.
+    roundtrip(&mut a, b"PING\n", b"PONG\n");
+    // Descriptors again: every waiting connection is accepted and answered.
+    prlimit(&soft);
+    for c in &mut waiting {
+        assert_eq!(read_line(c), "PONG\n");
+    }
+    roundtrip(&mut a, b"PING\n", b"PONG\n");
+    // Paused and retried on a timer, not spun on: a busy loop on the readable listener would
+    // log (and count) EMFILE hundreds of thousands of times a second.
+    let pauses = sut.log_text().matches("pausing accepts").count();
+    assert!(pauses < 1000, "{pauses} EMFILE pauses: accept is spinning");
+    drop((a, waiting));
+    sut.stop();
+}
