@@ -3,7 +3,7 @@
 # memory) and doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The end-to-end tests start the real io_conn, md and viewstats binaries.
-cargo build --workspace --bins
+# The end-to-end tests start the real io_conn, md and viewstats binaries (and md's examples).
+cargo build --workspace --bins --examples
 cargo test --workspace --doc
 cargo nextest run --workspace --no-fail-fast
