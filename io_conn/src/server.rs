@@ -1500,8 +1500,13 @@ impl<'c> Server<'c> {
     }
 
     fn broadcast(&mut self, service: &str, data: &[u8]) {
+        // `send_to_client` moves each flow it writes to to the back of the Idle list (`touch`),
+        // behind the flows not visited yet: visit exactly as many flows as the list held at the
+        // start, or a flow would get the message twice (and the walk could go round and round).
+        let mut left = self.flows.list_len(ListId::Idle);
         let mut cur = self.flows.front(ListId::Idle);
-        while let Some(slot) = cur {
+        while let (Some(slot), true) = (cur, left > 0) {
+            left -= 1;
             cur = self.flows.next(ListId::Idle, slot);
             let f = self.flows.get(slot);
             let l = &self.listeners[f.listener as usize];

@@ -473,3 +473,75 @@ fn emfile_pauses_accepting_and_keeps_serving() {
     drop((a, waiting));
     sut.stop();
 }
+
+/// BROADCAST end to end, with md's `chat` example as the md binary (one instance): a line from
+/// one client of `chat` reaches every client of `chat`, byte-exact and in the same order for
+/// all; clients of another service (`chat-b`, served by the same md) get none of it, and
+/// `/who` answers only its sender.
+#[test]
+fn broadcast_reaches_every_flow_of_the_service() {
+    let listeners = util::listener("chat", "line") + &util::listener("chat-b", "line");
+    let sut = Server::start_with(
+        "broadcast",
+        Setup {
+            spawn_md: 1,
+            md_bin: Some(util::example_bin("chat")),
+            listeners: &listeners,
+            ..Setup::default()
+        },
+    );
+    // Connect one at a time; each `/who` answer proves md has opened the flow (so io_conn's
+    // flow is open too) before the next client comes, which makes the counts exact.
+    let mut chat = Vec::new();
+    for i in 1..=3 {
+        let mut c = sut.connect("chat/line");
+        roundtrip(&mut c, b"/who\n", format!("{i} in chat\n").as_bytes());
+        chat.push(c);
+    }
+    let mut other = sut.connect("chat-b/line");
+    roundtrip(&mut other, b"/who\n", b"1 in chat-b\n");
+    let said = |c: &std::net::TcpStream, text: &str| {
+        format!("{}: {text}\n", c.local_addr().expect("local addr")).into_bytes()
+    };
+
+    // Client 1 speaks: all three hear it, byte-exact (the sender too).
+    chat[0].write_all(b"hello, room\n").expect("write");
+    let want = said(&chat[0], "hello, room");
+    for c in &mut chat {
+        assert_eq!(String::from_utf8_lossy(&read_n(c, want.len())), String::from_utf8_lossy(&want));
+    }
+    // The other room got nothing of it: the first thing it reads is its own line.
+    other.write_all(b"over here\n").expect("write");
+    assert_eq!(read_line(&mut other).into_bytes(), said(&other, "over here"));
+
+    // Clients 2 and 3 speak at once: everyone gets both lines, whole, in one common order.
+    let lines = [said(&chat[1], "from two"), said(&chat[2], "from three")];
+    chat[1].write_all(b"from two\n").expect("write");
+    chat[2].write_all(b"from three\n").expect("write");
+    let mut orders = Vec::new();
+    for c in &mut chat {
+        let got = [read_line(c).into_bytes(), read_line(c).into_bytes()];
+        assert!(
+            (got[0] == lines[0] && got[1] == lines[1])
+                || (got[0] == lines[1] && got[1] == lines[0]),
+            "{:?}",
+            got.map(|l| String::from_utf8_lossy(&l).into_owned())
+        );
+        orders.push(got);
+    }
+    assert!(orders.iter().all(|o| *o == orders[0]), "every client sees the same order");
+
+    // `/who` goes to its sender only: the others' next line is the next broadcast.
+    roundtrip(&mut chat[0], b"/who\n", b"3 in chat\n");
+    chat[1].write_all(b"bye\n").expect("write");
+    let bye = said(&chat[1], "bye");
+    for c in &mut chat {
+        assert_eq!(read_line(c).into_bytes(), bye);
+    }
+    // A service the chat md does not serve is refused and closed: nothing was broadcast to it.
+    let mut echo = sut.connect("echo/raw");
+    assert_eq!(read_to_eof(&mut echo), b"");
+
+    drop((chat, other, echo));
+    sut.stop();
+}

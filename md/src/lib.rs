@@ -71,7 +71,7 @@ mod timer;
 pub use control::{Control, ShutdownHandle, block_signals, handled_signals};
 pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
 pub use serve::{ServeError, serve};
-pub use service::{Ctx, Service, Status};
+pub use service::{BroadcastError, Ctx, Service, Status};
 pub use stats::{MdStatsSink, Stats};
 
 /// The queue-pair parameters of the config's `[shared]` section.

@@ -28,10 +28,16 @@
 //!   ring full); it is sent as `DRAINED` returns credit, or on the next wake-up. Nothing is dropped
 //!   and nothing spins: a flow blocked on a full ring is retried on each loop and the loop sleeps at
 //!   most 1 ms while any is blocked. A credit of 0 in `OPEN` means "no limit".
+//! * **Broadcast.** [`Ctx::broadcast`] queues a `BROADCAST` frame (flow id 0) in the flow's
+//!   broadcast list, marked with the flow's output position at that moment; the flow's output
+//!   is pushed up to the mark, then the broadcast, then the rest. Broadcasts cost no credit, but
+//!   wait behind the flow's earlier output, and the flow's next request waits until they are in
+//!   the ring (a full ring keeps them queued and retried, like output). `CLOSE` is sent only
+//!   after them.
 //! * **EOF.** After an `EOF`, md answers every request received before it, calls
 //!   [`Service::eof`], hands over all output, then sends `CLOSE` and forgets the flow.
 //! * **CLOSE** from io_conn: the flow's state is dropped at once ([`Service::close`]); its held
-//!   requests, queued output and timers are discarded.
+//!   requests, queued output and broadcasts, and timers are discarded.
 //!
 //! # Detach
 //!
@@ -195,6 +201,13 @@ struct Flow<F> {
     outstanding: u64,
     /// Output written by the service and not yet in the ring.
     out: Vec<u8>,
+    /// Bytes of output already pushed to the ring: `out[0]` is output byte number `out_base`.
+    out_base: u64,
+    /// Broadcasts not yet in the ring, oldest first from `bcast_head`: records of `mark: u64 LE`
+    /// (pushed once output byte `mark` is), `len: u32 LE`, a `BROADCAST` payload (see
+    /// [`Ctx::broadcast`]).
+    bcast: Vec<u8>,
+    bcast_head: usize,
     /// Held requests: records of `len: u32 LE` + bytes, consumed from `backlog_head`.
     backlog: Vec<u8>,
     backlog_head: usize,
@@ -223,6 +236,9 @@ impl<F> Flow<F> {
             credit: 0,
             outstanding: 0,
             out: Vec::new(),
+            out_base: 0,
+            bcast: Vec::new(),
+            bcast_head: 0,
             backlog: Vec::new(),
             backlog_head: 0,
             backlog_count: 0,
@@ -242,6 +258,9 @@ impl<F> Flow<F> {
         self.credit = if credit == 0 { u64::MAX } else { credit };
         self.outstanding = 0;
         self.out.clear();
+        self.out_base = 0;
+        self.bcast.clear();
+        self.bcast_head = 0;
         self.backlog.clear();
         self.backlog_head = 0;
         self.backlog_count = 0;
@@ -262,9 +281,27 @@ impl<F> Flow<F> {
         self.backlog.len() - self.backlog_head
     }
 
-    /// May the next request run now?
+    /// May the next request run now? Not while broadcasts wait for the ring (that bounds them
+    /// to what one request writes).
     fn can_run(&self) -> bool {
-        !self.busy && !self.eof_done && self.out.len() as u64 <= self.avail()
+        !self.busy
+            && !self.eof_done
+            && self.out.len() as u64 <= self.avail()
+            && !self.has_broadcasts()
+    }
+
+    fn has_broadcasts(&self) -> bool {
+        self.bcast_head < self.bcast.len()
+    }
+
+    /// The oldest queued broadcast: its mark and the payload's range in `bcast`.
+    fn next_broadcast(&self) -> Option<(u64, std::ops::Range<usize>)> {
+        let h = self.bcast_head;
+        let rec = self.bcast.get(h..h + 12)?;
+        let mut mark = [0u8; 8];
+        mark.copy_from_slice(&rec[..8]);
+        let len = u32::from_le_bytes([rec[8], rec[9], rec[10], rec[11]]) as usize;
+        Some((u64::from_le_bytes(mark), h + 12..h + 12 + len))
     }
 
     fn hold(&mut self, msg: &[u8]) {
@@ -708,13 +745,16 @@ impl<F: fmt::Debug> Core<F> {
         self.index.insert(f.flowid.0, idx as u32);
         let state = match info {
             Some(info) => {
-                let Self { flows, timers, stats, now, .. } = self;
+                let Self { flows, timers, stats, now, max_payload, .. } = self;
                 let flow = &mut flows[idx];
                 let avail = flow.avail();
                 let mut cx = Ctx {
                     flow: flow.id,
                     slot: idx as u32,
                     out: &mut flow.out,
+                    out_base: flow.out_base,
+                    bcast: &mut flow.bcast,
+                    max_payload: *max_payload,
                     avail,
                     timers,
                     stats,
@@ -768,7 +808,7 @@ impl<F: fmt::Debug> Core<F> {
     where
         S: Service<Flow = F>,
     {
-        let Self { flows, timers, stats, now, .. } = self;
+        let Self { flows, timers, stats, now, max_payload, .. } = self;
         let flow = &mut flows[idx];
         let avail = flow.avail();
         let state = flow.svc.as_mut()?;
@@ -776,6 +816,9 @@ impl<F: fmt::Debug> Core<F> {
             flow: flow.id,
             slot: idx as u32,
             out: &mut flow.out,
+            out_base: flow.out_base,
+            bcast: &mut flow.bcast,
+            max_payload: *max_payload,
             avail,
             timers,
             stats,
@@ -792,7 +835,7 @@ impl<F: fmt::Debug> Core<F> {
 
     /// Runs the oldest held request of flow `idx`.
     fn run_held<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize) {
-        let Self { flows, timers, stats, now, .. } = self;
+        let Self { flows, timers, stats, now, max_payload, .. } = self;
         let flow = &mut flows[idx];
         let h = flow.backlog_head;
         let len = u32::from_le_bytes([
@@ -810,6 +853,9 @@ impl<F: fmt::Debug> Core<F> {
                 flow: flow.id,
                 slot: idx as u32,
                 out: &mut flow.out,
+                out_base: flow.out_base,
+                bcast: &mut flow.bcast,
+                max_payload: *max_payload,
                 avail,
                 timers,
                 stats,
@@ -845,24 +891,55 @@ impl<F: fmt::Debug> Core<F> {
         any
     }
 
-    /// Moves the flow's outbox into the ring as far as credit and ring space allow. Returns true
-    /// if the ring was full.
+    /// Moves the flow's outbox into the ring as far as credit and ring space allow, with its
+    /// queued broadcasts in place (each after the output written before it). Returns true if
+    /// the ring was full.
     fn flush_out(&mut self, tx: &mut Producer, idx: usize) -> bool {
         let flow = &mut self.flows[idx];
         let mut sent = 0;
         let mut full = false;
-        while sent < flow.out.len() {
-            let avail = flow.avail().min(self.max_payload as u64) as usize;
-            let n = (flow.out.len() - sent).min(avail);
-            if n == 0 {
-                break;
+        loop {
+            // Output up to the next broadcast's mark (or all of it) goes first.
+            let next = flow.next_broadcast();
+            let end = match &next {
+                // A mark is never behind `out_base`: output is pushed only up to the next mark.
+                Some((mark, _)) => {
+                    (mark.saturating_sub(flow.out_base) as usize).min(flow.out.len())
+                }
+                None => flow.out.len(),
+            };
+            if sent < end {
+                let avail = flow.avail().min(self.max_payload as u64) as usize;
+                let n = (end - sent).min(avail);
+                if n == 0 {
+                    break; // out of credit: later output and broadcasts wait for DRAINED
+                }
+                match tx.try_push(flow.id, Kind::Data, 0, &flow.out[sent..sent + n]) {
+                    Ok(()) => {
+                        sent += n;
+                        flow.outstanding += n as u64;
+                        self.stats.messages_out += 1;
+                        self.stats.bytes_out += n as u64;
+                        continue;
+                    }
+                    Err(PushError::Full) => {
+                        self.stats.out_full += 1;
+                        full = true;
+                        break;
+                    }
+                    Err(PushError::Corrupt | PushError::TooLarge { .. }) => {
+                        self.fatal = Some(Detach::Corrupt(None));
+                        full = true;
+                        break;
+                    }
+                }
             }
-            match tx.try_push(flow.id, Kind::Data, 0, &flow.out[sent..sent + n]) {
+            let Some((_, range)) = next else { break };
+            // Flow id 0: a broadcast belongs to no flow. Not counted against credit.
+            match tx.try_push(FlowId(0), Kind::Broadcast, 0, &flow.bcast[range.clone()]) {
                 Ok(()) => {
-                    sent += n;
-                    flow.outstanding += n as u64;
+                    flow.bcast_head = range.end;
                     self.stats.messages_out += 1;
-                    self.stats.bytes_out += n as u64;
                 }
                 Err(PushError::Full) => {
                     self.stats.out_full += 1;
@@ -880,6 +957,11 @@ impl<F: fmt::Debug> Core<F> {
             flow.out.clear();
         } else if sent > 0 {
             flow.out.drain(..sent);
+        }
+        flow.out_base += sent as u64;
+        if !flow.has_broadcasts() {
+            flow.bcast.clear();
+            flow.bcast_head = 0;
         }
         full
     }
@@ -945,7 +1027,7 @@ impl<F: fmt::Debug> Core<F> {
         }
         let flow = &self.flows[idx];
         let closing = flow.svc.is_none() || (flow.eof_done && !flow.busy);
-        if closing && flow.out.is_empty() {
+        if closing && flow.out.is_empty() && !flow.has_broadcasts() {
             if self.control(tx, id, Kind::Close) {
                 self.stats.closes_out += 1;
                 self.remove(svc, idx);
@@ -1002,7 +1084,8 @@ impl<F: fmt::Debug> Core<F> {
         if let Some(state) = flow.svc.take() {
             svc.close(state);
         }
-        for buf in [&mut flow.out, &mut flow.backlog] {
+        // Queued broadcasts go with the flow's other output (documented on `Ctx::broadcast`).
+        for buf in [&mut flow.out, &mut flow.backlog, &mut flow.bcast] {
             buf.clear();
             if buf.capacity() > KEEP_CAPACITY {
                 buf.shrink_to(KEEP_CAPACITY);

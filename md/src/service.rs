@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use shmq::frame::{FlowId, OpenInfo};
+use shmq::frame::{FlowId, MAX_SERVICE_NAME, OpenInfo, encode_broadcast};
 
 use crate::stats::Stats;
 use crate::timer::Timers;
@@ -121,12 +121,51 @@ pub trait Service {
     }
 }
 
+/// Why [`Ctx::broadcast`] refused a message (nothing was queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BroadcastError {
+    /// The service name is longer than [`MAX_SERVICE_NAME`] bytes (no listener can have it).
+    NameTooLong {
+        /// Length of the name given.
+        len: usize,
+    },
+    /// Name plus bytes do not fit in one frame: a broadcast is one message and is never split.
+    TooLarge {
+        /// Bytes given (the message itself, without the name).
+        len: usize,
+        /// The most message bytes a broadcast to this service can carry.
+        max: usize,
+    },
+}
+
+impl fmt::Display for BroadcastError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NameTooLong { len } => {
+                write!(f, "service name of {len} bytes (max {MAX_SERVICE_NAME})")
+            }
+            Self::TooLarge { len, max } => {
+                write!(f, "broadcast of {len} bytes does not fit in one frame (max {max})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BroadcastError {}
+
 /// What a callback may do: write output, set timers, count. Borrowed for one callback.
 pub struct Ctx<'a> {
     pub(crate) flow: FlowId,
     pub(crate) slot: u32,
     /// The flow's outbox: bytes written but not yet in the ring.
     pub(crate) out: &'a mut Vec<u8>,
+    /// Bytes of this flow's output already handed to the ring (`out[0]` is byte `out_base`).
+    pub(crate) out_base: u64,
+    /// The flow's queued broadcasts: records of `mark: u64 LE` (the output position they follow),
+    /// `len: u32 LE`, then a `BROADCAST` payload of `len` bytes.
+    pub(crate) bcast: &'a mut Vec<u8>,
+    /// Largest frame payload of the output ring.
+    pub(crate) max_payload: usize,
     /// Credit not spent by bytes already in the ring, when this callback started.
     pub(crate) avail: u64,
     pub(crate) timers: &'a mut Timers,
@@ -171,6 +210,53 @@ impl Ctx<'_> {
     /// Bytes written in this flow but not yet handed to io_conn.
     pub fn queued(&self) -> usize {
         self.out.len()
+    }
+
+    /// Sends `bytes` as one message to every open flow of `service` (io_conn writes it to each of
+    /// those clients; this flow too, if it belongs to `service`). Flows of other md instances get
+    /// it as well: io_conn does the fan-out.
+    ///
+    /// * **Order.** The broadcast reaches io_conn after everything this flow wrote before it
+    ///   ([`Ctx::send`]) and before everything it writes after it, so a client of this flow sees
+    ///   it in place. It therefore also waits while this flow's earlier output waits for credit;
+    ///   and while it has not reached io_conn, the flow's next requests are held (as with
+    ///   [`Ctx::send`] beyond credit).
+    /// * **Never dropped** by md: a full output ring keeps it queued and retried. It is discarded
+    ///   only if this flow is closed by io_conn first (like the flow's other queued output).
+    /// * **Credit.** It is not counted against any flow's output credit: io_conn queues it for
+    ///   each client outside the credit. But io_conn closes a flow whose uncredited backlog
+    ///   exceeds `io_conn.output_credit`, so a client that does not read is cut off once
+    ///   broadcasts pile up beyond that: keep broadcasts small, and their rate modest, relative
+    ///   to `output_credit`.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is queued when `service` is longer than [`MAX_SERVICE_NAME`], or when the
+    /// message does not fit in one frame (`2 + service.len() + bytes.len()` over the ring's
+    /// largest payload): a broadcast is never split. The caller decides what to tell the client
+    /// (and may count it with [`Ctx::error`]).
+    pub fn broadcast(&mut self, service: &str, bytes: &[u8]) -> Result<(), BroadcastError> {
+        if service.len() > MAX_SERVICE_NAME {
+            return Err(BroadcastError::NameTooLong { len: service.len() });
+        }
+        let max = self.max_payload.saturating_sub(2 + service.len());
+        if bytes.len() > max {
+            return Err(BroadcastError::TooLarge { len: bytes.len(), max });
+        }
+        let n = 2 + service.len() + bytes.len();
+        let mark = self.out_base + self.out.len() as u64;
+        self.bcast.extend_from_slice(&mark.to_le_bytes());
+        // Fits: n <= max_payload, a u32 in any ring.
+        self.bcast.extend_from_slice(&(n as u32).to_le_bytes());
+        let start = self.bcast.len();
+        self.bcast.resize(start + n, 0);
+        if let Err(e) = encode_broadcast(service, bytes, &mut self.bcast[start..]) {
+            // Unreachable: the name and the size were checked above. Undo the record.
+            debug_assert!(false, "encode_broadcast: {e}");
+            self.bcast.truncate(start - 12);
+            return Err(BroadcastError::TooLarge { len: bytes.len(), max });
+        }
+        Ok(())
     }
 
     /// Calls [`Service::timer`] with `token` for this flow after `after` (not before). A flow

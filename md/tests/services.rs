@@ -554,3 +554,180 @@ fn serve_attaches_to_a_real_pair_and_reattaches_after_reset() {
     assert_eq!(r, Ok(()));
     assert_eq!(stats.attaches, 2);
 }
+
+/// Broadcasts each line to service `room` between two bytes of direct output (`<` before, `>\n`
+/// after; `<<` for a line starting with `+`, which is not broadcast); `size N` broadcasts N bytes; `longname` uses a name no listener can have.
+struct Shout;
+
+impl Service for Shout {
+    type Flow = ();
+    fn open(&mut self, _info: &OpenInfo<'_>, _cx: &mut Ctx<'_>) -> Option<()> {
+        Some(())
+    }
+    fn message(&mut self, _f: &mut (), msg: &[u8], cx: &mut Ctx<'_>) -> Status {
+        use std::fmt::Write as _;
+        let line = md::services::strip_eol(msg);
+        let r = if let Some(n) = line.strip_prefix(b"size ") {
+            let n: usize = std::str::from_utf8(n).unwrap().parse().unwrap();
+            cx.broadcast("room", &vec![b'b'; n])
+        } else if line == b"longname" {
+            cx.broadcast(&"n".repeat(shmq::frame::MAX_SERVICE_NAME + 1), b"x")
+        } else if let Some(rest) = line.strip_prefix(b"+") {
+            cx.send(b"<<");
+            let r = cx.broadcast("room", rest);
+            cx.send(b">\n");
+            r
+        } else {
+            cx.send(b"<");
+            let r = cx.broadcast("room", line);
+            cx.send(b">\n");
+            r
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) => {
+                cx.error();
+                let _ = writeln!(cx, "ERR {e}");
+            }
+        }
+        Status::Done
+    }
+}
+
+/// Receives frames until `f` has sent `data_bytes` DATA bytes and `broadcasts` BROADCAST frames
+/// came (flow id 0, service `room`); returns the transcript in ring order: DATA bytes as they
+/// are, each broadcast as `[bytes]`. Returns DRAINED for DATA only when `ack`.
+fn transcript(io: &mut util::Io, f: shmq::FlowId, data_bytes: usize, broadcasts: usize) -> String {
+    let mut t = Vec::new();
+    let (mut d, mut b) = (0, 0);
+    while d < data_bytes || b < broadcasts {
+        let o = io.recv();
+        match o.kind {
+            Kind::Data => {
+                assert_eq!(o.flow, f);
+                d += o.payload.len();
+                t.extend_from_slice(&o.payload);
+                io.drained(f, o.payload.len() as u64);
+            }
+            Kind::Broadcast => {
+                assert_eq!(o.flow, shmq::FlowId(0), "a broadcast belongs to no flow");
+                let (service, bytes) = shmq::frame::decode_broadcast(&o.payload).unwrap();
+                assert_eq!(service, "room");
+                b += 1;
+                t.push(b'[');
+                t.extend_from_slice(bytes);
+                t.push(b']');
+            }
+            k => panic!("unexpected {k:?}: {o:?}"),
+        }
+    }
+    assert_eq!((d, b), (data_bytes, broadcasts), "nothing beyond what was expected");
+    String::from_utf8(t).unwrap()
+}
+
+#[test]
+fn broadcast_is_a_flowless_frame_in_place_in_the_flows_output() {
+    let mut io = Io::start("bcast-order", Shout, opts(), Geometry::default());
+    io.expect_hello();
+    let f = flow(60);
+    io.open(f, "room", BIG);
+    io.lines(f, "one\ntwo\n");
+    assert_eq!(transcript(&mut io, f, 6, 2), "<[one]>\n<[two]>\n");
+    let (_, stats) = io.stop();
+    assert_eq!(stats.errors, 0);
+}
+
+#[test]
+fn broadcast_waits_behind_credit_blocked_output_but_costs_no_credit() {
+    let mut io = Io::start("bcast-credit", Shout, opts(), Geometry::default());
+    io.expect_hello();
+    let f = flow(61);
+    io.open(f, "room", 1);
+    io.lines(f, "hi\n+yo\n");
+    io.send(f, Kind::Eof, &[]);
+    let data = |io: &mut util::Io, want: &[u8]| {
+        let o = io.recv();
+        assert_eq!((o.flow, o.kind, o.payload.as_slice()), (f, Kind::Data, want), "{o:?}");
+    };
+    let bcast = |io: &mut util::Io, want: &[u8]| {
+        let o = io.recv();
+        assert_eq!((o.flow, o.kind), (shmq::FlowId(0), Kind::Broadcast), "{o:?}");
+        assert_eq!(shmq::frame::decode_broadcast(&o.payload).unwrap(), ("room", want));
+    };
+    // Credit 1: `<` spends it; the broadcast after it goes anyway (it costs no credit).
+    data(&mut io, b"<");
+    bcast(&mut io, b"hi");
+    io.expect_silence(Duration::from_millis(30));
+    io.drained(f, 1);
+    data(&mut io, b">");
+    io.drained(f, 1);
+    data(&mut io, b"\n");
+    // `+yo` writes `<<` before its broadcast: with credit 1 the second `<` waits for DRAINED,
+    // and so does the broadcast behind it.
+    io.drained(f, 1);
+    data(&mut io, b"<");
+    io.expect_silence(Duration::from_millis(30));
+    io.drained(f, 1);
+    data(&mut io, b"<");
+    bcast(&mut io, b"yo");
+    io.drained(f, 1);
+    data(&mut io, b">");
+    io.drained(f, 1);
+    data(&mut io, b"\n");
+    io.drained(f, 1);
+    io.expect_kind(f, Kind::Close);
+    io.expect_silence(Duration::from_millis(20));
+}
+
+#[test]
+fn broadcast_too_large_or_badly_named_is_refused_whole() {
+    // max_payload 8 KiB: the frame carries 2 + 4 ("room") + up to 8186 bytes.
+    let mut io = Io::start("bcast-size", Shout, opts(), Geometry::default());
+    io.expect_hello();
+    let f = flow(62);
+    io.open(f, "room", BIG);
+    io.lines(f, "size 8186\n");
+    let o = io.recv();
+    assert_eq!((o.flow, o.kind), (shmq::FlowId(0), Kind::Broadcast));
+    assert_eq!(o.payload.len(), 8192);
+    let (_, bytes) = shmq::frame::decode_broadcast(&o.payload).unwrap();
+    assert!(bytes.len() == 8186 && bytes.iter().all(|&b| b == b'b'));
+    io.lines(f, "size 8187\nlongname\nsize 0\n");
+    io.expect_bytes(
+        f,
+        b"ERR broadcast of 8187 bytes does not fit in one frame (max 8186)\n\
+          ERR service name of 65 bytes (max 64)\n",
+    );
+    let o = io.recv();
+    assert_eq!((o.flow, o.kind), (shmq::FlowId(0), Kind::Broadcast));
+    assert_eq!(shmq::frame::decode_broadcast(&o.payload).unwrap(), ("room", &b""[..]));
+    io.expect_silence(Duration::from_millis(20));
+    let (_, stats) = io.stop();
+    assert_eq!(stats.errors, 2);
+}
+
+#[test]
+fn broadcasts_survive_a_full_output_ring_in_order() {
+    // A 4 KiB output ring that io does not read for a while: 50 broadcasts of 1000 bytes.
+    let geo = Geometry { in_cap: 1 << 16, out_cap: 4096, max_payload: 1024 };
+    let mut io = Io::start("bcast-full", Shout, opts(), geo);
+    io.expect_hello();
+    let f = flow(63);
+    io.open(f, "room", BIG);
+    let mut want = String::new();
+    for i in 0..50 {
+        let line = format!("{i:04}{}", ".".repeat(996));
+        io.tx.try_push(f, Kind::Data, 0, line.as_bytes()).unwrap();
+        want.push_str(&format!("<[{line}]>\n"));
+    }
+    io.tx.flush();
+    let deadline = std::time::Instant::now() + util::WATCHDOG;
+    while io.rx.header().producer.full_events.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "md never found the ring full");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let got = transcript(&mut io, f, 150, 50);
+    assert!(got == want, "every broadcast, in order, in place");
+    let (_, stats) = io.stop();
+    assert!(stats.out_full > 0, "the ring was full at some point: {stats:?}");
+}

@@ -35,6 +35,19 @@ pub fn md_bin() -> PathBuf {
     p
 }
 
+/// An example of the md crate (e.g. `chat`) to run as md: in `examples/` next to io_conn
+/// (`cargo build --workspace --bins --examples` builds it). Pass it to io_conn with
+/// [`Setup::md_bin`].
+pub fn example_bin(name: &str) -> PathBuf {
+    let p = io_conn_bin().parent().expect("bin dir").join("examples").join(name);
+    assert!(
+        p.is_file(),
+        "example {name} not found at {} (run `cargo build --workspace --bins --examples`)",
+        p.display()
+    );
+    p
+}
+
 /// The viewstats binary: next to io_conn, like md.
 pub fn viewstats_bin() -> PathBuf {
     let p = io_conn_bin().parent().expect("bin dir").join("viewstats");
@@ -145,6 +158,18 @@ pub struct Setup<'a> {
     pub max_message: Option<&'a str>,
     /// Extra environment variables for io_conn (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// The md binary io_conn spawns (`$SHMSRV_MD_BIN`); default [`md_bin`].
+    pub md_bin: Option<PathBuf>,
+    /// More `[[io_conn.listener]]` tables, appended to the config (see [`listener`]).
+    pub listeners: &'a str,
+}
+
+/// A `[[io_conn.listener]]` table on 127.0.0.1:0, for [`Setup::listeners`].
+pub fn listener(service: &str, framing: &str) -> String {
+    format!(
+        "\n[[io_conn.listener]]\naddress = \"127.0.0.1:0\"\nservice = \"{service}\"\n\
+         framing = \"{framing}\"\n"
+    )
 }
 
 impl Server {
@@ -162,7 +187,7 @@ impl Server {
         let runtime_dir = dir.join("run");
         let config = dir.join("shmsrv.toml");
         let max = s.max_instances.max(s.spawn_md).max(1);
-        let text = config_text_with(
+        let mut text = config_text_with(
             &name,
             &runtime_dir,
             max,
@@ -170,8 +195,14 @@ impl Server {
             s.io_extra,
             s.md_extra,
         );
+        // After `[md]`: more elements of the same array of tables are still valid TOML.
+        text.push_str(s.listeners);
         std::fs::write(&config, text).expect("write config");
-        let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md, s.env);
+        let mut env = s.env;
+        if let Some(md) = s.md_bin {
+            env.push(("SHMSRV_MD_BIN".to_owned(), md.display().to_string()));
+        }
+        let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md, env);
         server.wait_md_live(s.spawn_md);
         server
     }
@@ -194,8 +225,10 @@ impl Server {
         if spawn_md > 0 {
             cmd.arg("--spawn-md").arg(spawn_md.to_string());
         }
-        cmd.env("SHMSRV_MD_BIN", md_bin())
-            .env("RUST_LOG", "info")
+        if !env.iter().any(|(k, _)| k == "SHMSRV_MD_BIN") {
+            cmd.env("SHMSRV_MD_BIN", md_bin());
+        }
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
