@@ -536,11 +536,9 @@ where
                 let batch = self.core.opts.batch;
                 let Self { service, core, sink, .. } = self;
                 let Endpoint { rx, tx, .. } = ep;
-                let mut picked = false;
                 if let Some(sink) = sink.as_mut() {
                     if rx.has_data() {
                         sink.pickup();
-                        picked = true;
                     }
                 }
                 let n = match rx.drain(batch, |f| core.on_frame(service, tx, f)) {
@@ -556,9 +554,11 @@ where
                     }
                 };
                 worked = n > 0;
-                if let (Some(sink), true, false) = (sink.as_mut(), worked, picked) {
-                    // Frames landed between the `has_data` look and the drain: their wait ends
-                    // now (a little late, never lost).
+                if let (Some(sink), true) = (sink.as_mut(), worked) {
+                    // io_conn may have published (and stamped) more frames between the
+                    // `has_data` look and the end of the drain, which took them too: their wait
+                    // ends now (a little late, never lost). `note_pickup` records each stamp
+                    // once, so a batch with nothing new records nothing here.
                     sink.pickup();
                 }
                 worked |= core.fire_timers(service);
