@@ -31,6 +31,8 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};

@@ -5,6 +5,8 @@
 //! [`io_conn::run`]. Under systemd (`Type=notify`) it sends `READY=1` with a `STATUS=` naming the
 //! listeners once the queue pairs exist (see `md::notify`). See `io_conn --help`.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
