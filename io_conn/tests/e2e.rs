@@ -545,3 +545,32 @@ fn broadcast_reaches_every_flow_of_the_service() {
     drop((chat, other, echo));
     sut.stop();
 }
+
+/// Many connections at once (c10k-style, kept below this machine's 20 000 open-files hard limit:
+/// the test process holds one end of each, io_conn the other): every one gets its own PONG, in
+/// two rounds, and io_conn's memory stays small. Idle connections hold no buffers.
+#[test]
+fn nine_thousand_connections_each_answered() {
+    const N: usize = 9_000;
+    let limit = io_conn::raise_nofile_limit().expect("raise RLIMIT_NOFILE");
+    assert!(limit as usize > N + 100, "open-files limit {limit} too low for this test");
+    let sut = Server::start("c9k", 2);
+    let rss_before = sut.rss_kib();
+    let mut conns: Vec<_> = (0..N).map(|_| sut.connect("dumb/line")).collect();
+    for round in 0..2 {
+        for c in &mut conns {
+            c.write_all(b"PING\n").expect("write");
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            assert_eq!(read_line(c), "PONG\n", "connection {i}, round {round}");
+        }
+    }
+    let rss_after = sut.rss_kib();
+    // ~300 B per idle connection measured (docs/BENCHMARKS.md); allow 2 KiB each.
+    assert!(
+        rss_after.saturating_sub(rss_before) < (N as u64 * 2048) / 1024,
+        "io_conn RSS grew from {rss_before} KiB to {rss_after} KiB for {N} connections"
+    );
+    drop(conns);
+    sut.stop();
+}
