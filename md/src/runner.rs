@@ -745,21 +745,7 @@ impl<F: fmt::Debug> Core<F> {
         self.index.insert(f.flowid.0, idx as u32);
         let state = match info {
             Some(info) => {
-                let Self { flows, timers, stats, now, max_payload, .. } = self;
-                let flow = &mut flows[idx];
-                let avail = flow.avail();
-                let mut cx = Ctx {
-                    flow: flow.id,
-                    slot: idx as u32,
-                    out: &mut flow.out,
-                    out_base: flow.out_base,
-                    bcast: &mut flow.bcast,
-                    max_payload: *max_payload,
-                    avail,
-                    timers,
-                    stats,
-                    now: *now,
-                };
+                let (_, mut cx) = self.split(idx);
                 let st = svc.open(&info, &mut cx);
                 if st.is_none() && !self.warned_refused {
                     self.warned_refused = true;
@@ -808,23 +794,29 @@ impl<F: fmt::Debug> Core<F> {
     where
         S: Service<Flow = F>,
     {
+        let (state, mut cx) = self.split(idx);
+        Some(f(svc, state?, &mut cx))
+    }
+
+    /// Flow `idx`'s service state (if any) and a context over its output, timers and the stats.
+    fn split(&mut self, idx: usize) -> (Option<&mut F>, Ctx<'_>) {
         let Self { flows, timers, stats, now, max_payload, .. } = self;
         let flow = &mut flows[idx];
         let avail = flow.avail();
-        let state = flow.svc.as_mut()?;
-        let mut cx = Ctx {
-            flow: flow.id,
+        let Flow { id, svc, out, out_base, bcast, .. } = flow;
+        let cx = Ctx {
+            flow: *id,
             slot: idx as u32,
-            out: &mut flow.out,
-            out_base: flow.out_base,
-            bcast: &mut flow.bcast,
+            out,
+            out_base: *out_base,
+            bcast,
             max_payload: *max_payload,
             avail,
             timers,
             stats,
             now: *now,
         };
-        Some(f(svc, state, &mut cx))
+        (svc.as_mut(), cx)
     }
 
     fn run_message<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize, msg: &[u8]) {
