@@ -189,7 +189,7 @@ pub struct IoConn {
     )]
     pub drain_deadline: Duration,
     /// How long to busy-poll the rings before arming the doorbells and sleeping in epoll;
-    /// zero = never spin. At most 1s. Default 0 (see the shipped file for the trade-off).
+    /// zero = never spin. Only while lightly loaded. At most 1s. Default 50us.
     #[serde(
         deserialize_with = "units::deserialize_duration",
         serialize_with = "units::serialize_duration"
@@ -211,7 +211,7 @@ impl Default for IoConn {
             message_deadline: Duration::from_secs(30),
             output_credit: 256 << 10,
             drain_deadline: Duration::from_secs(5),
-            spin: Duration::ZERO,
+            spin: Duration::from_micros(50),
             listeners: vec![
                 Listener::new(4680, "echo"),
                 Listener::new(9090, "reverse"),
@@ -308,7 +308,7 @@ pub struct Md {
     /// N` needs `N < max_instances`. 1..=[`MAX_MD_INSTANCES`]. Default 8.
     pub max_instances: u32,
     /// How long md busy-polls its input ring before arming the doorbell and sleeping;
-    /// zero = never spin. At most 1s. Default 0 (see the shipped file for the trade-off).
+    /// zero = never spin. Only while lightly loaded. At most 1s. Default 50us.
     #[serde(
         deserialize_with = "units::deserialize_duration",
         serialize_with = "units::serialize_duration"
@@ -320,7 +320,7 @@ pub struct Md {
 
 impl Default for Md {
     fn default() -> Self {
-        Self { max_instances: 8, spin: Duration::ZERO, dumb: Dumb::default() }
+        Self { max_instances: 8, spin: Duration::from_micros(50), dumb: Dumb::default() }
     }
 }
 

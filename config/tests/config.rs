@@ -78,7 +78,7 @@ fn the_defaults() {
     assert_eq!(cfg.shared.queue_size, 1 << 20);
     assert_eq!(cfg.shared.max_message, 64 << 10);
     assert_eq!(cfg.io_conn.idle_timeout, Duration::from_secs(300));
-    assert_eq!(cfg.io_conn.spin, Duration::ZERO);
+    assert_eq!(cfg.io_conn.spin, Duration::from_micros(50));
     let l: Vec<_> =
         cfg.io_conn.listeners.iter().map(|l| (l.address.to_string(), l.framing())).collect();
     assert_eq!(
@@ -159,7 +159,7 @@ fn summary_names_every_section() {
         "127.0.0.1:4680=echo/raw",
         "127.0.0.1:9090=reverse/line",
         "idle_timeout=5m",
-        "spin=0s",
+        "spin=50us",
         "max_instances=8",
         "dumb.stream_chunk=16KiB",
         "refresh=1s",

@@ -66,6 +66,11 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 /// Longest sleep while flows wait for ring space or DRAINED frames are deferred.
 const SHORT_TICK: Duration = Duration::from_millis(1);
+/// Spin (when `io_conn.spin` allows) only while the loop's recent work is below this many events
+/// and md frames per iteration (×16, see `load_x16`): a lightly loaded server spins to save the
+/// wake-ups of a lone request, a busy one already batches and needs the CPU for its clients.
+/// Measured in docs/BENCHMARKS.md ("Spin budgets").
+const SPIN_MAX_LOAD_X16: u64 = 3 * 8;
 /// Reads per readiness event of one socket before moving on (fairness; level-triggered epoll
 /// reports it again).
 const READS_PER_EVENT: usize = 4;
@@ -195,6 +200,9 @@ pub(crate) struct Server<'c> {
     drain_until: Option<Instant>,
     exit: bool,
     spin_wanted: bool,
+    /// Events plus md frames handled per loop iteration, an exponential moving average (weight
+    /// 1/8) in sixteenths.
+    load_x16: u64,
     cleaned: bool,
     max_msg: usize,
     read_size: usize,
@@ -313,6 +321,7 @@ impl<'c> Server<'c> {
             drain_until: None,
             exit: false,
             spin_wanted: false,
+            load_x16: 0,
             cleaned: false,
             max_msg,
             read_size: read_buffer,
@@ -433,7 +442,10 @@ impl<'c> Server<'c> {
                 let ev = self.events[k];
                 self.dispatch(ev.data(), ev.events());
             }
+            let frames_before = self.c.messages_out;
             self.poll_mds();
+            let work = n as u64 + (self.c.messages_out - frames_before);
+            self.load_x16 = self.load_x16 - self.load_x16 / 8 + 2 * work;
             self.retry_blocked();
             let force = self.drained_force_at.is_some_and(|t| self.now >= t);
             self.flush_drained(force);
@@ -457,6 +469,7 @@ impl<'c> Server<'c> {
         }
         if std::mem::take(&mut self.spin_wanted)
             && !self.spin.is_zero()
+            && self.load_x16 < SPIN_MAX_LOAD_X16
             && self.mds.iter().any(Md::is_live)
         {
             let start = Instant::now();

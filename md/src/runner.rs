@@ -12,7 +12,8 @@
 //!    With a stats sink ([`Runner::set_stats_sink`]), the counters, the heartbeat and both rings'
 //!    counters are then mirrored into the stats segment (relaxed stores, once per batch; also
 //!    before every sleep), and the publish time is stamped if frames went out.
-//! 5. Nothing happened: spin on the input ring for [`RunnerOptions::spin`], then arm the doorbell
+//! 5. Nothing happened: if recent batches were small (lightly loaded), spin on the input ring for
+//!    [`RunnerOptions::spin`]; then arm the doorbell
 //!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
 //!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
 //!
@@ -183,6 +184,11 @@ const TOKEN_TIMER: u64 = 2;
 const TOKEN_SHUTDOWN: u64 = 3;
 const TOKEN_SIGNAL: u64 = 4;
 const TOKEN_PIDFD: u64 = 5;
+
+/// Spin (when `md.spin` allows) only while recent batches average fewer frames than this (×16,
+/// see `load_x16` in [`Runner::run`]): a lightly loaded md spins to save the wake-up of the next
+/// lone request, a busy one already batches and needs the CPU for io_conn and the clients.
+const SPIN_MAX_LOAD_X16: u64 = 3 * 8;
 
 /// Busy loop iterations between two non-blocking looks at the epoll set (signals, pidfd).
 const POLL_EVERY: u32 = 64;
@@ -501,6 +507,9 @@ where
         let mut events = [EpollEvent::empty(); 8];
         let mut hello_pending = true;
         let mut since_poll = 0u32;
+        // Frames drained per loop iteration, an exponential moving average (weight 1/8) in
+        // sixteenths: gates the spin (see SPIN_MAX_LOAD_X16).
+        let mut load_x16 = 0u64;
         if control.shutdown_requested() {
             return Ok(Exit::Shutdown);
         }
@@ -554,6 +563,7 @@ where
                     }
                 };
                 worked = n > 0;
+                load_x16 = load_x16 - load_x16 / 8 + 2 * n as u64;
                 if let (Some(sink), true) = (sink.as_mut(), worked) {
                     // io_conn may have published (and stamped) more frames between the
                     // `has_data` look and the end of the drain, which took them too: their wait
@@ -591,7 +601,9 @@ where
             } else if hello_pending {
                 // The output ring is full (a stale backlog io_conn has not consumed yet).
                 (sleep, timeout) = (false, EpollTimeout::from(1u16));
-            } else if ep.rx.spin(self.core.opts.spin) || !ep.rx.prepare_sleep(&ep.rx_bell) {
+            } else if (load_x16 < SPIN_MAX_LOAD_X16 && ep.rx.spin(self.core.opts.spin))
+                || !ep.rx.prepare_sleep(&ep.rx_bell)
+            {
                 continue; // data arrived while spinning or arming
             } else {
                 sleep = true;
