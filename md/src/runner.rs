@@ -926,13 +926,8 @@ impl<F: fmt::Debug> Core<F> {
                         self.stats.bytes_out += n as u64;
                         continue;
                     }
-                    Err(PushError::Full) => {
-                        self.stats.out_full += 1;
-                        full = true;
-                        break;
-                    }
-                    Err(PushError::Corrupt | PushError::TooLarge { .. }) => {
-                        self.fatal = Some(Detach::Corrupt(None));
+                    Err(e) => {
+                        push_failed(&mut self.stats, &mut self.fatal, e);
                         full = true;
                         break;
                     }
@@ -945,13 +940,8 @@ impl<F: fmt::Debug> Core<F> {
                     flow.bcast_head = range.end;
                     self.stats.messages_out += 1;
                 }
-                Err(PushError::Full) => {
-                    self.stats.out_full += 1;
-                    full = true;
-                    break;
-                }
-                Err(PushError::Corrupt | PushError::TooLarge { .. }) => {
-                    self.fatal = Some(Detach::Corrupt(None));
+                Err(e) => {
+                    push_failed(&mut self.stats, &mut self.fatal, e);
                     full = true;
                     break;
                 }
@@ -974,12 +964,8 @@ impl<F: fmt::Debug> Core<F> {
     fn control(&mut self, tx: &mut Producer, id: FlowId, kind: Kind) -> bool {
         match tx.try_push(id, kind, 0, &[]) {
             Ok(()) => true,
-            Err(PushError::Full) => {
-                self.stats.out_full += 1;
-                false
-            }
-            Err(_) => {
-                self.fatal = Some(Detach::Corrupt(None));
+            Err(e) => {
+                push_failed(&mut self.stats, &mut self.fatal, e);
                 false
             }
         }
@@ -1110,5 +1096,14 @@ impl<F: fmt::Debug> Core<F> {
             f.blocked = false;
         }
         self.fatal = None;
+    }
+}
+
+/// Bookkeeping for a push into the output ring that failed: a full ring is counted (the output
+/// waits and is retried), anything else means the ring is corrupt and md detaches.
+fn push_failed(stats: &mut Stats, fatal: &mut Option<Detach>, e: PushError) {
+    match e {
+        PushError::Full => stats.out_full += 1,
+        PushError::Corrupt | PushError::TooLarge { .. } => *fatal = Some(Detach::Corrupt(None)),
     }
 }
