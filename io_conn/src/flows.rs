@@ -53,9 +53,40 @@ pub enum State {
     Unassigned,
     /// Bound to an md instance.
     Open,
+    /// After an error reply was flushed: our side is shut down for writing and input is read and
+    /// discarded until the client closes (or the message deadline), so closing with unread input
+    /// does not send an RST that would destroy the error line in flight. md still knows the flow.
+    Lingering,
     /// Socket closed; the CLOSE frame to md is still to be pushed (its ring was full). The slot
     /// is reused only after that.
     Closing,
+}
+
+/// How an open flow's input ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputEnd {
+    /// Still reading the client.
+    Reading,
+    /// No more reading: the client half-closed (`by_peer`), or a shutdown asked for an orderly
+    /// end. `sent`: the EOF frame is in md's ring (after every buffered message).
+    Eof {
+        /// The client half-closed (read returned 0): the close that follows md's CLOSE is the
+        /// client's doing, counted as closed by peer.
+        by_peer: bool,
+        /// The EOF frame was pushed.
+        sent: bool,
+    },
+}
+
+/// What happens once an open flow's output is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFlush {
+    /// Keep serving.
+    Serve,
+    /// md sent CLOSE (it has forgotten the flow, so closing sends md no CLOSE back): close.
+    Close,
+    /// An error reply is on its way (oversized message): then linger ([`State::Lingering`]).
+    Linger,
 }
 
 /// Which intrusive list.
@@ -112,29 +143,16 @@ pub struct Flow {
     pub blocked: bool,
     /// OPEN still to be pushed.
     pub open_pending: bool,
-    /// The client half-closed (or shutdown asked for an orderly end): read no more.
-    pub eof_seen: bool,
-    /// The client half-closed (read returned 0): the close that follows md's CLOSE is the
-    /// client's doing, counted as closed by peer.
-    pub peer_eof: bool,
-    /// EOF still to be pushed to md (after any buffered messages).
-    pub eof_pending: bool,
-    /// Close once `output` is flushed (md sent CLOSE, or an error reply is on its way).
-    pub close_after_flush: bool,
-    /// The pending close (`close_after_flush`) is for an oversized message, not md's CLOSE.
-    pub error_close: bool,
-    /// md sent CLOSE: it has forgotten the flow, so closing it sends md no CLOSE back.
-    pub md_closed: bool,
-    /// Lingering close after an error reply: our side is shut down for writing and input is
-    /// read and discarded until the client closes (or the message deadline), so closing with
-    /// unread input does not send an RST that would destroy the error line in flight.
-    pub discard: bool,
+    /// Whether the client's input has ended.
+    pub input_end: InputEnd,
+    /// What to do once output is flushed.
+    pub after_flush: AfterFlush,
     /// The id the flow had while open (the CLOSE to push while Closing).
     pub close_id: FlowId,
     /// Last read or write.
     pub last_active: Instant,
     /// When the incomplete message at the front of `input` started (or accept time while
-    /// Unassigned).
+    /// Unassigned, or when lingering began).
     pub since: Instant,
     links: [Link; 2],
 }
@@ -157,13 +175,8 @@ impl Flow {
             md_paused: false,
             blocked: false,
             open_pending: false,
-            eof_seen: false,
-            peer_eof: false,
-            eof_pending: false,
-            close_after_flush: false,
-            error_close: false,
-            md_closed: false,
-            discard: false,
+            input_end: InputEnd::Reading,
+            after_flush: AfterFlush::Serve,
             close_id: FlowId(0),
             last_active: now,
             since: now,
@@ -175,6 +188,46 @@ impl Flow {
     #[inline]
     pub fn output_len(&self) -> usize {
         self.output.as_ref().map_or(0, Buf::len)
+    }
+
+    /// The flow wants its socket read: open, input not ended, not paused by md or by a full
+    /// ring, no close pending. (A lingering flow is read too, to discard.)
+    #[inline]
+    pub fn wants_input(&self) -> bool {
+        match self.state {
+            State::Open => {
+                self.input_end == InputEnd::Reading
+                    && !self.md_paused
+                    && !self.blocked
+                    && self.after_flush == AfterFlush::Serve
+            }
+            State::Lingering => true,
+            _ => false,
+        }
+    }
+
+    /// The client's input has ended (EOF seen, or shutdown asked for an orderly end).
+    #[inline]
+    pub fn input_ended(&self) -> bool {
+        self.input_end != InputEnd::Reading
+    }
+
+    /// An EOF frame is owed to md.
+    #[inline]
+    pub fn eof_pending(&self) -> bool {
+        matches!(self.input_end, InputEnd::Eof { sent: false, .. })
+    }
+
+    /// The client half-closed.
+    #[inline]
+    pub fn peer_eof(&self) -> bool {
+        matches!(self.input_end, InputEnd::Eof { by_peer: true, .. })
+    }
+
+    /// Holds a socket (any state a client event may concern).
+    #[inline]
+    pub fn has_client(&self) -> bool {
+        matches!(self.state, State::Open | State::Unassigned | State::Lingering)
     }
 }
 
@@ -237,13 +290,8 @@ impl FlowTable {
         f.md_paused = false;
         f.blocked = false;
         f.open_pending = false;
-        f.eof_seen = false;
-        f.peer_eof = false;
-        f.eof_pending = false;
-        f.close_after_flush = false;
-        f.error_close = false;
-        f.md_closed = false;
-        f.discard = false;
+        f.input_end = InputEnd::Reading;
+        f.after_flush = AfterFlush::Serve;
         self.bump(slot);
         self.free.push(slot);
     }

@@ -123,6 +123,9 @@ fn steady_state_ping_allocates_nothing_per_message() {
     drop(conns);
     stop.trigger();
     let counters = io.join().expect("io thread").expect("run");
-    assert!(counters.messages_in >= messages + 300 * CONNS as u64, "{counters:?}");
+    assert!(
+        counters[io_conn::counters::Io::MessagesIn] >= messages + 300 * CONNS as u64,
+        "{counters:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -106,6 +106,47 @@ pub struct IoSide {
     out_seg: Arc<Segment>,
 }
 
+/// The producer half of an [`IoSide`] ([`IoSide::split`]): what io_conn pushes through. Kept
+/// apart from the consumer half so io_conn can drain `out` in place while handling each frame
+/// with the rest of its state, this md's producer included, still usable.
+#[derive(Debug)]
+pub struct IoTx {
+    /// The md instance number.
+    pub instance: u32,
+    /// Producer of `in` (holds md's doorbell and rings it).
+    pub tx: Producer,
+    /// The epoch both rings were created under.
+    pub epoch: u64,
+    /// The current generation of both rings.
+    pub generation: u64,
+    in_seg: Arc<Segment>,
+}
+
+/// The consumer half of an [`IoSide`] ([`IoSide::split`]).
+#[derive(Debug)]
+pub struct IoRx {
+    /// Consumer of `out`.
+    pub rx: Consumer,
+    /// io_conn's doorbell for `out`: put it in epoll, pass it to `rx.prepare_sleep`.
+    pub rx_bell: Doorbell,
+    out_seg: Arc<Segment>,
+}
+
+impl IoSide {
+    /// Splits the pair's io_conn end into its producer and consumer halves.
+    pub fn split(self) -> (IoTx, IoRx) {
+        let IoSide { instance, tx, rx, rx_bell, epoch, generation, in_seg, out_seg } = self;
+        (IoTx { instance, tx, epoch, generation, in_seg }, IoRx { rx, rx_bell, out_seg })
+    }
+
+    /// Puts the halves [`Self::split`] made back together (for [`PairConfig::reset`]).
+    pub fn join(tx: IoTx, rx: IoRx) -> IoSide {
+        let IoTx { instance, tx, epoch, generation, in_seg } = tx;
+        let IoRx { rx, rx_bell, out_seg } = rx;
+        IoSide { instance, tx, rx, rx_bell, epoch, generation, in_seg, out_seg }
+    }
+}
+
 /// md's end of instance `instance`'s pair.
 #[derive(Debug)]
 pub struct MdSide {

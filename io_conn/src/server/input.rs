@@ -1,0 +1,510 @@
+//! Reading clients and pushing their messages to md.
+//!
+//! Every framed message reaches md's ring through one function, [`push_framed`]: from the
+//! scratch buffer on the fast path (no input buffered: nothing is copied unless a remainder is
+//! left), or from the flow's pooled input buffer ([`Clients::pump`]). Whatever stopped it is one
+//! [`Pump`] outcome, and [`Clients::settle`] is the one place that acts on it.
+
+use std::io::{self, Read};
+use std::net::TcpStream;
+
+use config::Framing;
+use shmq::frame::{self, FlowId, Kind, OpenInfo};
+use shmq::ring::{Producer, PushError};
+
+use super::{Clients, Cx, Links};
+use crate::counters::Io;
+use crate::flows::{AfterFlush, InputEnd, ListId, State};
+use crate::framing::{self, Next};
+
+/// Reads per readiness event of one socket before moving on (fairness; level-triggered epoll
+/// reports it again).
+const READS_PER_EVENT: usize = 4;
+/// The reply a line service gets for a line longer than `shared.max_message`.
+const ERR_TOO_LONG: &[u8] = b"ERR message too long\n";
+
+/// Outcome of pushing what a flow owes its md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pump {
+    /// Everything that could go went; the rest is an incomplete message.
+    Done,
+    /// The ring is full: wait on the md's blocked queue.
+    Blocked,
+    /// A message is above `shared.max_message` (or the ring's largest frame).
+    TooLong,
+    /// The ring refused a frame as corrupt: the md is lost.
+    Corrupt,
+    /// The flow's md has no ring.
+    MdGone,
+}
+
+/// Why [`push_framed`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// All of `data` was consumed.
+    Empty,
+    /// What is left is an incomplete message; `scanned` of it hold no boundary.
+    Incomplete { scanned: usize },
+    /// One of the `Pump` failures.
+    Failed(Pump),
+}
+
+fn push_failed(e: PushError) -> Pump {
+    match e {
+        PushError::Full => Pump::Blocked,
+        PushError::TooLarge { .. } => Pump::TooLong,
+        PushError::Corrupt => Pump::Corrupt,
+    }
+}
+
+/// Pushes the complete messages at the front of `data` into `tx` as DATA frames of flow `id`,
+/// in order. `scanned`: bytes at the front of `data` already known to hold no boundary. Returns
+/// the bytes consumed, the number of frames pushed, and why it stopped.
+#[inline]
+fn push_framed(
+    tx: &mut Producer,
+    id: FlowId,
+    framing: Framing,
+    data: &[u8],
+    mut scanned: usize,
+    max_msg: usize,
+) -> (usize, u64, Stop) {
+    let mut off = 0;
+    let mut pushed = 0;
+    loop {
+        if off == data.len() {
+            return (off, pushed, Stop::Empty);
+        }
+        match framing::next_message(framing, &data[off..], scanned, max_msg) {
+            Next::Message { start, end, consumed } => {
+                match tx.try_push(id, Kind::Data, 0, &data[off + start..off + end]) {
+                    Ok(()) => {
+                        pushed += 1;
+                        off += consumed;
+                        scanned = 0;
+                    }
+                    Err(e) => return (off, pushed, Stop::Failed(push_failed(e))),
+                }
+            }
+            Next::Incomplete { scanned } => return (off, pushed, Stop::Incomplete { scanned }),
+            Next::TooLong => return (off, pushed, Stop::Failed(Pump::TooLong)),
+        }
+    }
+}
+
+impl Clients {
+    /// The flow's socket is readable: read up to [`READS_PER_EVENT`] times, pushing complete
+    /// messages as they come.
+    pub(super) fn on_readable(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        let framing = self.framing(slot);
+        let read_size = match framing {
+            Framing::Raw => self.lim.read_size.min(self.lim.max_msg),
+            _ => self.lim.read_size,
+        };
+        let limit = framing::input_capacity(framing, self.lim.max_msg, read_size);
+        for _ in 0..READS_PER_EVENT {
+            let f = self.flows.get_mut(slot);
+            if !(f.state == State::Open && f.wants_input()) {
+                break;
+            }
+            let Some(sock) = f.sock.as_ref() else { break };
+            let mut sock: &TcpStream = sock;
+            let (res, buffered) = match f.input.as_mut() {
+                Some(buf) => {
+                    let spare = buf.spare_mut(read_size, limit);
+                    let r = sock.read(spare);
+                    if let Ok(n) = r {
+                        buf.commit(n);
+                    }
+                    (r, true)
+                }
+                None => (sock.read(&mut self.scratch[..read_size]), false),
+            };
+            let n = match res {
+                Ok(0) => {
+                    self.on_eof(cx, links, slot);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_flow(cx, links, slot, Io::ClosedByPeer);
+                    return;
+                }
+            };
+            cx.c[Io::BytesIn] += n as u64;
+            self.touch(cx, slot);
+            let ok = if buffered {
+                self.after_input(cx, links, slot)
+            } else {
+                self.push_scratch(cx, links, slot, framing, n)
+            };
+            if !ok {
+                return;
+            }
+            if n < read_size {
+                break;
+            }
+        }
+        self.update_interest(cx, slot);
+    }
+
+    /// Fast path: `n` fresh bytes in the scratch buffer and no buffered input. Pushes every
+    /// complete message straight from scratch; copies a remainder (incomplete message, or
+    /// messages the full ring refused) into a pooled buffer. False if the flow closed.
+    fn push_scratch(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+        slot: u32,
+        framing: Framing,
+        n: usize,
+    ) -> bool {
+        let id = self.flows.id(slot);
+        let md = self.flows.get(slot).md;
+        let Some((tx, pushed)) = links.tx(md) else {
+            self.close_flow(cx, links, slot, Io::ClosedMdGone);
+            return false;
+        };
+        let (off, frames, stop) =
+            push_framed(tx, id, framing, &self.scratch[..n], 0, self.lim.max_msg);
+        if frames > 0 {
+            *pushed = true;
+            cx.c[Io::MessagesIn] += frames;
+        }
+        let (r, scanned) = match stop {
+            Stop::Empty => (Pump::Done, 0),
+            Stop::Incomplete { scanned } => (Pump::Done, scanned),
+            Stop::Failed(r) => (r, 0),
+        };
+        if !matches!(r, Pump::Done | Pump::Blocked) {
+            return self.settle(cx, links, slot, r);
+        }
+        if off < n {
+            let mut buf = self.pool.get();
+            buf.extend(&self.scratch[off..n]);
+            buf.scanned = scanned;
+            self.flows.get_mut(slot).input = Some(buf);
+            if r == Pump::Blocked {
+                self.block(cx, links, slot);
+            } else {
+                self.flows.get_mut(slot).since = cx.now;
+                self.flows.push_back(ListId::Deadline, slot);
+            }
+        }
+        true
+    }
+
+    /// After bytes were appended to the flow's input buffer (or its input ended): push what is
+    /// complete, keep the rest, maintain the deadline list. False if the flow closed.
+    pub(super) fn after_input(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) -> bool {
+        let r = self.pump(cx, links, slot);
+        self.settle(cx, links, slot, r) && self.track_deadline(cx, slot)
+    }
+
+    /// Keeps the flow in the deadline list exactly while it holds an incomplete message. False
+    /// if the flow is no longer open.
+    fn track_deadline(&mut self, cx: &Cx, slot: u32) -> bool {
+        let f = self.flows.get(slot);
+        if f.state != State::Open {
+            return false;
+        }
+        if f.input.is_none() {
+            self.flows.remove(ListId::Deadline, slot);
+        } else if !self.flows.is_linked(ListId::Deadline, slot) {
+            self.flows.get_mut(slot).since = cx.now;
+            self.flows.push_back(ListId::Deadline, slot);
+        }
+        true
+    }
+
+    /// Acts on a [`Pump`] outcome: a full ring blocks the flow, an oversized message gets its
+    /// error handling, a lost md closes the flow. False if the flow is closed or closing.
+    pub(super) fn settle(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, r: Pump) -> bool {
+        match r {
+            Pump::Done => true,
+            Pump::Blocked => {
+                self.block(cx, links, slot);
+                true
+            }
+            Pump::TooLong => {
+                let framing = self.framing(slot);
+                self.oversized(cx, links, slot, framing);
+                false
+            }
+            Pump::Corrupt => {
+                if let Some(m) = links.get_mut(self.flows.get(slot).md) {
+                    m.lost = true;
+                }
+                self.close_flow(cx, links, slot, Io::ClosedMdGone);
+                false
+            }
+            Pump::MdGone => {
+                self.close_flow(cx, links, slot, Io::ClosedMdGone);
+                false
+            }
+        }
+    }
+
+    /// The client half-closed: read no more; md gets the buffered messages (a last line without
+    /// `\n` counts), then EOF.
+    fn on_eof(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        self.flows.get_mut(slot).input_end = InputEnd::Eof { by_peer: true, sent: false };
+        self.flows.remove(ListId::Deadline, slot);
+        self.after_input(cx, links, slot);
+        self.update_interest(cx, slot);
+    }
+
+    /// A message over the limit: line services get an error line, then the connection closes.
+    fn oversized(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, framing: Framing) {
+        cx.c[Io::FramingErrors] += 1;
+        let f = self.flows.get_mut(slot);
+        if let Some(b) = f.input.take() {
+            self.pool.put(b);
+        }
+        self.flows.remove(ListId::Deadline, slot);
+        if framing != Framing::Line {
+            self.close_flow(cx, links, slot, Io::ClosedOversized);
+            return;
+        }
+        let f = self.flows.get_mut(slot);
+        // Read no more, and owe md no EOF: the flow ends with a CLOSE.
+        f.input_end = InputEnd::Eof { by_peer: false, sent: true };
+        f.after_flush = AfterFlush::Linger;
+        if !self.send_to_client(cx, links, slot, ERR_TOO_LONG, false) {
+            return; // the write failed and closed the flow
+        }
+        if self.flows.get(slot).output_len() == 0 {
+            self.linger(cx, slot);
+        } else {
+            // Lingers once the error line is flushed.
+            self.update_interest(cx, slot);
+        }
+    }
+
+    /// After an error reply is flushed: shut our side down (FIN after the reply) and discard
+    /// input until the client closes, within the message deadline.
+    pub(super) fn linger(&mut self, cx: &Cx, slot: u32) {
+        let f = self.flows.get_mut(slot);
+        if let Some(s) = f.sock.as_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        f.state = State::Lingering;
+        f.after_flush = AfterFlush::Serve;
+        f.since = cx.now;
+        self.flows.move_to_back(ListId::Deadline, slot);
+        self.update_interest(cx, slot);
+    }
+
+    /// Reads and drops input of a lingering flow; closes it at EOF or error. After
+    /// READS_PER_EVENT reads it yields (level-triggered epoll reports it again).
+    pub(super) fn discard_input(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        for _ in 0..READS_PER_EVENT {
+            let Some(sock) = self.flows.get(slot).sock.as_ref() else { return };
+            let mut sock: &TcpStream = sock;
+            match sock.read(&mut self.scratch) {
+                Ok(0) => return self.close_flow(cx, links, slot, Io::ClosedOversized),
+                Ok(n) => cx.c[Io::BytesIn] += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.close_flow(cx, links, slot, Io::ClosedOversized),
+            }
+        }
+    }
+
+    /// Pushes what an open flow owes its md, in order: OPEN, complete messages, a last partial
+    /// line at EOF, EOF.
+    pub(super) fn pump(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) -> Pump {
+        let id = self.flows.id(slot);
+        let Self { flows, listeners, pool, lim, .. } = self;
+        let f = flows.get_mut(slot);
+        let Some((tx, pushed)) = links.tx(f.md) else { return Pump::MdGone };
+        let lst = &listeners[f.listener as usize];
+        if f.open_pending {
+            let info = OpenInfo { credit: lim.credit, peer: f.peer, service: &lst.service };
+            let mut b = [0u8; 32 + frame::MAX_SERVICE_NAME];
+            let Ok(len) = info.encode(&mut b) else { return Pump::MdGone };
+            match tx.try_push(id, Kind::Open, 0, &b[..len]) {
+                Ok(()) => {
+                    *pushed = true;
+                    f.open_pending = false;
+                }
+                Err(PushError::TooLarge { .. }) => return Pump::MdGone,
+                Err(e) => return push_failed(e),
+            }
+        }
+        if let Some(buf) = f.input.as_mut() {
+            let (consumed, frames, stop) =
+                push_framed(tx, id, lst.framing, buf.filled(), buf.scanned, lim.max_msg);
+            if frames > 0 {
+                *pushed = true;
+                cx.c[Io::MessagesIn] += frames;
+            }
+            buf.consume(consumed);
+            match stop {
+                Stop::Empty => {}
+                Stop::Failed(r) => return r,
+                Stop::Incomplete { scanned } => {
+                    buf.scanned = scanned;
+                    if f.input_end != InputEnd::Reading && !buf.is_empty() {
+                        if lst.framing == Framing::Len32 {
+                            // A truncated message at EOF is a framing error; drop it.
+                            cx.c[Io::FramingErrors] += 1;
+                        } else {
+                            // A last line without `\n`: a message all the same.
+                            if let Err(e) = tx.try_push(id, Kind::Data, 0, buf.filled()) {
+                                return push_failed(e);
+                            }
+                            *pushed = true;
+                            cx.c[Io::MessagesIn] += 1;
+                        }
+                        buf.clear();
+                    }
+                }
+            }
+            if buf.is_empty() {
+                if let Some(b) = f.input.take() {
+                    pool.put(b);
+                }
+            } else {
+                // A message left the front: the incomplete one behind it starts now.
+                f.since = cx.now;
+            }
+        }
+        if let InputEnd::Eof { by_peer, sent: false } = f.input_end {
+            match tx.try_push(id, Kind::Eof, 0, &[]) {
+                Ok(()) => {
+                    *pushed = true;
+                    f.input_end = InputEnd::Eof { by_peer, sent: true };
+                }
+                Err(PushError::TooLarge { .. }) => return Pump::MdGone,
+                Err(e) => return push_failed(e),
+            }
+        }
+        Pump::Done
+    }
+
+    /// Pushes the CLOSE a Closing flow owes its md and frees the slot; if the ring is full, the
+    /// flow waits on the md's blocked queue instead.
+    pub(super) fn pump_closing(&mut self, links: &mut Links, slot: u32) {
+        let f = self.flows.get_mut(slot);
+        match links.push_close(f.md, f.close_id) {
+            Err(PushError::Full) => {
+                if !f.blocked {
+                    f.blocked = true;
+                    links.block(f.md, slot, f.generation);
+                }
+            }
+            _ => self.flows.release(slot),
+        }
+    }
+
+    /// Queues the flow on its md's blocked list (stops reading it).
+    fn block(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        let f = self.flows.get_mut(slot);
+        if f.blocked {
+            return;
+        }
+        f.blocked = true;
+        links.block(f.md, slot, f.generation);
+        cx.c[Io::BackpressurePauses] += 1;
+        self.update_interest(cx, slot);
+    }
+
+    /// Retries the flows blocked on each md's full ring, oldest first, until one still does
+    /// not fit.
+    pub(super) fn retry_blocked(&mut self, cx: &mut Cx, links: &mut Links) {
+        for i in 0..links.len() {
+            while let Some((slot, generation)) = links.front_blocked(i) {
+                let f = self.flows.get(slot);
+                if f.generation != generation || !f.blocked {
+                    links.pop_blocked(i as u32);
+                    continue;
+                }
+                if f.state == State::Closing {
+                    if links.push_close(f.md, f.close_id) == Err(PushError::Full) {
+                        break;
+                    }
+                    links.pop_blocked(i as u32);
+                    self.flows.release(slot);
+                    continue;
+                }
+                let r = self.pump(cx, links, slot);
+                if r == Pump::Blocked {
+                    break;
+                }
+                links.pop_blocked(i as u32);
+                self.flows.get_mut(slot).blocked = false;
+                if self.settle(cx, links, slot, r) && self.track_deadline(cx, slot) {
+                    self.update_interest(cx, slot);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use shmq::layout::Direction;
+    use shmq::ring::{Consumer, HeapMemory};
+
+    use super::*;
+
+    fn ring() -> (Producer, Consumer) {
+        let mem = Arc::new(HeapMemory::new_ring(4096, 256, Direction::ToMd));
+        let tx = Producer::attach(mem.clone(), 0, None).expect("producer");
+        let rx = Consumer::attach(mem, 0).expect("consumer");
+        (tx, rx)
+    }
+
+    fn drain(rx: &mut Consumer) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        rx.drain(1000, |f| v.push(f.payload.to_vec())).expect("drain");
+        v
+    }
+
+    #[test]
+    fn push_framed_pushes_complete_lines_and_reports_the_rest() {
+        let (mut tx, mut rx) = ring();
+        let (off, n, stop) = push_framed(&mut tx, FlowId(9), Framing::Line, b"a\nbc\nde", 0, 64);
+        assert_eq!((off, n), (5, 2));
+        assert_eq!(stop, Stop::Incomplete { scanned: 2 });
+        tx.flush();
+        assert_eq!(drain(&mut rx), vec![b"a\n".to_vec(), b"bc\n".to_vec()]);
+    }
+
+    #[test]
+    fn push_framed_stops_at_a_full_ring_without_losing_a_message() {
+        let (mut tx, mut rx) = ring();
+        let line = [b'x'; 200];
+        let mut data = Vec::new();
+        for _ in 0..40 {
+            data.extend_from_slice(&line);
+            data.push(b'\n');
+        }
+        let (off, n, stop) = push_framed(&mut tx, FlowId(1), Framing::Line, &data, 0, 1024);
+        assert_eq!(stop, Stop::Failed(Pump::Blocked));
+        assert!(n > 0 && (n as usize) < 40);
+        assert_eq!(off, n as usize * 201, "consumed exactly the pushed messages");
+        tx.flush();
+        assert_eq!(drain(&mut rx).len(), n as usize);
+        // The rest goes once there is room, in order.
+        let (off2, n2, stop2) =
+            push_framed(&mut tx, FlowId(1), Framing::Line, &data[off..], 0, 1024);
+        assert!(n2 > 0);
+        assert!(matches!(stop2, Stop::Empty | Stop::Failed(Pump::Blocked)), "{stop2:?}");
+        assert_eq!(off2, n2 as usize * 201);
+    }
+
+    #[test]
+    fn push_framed_reports_an_oversized_line() {
+        let (mut tx, _rx) = ring();
+        let (off, n, stop) =
+            push_framed(&mut tx, FlowId(1), Framing::Line, b"ok\nxxxxxxxxxx", 0, 8);
+        assert_eq!((off, n), (3, 1));
+        assert_eq!(stop, Stop::Failed(Pump::TooLong));
+    }
+}

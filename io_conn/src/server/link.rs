@@ -1,0 +1,467 @@
+//! The md-link side of the loop: one queue pair per md instance, split in two halves.
+//!
+//! * [`Links`] (outbound): per instance, the `in` producer ([`IoTx`]), the md's identity and
+//!   pidfd once it said HELLO, how many flows are bound to it, and the flows waiting for room
+//!   in its ring. The client side pushes through it.
+//! * [`Inbound`]: per instance, the `out` consumer ([`IoRx`]) and its doorbell. [`Inbound::poll`]
+//!   drains a ring in place and hands each frame to the client side (`Clients::on_md_frame`)
+//!   together with [`Links`]: the two halves are separate fields of the server, so no consumer
+//!   ever has to be swapped out to please the borrow checker.
+//!
+//! Liveness: an md is live from its HELLO (its pidfd is in epoll) until its pidfd fires, its
+//! ring turns out corrupt, or it says HELLO again; then the server closes its flows and resets
+//! the pair ([`Links::reset`]: new generation, fresh halves).
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+
+use anyhow::Context;
+use config::Config;
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use shmq::frame::{FlowId, Hello, Kind};
+use shmq::pair::{IoRx, IoSide, IoTx, PairConfig, PairError};
+use shmq::ring::{Consumer, Producer, PushError, RingError};
+use shmq::stats::monotonic_ns;
+use shmq::sys::ProcId;
+
+use super::{Clients, Cx, K_BELL, K_MDPID, token};
+use crate::counters::Io;
+use crate::stats::{SlotStats, Stats};
+
+/// Frames handled per md ring per iteration.
+const FRAMES_PER_RING: usize = 4096;
+
+/// The outbound half of one md instance's link.
+#[derive(Debug)]
+pub(crate) struct Md {
+    /// The `in` producer (None once a reset failed: instance disabled).
+    pub(super) tx: Option<IoTx>,
+    /// Identity and pidfd of the md that said HELLO.
+    live: Option<(ProcId, OwnedFd)>,
+    /// Flows bound to it.
+    flows: u32,
+    /// Flows with frames that did not fit `tx`, as (slot, generation), oldest first.
+    blocked: VecDeque<(u32, u32)>,
+    /// Frames pushed since the last flush (`Producer::flush` says whether it rang, not whether
+    /// it published; this says the latter, for the stats publish stamp).
+    pub(super) pushed: bool,
+    /// Lost (corrupt ring, bad HELLO): reset after the current batch.
+    pub(super) lost: bool,
+    /// The pair is new (created or reset): mirror its stats halves once even without a live md,
+    /// so viewstats shows the new generation.
+    stats_fresh: bool,
+}
+
+/// Every md instance's outbound half, and the pairs' configuration.
+#[derive(Debug)]
+pub(crate) struct Links {
+    mds: Vec<Md>,
+    pub(super) pairs: PairConfig,
+    /// Instances whose pair this process created (removed at exit).
+    created: Vec<u32>,
+}
+
+/// The inbound half of one md instance's link.
+#[derive(Debug)]
+struct Rx {
+    half: IoRx,
+    /// Our `armed` flag on its out ring is set (cleared only by its doorbell waking us).
+    armed: bool,
+}
+
+/// Every md instance's inbound half.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    rx: Vec<Option<Rx>>,
+}
+
+/// What one [`Inbound::poll`] did.
+#[derive(Debug, Default)]
+pub(super) struct Polled {
+    /// Frames handled.
+    pub(super) frames: u64,
+    /// The ring is corrupt: its md is to be lost.
+    pub(super) corrupt: Option<RingError>,
+}
+
+/// Creates every instance's pair (refusing a live predecessor's, replacing a dead one's) and
+/// registers the doorbells.
+pub(super) fn create_pairs(
+    cfg: &Config,
+    cx: &mut Cx,
+    epoch: u64,
+) -> anyhow::Result<(Links, Inbound)> {
+    let mut links = Links { mds: Vec::new(), pairs: rt::pair_config(cfg), created: Vec::new() };
+    let mut inbound = Inbound { rx: Vec::new() };
+    for i in 0..cfg.md.max_instances {
+        let side = links.pairs.create(i, epoch).map_err(|e| match e {
+            PairError::InUse { what, owner } => anyhow::anyhow!(
+                "{what} belongs to a running process (pid {owner}): is another io_conn with \
+                 shared.name = {:?} running?",
+                cfg.shared.name
+            ),
+            e => anyhow::anyhow!("creating the queue pair of md instance {i}: {e}"),
+        })?;
+        links.created.push(i);
+        install(cx, &mut links, &mut inbound, i, side)?;
+    }
+    Ok((links, inbound))
+}
+
+/// Installs a fresh (or reset) pair for instance `i`: registers its doorbell, replaces both
+/// halves (keeping the blocked queue's allocation: no growth again after a reset).
+fn install(
+    cx: &mut Cx,
+    links: &mut Links,
+    inbound: &mut Inbound,
+    i: u32,
+    side: IoSide,
+) -> anyhow::Result<()> {
+    cx.epoll
+        .add(&side.rx_bell, EpollEvent::new(EpollFlags::EPOLLIN, token(K_BELL, u64::from(i))))
+        .context("epoll add doorbell")?;
+    let (tx, rx) = side.split();
+    let idx = i as usize;
+    let md = Md {
+        tx: Some(tx),
+        live: None,
+        flows: 0,
+        blocked: VecDeque::new(),
+        pushed: false,
+        lost: false,
+        stats_fresh: true,
+    };
+    let rx = Some(Rx { half: rx, armed: false });
+    if idx < links.mds.len() {
+        let old = std::mem::replace(&mut links.mds[idx], md);
+        let mut q = old.blocked;
+        q.clear();
+        links.mds[idx].blocked = q;
+        inbound.rx[idx] = rx;
+    } else {
+        links.mds.push(md);
+        inbound.rx.push(rx);
+    }
+    Ok(())
+}
+
+impl Links {
+    /// Instance `i`, if it exists.
+    #[inline]
+    pub(super) fn get_mut(&mut self, i: u32) -> Option<&mut Md> {
+        self.mds.get_mut(i as usize)
+    }
+
+    /// Instance `i`'s producer and its `pushed` flag, if it has a ring.
+    #[inline]
+    pub(super) fn tx(&mut self, i: u32) -> Option<(&mut Producer, &mut bool)> {
+        let m = self.mds.get_mut(i as usize)?;
+        let tx = m.tx.as_mut()?;
+        Some((&mut tx.tx, &mut m.pushed))
+    }
+
+    /// Instance `i` has a usable ring (live or not).
+    #[inline]
+    pub(super) fn has_ring(&self, i: u32) -> bool {
+        self.mds.get(i as usize).is_some_and(|m| m.tx.is_some())
+    }
+
+    fn is_live(m: &Md) -> bool {
+        m.live.is_some() && m.tx.is_some()
+    }
+
+    /// Some md is live.
+    pub(super) fn any_live(&self) -> bool {
+        self.mds.iter().any(Self::is_live)
+    }
+
+    /// Instance `i` is live.
+    pub(super) fn live(&self, i: usize) -> bool {
+        self.mds.get(i).is_some_and(|m| m.live.is_some())
+    }
+
+    /// Some flow waits for room in a ring.
+    pub(super) fn any_blocked(&self) -> bool {
+        self.mds.iter().any(|m| !m.blocked.is_empty())
+    }
+
+    /// Number of instances.
+    pub(super) fn len(&self) -> usize {
+        self.mds.len()
+    }
+
+    /// The live md instance with the fewest flows.
+    pub(super) fn choose(&self) -> Option<u32> {
+        self.mds
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| Self::is_live(m))
+            .min_by_key(|(_, m)| m.flows)
+            .map(|(i, _)| i as u32)
+    }
+
+    /// A flow was bound to instance `i`.
+    pub(super) fn bind(&mut self, i: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            m.flows += 1;
+        }
+    }
+
+    /// A flow of instance `i` closed (no-op for [`crate::flows::NO_MD`]).
+    pub(super) fn unbind(&mut self, i: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            m.flows = m.flows.saturating_sub(1);
+        }
+    }
+
+    /// Queues a flow on instance `i`'s blocked list.
+    pub(super) fn block(&mut self, i: u32, slot: u32, generation: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            m.blocked.push_back((slot, generation));
+        }
+    }
+
+    /// The oldest flow blocked on instance `i`'s ring.
+    pub(super) fn front_blocked(&self, i: usize) -> Option<(u32, u32)> {
+        self.mds.get(i).and_then(|m| m.blocked.front().copied())
+    }
+
+    /// Takes the oldest flow blocked on instance `i`'s ring.
+    pub(super) fn pop_blocked(&mut self, i: u32) -> Option<(u32, u32)> {
+        self.mds.get_mut(i as usize).and_then(|m| m.blocked.pop_front())
+    }
+
+    /// Takes instance `i`'s `lost` flag.
+    pub(super) fn take_lost(&mut self, i: usize) -> bool {
+        self.mds.get_mut(i).is_some_and(|m| std::mem::take(&mut m.lost))
+    }
+
+    /// Pushes CLOSE for `id` to instance `i`. `Full`: retry later; any other outcome (pushed,
+    /// no ring, a failed ring) lets the slot go.
+    pub(super) fn push_close(&mut self, i: u32, id: FlowId) -> Result<(), PushError> {
+        let Some((tx, pushed)) = self.tx(i) else { return Ok(()) };
+        match tx.try_push(id, Kind::Close, 0, &[]) {
+            Ok(()) => {
+                *pushed = true;
+                Ok(())
+            }
+            Err(PushError::Full) => Err(PushError::Full),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Flushes each producer that was pushed to: one Release store each, a doorbell only if that
+    /// md sleeps. Stamps the publish time for md's queue-wait histogram. True if any published.
+    pub(super) fn flush(&mut self, mut stats: Option<&mut Stats>) -> bool {
+        let mut now_ns = 0;
+        let mut any = false;
+        for (i, m) in self.mds.iter_mut().enumerate() {
+            if !std::mem::take(&mut m.pushed) {
+                continue;
+            }
+            any = true;
+            let Some(tx) = m.tx.as_mut() else { continue };
+            tx.tx.flush();
+            // `pushed` means this flush published frames (flush() only says whether it rang):
+            // stamp it for md's queue-wait histogram. One clock read per batch.
+            if let Some(ss) = stats.as_deref_mut().and_then(|st| st.slot(i as u32)) {
+                if now_ns == 0 {
+                    now_ns = monotonic_ns();
+                }
+                ss.inprod.stamp_publish(now_ns);
+            }
+        }
+        any
+    }
+
+    /// md instance `i` said HELLO: watch its pidfd and mark it live. False if it cannot be
+    /// (gone already, or epoll refused): then it is marked lost. If another md was live on the
+    /// instance, the caller must close that one's flows first (`replaced`).
+    pub(super) fn on_hello(&mut self, cx: &mut Cx, i: u32, h: &Hello) -> bool {
+        let m = &mut self.mds[i as usize];
+        let proc_id = ProcId { pid: h.pid, start_time: h.start_time };
+        match proc_id.pidfd() {
+            Ok(fd) => {
+                let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(K_MDPID, u64::from(i)));
+                if let Err(e) = cx.epoll.add(&fd, ev) {
+                    log::error!("watching md instance {i}: {e}");
+                    m.lost = true;
+                    return false;
+                }
+                m.live = Some((proc_id, fd));
+                cx.c[Io::MdAttaches] += 1;
+                log::info!("md instance {i} live (pid {})", h.pid);
+                true
+            }
+            Err(e) => {
+                log::warn!("md instance {i} said HELLO as pid {} but is gone ({e})", h.pid);
+                m.lost = true;
+                false
+            }
+        }
+    }
+
+    /// Forgets instance `i`'s live md (stops watching its pidfd); returns who it was.
+    pub(super) fn forget(&mut self, cx: &Cx, i: u32) -> Option<ProcId> {
+        let m = self.mds.get_mut(i as usize)?;
+        let (who, fd) = m.live.take()?;
+        let _ = cx.epoll.delete(&fd);
+        Some(who)
+    }
+
+    /// The md live on instance `i` and how many flows it holds.
+    pub(super) fn who(&self, i: u32) -> (Option<ProcId>, u32) {
+        self.mds.get(i as usize).map_or((None, 0), |m| (m.live.as_ref().map(|(p, _)| *p), m.flows))
+    }
+
+    /// Resets instance `i`'s pair (new generation) and installs fresh halves; on failure the
+    /// instance is disabled (no ring).
+    pub(super) fn reset(
+        &mut self,
+        cx: &mut Cx,
+        inbound: &mut Inbound,
+        stats: Option<&mut Stats>,
+        i: u32,
+    ) {
+        let idx = i as usize;
+        let (Some(tx), Some(rx)) = (
+            self.mds.get_mut(idx).and_then(|m| m.tx.take()),
+            inbound.rx.get_mut(idx).and_then(Option::take),
+        ) else {
+            return;
+        };
+        let _ = cx.epoll.delete(&rx.half.rx_bell);
+        match self.pairs.reset(IoSide::join(tx, rx.half)) {
+            Ok(side) => {
+                let generation = side.generation;
+                if let Some(ss) = stats.and_then(|st| st.slot(i)) {
+                    // A new generation: our halves start from zero with the rings' counters.
+                    ss.inprod.reset();
+                    ss.outcons.reset();
+                }
+                match install(cx, self, inbound, i, side) {
+                    Ok(()) => {
+                        log::info!("md instance {i}: queue pair reset (generation {generation})")
+                    }
+                    Err(e) => log::error!("md instance {i}: {e:#}"),
+                }
+            }
+            Err(e) => log::error!(
+                "md instance {i}: resetting its queue pair failed: {e}; instance disabled"
+            ),
+        }
+    }
+
+    /// Drops every half and removes the pairs this process created.
+    pub(super) fn remove_all(&mut self, inbound: &mut Inbound) {
+        for m in &mut self.mds {
+            m.tx = None;
+            m.live = None;
+        }
+        inbound.rx.clear();
+        for &i in &self.created {
+            if let Err(e) = self.pairs.remove(i) {
+                log::warn!("removing the queue pair of md instance {i}: {e}");
+            }
+        }
+    }
+}
+
+impl Inbound {
+    /// Number of instances.
+    pub(super) fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Some ring has frames.
+    pub(super) fn has_data(&self) -> bool {
+        self.rx.iter().flatten().any(|r| r.half.rx.has_data())
+    }
+
+    /// Some live md's ring has frames (what the spin waits for).
+    pub(super) fn live_has_data(&self, links: &Links) -> bool {
+        self.rx
+            .iter()
+            .enumerate()
+            .any(|(i, r)| r.as_ref().is_some_and(|r| r.half.rx.has_data()) && links.live(i))
+    }
+
+    /// Arms every ring's doorbell not armed yet (drain the FIFO, set `armed`, fence, re-check).
+    /// False if a ring turned out to have data: do not sleep.
+    pub(super) fn arm_all(&mut self) -> bool {
+        for r in self.rx.iter_mut().flatten() {
+            if r.armed {
+                continue;
+            }
+            if r.half.rx.prepare_sleep(&r.half.rx_bell) {
+                r.armed = true;
+            } else {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Instance `i`'s doorbell rang: it disarmed our flag.
+    pub(super) fn on_doorbell(&mut self, i: usize) {
+        if let Some(Some(r)) = self.rx.get_mut(i) {
+            let _ = r.half.rx_bell.drain();
+            r.half.rx.note_wakeup();
+            r.armed = false;
+        }
+    }
+
+    /// Instance `i`'s consumer (for the stats halves).
+    fn consumer(&self, i: usize) -> Option<&Consumer> {
+        self.rx.get(i).and_then(Option::as_ref).map(|r| &r.half.rx)
+    }
+
+    /// Drains instance `i`'s ring in place: each frame goes to `clients.on_md_frame` with the
+    /// outbound half at hand; the head is published once at the end.
+    pub(super) fn poll(
+        &mut self,
+        i: usize,
+        cx: &mut Cx,
+        clients: &mut Clients,
+        links: &mut Links,
+        stats: Option<&mut SlotStats>,
+    ) -> Polled {
+        let Some(Some(r)) = self.rx.get_mut(i) else { return Polled::default() };
+        if !r.half.rx.has_data() {
+            return Polled::default();
+        }
+        // A batch begins: one queue-wait sample (md's latest publish -> our wake-up).
+        if let Some(ss) = stats {
+            ss.outcons.note_pickup(cx.now_ns);
+        }
+        match r.half.rx.drain(FRAMES_PER_RING, |fr| clients.on_md_frame(cx, links, i as u32, fr)) {
+            Ok(n) => Polled { frames: n as u64, corrupt: None },
+            Err(e) => Polled { frames: 0, corrupt: Some(e) },
+        }
+    }
+}
+
+/// Mirrors the ring counters of io_conn's ends of each pair into its stats halves: pairs with
+/// a live md, fresh pairs once, or (`all`) every pair.
+pub(super) fn publish_halves(st: &mut Stats, links: &mut Links, inbound: &Inbound, all: bool) {
+    use shmq::sync::Ordering;
+    for (i, m) in links.mds.iter_mut().enumerate() {
+        let fresh = std::mem::take(&mut m.stats_fresh);
+        if !(all || fresh || m.live.is_some()) {
+            continue;
+        }
+        let (Some(tx), Some(rx), Some(ss)) =
+            (m.tx.as_ref(), inbound.consumer(i), st.slot(i as u32))
+        else {
+            continue;
+        };
+        let h = tx.tx.header();
+        // The real backlog, not `tx.depth()` (which uses our cached head and so keeps showing
+        // frames md consumed long ago). Relaxed: a gauge; any recent value of either position
+        // will do (tail is our own store, head md's), and nothing is read through them.
+        let depth =
+            h.tail.0.load(Ordering::Relaxed).saturating_sub(h.head.0.load(Ordering::Relaxed));
+        ss.inprod.publish_from(&h.producer, depth, tx.tx.generation());
+        ss.outcons.publish_from(&rx.header().consumer, rx.generation());
+    }
+}

@@ -1,0 +1,288 @@
+//! What md sends, and writing it to clients: md's frames (DATA, CLOSE, PAUSE/RESUME,
+//! BROADCAST, HELLO), writes with a queue for partial ones, and the DRAINED frames that return
+//! output credit to md.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use shmq::frame::{self, FlowId, Frame, Hello, Kind};
+
+use super::{Clients, Cx, Links, SHORT_TICK};
+use crate::counters::Io;
+use crate::flows::{AfterFlush, ListId, State};
+
+impl Clients {
+    /// One frame from md instance `i`'s ring, handled in place.
+    pub(super) fn on_md_frame(&mut self, cx: &mut Cx, links: &mut Links, i: u32, fr: Frame<'_>) {
+        match fr.kind {
+            Kind::Data => {
+                cx.c[Io::MessagesOut] += 1;
+                let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
+                // md's output is a byte stream for every framing: a len32 service writes its own
+                // length prefixes, as it reads them (io_conn passes them through).
+                self.send_to_client(cx, links, slot, fr.payload, true);
+            }
+            Kind::Close => {
+                let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
+                let f = self.flows.get_mut(slot);
+                if f.after_flush == AfterFlush::Linger {
+                    return; // an error reply is in flight: it lingers as planned
+                }
+                f.after_flush = AfterFlush::Close;
+                if f.output_len() == 0 {
+                    let why = if f.peer_eof() { Io::ClosedByPeer } else { Io::ClosedByMd };
+                    self.close_flow(cx, links, slot, why);
+                } else {
+                    self.update_interest(cx, slot);
+                }
+            }
+            Kind::Pause | Kind::Resume => {
+                if fr.kind == Kind::Pause {
+                    cx.c[Io::MdPauses] += 1;
+                }
+                let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
+                self.flows.get_mut(slot).md_paused = fr.kind == Kind::Pause;
+                self.update_interest(cx, slot);
+            }
+            Kind::Broadcast => match frame::decode_broadcast(fr.payload) {
+                Ok((service, data)) => {
+                    cx.c[Io::Broadcasts] += 1;
+                    self.broadcast(cx, links, service, data);
+                }
+                Err(_) => cx.c[Io::BadFrames] += 1,
+            },
+            Kind::Hello => match Hello::decode(fr.payload) {
+                Ok(h) if h.instance == i => {
+                    if let Some(old) = links.forget(cx, i) {
+                        log::warn!(
+                            "md instance {i} attached again (pid {} -> {}); closing its old flows",
+                            old.pid,
+                            h.pid
+                        );
+                        self.close_md_flows(cx, links, i);
+                    }
+                    if links.on_hello(cx, i, &h) {
+                        self.assign_unassigned(cx, links);
+                    }
+                }
+                _ => {
+                    cx.c[Io::BadFrames] += 1;
+                    log::warn!("md instance {i} sent a bad HELLO; resetting its queue pair");
+                    if let Some(m) = links.get_mut(i) {
+                        m.lost = true;
+                    }
+                }
+            },
+            _ => cx.c[Io::BadFrames] += 1,
+        }
+    }
+
+    /// The open flow `id` names, if md `i` owns it; counts a stale frame otherwise.
+    fn md_flow(&mut self, cx: &mut Cx, i: u32, id: FlowId) -> Option<u32> {
+        match self.flows.lookup(id, State::Open) {
+            Some(s) if self.flows.get(s).md == i => Some(s),
+            _ => {
+                cx.c[Io::StaleFrames] += 1;
+                None
+            }
+        }
+    }
+
+    /// Sends a BROADCAST's data to every open flow of `service`.
+    fn broadcast(&mut self, cx: &mut Cx, links: &mut Links, service: &str, data: &[u8]) {
+        // `send_to_client` moves each flow it writes to to the back of the Idle list (`touch`),
+        // behind the flows not visited yet: visit exactly as many flows as the list held at the
+        // start, or a flow would get the message twice (and the walk could go round and round).
+        let mut left = self.flows.list_len(ListId::Idle);
+        let mut cur = self.flows.front(ListId::Idle);
+        while let (Some(slot), true) = (cur, left > 0) {
+            left -= 1;
+            cur = self.flows.next(ListId::Idle, slot);
+            let f = self.flows.get(slot);
+            let l = &self.listeners[f.listener as usize];
+            if f.state != State::Open || l.service != service || f.after_flush != AfterFlush::Serve
+            {
+                continue;
+            }
+            self.send_to_client(cx, links, slot, data, false);
+        }
+    }
+
+    /// Sends `payload` to the client: writes at once if nothing is queued, queues the rest.
+    /// `credited`: md paid credit for `payload` (DATA), not for BROADCAST. False if the flow
+    /// closed.
+    pub(super) fn send_to_client(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+        slot: u32,
+        payload: &[u8],
+        credited: bool,
+    ) -> bool {
+        let total = payload.len();
+        let uncredited = if credited { 0 } else { total };
+        let f = self.flows.get_mut(slot);
+        let Some(sock) = f.sock.as_ref() else { return false };
+        let mut sock: &TcpStream = sock;
+        let mut written = 0;
+        if f.output_len() == 0 {
+            match sock.write(payload) {
+                Ok(n) => written = n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => {
+                    self.close_flow(cx, links, slot, Io::ClosedError);
+                    return false;
+                }
+            }
+            if written > 0 {
+                cx.c[Io::BytesOut] += written as u64;
+                let paid = written.saturating_sub(uncredited);
+                self.add_drained(cx, slot, paid as u64);
+                self.touch(cx, slot);
+            }
+        }
+        if written < total {
+            let f = self.flows.get_mut(slot);
+            let buf = f.output.get_or_insert_with(|| self.pool.get());
+            buf.extend(&payload[written..]);
+            f.uncredited += (uncredited - written.min(uncredited)) as u64;
+            let queued = f.output_len() as u64;
+            let credit = self.lim.credit;
+            if queued - f.uncredited.min(queued) > credit || f.uncredited > credit {
+                self.close_flow(cx, links, slot, Io::ClosedCreditOverrun);
+                return false;
+            }
+            self.update_interest(cx, slot);
+        }
+        true
+    }
+
+    /// The flow's socket is writable: flush its queued output; then close or linger if that was
+    /// what the flush waited for.
+    pub(super) fn on_writable(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        let mut flushed = 0u64;
+        let mut failed = false;
+        {
+            let f = self.flows.get_mut(slot);
+            let (Some(sock), Some(buf)) = (f.sock.as_ref(), f.output.as_mut()) else { return };
+            let mut sock: &TcpStream = sock;
+            while !buf.is_empty() {
+                match sock.write(buf.filled()) {
+                    Ok(n) => {
+                        buf.consume(n);
+                        flushed += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if flushed > 0 {
+            cx.c[Io::BytesOut] += flushed;
+            let f = self.flows.get_mut(slot);
+            let free = flushed.min(f.uncredited);
+            f.uncredited -= free;
+            self.add_drained(cx, slot, flushed - free);
+            self.touch(cx, slot);
+        }
+        if failed {
+            self.close_flow(cx, links, slot, Io::ClosedError);
+            return;
+        }
+        let f = self.flows.get_mut(slot);
+        if f.output.as_ref().is_some_and(|b| b.is_empty()) {
+            if let Some(b) = f.output.take() {
+                self.pool.put(b);
+            }
+            f.uncredited = 0;
+            match f.after_flush {
+                AfterFlush::Serve => {}
+                AfterFlush::Linger => return self.linger(cx, slot),
+                AfterFlush::Close => {
+                    let why = if f.peer_eof() { Io::ClosedByPeer } else { Io::ClosedByMd };
+                    return self.close_flow(cx, links, slot, why);
+                }
+            }
+        }
+        self.update_interest(cx, slot);
+    }
+
+    fn add_drained(&mut self, cx: &Cx, slot: u32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let f = self.flows.get_mut(slot);
+        f.drained += n;
+        if !f.in_drained_list {
+            f.in_drained_list = true;
+            self.drained_list.push(slot);
+            if self.drained_force_at.is_none() {
+                self.drained_force_at = Some(cx.now + SHORT_TICK);
+            }
+        }
+    }
+
+    /// DRAINED frames wait to be pushed.
+    pub(super) fn has_drained(&self) -> bool {
+        !self.drained_list.is_empty()
+    }
+
+    /// The deferred DRAINED frames are due.
+    pub(super) fn drained_due(&self, now: Instant) -> bool {
+        self.drained_force_at.is_some_and(|t| now >= t)
+    }
+
+    /// Pushes DRAINED for flows that flushed output. Sent at once when a quarter of the credit is
+    /// waiting or md gets other frames this iteration anyway; otherwise deferred up to
+    /// [`SHORT_TICK`] (`force`), so a PONG's DRAINED rides along with the next PING instead of
+    /// waking md on its own.
+    pub(super) fn flush_drained(&mut self, cx: &mut Cx, links: &mut Links, force: bool) {
+        let quarter = (self.lim.credit / 4).max(1);
+        let mut k = 0;
+        while k < self.drained_list.len() {
+            let slot = self.drained_list[k];
+            let id = self.flows.id(slot);
+            let f = self.flows.get_mut(slot);
+            if f.state != State::Open || f.drained == 0 {
+                f.in_drained_list = false;
+                f.drained = 0;
+                self.drained_list.swap_remove(k);
+                continue;
+            }
+            let Some((tx, pushed)) = links.tx(f.md) else {
+                k += 1;
+                continue;
+            };
+            if !(force || f.drained >= quarter || *pushed) {
+                k += 1;
+                continue;
+            }
+            match tx.try_push(id, Kind::Drained, 0, &frame::encode_drained(f.drained)) {
+                Ok(()) => {
+                    *pushed = true;
+                    f.drained = 0;
+                    f.in_drained_list = false;
+                    cx.c[Io::DrainedFrames] += 1;
+                    self.drained_list.swap_remove(k);
+                }
+                Err(_) => k += 1,
+            }
+        }
+        self.drained_force_at = if self.drained_list.is_empty() {
+            None
+        } else if force {
+            Some(cx.now + SHORT_TICK)
+        } else {
+            self.drained_force_at
+        };
+    }
+}
