@@ -472,4 +472,54 @@ mod tests {
         t.push_back(ListId::Idle, 3);
         assert_eq!(collect(&t, ListId::Idle), vec![3]);
     }
+
+    #[test]
+    fn wants_input_only_while_open_reading_and_unhindered() {
+        let mut t = FlowTable::new(1);
+        let s = t.alloc().unwrap();
+        assert!(!t.get(s).wants_input(), "free");
+        t.get_mut(s).state = State::Unassigned;
+        assert!(!t.get(s).wants_input(), "held until an md is live");
+        t.get_mut(s).state = State::Open;
+        assert!(t.get(s).wants_input());
+        for hinder in 0..4 {
+            let f = t.get_mut(s);
+            match hinder {
+                0 => f.md_paused = true,
+                1 => f.blocked = true,
+                2 => f.input_end = InputEnd::Eof { by_peer: true, sent: false },
+                _ => f.after_flush = AfterFlush::Close,
+            }
+            assert!(!t.get(s).wants_input(), "hindrance {hinder}");
+            let f = t.get_mut(s);
+            (f.md_paused, f.blocked) = (false, false);
+            f.input_end = InputEnd::Reading;
+            f.after_flush = AfterFlush::Serve;
+            assert!(t.get(s).wants_input());
+        }
+        t.get_mut(s).state = State::Lingering;
+        assert!(t.get(s).wants_input(), "a lingering flow is read to discard");
+        t.get_mut(s).state = State::Closing;
+        assert!(!t.get(s).wants_input() && !t.get(s).has_client());
+    }
+
+    #[test]
+    fn eof_states_say_who_ended_and_what_is_owed() {
+        let mut t = FlowTable::new(1);
+        let s = t.alloc().unwrap();
+        let f = t.get_mut(s);
+        f.state = State::Open;
+        assert!(!f.input_ended() && !f.eof_pending() && !f.peer_eof());
+        f.input_end = InputEnd::Eof { by_peer: true, sent: false };
+        assert!(f.input_ended() && f.eof_pending() && f.peer_eof());
+        f.input_end = InputEnd::Eof { by_peer: false, sent: true };
+        assert!(f.input_ended() && !f.eof_pending() && !f.peer_eof());
+        t.release(s);
+        let f = t.get(s);
+        assert_eq!(
+            (f.input_end, f.after_flush),
+            (InputEnd::Reading, AfterFlush::Serve),
+            "release resets"
+        );
+    }
 }

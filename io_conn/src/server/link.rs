@@ -465,3 +465,29 @@ pub(super) fn publish_halves(st: &mut Stats, links: &mut Links, inbound: &Inboun
         ss.outcons.publish_from(&rx.header().consumer, rx.generation());
     }
 }
+
+#[cfg(test)]
+impl Links {
+    /// `n` instances without a ring and without a live md (unit tests of the client side).
+    pub(super) fn without_rings(n: usize) -> Self {
+        let mds = (0..n)
+            .map(|_| Md {
+                tx: None,
+                live: None,
+                flows: 0,
+                blocked: VecDeque::new(),
+                pushed: false,
+                lost: false,
+                stats_fresh: false,
+            })
+            .collect();
+        let pairs = PairConfig {
+            name: "unit".into(),
+            runtime_dir: std::env::temp_dir(),
+            backend: shmq::region::Backend::Posix,
+            capacity: 4096,
+            max_payload: 256,
+        };
+        Self { mds, pairs, created: Vec::new() }
+    }
+}

@@ -51,6 +51,8 @@ mod input;
 mod lifecycle;
 mod link;
 mod output;
+#[cfg(test)]
+mod tests;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
