@@ -36,12 +36,9 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use config::Config;
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{
     self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
@@ -62,46 +59,10 @@ pub use spawn::SpawnMd;
 pub type BoundListener = (TcpListener, config::Listener);
 
 /// How [`run`] is told to stop from inside the same process (tests, embedding): an eventfd in
-/// the loop's epoll. Create it, keep a [`ShutdownHandle`], pass it in [`Options::shutdown`].
-#[derive(Debug)]
-pub struct Shutdown {
-    fd: Arc<EventFd>,
-}
-
-impl Shutdown {
-    /// A new, untriggered shutdown.
-    pub fn new() -> io::Result<Self> {
-        let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
-        Ok(Self { fd: Arc::new(fd) })
-    }
-
-    /// A handle that triggers it from any thread.
-    pub fn handle(&self) -> ShutdownHandle {
-        ShutdownHandle { fd: Arc::clone(&self.fd) }
-    }
-
-    pub(crate) fn read(&self) {
-        let _ = self.fd.read();
-    }
-
-    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-/// Triggers a [`Shutdown`]: the same as SIGTERM (stop accepting, drain, exit). A second trigger
-/// exits at once.
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle {
-    fd: Arc<EventFd>,
-}
-
-impl ShutdownHandle {
-    /// Asks the loop to shut down.
-    pub fn trigger(&self) {
-        let _ = self.fd.write(1);
-    }
-}
+/// the loop's epoll. Create it, keep a [`ShutdownHandle`], pass it in [`Options::shutdown`]. A
+/// trigger is the same as SIGTERM (stop accepting, drain, exit); a second one exits at once.
+/// Defined in `rt`, shared with md.
+pub use rt::{Shutdown, ShutdownHandle};
 
 /// What [`run`] needs besides the config and listeners.
 #[derive(Default)]
@@ -159,7 +120,7 @@ pub fn run_with_ready(
 }
 
 /// The queue-pair parameters of the config's `[shared]` section (the same mapping md uses).
-pub use md::pair_config;
+pub use rt::pair_config;
 
 /// Binds a nonblocking TCP listener with `SO_REUSEADDR` and the given backlog (capped at the
 /// kernel's `SOMAXCONN`, which the kernel would apply anyway). IPv6 addresses are bound

@@ -3,7 +3,7 @@
 //! Thin: blocks the handled signals (before any thread or child exists), parses arguments,
 //! loads the config, raises the open-files limit, binds and prints the listeners, then calls
 //! [`io_conn::run`]. Under systemd (`Type=notify`) it sends `READY=1` with a `STATUS=` naming the
-//! listeners once the queue pairs exist (see `md::notify`). See `io_conn --help`.
+//! listeners once the queue pairs exist (see `rt::notify`). See `io_conn --help`.
 
 #![forbid(unsafe_code)]
 
@@ -31,7 +31,7 @@ struct Args {
 
 fn main() -> ExitCode {
     // Before anything else (threads, children): signals arrive through the loop's signalfd.
-    if let Err(e) = io_conn::handled_signals().thread_block() {
+    if let Err(e) = rt::signals::block(&io_conn::handled_signals()) {
         eprintln!("io_conn: blocking signals: {e}");
         return ExitCode::FAILURE;
     }
@@ -98,7 +98,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let on_ready = || {
         println!("ready");
         // Not fatal: systemd would time the start out and say why.
-        if let Err(e) = md::notify::notify(&format!("READY=1\nSTATUS={status}")) {
+        let ready = [rt::notify::NotifyState::Ready, rt::notify::NotifyState::Status(&status)];
+        if let Err(e) = rt::notify::send(&ready) {
             log::warn!("telling systemd we are ready: {e}");
         }
     };

@@ -37,13 +37,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use config::{Config, Framing};
-use md::notify::Watchdog;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use rt::notify::Watchdog;
 use shmq::frame::{self, FlowId, Frame, Hello, Kind, OpenInfo};
 use shmq::pair::{IoSide, PairConfig};
 use shmq::ring::{Consumer, Producer, PushError};
@@ -1763,7 +1763,7 @@ impl<'c> Server<'c> {
         }
         let deadline = self.cfg.io_conn.drain_deadline;
         // systemd shows the unit as "deactivating" from here on (a no-op outside systemd).
-        if let Err(e) = md::notify::notify(&format!(
+        if let Err(e) = rt::notify::notify(&format!(
             "STOPPING=1\nSTATUS={why}: draining {} connections",
             self.flows.in_use()
         )) {

@@ -83,7 +83,7 @@ impl Children {
         // systemd's notification socket and watchdog are io_conn's (`NotifyAccess=main`): a
         // child that said READY=1 or pinged the watchdog would speak for io_conn (or be
         // rejected and logged by systemd).
-        use md::notify::{NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+        use rt::notify::{NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
         for var in [NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID] {
             cmd.env_remove(var);
         }
