@@ -1,16 +1,16 @@
 //! How an md runner is told to stop: SIGTERM/SIGINT through a signalfd (the binary), or a
-//! [`ShutdownHandle`] (tests, embedders).
+//! [`ShutdownHandle`] (tests, embedders). Built on `rt`'s [`Shutdown`] eventfd and
+//! [`rt::signals`], which io_conn uses too.
 
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
+use rt::{Shutdown, ShutdownHandle};
 
 /// The signals md handles through its signalfd: SIGTERM and SIGINT stop it, SIGHUP is logged
 /// and ignored (md has nothing to reload: restart it to apply a new config).
@@ -26,28 +26,16 @@ pub fn handled_signals() -> SigSet {
 /// thread starts, so every thread inherits the mask and the signals queue for the signalfd.
 pub fn block_signals() -> io::Result<SigSet> {
     let set = handled_signals();
-    set.thread_block().map_err(io::Error::from)?;
+    rt::signals::block(&set)?;
     Ok(set)
 }
 
-/// Asks a runner to stop; cheap to clone, usable from any thread.
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle(Arc<EventFd>);
-
-impl ShutdownHandle {
-    /// Requests shutdown: the runner finishes its batch, hands over the output it can and returns
-    /// [`crate::Exit::Shutdown`].
-    pub fn trigger(&self) {
-        // EAGAIN (counter saturated) means a request is pending already.
-        let _ = self.0.write(1);
-    }
-}
-
-/// The runner's view of shutdown requests: an eventfd for [`ShutdownHandle`]s and optionally a
-/// signalfd. Used by one thread (the runner's).
+/// The runner's view of shutdown requests: a [`Shutdown`] eventfd for [`ShutdownHandle`]s (a
+/// trigger makes the runner finish its batch, hand over the output it can and return
+/// [`crate::Exit::Shutdown`]) and optionally a signalfd. Used by one thread (the runner's).
 #[derive(Debug)]
 pub struct Control {
-    shutdown: Arc<EventFd>,
+    shutdown: Shutdown,
     signals: Option<SignalFd>,
     requested: Cell<bool>,
 }
@@ -55,19 +43,14 @@ pub struct Control {
 impl Control {
     /// A control without signals, and the handle that triggers it.
     pub fn new() -> io::Result<(Self, ShutdownHandle)> {
-        let efd = Arc::new(
-            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-                .map_err(io::Error::from)?,
-        );
-        let c = Self { shutdown: efd.clone(), signals: None, requested: Cell::new(false) };
-        Ok((c, ShutdownHandle(efd)))
+        let shutdown = Shutdown::new()?;
+        let handle = shutdown.handle();
+        Ok((Self { shutdown, signals: None, requested: Cell::new(false) }, handle))
     }
 
     /// Adds a signalfd for `mask` (which the caller blocked with [`block_signals`]).
     pub fn with_signals(mut self, mask: &SigSet) -> io::Result<Self> {
-        let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(io::Error::from)?;
-        self.signals = Some(sfd);
+        self.signals = Some(rt::signals::signalfd(mask)?);
         Ok(self)
     }
 
@@ -92,7 +75,7 @@ impl Control {
 
     /// Reads every pending trigger and signal (non-blocking) and updates the sticky flag.
     pub(crate) fn poll_fds(&self) {
-        if self.shutdown.read().is_ok() {
+        if self.shutdown.read() {
             if !self.requested.get() {
                 log::info!("shutdown requested");
             }

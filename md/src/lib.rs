@@ -11,7 +11,9 @@
 //!   after io_conn restarts;
 //! * [`stats`]: the runner's counters, and [`MdStatsSink`], which mirrors them into the instance's
 //!   slot of the stats segment once per batch;
-//! * [`notify`]: the systemd notification protocol (`READY=1`, `STOPPING=1`, watchdog pings);
+//! * [`notify`]: the systemd notification protocol (`READY=1`, `STOPPING=1`, watchdog pings), a
+//!   re-export of [`rt::notify`] (the `rt` crate holds the process plumbing md shares with
+//!   io_conn: notifications, the shutdown eventfd, signals, the spin gate, [`pair_config`]);
 //! * [`services`]: the built-in `echo`, `reverse` and `dumb` services, and [`services::Builtin`]
 //!   which serves them all (the `md` binary).
 //!
@@ -60,7 +62,6 @@
 #![deny(missing_docs)]
 
 mod control;
-pub mod notify;
 mod runner;
 mod serve;
 mod service;
@@ -68,22 +69,15 @@ pub mod services;
 pub mod stats;
 mod timer;
 
-pub use control::{Control, ShutdownHandle, block_signals, handled_signals};
+pub use control::{Control, block_signals, handled_signals};
+/// Asks a runner to stop (`rt`'s, the same type io_conn's `Shutdown` hands out).
+pub use rt::ShutdownHandle;
+/// The systemd notification protocol: `rt`'s, re-exported so that `md::notify` keeps working for
+/// services' own binaries.
+pub use rt::notify;
+/// The queue-pair parameters of the config's `[shared]` section (`rt`'s, shared with io_conn).
+pub use rt::pair_config;
 pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
 pub use serve::{ServeError, serve};
 pub use service::{BroadcastError, Ctx, Service, Status};
 pub use stats::{MdStatsSink, Stats};
-
-/// The queue-pair parameters of the config's `[shared]` section.
-pub fn pair_config(cfg: &config::Config) -> shmq::pair::PairConfig {
-    shmq::pair::PairConfig {
-        name: cfg.shared.name.clone(),
-        runtime_dir: cfg.runtime_dir(),
-        backend: match cfg.shared.shm_backend {
-            config::ShmBackend::Posix => shmq::region::Backend::Posix,
-            config::ShmBackend::Sysv => shmq::region::Backend::Sysv,
-        },
-        capacity: cfg.shared.queue_size,
-        max_payload: cfg.shared.max_message,
-    }
-}

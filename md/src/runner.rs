@@ -12,8 +12,8 @@
 //!    With a stats sink ([`Runner::set_stats_sink`]), the counters, the heartbeat and both rings'
 //!    counters are then mirrored into the stats segment (relaxed stores, once per batch; also
 //!    before every sleep), and the publish time is stamped if frames went out.
-//! 5. Nothing happened: if recent batches were small (lightly loaded), spin on the input ring for
-//!    [`RunnerOptions::spin`]; then arm the doorbell
+//! 5. Nothing happened: if recent batches were small (lightly loaded, [`rt::SpinGate`]), spin on
+//!    the input ring for [`RunnerOptions::spin`]; then arm the doorbell
 //!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
 //!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
 //!
@@ -55,13 +55,14 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+use rt::SpinGate;
+use rt::notify::Watchdog;
 use shmq::doorbell::Doorbell;
 use shmq::frame::{FlowId, Frame, Hello, Kind, OpenInfo, decode_drained};
 use shmq::ring::{Consumer, Producer, PushError, RingError};
 use shmq::stats::MdState;
 
 use crate::control::Control;
-use crate::notify::Watchdog;
 use crate::service::{Ctx, Service, Status};
 use crate::stats::{MdStatsSink, Stats};
 use crate::timer::Timers;
@@ -88,7 +89,8 @@ pub struct RunnerOptions {
     pub instance: u32,
     /// This process's start time (clock ticks since boot) sent in `HELLO`.
     pub start_time: u64,
-    /// Busy-poll the input ring this long before sleeping (`md.spin`).
+    /// Busy-poll the input ring this long before sleeping, while lightly loaded (`md.spin`, see
+    /// [`rt::SpinGate`]). The default is the config's default.
     pub spin: Duration,
     /// Most frames handled per batch (between two flushes of the output ring).
     pub batch: usize,
@@ -109,7 +111,8 @@ impl Default for RunnerOptions {
         Self {
             instance: 0,
             start_time: 0,
-            spin: Duration::from_micros(20),
+            // One default per knob: the config crate's `md.spin`.
+            spin: config::Md::default().spin,
             batch: 256,
             hold_max_requests: 64,
             hold_max_bytes: 64 << 10,
@@ -184,11 +187,6 @@ const TOKEN_TIMER: u64 = 2;
 const TOKEN_SHUTDOWN: u64 = 3;
 const TOKEN_SIGNAL: u64 = 4;
 const TOKEN_PIDFD: u64 = 5;
-
-/// Spin (when `md.spin` allows) only while recent batches average fewer frames than this (×16,
-/// see `load_x16` in [`Runner::run`]): a lightly loaded md spins to save the wake-up of the next
-/// lone request, a busy one already batches and needs the CPU for io_conn and the clients.
-const SPIN_MAX_LOAD_X16: u64 = 3 * 8;
 
 /// Busy loop iterations between two non-blocking looks at the epoll set (signals, pidfd).
 const POLL_EVERY: u32 = 64;
@@ -373,7 +371,7 @@ where
     S::Flow: fmt::Debug,
 {
     /// A runner for `service`. Under systemd with `WatchdogSec=` (`$WATCHDOG_USEC`) its loop
-    /// pings the watchdog ([`crate::notify::Watchdog`]) and `opts.check_interval` is capped at
+    /// pings the watchdog ([`rt::notify::Watchdog`]) and `opts.check_interval` is capped at
     /// half the watchdog interval.
     pub fn new(service: S, mut opts: RunnerOptions) -> Self {
         let watchdog = Watchdog::from_env();
@@ -507,9 +505,10 @@ where
         let mut events = [EpollEvent::empty(); 8];
         let mut hello_pending = true;
         let mut since_poll = 0u32;
-        // Frames drained per loop iteration, an exponential moving average (weight 1/8) in
-        // sixteenths: gates the spin (see SPIN_MAX_LOAD_X16).
-        let mut load_x16 = 0u64;
+        // Spin (up to `md.spin`) only while recent batches averaged few frames: a lightly loaded
+        // md spins to save the wake-up of the next lone request, a busy one already batches and
+        // needs the CPU for io_conn and the clients.
+        let mut gate = SpinGate::new(self.core.opts.spin);
         if control.shutdown_requested() {
             return Ok(Exit::Shutdown);
         }
@@ -563,7 +562,7 @@ where
                     }
                 };
                 worked = n > 0;
-                load_x16 = load_x16 - load_x16 / 8 + 2 * n as u64;
+                gate.record(n as u64);
                 if let (Some(sink), true) = (sink.as_mut(), worked) {
                     // io_conn may have published (and stamped) more frames between the
                     // `has_data` look and the end of the drain, which took them too: their wait
@@ -601,9 +600,7 @@ where
             } else if hello_pending {
                 // The output ring is full (a stale backlog io_conn has not consumed yet).
                 (sleep, timeout) = (false, EpollTimeout::from(1u16));
-            } else if (load_x16 < SPIN_MAX_LOAD_X16 && ep.rx.spin(self.core.opts.spin))
-                || !ep.rx.prepare_sleep(&ep.rx_bell)
-            {
+            } else if gate.spin(|| ep.rx.has_data()) || !ep.rx.prepare_sleep(&ep.rx_bell) {
                 continue; // data arrived while spinning or arming
             } else {
                 sleep = true;

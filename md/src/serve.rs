@@ -4,12 +4,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use rt::notify::{self, NotifyState, Watchdog};
 use shmq::pair::{MdSide, PairConfig, PairError};
 use shmq::stats::StatsSegment;
 use shmq::sys::ProcId;
 
 use crate::control::Control;
-use crate::notify::{self, Watchdog};
 use crate::runner::{Detach, Endpoint, Exit, RunError, Runner};
 use crate::service::Service;
 use crate::stats::MdStatsSink;
@@ -60,7 +60,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// another epoch) md logs a warning and serves without stats; it tries again at the next attach.
 /// A reset of the pair by the same io_conn keeps the sink (and its counts).
 ///
-/// Under systemd (`Type=notify`, see [`crate::notify`]) it sends `READY=1` after the first
+/// Under systemd (`Type=notify`, see [`rt::notify`]) it sends `READY=1` after the first
 /// attach, a `STATUS=` line on each attach and detach, `STOPPING=1` when shutdown is requested,
 /// and pings the watchdog while it waits for io_conn (the runner pings it while it serves).
 pub fn serve<S: Service>(
@@ -92,7 +92,7 @@ where
         let sent = if ready_sent {
             notify::status(&attached)
         } else {
-            notify::notify(&format!("READY=1\nSTATUS={attached}"))
+            notify::send(&[NotifyState::Ready, NotifyState::Status(&attached)])
         };
         if let Err(e) = sent {
             log::warn!("systemd notification failed: {e}");

@@ -1,9 +1,8 @@
 //! An in-process shutdown request: an eventfd a loop keeps in its epoll set, and handles that
 //! any thread can trigger.
 //!
-//! io_conn's [`run`](../../io_conn/fn.run.html) takes a [`Shutdown`] in its options (tests and
-//! embedders stop it with the handle; the binary uses signals instead); md's `Control` holds one
-//! next to its signalfd. What a trigger means is the loop's business: io_conn treats it like
+//! `io_conn::run` takes a [`Shutdown`] in its options (tests and embedders stop it with the
+//! handle; the binary uses signals instead); md's `Control` holds one next to its signalfd. What a trigger means is the loop's business: io_conn treats it like
 //! SIGTERM (stop accepting, drain, exit; a second trigger exits at once), md finishes its batch
 //! and hands over its output.
 //!

@@ -1,7 +1,9 @@
 //! systemd's notification protocol, end to end: the real io_conn and md binaries with
 //! `NOTIFY_SOCKET` pointing at a datagram socket the test binds (what systemd does for a
 //! `Type=notify` unit) and `WATCHDOG_USEC` set (what `WatchdogSec=` does). Only order and content
-//! are asserted; every wait has the watchdog.
+//! are asserted; every wait has the watchdog. Datagrams are compared without their final newline:
+//! systemd splits a datagram into lines, and `rt::notify` (through the sd-notify crate) ends each
+//! line with `\n` while libsystemd's callers usually do not.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -36,20 +38,22 @@ impl NotifySocket {
         ]
     }
 
-    /// The next datagram (panics after the watchdog).
+    /// The next datagram, without its final newline (panics after the watchdog).
     fn next(&self) -> String {
         let mut buf = [0u8; 4096];
         let n = self.sock.recv(&mut buf).expect("a notification within the watchdog");
-        String::from_utf8(buf[..n].to_vec()).expect("notifications are UTF-8")
+        let msg = std::str::from_utf8(&buf[..n]).expect("notifications are UTF-8");
+        msg.strip_suffix('\n').unwrap_or(msg).to_owned()
     }
 
-    /// Every datagram queued right now.
+    /// Every datagram queued right now, each without its final newline.
     fn queued(&self) -> Vec<String> {
         self.sock.set_nonblocking(true).expect("nonblocking");
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.sock.recv(&mut buf) {
-            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            out.push(msg.strip_suffix('\n').unwrap_or(&msg).to_owned());
         }
         self.sock.set_nonblocking(false).expect("blocking");
         out
