@@ -61,7 +61,7 @@ use anyhow::Context;
 use config::Config;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use rt::SpinGate;
 use rt::notify::Watchdog;
 use rt::timer::OneShotTimer;
@@ -159,11 +159,7 @@ impl<'c> Server<'c> {
             .add(timer.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token(K_TIMER, 0)))
             .context("epoll add timerfd")?;
         let signals = if opts.signals {
-            let sfd = SignalFd::with_flags(
-                &crate::handled_signals(),
-                SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-            )
-            .context("signalfd")?;
+            let sfd = rt::signals::signalfd(&crate::handled_signals()).context("signalfd")?;
             epoll
                 .add(&sfd, EpollEvent::new(EpollFlags::EPOLLIN, token(K_SIGNAL, 0)))
                 .context("epoll add signalfd")?;
