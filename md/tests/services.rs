@@ -167,13 +167,13 @@ fn stream_respects_credit_and_finishes_as_drained_returns_it() {
         max_outstanding = max_outstanding.max(outstanding);
         assert!(outstanding <= credit, "{outstanding} outstanding > credit {credit}");
         got.extend_from_slice(&o.payload);
-        if io.pending.is_empty() {
-            // md stopped: give back everything (a reader that drains in bursts).
-            io.poll_into_pending(Duration::from_millis(5));
-            if io.pending.is_empty() {
-                io.drained(f, outstanding);
-                outstanding = 0;
-            }
+        // A reader that drains in bursts: it gives everything back once md has spent the whole
+        // credit, which md must do while it has that much left to send (if it stopped short, no
+        // frame would come and `recv` would fail at its watchdog). No guessing from a quiet
+        // moment that md has stopped.
+        if outstanding == credit {
+            io.drained(f, outstanding);
+            outstanding = 0;
         }
     }
     assert_eq!(got.len(), want.len());
@@ -227,12 +227,13 @@ fn eof_answers_everything_then_closes() {
     io.send(f, Kind::Eof, &[]);
     io.expect_bytes(f, b"DONE\nPONG\nPONG\n");
     io.expect_kind(f, Kind::Close);
-    // The flow is forgotten: more frames for it are ignored, and the next flow works.
+    // The flow is forgotten: more frames for it are ignored (nothing of `f` comes before the
+    // answer to a later request), and the next flow works.
     io.data(f, b"PING\n");
     let g = flow(17);
     io.open(g, "reverse", BIG);
     io.data(g, b"ab\n");
-    io.expect_bytes(g, b"ba\n");
+    io.expect_next_bytes(g, b"ba\n");
     let (_, stats) = io.stop();
     assert_eq!(stats.closes_out, 1);
     // The DATA after CLOSE, and the DRAINED the harness returned for the last replies.
@@ -248,9 +249,14 @@ fn eof_waits_for_credit_before_close() {
     io.send(f, Kind::Eof, &[]);
     let got = io.collect_bytes(f, 4, false);
     assert_eq!(got, b"PONG");
-    io.expect_silence(Duration::from_millis(50));
+    // The newline and the CLOSE wait for credit: another flow's request, sent after, is
+    // answered before anything more of `f`.
+    let g = flow(19);
+    io.open(g, "dumb", BIG);
+    io.lines(g, "PING\n");
+    io.expect_next_bytes(g, b"PONG\n");
     io.drained(f, 4);
-    io.expect_bytes(f, b"\n");
+    io.expect_next_bytes(f, b"\n");
     io.expect_kind(f, Kind::Close);
 }
 
@@ -268,10 +274,11 @@ fn close_from_io_cancels_wait_and_stream() {
     io.send(a, Kind::Close, &[]);
     io.send(b, Kind::Close, &[]);
     io.drained(b, 10); // late DRAINED for a closed flow: ignored
-    // Long after the WAIT would have fired, c still works and nothing came for a or b.
+    // c still works, and nothing more comes for a or b: c's requests, sent after the CLOSEs, are
+    // answered before any frame of a or b (the late DRAINED would have let more of b's stream
+    // out, and a CLOSE that ended a's WAIT early would have its PING answered at once).
     io.lines(c, "WAIT 200\nPING\n");
-    io.expect_bytes(c, b"DONE\nPONG\n");
-    io.expect_silence(Duration::from_millis(20));
+    io.expect_next_bytes(c, b"DONE\nPONG\n");
     let (_, stats) = io.stop();
     assert_eq!(stats.closes_in, 2);
 }
@@ -338,7 +345,11 @@ fn credit_blocked_flow_holds_requests_until_drained() {
     io.lines(f, "PING\nPING\nPING\n");
     let got = io.collect_bytes(f, 5, false);
     assert_eq!(got, b"PONG\n");
-    io.expect_silence(Duration::from_millis(30));
+    // The other two are held: another flow's PING, sent after, is answered before them.
+    let g = flow(28);
+    io.open(g, "dumb", BIG);
+    io.lines(g, "PING\n");
+    io.expect_next_bytes(g, b"PONG\n");
     io.drained(f, 5);
     io.expect_bytes(f, b"PONG\nPONG\n");
 }
@@ -645,19 +656,31 @@ fn broadcast_waits_behind_credit_blocked_output_but_costs_no_credit() {
     io.open(f, "room", 1);
     io.lines(f, "hi\n+yo\n");
     io.send(f, Kind::Eof, &[]);
-    let data = |io: &mut util::Io, want: &[u8]| {
+    // Each asserts what the very next frame is.
+    let data_of = |io: &mut util::Io, fl: shmq::FlowId, want: &[u8]| {
         let o = io.recv();
-        assert_eq!((o.flow, o.kind, o.payload.as_slice()), (f, Kind::Data, want), "{o:?}");
+        assert_eq!((o.flow, o.kind, o.payload.as_slice()), (fl, Kind::Data, want), "{o:?}");
     };
+    let data = |io: &mut util::Io, want: &[u8]| data_of(io, f, want);
     let bcast = |io: &mut util::Io, want: &[u8]| {
         let o = io.recv();
         assert_eq!((o.flow, o.kind), (shmq::FlowId(0), Kind::Broadcast), "{o:?}");
         assert_eq!(shmq::frame::decode_broadcast(&o.payload).unwrap(), ("room", want));
     };
+    // Another client of the room, with plenty of credit. A line of it sent while `f` waits for
+    // credit is answered whole before anything more of `f` comes.
+    let g = flow(64);
+    io.open(g, "room", BIG);
+    let other = |io: &mut util::Io, line: &str| {
+        io.lines(g, &format!("{line}\n"));
+        data_of(io, g, b"<");
+        bcast(io, line.as_bytes());
+        data_of(io, g, b">\n");
+    };
     // Credit 1: `<` spends it; the broadcast after it goes anyway (it costs no credit).
     data(&mut io, b"<");
     bcast(&mut io, b"hi");
-    io.expect_silence(Duration::from_millis(30));
+    other(&mut io, "g1");
     io.drained(f, 1);
     data(&mut io, b">");
     io.drained(f, 1);
@@ -666,7 +689,7 @@ fn broadcast_waits_behind_credit_blocked_output_but_costs_no_credit() {
     // and so does the broadcast behind it.
     io.drained(f, 1);
     data(&mut io, b"<");
-    io.expect_silence(Duration::from_millis(30));
+    other(&mut io, "g2");
     io.drained(f, 1);
     data(&mut io, b"<");
     bcast(&mut io, b"yo");
@@ -676,7 +699,8 @@ fn broadcast_waits_behind_credit_blocked_output_but_costs_no_credit() {
     data(&mut io, b"\n");
     io.drained(f, 1);
     io.expect_kind(f, Kind::Close);
-    io.expect_silence(Duration::from_millis(20));
+    // Nothing of `f` after its CLOSE.
+    other(&mut io, "g3");
 }
 
 #[test]
@@ -701,7 +725,11 @@ fn broadcast_too_large_or_badly_named_is_refused_whole() {
     let o = io.recv();
     assert_eq!((o.flow, o.kind), (shmq::FlowId(0), Kind::Broadcast));
     assert_eq!(shmq::frame::decode_broadcast(&o.payload).unwrap(), ("room", &b""[..]));
-    io.expect_silence(Duration::from_millis(20));
+    // Nothing else came of those three lines: the next frame is the answer to a fourth.
+    io.lines(f, "size 1\n");
+    let o = io.recv();
+    assert_eq!((o.flow, o.kind), (shmq::FlowId(0), Kind::Broadcast), "{o:?}");
+    assert_eq!(shmq::frame::decode_broadcast(&o.payload).unwrap(), ("room", &b"b"[..]));
     let (_, stats) = io.stop();
     assert_eq!(stats.errors, 2);
 }

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::util::{self, Server, Setup, WATCHDOG};
+use crate::util::{self, KillOnDrop, Server, Setup, WATCHDOG};
 
 /// A bound notification socket in its own scratch directory (removed on drop).
 struct NotifySocket {
@@ -184,16 +184,4 @@ fn epoch(status: &str) -> u64 {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|e| e.parse().ok())
         .unwrap_or_else(|| panic!("no epoch in {status:?}"))
-}
-
-/// An md started by hand, killed if the test fails before it stops it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

@@ -328,6 +328,17 @@ impl Server {
             .collect()
     }
 
+    /// pid of md instance `i` (the latest one io_conn started, after a restart the new one).
+    pub fn md_pid(&self, i: u32) -> u32 {
+        let prefix = format!("started md instance {i} (pid ");
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.split(prefix.as_str()).nth(1))
+            .filter_map(|r| r.trim_end_matches(')').parse().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("io_conn never logged starting md instance {i}"))
+    }
+
     /// Resident set size of io_conn in KiB.
     pub fn rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
@@ -504,6 +515,28 @@ impl Server {
                 p.join("\n  ")
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Server {
+    /// Waits (watchdog) until io_conn's counters (section `io`) equal `want`, e.g.
+    /// `[("closed_deadline", 1)]`: how a test asserts why a connection was closed.
+    pub fn wait_io(&self, what: &str, want: &[(&str, u64)]) -> serde_json::Value {
+        let want: Vec<_> = want.iter().map(|&(name, val)| ("io", 0, name, val)).collect();
+        self.wait_stats(what, |v| expect_exact(v, &want))
+    }
+}
+
+/// A child process (an md started by hand) killed and reaped on drop, so a failing test does not
+/// leave it running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }

@@ -214,13 +214,30 @@ impl Io {
         }
     }
 
-    /// Asserts that md sends nothing more within `settle` (used only to check for absence).
-    pub fn expect_silence(&mut self, settle: Duration) {
-        let end = Instant::now() + settle;
-        while Instant::now() < end {
-            self.poll_into_pending(Duration::from_millis(10));
+    /// Asserts that the very next frames from md are DATA of `flow` carrying exactly `want`
+    /// (returning DRAINED for each at once), with no frame of any kind or flow before or between
+    /// them. This is how a test shows that md sent nothing it should not have: it sends a later
+    /// request (on another flow, or on the same one) and asserts that its answer comes first.
+    /// md handles its input in ring order and its output ring is FIFO, so anything md wrongly
+    /// sent earlier is in front of that answer.
+    pub fn expect_next_bytes(&mut self, flow: FlowId, want: &[u8]) {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let o = self.recv();
+            assert!(
+                o.flow == flow && o.kind == Kind::Data,
+                "expected {:?} on {flow:?} next; after {:?} got {o:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&o.payload);
+            self.drained(flow, o.payload.len() as u64);
         }
-        assert!(self.pending.is_empty(), "unexpected frames: {:?}", self.pending);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "reply bytes of {flow:?}"
+        );
     }
 
     /// Expects HELLO as the very first frame.
