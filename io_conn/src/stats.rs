@@ -16,7 +16,7 @@
 //!
 //! | block | what | when |
 //! |---|---|---|
-//! | `io` | every [`Counters`] field that has an [`Io`] counterpart, and the heartbeat | each loop iteration |
+//! | `io` | every [`Counters`] field (each has an [`Io`] counterpart), and the heartbeat | each loop iteration |
 //! | `in.producer` slot i | the `in.i` ring's producer counters, depth, generation, publish stamp | each iteration with md i live; stamp on each flush that published |
 //! | `out.consumer` slot i | the `out.i` ring's consumer counters, generation, wait histogram | as above; a wait sample when io_conn picks up a batch |
 //! | `md` slot i | `state = dead` only, after md i's pidfd said it exited | on md death |
@@ -77,7 +77,7 @@ impl Stats {
         Ok(Self { seg, io, slots, backend, name: name.to_owned(), removed: false })
     }
 
-    /// Copies every counter with an [`Io`] counterpart into io_conn's block and stores the
+    /// Copies every counter into io_conn's block and stores the
     /// heartbeat. Relaxed stores only (see the module docs, "Cost").
     #[inline]
     pub(crate) fn mirror(&self, c: &Counters, now_mono_ns: u64) {
@@ -142,14 +142,14 @@ fn remove_stale(backend: Backend, name: &str, seg_name: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// The mapping from [`Counters`] to [`Io`]. Fields without a counterpart (not in the segment's
-/// schema, which io_conn does not own): `accept_fd_exhausted`, `stale_frames`, `bad_frames`,
-/// `drained_frames`. They stay in [`Counters`] (returned by [`crate::run`], logged at exit).
+/// The mapping from [`Counters`] to [`Io`]: every field has its counter. (Interim: io_conn's
+/// counters are to become a `shmq::stats::IoCounts`, published with `IoStats::publish`.)
 #[inline]
 pub(crate) fn mirror_counters(io: &IoStats, c: &Counters) {
     io.set(Io::ConnectionsCurrent, c.connections_current);
     io.set(Io::ConnectionsAccepted, c.connections_accepted);
     io.set(Io::ConnectionsRefused, c.connections_refused);
+    io.set(Io::AcceptFdExhausted, c.accept_fd_exhausted);
     io.set(Io::ClosedByPeer, c.closed_by_peer);
     io.set(Io::ClosedIdle, c.closed_idle);
     io.set(Io::ClosedDeadline, c.closed_deadline);
@@ -169,6 +169,9 @@ pub(crate) fn mirror_counters(io: &IoStats, c: &Counters) {
     io.set(Io::Broadcasts, c.broadcasts);
     io.set(Io::EpollWakeups, c.epoll_wakeups);
     io.set(Io::EpollEvents, c.epoll_events);
+    io.set(Io::StaleFrames, c.stale_frames);
+    io.set(Io::BadFrames, c.bad_frames);
+    io.set(Io::DrainedFrames, c.drained_frames);
     io.set(Io::MdDeaths, c.md_deaths);
     io.set(Io::MdAttaches, c.md_hellos);
 }
@@ -229,6 +232,7 @@ mod tests {
             ("connections_current", 1),
             ("connections_accepted", 2),
             ("connections_refused", 3),
+            ("accept_fd_exhausted", 1000),
             ("closed_by_peer", 4),
             ("closed_idle", 5),
             ("closed_deadline", 6),
@@ -248,6 +252,9 @@ mod tests {
             ("broadcasts", 20),
             ("epoll_wakeups", 21),
             ("epoll_events", 22),
+            ("stale_frames", 1001),
+            ("bad_frames", 1002),
+            ("drained_frames", 1003),
             ("md_deaths", 23),
             ("md_attaches", 24),
             ("heartbeat_mono_ns", 99),

@@ -72,7 +72,7 @@ pub use control::{Control, ShutdownHandle, block_signals, handled_signals};
 pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
 pub use serve::{ServeError, serve};
 pub use service::{BroadcastError, Ctx, Service, Status};
-pub use stats::{MdStatsSink, Stats};
+pub use stats::{MAX_COMMANDS, MdStatsSink, Stats};
 
 /// The queue-pair parameters of the config's `[shared]` section.
 pub fn pair_config(cfg: &config::Config) -> shmq::pair::PairConfig {
