@@ -18,7 +18,7 @@ pub const STATS_MAGIC: u64 = u64::from_le_bytes(*b"SHMSTATS");
 ///
 /// 2: `DescEntry::name_word` (block-named words) and the md block's command area.
 pub const STATS_LAYOUT_VERSION: u32 = 2;
-/// Bump on any change to the counter sets ([`Io`], [`Md`], [`QueueProducer`], [`QueueConsumer`],
+/// Bump on any change to the counter sets ([`Io`], [`Md`], [`QueueProducer`], [`QueueConsumer`](super::QueueConsumer),
 /// the histogram). Typed writers need the same value; a generic reader does not.
 ///
 /// 2: the io_conn set gained `accept_fd_exhausted`, `stale_frames`, `bad_frames`,
