@@ -1,65 +1,12 @@
-//! TEMPORARY shim until shmq::stats::{Io, IoCounts} land (stats branch).
+//! io_conn's counters: defined once, in the stats schema ([`shmq::stats::Io`]).
+//!
+//! The loop keeps them in a [`Counters`] array indexed by [`Io`] (`c[Io::BytesIn] += n`), written
+//! only by the loop; `crate::stats` publishes it into io_conn's block of the stats segment once
+//! per iteration as a plain copy, so a counter cannot exist here and not in the segment (and
+//! viewstats shows each with its schema help). [`crate::run`] returns the final values and logs
+//! them at exit. Nothing here is logged per event.
 
-use std::ops::{Index, IndexMut};
+pub use shmq::stats::Io;
 
-/// io_conn's counters.
-#[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Io {
-    ConnectionsCurrent,
-    ConnectionsAccepted,
-    ConnectionsRefused,
-    AcceptFdExhausted,
-    ClosedByPeer,
-    ClosedIdle,
-    ClosedDeadline,
-    ClosedOversized,
-    ClosedCreditOverrun,
-    ClosedError,
-    ClosedByMd,
-    ClosedMdGone,
-    ClosedShutdown,
-    BytesIn,
-    BytesOut,
-    MessagesIn,
-    MessagesOut,
-    FramingErrors,
-    BackpressurePauses,
-    MdPauses,
-    Broadcasts,
-    EpollWakeups,
-    EpollEvents,
-    StaleFrames,
-    BadFrames,
-    DrainedFrames,
-    MdDeaths,
-    MdAttaches,
-    HeartbeatNs,
-}
-
-/// Local values.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    v: [u64; 29],
-}
-
-impl Counters {
-    /// One value.
-    pub fn get(&self, e: Io) -> u64 {
-        self.v[e as usize]
-    }
-}
-
-impl Index<Io> for Counters {
-    type Output = u64;
-    fn index(&self, e: Io) -> &u64 {
-        &self.v[e as usize]
-    }
-}
-
-impl IndexMut<Io> for Counters {
-    fn index_mut(&mut self, e: Io) -> &mut u64 {
-        &mut self.v[e as usize]
-    }
-}
+/// io_conn's counters, indexed by [`Io`].
+pub type Counters = shmq::stats::IoCounts;

@@ -7,7 +7,7 @@
 //!
 //! # Cost
 //!
-//! The event loop keeps counting in its plain [`Counters`] struct; [`Stats::mirror`] copies it
+//! The event loop keeps counting in its [`Counters`] array; [`Stats::mirror`] copies it
 //! into the segment once per loop iteration: one relaxed store per counter, no read-modify-write,
 //! no syscall, no allocation (docs/BENCHMARKS.md "Stats counters": ~2 ns per store). The queue
 //! halves are mirrored for live md slots only.
@@ -16,7 +16,7 @@
 //!
 //! | block | what | when |
 //! |---|---|---|
-//! | `io` | every [`Counters`] field that has an [`Io`] counterpart, and the heartbeat | each loop iteration |
+//! | `io` | every [`Counters`] value (the heartbeat among them), a plain copy | each loop iteration |
 //! | `in.producer` slot i | the `in.i` ring's producer counters, depth, generation, publish stamp | each iteration with md i live; stamp on each flush that published |
 //! | `out.consumer` slot i | the `out.i` ring's consumer counters, generation, wait histogram | as above; a wait sample when io_conn picks up a batch |
 //! | `md` slot i | `state = dead` only, after md i's pidfd said it exited | on md death |
@@ -24,7 +24,7 @@
 use anyhow::Context;
 use shmq::layout::Direction;
 use shmq::region::Backend;
-use shmq::stats::{Io, IoStats, QueueConsumerStats, QueueProducerStats, StatsReader, StatsSegment};
+use shmq::stats::{IoStats, QueueConsumerStats, QueueProducerStats, StatsReader, StatsSegment};
 use shmq::sys::{Liveness, ProcId};
 
 use crate::counters::Counters;
@@ -77,11 +77,11 @@ impl Stats {
         Ok(Self { seg, io, slots, backend, name: name.to_owned(), removed: false })
     }
 
-    /// Copies every counter with an [`Io`] counterpart into io_conn's block and stores the
-    /// heartbeat. Relaxed stores only (see the module docs, "Cost").
+    /// Copies every counter (the heartbeat among them) into io_conn's block: relaxed stores
+    /// only (see the module docs, "Cost").
     #[inline]
     pub(crate) fn mirror(&self, c: &Counters) {
-        mirror_counters(&self.io, c);
+        self.io.publish(c);
     }
 
     /// io_conn's halves of slot `i`'s queues.
@@ -141,33 +141,32 @@ fn remove_stale(backend: Backend, name: &str, seg_name: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// TEMPORARY until `IoStats::publish` lands.
-#[inline]
-pub(crate) fn mirror_counters(io: &IoStats, c: &Counters) {
-    use crate::counters::Io as L;
-    io.set(Io::ConnectionsCurrent, c[L::ConnectionsCurrent]);
-    io.set(Io::ConnectionsAccepted, c[L::ConnectionsAccepted]);
-    io.set(Io::ConnectionsRefused, c[L::ConnectionsRefused]);
-    io.set(Io::ClosedByPeer, c[L::ClosedByPeer]);
-    io.set(Io::ClosedIdle, c[L::ClosedIdle]);
-    io.set(Io::ClosedDeadline, c[L::ClosedDeadline]);
-    io.set(Io::ClosedOversized, c[L::ClosedOversized]);
-    io.set(Io::ClosedCreditOverrun, c[L::ClosedCreditOverrun]);
-    io.set(Io::ClosedError, c[L::ClosedError]);
-    io.set(Io::ClosedByMd, c[L::ClosedByMd]);
-    io.set(Io::ClosedMdGone, c[L::ClosedMdGone]);
-    io.set(Io::ClosedShutdown, c[L::ClosedShutdown]);
-    io.set(Io::BytesIn, c[L::BytesIn]);
-    io.set(Io::BytesOut, c[L::BytesOut]);
-    io.set(Io::MessagesIn, c[L::MessagesIn]);
-    io.set(Io::MessagesOut, c[L::MessagesOut]);
-    io.set(Io::FramingErrors, c[L::FramingErrors]);
-    io.set(Io::BackpressurePauses, c[L::BackpressurePauses]);
-    io.set(Io::MdPauses, c[L::MdPauses]);
-    io.set(Io::Broadcasts, c[L::Broadcasts]);
-    io.set(Io::EpollWakeups, c[L::EpollWakeups]);
-    io.set(Io::EpollEvents, c[L::EpollEvents]);
-    io.set(Io::MdDeaths, c[L::MdDeaths]);
-    io.set(Io::MdAttaches, c[L::MdAttaches]);
-    io.heartbeat(c[L::HeartbeatNs]);
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use shmq::ring::HeapMemory;
+    use shmq::stats::required_len;
+
+    use super::*;
+    use crate::counters::Io;
+
+    /// Publishing is a copy: every counter io_conn keeps lands in its block under its schema
+    /// name, and nothing else is needed for it to get there.
+    #[test]
+    fn every_counter_is_published_under_its_name() {
+        let mut c = Counters::default();
+        for (k, &e) in Io::ALL.iter().enumerate() {
+            c[e] = 1000 + k as u64;
+        }
+        let mem = Arc::new(HeapMemory::new(required_len(1)));
+        let seg =
+            StatsSegment::create_in(mem, 1, 1, ProcId { pid: 1, start_time: 1 }).expect("segment");
+        seg.io().publish(&c);
+        let snap = seg.reader().snapshot();
+        for (k, &e) in Io::ALL.iter().enumerate() {
+            let name = e.desc().name;
+            assert_eq!(snap.get("io", 0, name), Some(1000 + k as u64), "io counter {name}");
+        }
+    }
 }

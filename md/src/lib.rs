@@ -80,4 +80,4 @@ pub use rt::pair_config;
 pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
 pub use serve::{ServeError, serve};
 pub use service::{BroadcastError, Ctx, Service, Status};
-pub use stats::{MdStatsSink, Stats};
+pub use stats::{MAX_COMMANDS, MdStatsSink, Stats};

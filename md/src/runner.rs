@@ -60,7 +60,7 @@ use rt::notify::Watchdog;
 use shmq::doorbell::Doorbell;
 use shmq::frame::{FlowId, Frame, Hello, Kind, OpenInfo, decode_drained};
 use shmq::ring::{Consumer, Producer, PushError, RingError};
-use shmq::stats::MdState;
+use shmq::stats::{Md, MdState};
 
 use crate::control::Control;
 use crate::service::{Ctx, Service, Status};
@@ -453,7 +453,7 @@ where
         }
         self.core.max_payload = ep.tx.max_payload();
         self.core.timers.fired();
-        self.core.stats.attaches += 1;
+        self.core.stats[Md::Attaches] += 1;
         if let Some(sink) = &mut self.sink {
             sink.begin_run(&ep.tx);
         }
@@ -556,7 +556,7 @@ where
                         return Ok(Exit::Detached(Detach::Reset));
                     }
                     Err(e) => {
-                        core.stats.corrupt += 1;
+                        core.stats[Md::Corrupt] += 1;
                         log::error!("input ring corrupt: {e}");
                         return Ok(Exit::Detached(Detach::Corrupt(Some(e))));
                     }
@@ -587,7 +587,7 @@ where
             let sleep;
             let timeout;
             if worked {
-                self.core.stats.busy_ns += start.elapsed().as_nanos() as u64;
+                self.core.stats[Md::BusyNs] += start.elapsed().as_nanos() as u64;
                 if let Some(sink) = &mut self.sink {
                     sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
                 }
@@ -631,7 +631,7 @@ where
                 match e.data() {
                     TOKEN_BELL if sleep => {
                         ep.rx.note_wakeup();
-                        self.core.stats.wakeups += 1;
+                        self.core.stats[Md::Wakeups] += 1;
                     }
                     TOKEN_TIMER => {
                         let mut buf = [0u8; 8];
@@ -663,7 +663,7 @@ impl<F: fmt::Debug> Core<F> {
         match self.index.get(&id.0) {
             Some(&i) => Some(i as usize),
             None => {
-                self.stats.unknown_flow += 1;
+                self.stats[Md::UnknownFlow] += 1;
                 None
             }
         }
@@ -678,39 +678,39 @@ impl<F: fmt::Debug> Core<F> {
     }
 
     fn on_frame<S: Service<Flow = F>>(&mut self, svc: &mut S, tx: &mut Producer, f: Frame<'_>) {
-        self.stats.frames_in += 1;
+        self.stats[Md::FramesIn] += 1;
         match f.kind {
             Kind::Open => self.on_open(svc, f),
             Kind::Data => {
-                self.stats.messages_in += 1;
-                self.stats.bytes_in += f.payload.len() as u64;
+                self.stats[Md::MessagesIn] += 1;
+                self.stats[Md::BytesIn] += f.payload.len() as u64;
                 if let Some(idx) = self.lookup(f.flowid) {
                     self.on_data(svc, idx, f.payload);
                 }
             }
             Kind::Eof => {
-                self.stats.eofs += 1;
+                self.stats[Md::Eofs] += 1;
                 if let Some(idx) = self.lookup(f.flowid) {
                     self.flows[idx].eof = true;
                     self.mark_dirty(idx);
                 }
             }
             Kind::Close => {
-                self.stats.closes_in += 1;
+                self.stats[Md::ClosesIn] += 1;
                 if let Some(idx) = self.lookup(f.flowid) {
                     self.remove(svc, idx);
                 }
             }
             Kind::Drained => {
-                self.stats.drained += 1;
+                self.stats[Md::Drained] += 1;
                 let Ok(n) = decode_drained(f.payload) else {
-                    self.stats.bad_frames += 1;
+                    self.stats[Md::BadFrames] += 1;
                     return;
                 };
                 if let Some(idx) = self.lookup(f.flowid) {
                     let flow = &mut self.flows[idx];
                     if n > flow.outstanding {
-                        self.stats.bad_frames += 1;
+                        self.stats[Md::BadFrames] += 1;
                     }
                     flow.outstanding = flow.outstanding.saturating_sub(n);
                     if flow.busy {
@@ -726,7 +726,7 @@ impl<F: fmt::Debug> Core<F> {
             }
             // The consumer only returns kinds allowed towards md; padding never reaches us.
             Kind::Pad | Kind::Pause | Kind::Resume | Kind::Broadcast | Kind::Hello => {
-                self.stats.bad_frames += 1;
+                self.stats[Md::BadFrames] += 1;
             }
         }
     }
@@ -769,9 +769,9 @@ impl<F: fmt::Debug> Core<F> {
             None => None,
         };
         if state.is_some() {
-            self.stats.opens += 1;
+            self.stats[Md::FlowsOpened] += 1;
         } else {
-            self.stats.refused += 1;
+            self.stats[Md::FlowsRefused] += 1;
         }
         self.flows[idx].svc = state;
         self.mark_dirty(idx);
@@ -780,14 +780,14 @@ impl<F: fmt::Debug> Core<F> {
     fn on_data<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize, msg: &[u8]) {
         let flow = &mut self.flows[idx];
         if flow.svc.is_none() || flow.eof_done {
-            self.stats.bad_frames += 1;
+            self.stats[Md::BadFrames] += 1;
             return;
         }
         if flow.backlog_count == 0 && flow.can_run() {
             self.run_message(svc, idx, msg);
         } else {
             flow.hold(msg);
-            self.stats.held += 1;
+            self.stats[Md::Held] += 1;
         }
         self.mark_dirty(idx);
     }
@@ -880,7 +880,7 @@ impl<F: fmt::Debug> Core<F> {
                 continue; // lazily cancelled: the flow closed
             }
             any = true;
-            self.stats.timers_fired += 1;
+            self.stats[Md::TimersFired] += 1;
             if let Some(st) = self.call(svc, idx, |s, st, cx| s.timer(st, e.token, cx)) {
                 let flow = &mut self.flows[idx];
                 if flow.busy && st == Status::Done {
@@ -919,8 +919,8 @@ impl<F: fmt::Debug> Core<F> {
                     Ok(()) => {
                         sent += n;
                         flow.outstanding += n as u64;
-                        self.stats.messages_out += 1;
-                        self.stats.bytes_out += n as u64;
+                        self.stats[Md::MessagesOut] += 1;
+                        self.stats[Md::BytesOut] += n as u64;
                         continue;
                     }
                     Err(e) => {
@@ -935,7 +935,7 @@ impl<F: fmt::Debug> Core<F> {
             match tx.try_push(FlowId(0), Kind::Broadcast, 0, &flow.bcast[range.clone()]) {
                 Ok(()) => {
                     flow.bcast_head = range.end;
-                    self.stats.messages_out += 1;
+                    self.stats[Md::MessagesOut] += 1;
                 }
                 Err(e) => {
                     push_failed(&mut self.stats, &mut self.fatal, e);
@@ -1000,14 +1000,14 @@ impl<F: fmt::Debug> Core<F> {
         if !flow.paused && want_pause {
             if self.control(tx, id, Kind::Pause) {
                 self.flows[idx].paused = true;
-                self.stats.pauses += 1;
+                self.stats[Md::Pauses] += 1;
             } else {
                 full = true;
             }
         } else if flow.paused && want_resume {
             if self.control(tx, id, Kind::Resume) {
                 self.flows[idx].paused = false;
-                self.stats.resumes += 1;
+                self.stats[Md::Resumes] += 1;
             } else {
                 full = true;
             }
@@ -1016,7 +1016,7 @@ impl<F: fmt::Debug> Core<F> {
         let closing = flow.svc.is_none() || (flow.eof_done && !flow.busy);
         if closing && flow.out.is_empty() && !flow.has_broadcasts() {
             if self.control(tx, id, Kind::Close) {
-                self.stats.closes_out += 1;
+                self.stats[Md::ClosesOut] += 1;
                 self.remove(svc, idx);
                 return;
             }
@@ -1100,7 +1100,7 @@ impl<F: fmt::Debug> Core<F> {
 /// waits and is retried), anything else means the ring is corrupt and md detaches.
 fn push_failed(stats: &mut Stats, fatal: &mut Option<Detach>, e: PushError) {
     match e {
-        PushError::Full => stats.out_full += 1,
+        PushError::Full => stats[Md::OutFull] += 1,
         PushError::Corrupt | PushError::TooLarge { .. } => *fatal = Some(Detach::Corrupt(None)),
     }
 }

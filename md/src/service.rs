@@ -9,8 +9,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use shmq::frame::{FlowId, MAX_SERVICE_NAME, OpenInfo, encode_broadcast};
+use shmq::stats::Md;
 
-use crate::stats::Stats;
+use crate::stats::{MAX_COMMANDS, Stats};
 use crate::timer::Timers;
 
 /// What a callback did with the request it was handling.
@@ -114,8 +115,12 @@ pub trait Service {
         let _ = flow;
     }
 
-    /// Names of the request kinds this service counts with [`Ctx::count`], in index order (at
-    /// most [`crate::stats::MAX_COMMANDS`]); for stats.
+    /// Names of the request kinds this service counts with [`Ctx::count`], in index order; for
+    /// stats. md registers them in its stats block when it takes its slot, and viewstats shows
+    /// kind `i` as `commands.<names[i]>`. At most [`crate::stats::MAX_COMMANDS`] names of 1 to
+    /// [`shmq::stats::COMMAND_NAME_BYTES`] ASCII letters, digits, `_`, `.`, `-`, unique, not
+    /// `other` (see [`shmq::stats::check_command_names`]); md logs a warning and names none if
+    /// the list breaks these rules.
     fn command_names(&self) -> &'static [&'static str] {
         &[]
     }
@@ -265,16 +270,16 @@ impl Ctx<'_> {
         self.timers.add(self.now + after, self.flow, self.slot, token);
     }
 
-    /// Counts one request of kind `cmd` (an index into [`Service::command_names`]).
+    /// Counts one request of kind `cmd` (an index into [`Service::command_names`]). viewstats
+    /// shows it as `commands.<name>`; kinds without a name (an index beyond the names, or at
+    /// least [`MAX_COMMANDS`]) add up in `commands.other`.
     pub fn count(&mut self, cmd: usize) {
-        if let Some(c) = self.stats.commands.get_mut(cmd) {
-            *c += 1;
-        }
+        self.stats.commands[cmd.min(MAX_COMMANDS)] += 1;
     }
 
     /// Counts one error reply (a request that was answered with an error).
     pub fn error(&mut self) {
-        self.stats.errors += 1;
+        self.stats[Md::Errors] += 1;
     }
 }
 

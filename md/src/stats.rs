@@ -1,11 +1,20 @@
-//! md's counters: one plain struct with one writer (the runner's thread), and the sink that
-//! mirrors it into this md instance's blocks of the stats segment.
+//! md's counters: plain local values with one writer (the runner's thread), and the sink that
+//! copies them into this md instance's blocks of the stats segment.
 //!
-//! [`Stats`] is kept as plain `u64`s on purpose: the hot path bumps local integers, and once per
-//! batch (not per message) an [`MdStatsSink`] copies them into the segment with relaxed stores
-//! (about forty of them, no syscall, no allocation) together with the heartbeat and the two queue
-//! halves md writes (`in.consumer` and `out.producer` of its slot). [`crate::Runner::stats`]
-//! reads the same counters in-process.
+//! [`Stats`] is the schema's [`MdCounts`] (one `u64` per [`Md`] counter, indexed by the enum:
+//! `stats[Md::MessagesIn] += 1`) plus the service's command counts. Nothing here lists counters
+//! by hand: a counter added to [`Md`] in `shmq::stats` exists here and in the segment at once.
+//! The hot path bumps local integers, and once per batch (not per message) an [`MdStatsSink`]
+//! copies them into the segment with relaxed stores (one per word, no syscall, no allocation)
+//! together with the heartbeat and the two queue halves md writes (`in.consumer` and
+//! `out.producer` of its slot). [`crate::Runner::stats`] reads the same counters in-process.
+//!
+//! # Command counts
+//!
+//! A service counts its request kinds with [`crate::Ctx::count`] and names them with
+//! [`crate::Service::command_names`]. When the sink is bound, md writes those names into its
+//! block's names area (`shmq::stats`, "Command slots"); viewstats then shows kind `i` as
+//! `commands.<name>` (`commands.dumb.ping`), and every kind without a name as `commands.other`.
 //!
 //! # Who owns what
 //!
@@ -40,103 +49,50 @@
 //! let snap = StatsReader::attach_in(mem).unwrap().snapshot();
 //! assert_eq!(snap.get("md", 3, "state"), Some(MdState::Running as u64));
 //! assert_eq!(snap.get("md", 3, "epoch"), Some(9));
+//!
+//! let mut stats = md::Stats::default();
+//! stats[shmq::stats::Md::MessagesIn] += 1;
+//! assert_eq!(stats.counts.get(shmq::stats::Md::MessagesIn), 1);
 //! ```
+
+use std::ops::{Index, IndexMut};
 
 use shmq::layout::Direction;
 use shmq::ring::{Consumer, Producer};
 use shmq::stats::{
-    Md, MdState, MdStats, QueueConsumerStats, QueueProducerStats, StatsError, StatsSegment,
-    monotonic_ns,
+    COMMAND_SLOTS, Md, MdCounts, MdState, MdStats, QueueConsumerStats, QueueProducerStats,
+    StatsError, StatsSegment, monotonic_ns,
 };
 use shmq::sync::Ordering;
 use shmq::sys::ProcId;
 
-/// Most request kinds a service can count with [`crate::Ctx::count`].
-pub const MAX_COMMANDS: usize = 16;
+/// Most request kinds a service can name ([`crate::Service::command_names`]): the command slots
+/// of a stats block.
+pub const MAX_COMMANDS: usize = COMMAND_SLOTS;
 
 /// Counters of one md runner. Monotonic, except across a restart of the process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Frames consumed from the input ring (all kinds).
-    pub frames_in: u64,
-    /// `DATA` frames received (requests).
-    pub messages_in: u64,
-    /// Payload bytes of `DATA` frames received.
-    pub bytes_in: u64,
-    /// `DATA` frames sent.
-    pub messages_out: u64,
-    /// Payload bytes of `DATA` frames sent.
-    pub bytes_out: u64,
-    /// `OPEN` frames accepted by the service.
-    pub opens: u64,
-    /// `OPEN` frames the service refused (unknown service) or that could not be decoded.
-    pub refused: u64,
-    /// `CLOSE` frames received (client gone).
-    pub closes_in: u64,
-    /// `CLOSE` frames sent (after an EOF, or a refused flow).
-    pub closes_out: u64,
-    /// `EOF` frames received.
-    pub eofs: u64,
-    /// `DRAINED` frames received.
-    pub drained: u64,
-    /// `PAUSE` frames sent.
-    pub pauses: u64,
-    /// `RESUME` frames sent.
-    pub resumes: u64,
-    /// Requests held behind a running one (copied into the flow's backlog).
-    pub held: u64,
-    /// Error replies (counted by services through [`crate::Ctx::error`]).
-    pub errors: u64,
-    /// Frames for a flow md does not know (already closed, or never opened).
-    pub unknown_flow: u64,
-    /// Frames md could not make sense of (bad `OPEN`/`DRAINED` payload, `DRAINED` beyond what
-    /// was sent).
-    pub bad_frames: u64,
-    /// Times the output ring was full (the output waits in the flow; never dropped).
-    pub out_full: u64,
-    /// Corrupt input rings seen.
-    pub corrupt: u64,
-    /// Timers that fired for a live flow.
-    pub timers_fired: u64,
-    /// Successful attaches (including the first).
-    pub attaches: u64,
-    /// Doorbell wake-ups.
-    pub wakeups: u64,
-    /// Nanoseconds spent working (from a wake-up to the next idle check).
-    pub busy_ns: u64,
-    /// Requests per kind, indexed as the service's [`crate::Service::command_names`].
-    pub commands: [u64; MAX_COMMANDS],
+    /// One value per [`Md`] counter (the identity words, `pid` … `heartbeat_mono_ns`, stay 0
+    /// here: the sink writes those). Also reachable as `stats[Md::X]`.
+    pub counts: MdCounts,
+    /// Requests per kind, indexed as the service's [`crate::Service::command_names`];
+    /// `commands[MAX_COMMANDS]` counts kinds `>= MAX_COMMANDS`.
+    pub commands: [u64; MAX_COMMANDS + 1],
 }
 
-/// The request counters of the md block, in the order [`MdStatsSink`] accumulates them.
-const REQUEST_COUNTERS: [Md; 8] = [
-    Md::EchoMessages,
-    Md::ReverseLines,
-    Md::DumbPing,
-    Md::DumbWait,
-    Md::DumbBurn,
-    Md::DumbStream,
-    Md::DumbOther,
-    Md::OtherRequests,
-];
-/// Index of [`Md::OtherRequests`] in [`REQUEST_COUNTERS`].
-const OTHER: u8 = 7;
+impl Index<Md> for Stats {
+    type Output = u64;
+    #[inline]
+    fn index(&self, c: Md) -> &u64 {
+        &self.counts[c]
+    }
+}
 
-/// The md-block counter that a request kind named `name` (an entry of
-/// [`crate::Service::command_names`]) is counted in. The built-in services name theirs
-/// `echo`, `reverse` and `dumb.<command>` ([`crate::services::Builtin`]); every other name, of any
-/// other service, goes to [`Md::OtherRequests`].
-pub fn command_counter(name: &str) -> Md {
-    match name {
-        "echo" => Md::EchoMessages,
-        "reverse" => Md::ReverseLines,
-        "dumb.ping" => Md::DumbPing,
-        "dumb.wait" => Md::DumbWait,
-        "dumb.burn" => Md::DumbBurn,
-        "dumb.stream" => Md::DumbStream,
-        // `dumb.err` (answered ERR) and any dumb command without a counter of its own.
-        n if n.starts_with("dumb.") => Md::DumbOther,
-        _ => Md::OtherRequests,
+impl IndexMut<Md> for Stats {
+    #[inline]
+    fn index_mut(&mut self, c: Md) -> &mut u64 {
+        &mut self.counts[c]
     }
 }
 
@@ -155,8 +111,8 @@ pub struct MdStatsSink {
     epoch: u64,
     /// The runner's counters when the sink was bound: the block shows the difference.
     base: Stats,
-    /// For each command index, its entry in [`REQUEST_COUNTERS`].
-    commands: [u8; MAX_COMMANDS],
+    /// How many command kinds have a name in the block (the rest count as `commands.other`).
+    named: usize,
     /// The output ring's shared `tail` when we last stamped a publish.
     published_tail: u64,
     /// A clock reading taken during the current batch (0: none), reused for the heartbeat.
@@ -178,7 +134,7 @@ impl MdStatsSink {
             out_producer,
             epoch: seg.epoch(),
             base: Stats::default(),
-            commands: [OTHER; MAX_COMMANDS],
+            named: 0,
             published_tail: 0,
             batch_ns: 0,
         })
@@ -199,17 +155,22 @@ impl MdStatsSink {
         self.md.set_state(state);
     }
 
-    /// Starts counting from `current` (the block shows `counter - current`), with request kinds
-    /// named by `names` ([`crate::Service::command_names`]; kinds without a name are counted as
-    /// [`Md::OtherRequests`]).
+    /// Starts counting from `current` (the block shows `counter - current`), and names the
+    /// block's command slots `names` ([`crate::Service::command_names`]). A list the segment
+    /// refuses (see [`shmq::stats::check_command_names`]) is logged and no slot is named: every
+    /// request then counts as `commands.other`.
     pub(crate) fn bind(&mut self, current: &Stats, names: &[&str]) {
         self.base = current.clone();
-        self.commands = [OTHER; MAX_COMMANDS];
-        for (slot, name) in self.commands.iter_mut().zip(names) {
-            let c = command_counter(name);
-            let i = REQUEST_COUNTERS.iter().position(|&r| r == c).unwrap_or(OTHER as usize);
-            *slot = i as u8;
-        }
+        self.named = match self.md.set_command_names(names) {
+            Ok(()) => names.len(),
+            Err(e) => {
+                log::warn!(
+                    "stats: the service's command names are unusable ({e}); counting every \
+                     request as commands.other"
+                );
+                0
+            }
+        };
     }
 
     /// A run over a freshly attached output ring begins: state `running`.
@@ -245,42 +206,20 @@ impl MdStatsSink {
     /// Copies `s` (relative to the bound baseline), the heartbeat and both rings' counters into
     /// the segment. Once per batch, and before sleeping.
     pub(crate) fn mirror(&mut self, s: &Stats, rx: &Consumer, tx: &Producer) {
-        let b = &self.base;
-        let m = &self.md;
-        let d = |now: u64, then: u64| now.wrapping_sub(then);
-        m.set(Md::FramesIn, d(s.frames_in, b.frames_in));
-        m.set(Md::MessagesIn, d(s.messages_in, b.messages_in));
-        m.set(Md::BytesIn, d(s.bytes_in, b.bytes_in));
-        m.set(Md::MessagesOut, d(s.messages_out, b.messages_out));
-        m.set(Md::BytesOut, d(s.bytes_out, b.bytes_out));
-        m.set(Md::FlowsOpened, d(s.opens, b.opens));
-        m.set(Md::FlowsRefused, d(s.refused, b.refused));
-        m.set(Md::ClosesIn, d(s.closes_in, b.closes_in));
-        m.set(Md::ClosesOut, d(s.closes_out, b.closes_out));
-        m.set(Md::Eofs, d(s.eofs, b.eofs));
-        m.set(Md::Drained, d(s.drained, b.drained));
-        m.set(Md::Pauses, d(s.pauses, b.pauses));
-        m.set(Md::Resumes, d(s.resumes, b.resumes));
-        m.set(Md::Held, d(s.held, b.held));
-        m.set(Md::Errors, d(s.errors, b.errors));
-        m.set(Md::UnknownFlow, d(s.unknown_flow, b.unknown_flow));
-        m.set(Md::BadFrames, d(s.bad_frames, b.bad_frames));
-        m.set(Md::OutFull, d(s.out_full, b.out_full));
-        m.set(Md::Corrupt, d(s.corrupt, b.corrupt));
-        m.set(Md::TimersFired, d(s.timers_fired, b.timers_fired));
-        m.set(Md::Attaches, d(s.attaches, b.attaches));
-        m.set(Md::Wakeups, d(s.wakeups, b.wakeups));
-        m.set(Md::BusyNs, d(s.busy_ns, b.busy_ns));
-        let mut requests = [0u64; REQUEST_COUNTERS.len()];
-        for (i, &target) in self.commands.iter().enumerate() {
-            requests[target as usize] += d(s.commands[i], b.commands[i]);
+        self.md.publish(&s.counts.since(&self.base.counts));
+        let mut named = [0u64; MAX_COMMANDS];
+        let mut other = 0u64;
+        for (i, (now, then)) in s.commands.iter().zip(&self.base.commands).enumerate() {
+            let d = now.wrapping_sub(*then);
+            match named.get_mut(i) {
+                Some(slot) if i < self.named => *slot = d,
+                _ => other = other.wrapping_add(d),
+            }
         }
-        for (c, v) in REQUEST_COUNTERS.into_iter().zip(requests) {
-            m.set(c, v);
-        }
+        self.md.publish_commands(&named, other);
         let now = if self.batch_ns != 0 { self.batch_ns } else { monotonic_ns() };
         self.batch_ns = 0;
-        m.heartbeat(now);
+        self.md.heartbeat(now);
         self.in_consumer.publish_from(&rx.header().consumer, rx.generation());
         self.out_producer.publish_from(&tx.header().producer, backlog(tx), tx.generation());
     }
@@ -306,73 +245,84 @@ fn shared_tail(tx: &Producer) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use shmq::ring::HeapMemory;
+    use shmq::stats::{StatsReader, check_command_names, required_len};
+
     use super::*;
 
     #[test]
-    fn builtin_command_names_map_to_their_counters() {
+    fn builtin_command_names_fit_the_segment() {
         use crate::Service;
-        use crate::services::{Builtin, DumbOptions, cmd};
+        use crate::services::{Builtin, DumbOptions};
         let names = Builtin::new(DumbOptions::default()).command_names();
-        let want = [
-            (cmd::ECHO, Md::EchoMessages),
-            (cmd::REVERSE, Md::ReverseLines),
-            (cmd::PING, Md::DumbPing),
-            (cmd::WAIT, Md::DumbWait),
-            (cmd::BURN, Md::DumbBurn),
-            (cmd::STREAM, Md::DumbStream),
-            (cmd::ERR, Md::DumbOther),
-        ];
-        assert_eq!(names.len(), want.len());
-        for (i, c) in want {
-            assert_eq!(command_counter(names[i]), c, "{}", names[i]);
-        }
-        assert_eq!(command_counter("upper"), Md::OtherRequests);
-        assert_eq!(command_counter("dumb.jump"), Md::DumbOther);
+        assert_eq!(check_command_names(names), Ok(()));
     }
 
-    /// The block shows counts since `bind` (not the runner's lifetime totals), and every request
-    /// kind without a counter of its own, named or not, adds up in `other_requests`.
-    #[test]
-    fn mirror_counts_from_the_baseline_and_sums_other_requests() {
-        use std::sync::Arc;
-
-        use shmq::ring::HeapMemory;
-        use shmq::stats::{StatsReader, required_len};
-
-        let mem = Arc::new(HeapMemory::new(required_len(2)));
+    /// A sink on slot 1 of a heap segment, and a pair of heap rings to mirror.
+    fn sink(mem: &Arc<HeapMemory>) -> (MdStatsSink, Consumer, Producer) {
         let seg = StatsSegment::create_in(mem.clone(), 2, 5, ProcId { pid: 1, start_time: 1 })
             .expect("segment");
-        let mut sink = MdStatsSink::attach(&seg, 1, ProcId { pid: 42, start_time: 43 }).unwrap();
+        let sink = MdStatsSink::attach(&seg, 1, ProcId { pid: 42, start_time: 43 }).unwrap();
         let rx_mem = Arc::new(HeapMemory::new_ring(4096, 256, Direction::ToMd));
         let tx_mem = Arc::new(HeapMemory::new_ring(4096, 256, Direction::ToIo));
         let rx = Consumer::attach(rx_mem, 0).unwrap();
         let tx = Producer::attach(tx_mem, 0, None).unwrap();
+        (sink, rx, tx)
+    }
 
-        let mut base = Stats { messages_in: 100, attaches: 1, errors: 4, ..Stats::default() };
+    /// The block shows counts since `bind` (not the runner's lifetime totals), every `Md` counter
+    /// is copied, named commands appear under their names, and kinds without a name (beyond the
+    /// names, or beyond the slots) add up in `commands.other`.
+    #[test]
+    fn mirror_copies_counts_since_the_baseline_and_names_commands() {
+        let mem = Arc::new(HeapMemory::new(required_len(2)));
+        let (mut sink, rx, tx) = sink(&mem);
+        let mut base = Stats::default();
+        base[Md::MessagesIn] = 100;
+        base[Md::Attaches] = 1;
         base.commands[0] = 10; // "upper"
         base.commands[1] = 20; // "echo"
         sink.bind(&base, &["upper", "echo", "dumb.ping"]);
         let mut now = base.clone();
-        now.messages_in += 7;
-        now.attaches += 1;
-        now.errors += 1;
+        for (i, &c) in Md::ALL[Md::IDENTITY..].iter().enumerate() {
+            now[c] += 1000 + i as u64;
+        }
         now.commands[0] += 2;
         now.commands[1] += 3;
         now.commands[2] += 4;
         now.commands[9] += 5; // counted by the service but not named
+        now.commands[MAX_COMMANDS] += 6; // beyond the slots
         sink.mirror(&now, &rx, &tx);
 
         let snap = StatsReader::attach_in(mem).unwrap().snapshot();
-        let get = |name| snap.get("md", 1, name).unwrap();
-        assert_eq!(get("messages_in"), 7);
-        assert_eq!(get("attaches"), 1);
-        assert_eq!(get("errors"), 1);
-        assert_eq!(get("echo_messages"), 3);
-        assert_eq!(get("dumb_ping"), 4);
-        assert_eq!(get("other_requests"), 2 + 5);
+        let get = |name| snap.get("md", 1, name).unwrap_or_else(|| panic!("no md counter {name}"));
+        for (i, &c) in Md::ALL[Md::IDENTITY..].iter().enumerate() {
+            assert_eq!(get(c.desc().name), 1000 + i as u64, "{c:?}");
+        }
+        assert_eq!(get("commands.upper"), 2);
+        assert_eq!(get("commands.echo"), 3);
+        assert_eq!(get("commands.dumb.ping"), 4);
+        assert_eq!(get("commands.other"), 5 + 6);
         assert_eq!(get("pid"), 42);
         assert_eq!(get("epoch"), 5);
         assert!(get("heartbeat_mono_ns") > 0);
         assert_eq!(snap.get("md", 0, "pid"), Some(0), "slot 0 untouched");
+    }
+
+    /// A name list the segment refuses names nothing: every request counts as `other`.
+    #[test]
+    fn unusable_command_names_count_as_other() {
+        let mem = Arc::new(HeapMemory::new(required_len(2)));
+        let (mut sink, rx, tx) = sink(&mem);
+        sink.bind(&Stats::default(), &["ok", "not ok"]);
+        let mut now = Stats::default();
+        now.commands[0] = 1;
+        now.commands[1] = 2;
+        sink.mirror(&now, &rx, &tx);
+        let snap = StatsReader::attach_in(mem).unwrap().snapshot();
+        assert_eq!(snap.get("md", 1, "commands.ok"), None);
+        assert_eq!(snap.get("md", 1, "commands.other"), Some(3));
     }
 }

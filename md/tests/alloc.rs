@@ -15,7 +15,7 @@ use md::services::{Builtin, DumbOptions};
 use md::{Exit, MdStatsSink, Runner};
 use shmq::frame::{FlowId, Kind};
 use shmq::ring::HeapMemory;
-use shmq::stats::{StatsSegment, required_len};
+use shmq::stats::{Md, StatsSegment, required_len};
 use shmq::sys::ProcId;
 use util::{Geometry, Io, WATCHDOG, flow, opts};
 
@@ -123,13 +123,13 @@ fn allocations_during_pings(stats: Option<StatsSegment>) -> u64 {
     let after = ALLOCS.load(Ordering::Relaxed);
     let (exit, stats_out) = io.stop();
     assert_eq!(exit, Exit::Shutdown);
-    assert_eq!(stats_out.messages_in, 120_000);
+    assert_eq!(stats_out[Md::MessagesIn], 120_000);
     assert!(before > 0, "the counter works: md allocated during setup");
     if let Some(seg) = stats {
         // The sink was really in the loop: the segment saw every PING.
         let snap = seg.reader().snapshot();
         assert_eq!(snap.get("md", opts().instance, "messages_in"), Some(120_000));
-        assert_eq!(snap.get("md", opts().instance, "dumb_ping"), Some(120_000));
+        assert_eq!(snap.get("md", opts().instance, "commands.dumb.ping"), Some(120_000));
     }
     after - before
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use md::services::{Builtin, DumbOptions};
 use md::{Ctx, Detach, Exit, Service, Status};
 use shmq::frame::{Kind, OpenInfo};
+use shmq::stats::Md;
 use util::{Geometry, Io, flow, opts};
 
 fn builtin() -> Builtin {
@@ -33,7 +34,7 @@ fn hello_is_first_and_shutdown_exits_cleanly() {
     let io = start("hello");
     let (exit, stats) = io.stop();
     assert_eq!(exit, Exit::Shutdown);
-    assert_eq!(stats.attaches, 1);
+    assert_eq!(stats[Md::Attaches], 1);
 }
 
 #[test]
@@ -45,7 +46,7 @@ fn echo_sends_back_raw_chunks() {
     io.data(f, b" world\r\n\x00\xff");
     io.expect_bytes(f, b"hello world\r\n\x00\xff");
     let (_, stats) = io.stop();
-    assert_eq!(stats.messages_in, 2);
+    assert_eq!(stats[Md::MessagesIn], 2);
     assert_eq!(stats.commands[md::services::cmd::ECHO], 2);
 }
 
@@ -96,7 +97,7 @@ fn dumb_ping_burn_and_every_err() {
     io.data(f, b"\xff\xfe\n");
     io.expect_bytes(f, b"ERR unknown command (expected PING, WAIT, BURN or STREAM)\n");
     let (_, stats) = io.stop();
-    assert_eq!(stats.errors, 14);
+    assert_eq!(stats[Md::Errors], 14);
 }
 
 #[test]
@@ -142,7 +143,7 @@ fn pipelined_requests_behind_a_wait_are_answered_in_order() {
         b"DONE\nPONG\nRESULT 45150\nDONE\nERR unknown command (expected PING, WAIT, BURN or STREAM)\nPONG\n",
     );
     let (_, stats) = io.stop();
-    assert!(stats.held >= 5, "requests behind the WAIT were held: {stats:?}");
+    assert!(stats[Md::Held] >= 5, "requests behind the WAIT were held: {stats:?}");
 }
 
 #[test]
@@ -235,9 +236,9 @@ fn eof_answers_everything_then_closes() {
     io.data(g, b"ab\n");
     io.expect_next_bytes(g, b"ba\n");
     let (_, stats) = io.stop();
-    assert_eq!(stats.closes_out, 1);
+    assert_eq!(stats[Md::ClosesOut], 1);
     // The DATA after CLOSE, and the DRAINED the harness returned for the last replies.
-    assert!(stats.unknown_flow >= 1);
+    assert!(stats[Md::UnknownFlow] >= 1);
 }
 
 #[test]
@@ -280,7 +281,7 @@ fn close_from_io_cancels_wait_and_stream() {
     io.lines(c, "WAIT 200\nPING\n");
     io.expect_next_bytes(c, b"DONE\nPONG\n");
     let (_, stats) = io.stop();
-    assert_eq!(stats.closes_in, 2);
+    assert_eq!(stats[Md::ClosesIn], 2);
 }
 
 #[test]
@@ -290,7 +291,7 @@ fn unknown_service_is_closed() {
     io.open(f, "nosuch", BIG);
     io.expect_kind(f, Kind::Close);
     let (_, stats) = io.stop();
-    assert_eq!(stats.refused, 1);
+    assert_eq!(stats[Md::FlowsRefused], 1);
 }
 
 #[test]
@@ -333,8 +334,8 @@ fn held_backlog_pauses_and_resumes() {
     }
     assert!(got == want, "replies in order");
     let (_, stats) = io.stop();
-    assert_eq!((stats.pauses, stats.resumes), (1, 1));
-    assert!(stats.held >= 65, "{stats:?}");
+    assert_eq!((stats[Md::Pauses], stats[Md::Resumes]), (1, 1));
+    assert!(stats[Md::Held] >= 65, "{stats:?}");
 }
 
 #[test]
@@ -377,7 +378,7 @@ fn full_output_ring_keeps_output_and_retries() {
     let got = io.collect_bytes(f, 50_000, true);
     assert!(got.iter().all(|&b| b == b'x'));
     let (_, stats) = io.stop();
-    assert!(stats.out_full > 0, "the ring was full at some point: {stats:?}");
+    assert!(stats[Md::OutFull] > 0, "the ring was full at some point: {stats:?}");
 }
 
 #[test]
@@ -563,7 +564,7 @@ fn serve_attaches_to_a_real_pair_and_reattaches_after_reset() {
     shutdown.trigger();
     let (r, stats) = md.join().unwrap();
     assert_eq!(r, Ok(()));
-    assert_eq!(stats.attaches, 2);
+    assert_eq!(stats[Md::Attaches], 2);
 }
 
 /// Broadcasts each line to service `room` between two bytes of direct output (`<` before, `>\n`
@@ -645,7 +646,7 @@ fn broadcast_is_a_flowless_frame_in_place_in_the_flows_output() {
     io.lines(f, "one\ntwo\n");
     assert_eq!(transcript(&mut io, f, 6, 2), "<[one]>\n<[two]>\n");
     let (_, stats) = io.stop();
-    assert_eq!(stats.errors, 0);
+    assert_eq!(stats[Md::Errors], 0);
 }
 
 #[test]
@@ -731,7 +732,7 @@ fn broadcast_too_large_or_badly_named_is_refused_whole() {
     assert_eq!((o.flow, o.kind), (shmq::FlowId(0), Kind::Broadcast), "{o:?}");
     assert_eq!(shmq::frame::decode_broadcast(&o.payload).unwrap(), ("room", &b"b"[..]));
     let (_, stats) = io.stop();
-    assert_eq!(stats.errors, 2);
+    assert_eq!(stats[Md::Errors], 2);
 }
 
 #[test]
@@ -757,5 +758,5 @@ fn broadcasts_survive_a_full_output_ring_in_order() {
     let got = transcript(&mut io, f, 150, 50);
     assert!(got == want, "every broadcast, in order, in place");
     let (_, stats) = io.stop();
-    assert!(stats.out_full > 0, "the ring was full at some point: {stats:?}");
+    assert!(stats[Md::OutFull] > 0, "the ring was full at some point: {stats:?}");
 }

@@ -14,7 +14,8 @@ use shmq::layout::Direction;
 use shmq::pair::{IoSide, PairConfig};
 use shmq::region::Backend;
 use shmq::stats::{
-    MdState, QueueProducerStats, Snapshot, StatsReader, StatsSegment, WAIT_HISTOGRAM, monotonic_ns,
+    COMMANDS_PREFIX, Md, MdState, OTHER_COMMAND, QueueProducerStats, Snapshot, StatsReader,
+    StatsSegment, WAIT_HISTOGRAM, monotonic_ns,
 };
 use shmq::sync::Ordering;
 use shmq::sys::ProcId;
@@ -179,10 +180,10 @@ fn serve_mirrors_its_counters_into_its_slot() {
         ("md", SLOT, "flows_opened", 1),
         ("md", SLOT, "flows_refused", 0),
         ("md", SLOT, "attaches", 1),
-        ("md", SLOT, "dumb_ping", N),
-        ("md", SLOT, "dumb_other", 0),
-        ("md", SLOT, "echo_messages", 0),
-        ("md", SLOT, "other_requests", 0),
+        ("md", SLOT, "commands.dumb.ping", N),
+        ("md", SLOT, "commands.dumb.err", 0),
+        ("md", SLOT, "commands.echo", 0),
+        ("md", SLOT, "commands.other", 0),
         ("md", SLOT, "errors", 0),
         ("md", SLOT, "bad_frames", 0),
         ("md", SLOT, "unknown_flow", 0),
@@ -221,7 +222,7 @@ fn serve_mirrors_its_counters_into_its_slot() {
     shutdown.trigger();
     let (r, stats) = md.join().unwrap();
     assert_eq!(r, Ok(()));
-    assert_eq!((stats.messages_in, stats.commands[md::services::cmd::PING]), (N, N));
+    assert_eq!((stats[Md::MessagesIn], stats.commands[md::services::cmd::PING]), (N, N));
     // Same counters, state exited (read once: md has returned, everything is written).
     let mut exited = running.clone();
     for w in exited.iter_mut().filter(|w| w.1 == SLOT && w.2 == "state") {
@@ -250,7 +251,7 @@ fn serve_moves_to_the_new_segment_after_io_conn_restarts() {
     let f = flow(3);
     open(&mut io, f);
     ping_pong(&mut io, None, f, 3);
-    wait_for(&old_reader, &[("md", 0, "messages_in", 3), ("md", 0, "dumb_ping", 3)]);
+    wait_for(&old_reader, &[("md", 0, "messages_in", 3), ("md", 0, "commands.dumb.ping", 3)]);
 
     // "io_conn restarts": its successor removes what it finds and creates everything under
     // epoch 2. (The old rings' generation is bumped last, standing in for md's pidfd telling it
@@ -272,7 +273,7 @@ fn serve_moves_to_the_new_segment_after_io_conn_restarts() {
             ("md", 0, "epoch", 2),
             ("md", 0, "state", MdState::Running as u64),
             ("md", 0, "messages_in", 2),
-            ("md", 0, "dumb_ping", 2),
+            ("md", 0, "commands.dumb.ping", 2),
             ("md", 0, "flows_opened", 1),
             ("md", 0, "attaches", 1),
             ("in.consumer", 0, "generation", 1),
@@ -287,7 +288,7 @@ fn serve_moves_to_the_new_segment_after_io_conn_restarts() {
     shutdown.trigger();
     let (r, stats) = md.join().unwrap();
     assert_eq!(r, Ok(()));
-    assert_eq!((stats.messages_in, stats.attaches), (5, 2));
+    assert_eq!((stats[Md::MessagesIn], stats[Md::Attaches]), (5, 2));
     assert_eq!(new_reader.snapshot().get("md", 0, "state"), Some(MdState::Exited as u64));
     drop(io2);
 }
@@ -316,5 +317,68 @@ fn serve_ignores_a_stats_segment_of_another_epoch() {
     shutdown.trigger();
     let (r, stats) = md.join().unwrap();
     assert_eq!(r, Ok(()));
-    assert_eq!(stats.messages_in, 1);
+    assert_eq!(stats[Md::MessagesIn], 1);
+}
+
+/// Counter completeness: every counter md keeps (every `Md` counter, and every command the
+/// built-in service names) reaches `viewstats --json` with its description, from a real md on a
+/// real segment. A counter that md counted but the segment lacked, or that viewstats did not
+/// render or describe, fails here.
+#[test]
+fn every_md_counter_reaches_viewstats_json_with_its_help() {
+    use clap::Parser as _;
+    use md::Service;
+
+    let dir = TempDir::new("stats-complete");
+    let pair = pair_config("stats-complete", &dir);
+    let _cleanup = Cleanup(pair.clone(), vec![0]);
+    StatsSegment::create(pair.backend, &pair.name, 1, 1).unwrap();
+    let reader = StatsReader::attach(pair.backend, &pair.name).unwrap();
+    let mut io = pair.create(0, 1).unwrap();
+    let (shutdown, md) = start_md(&pair, 0);
+    assert_eq!(recv(&mut io).1, Kind::Hello);
+    let f = flow(7);
+    open(&mut io, f);
+    ping_pong(&mut io, None, f, 2);
+    wait_for(&reader, &[("md", 0, "commands.dumb.ping", 2), ("md", 0, "messages_in", 2)]);
+
+    let args = viewstats::Args::parse_from([
+        "viewstats",
+        "--json",
+        "--name",
+        pair.name.as_str(),
+        "--backend",
+        "posix",
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(viewstats::run(&args, &mut out).unwrap(), 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("viewstats --json is JSON");
+    let block = &v["sections"]["md"][0];
+    assert_eq!(block["instance"], 0);
+    let described = &v["counters"]["md"];
+    let check = |name: &str, help: Option<&str>| {
+        assert!(block["values"][name].is_u64(), "md counter {name} missing from --json values");
+        let got = described[name]["help"].as_str();
+        assert!(got.is_some_and(|h| !h.is_empty()), "md counter {name} has no description");
+        if let Some(h) = help {
+            assert_eq!(got, Some(h), "description of {name}");
+        }
+    };
+    for c in Md::ALL {
+        check(c.desc().name, Some(c.desc().help));
+    }
+    let names = Builtin::new(DumbOptions::default()).command_names();
+    assert!(!names.is_empty());
+    for n in names {
+        check(&format!("{COMMANDS_PREFIX}{n}"), None);
+    }
+    check(&format!("{COMMANDS_PREFIX}{OTHER_COMMAND}"), None);
+    assert_eq!(block["values"]["commands.dumb.ping"], 2);
+    // Nothing else: the md block shows exactly these counters.
+    let shown = block["values"].as_object().unwrap().len();
+    assert_eq!(shown, Md::COUNT + names.len() + 1, "{block}");
+
+    shutdown.trigger();
+    let (r, _) = md.join().unwrap();
+    assert_eq!(r, Ok(()));
 }

@@ -11,9 +11,10 @@ use shmq::layout::Direction;
 use shmq::region::{Backend, Segment};
 use shmq::ring::{HeapMemory, Memory};
 use shmq::stats::{
-    self, CounterKind, HIST_BUCKETS, IO_COUNTERS, Io, MD_COUNTERS, Md, MdState, QueueConsumer,
-    QueueProducer, SEQLOCK_RETRIES, StatsError, StatsReader, StatsSegment, bucket_index,
-    bucket_upper_bound, quantile, required_len,
+    self, COMMAND_NAME_WORDS, COMMAND_SLOTS, CommandNameError, CounterKind, HIST_BUCKETS,
+    IO_COUNTERS, Io, IoCounts, MD_COMMANDS_WORD, MD_COUNTERS, MD_NAMES_WORD, MD_OTHER_WORD,
+    MD_WORDS, Md, MdCounts, MdState, QueueConsumer, QueueProducer, SEQLOCK_RETRIES, StatsError,
+    StatsReader, StatsSegment, bucket_index, bucket_upper_bound, quantile, required_len,
 };
 use shmq::sync::{AtomicU64, Ordering};
 use shmq::sys::ProcId;
@@ -58,9 +59,23 @@ fn layout_sections_and_descriptors() {
             (c.name, c.unit, c.help, c.kind)
         );
     }
-    for (i, (d, c)) in r.sections()[1].descriptors.iter().zip(MD_COUNTERS.iter()).enumerate() {
-        assert_eq!((d.name.as_str(), d.word), (c.name, i + 1));
+    let md = &r.sections()[1];
+    for (i, (d, c)) in md.descriptors.iter().zip(MD_COUNTERS.iter()).enumerate() {
+        assert_eq!((d.name.as_str(), d.word, d.name_word), (c.name, i + 1, 0));
     }
+    // Then the command slots, named by the block, then `commands.other`; the names area has no
+    // descriptors.
+    assert_eq!((md.words, md.descriptors.len()), (MD_WORDS, Md::COUNT + COMMAND_SLOTS + 1));
+    for (i, d) in md.descriptors[Md::COUNT..Md::COUNT + COMMAND_SLOTS].iter().enumerate() {
+        assert_eq!(d.word, MD_COMMANDS_WORD + i);
+        assert_eq!(d.name_word, MD_NAMES_WORD + i * COMMAND_NAME_WORDS);
+        assert_eq!(d.kind, CounterKind::Counter);
+    }
+    let other = md.descriptors.last().unwrap();
+    assert_eq!(
+        (other.name.as_str(), other.word, other.name_word),
+        ("commands.other", MD_OTHER_WORD, 0)
+    );
     let cons = &r.sections()[3];
     assert_eq!(cons.words, QueueConsumer::COUNT + HIST_BUCKETS);
     let buckets: Vec<u64> = cons
@@ -259,6 +274,105 @@ fn concurrent_writer_and_reader_see_agreeing_values() {
     assert!(consistent > 0);
 }
 
+#[test]
+fn publish_copies_local_counts() {
+    let (mem, sut) = heap(2);
+    let io = sut.io();
+    let mut c = IoCounts::default();
+    for (i, e) in Io::ALL.iter().enumerate() {
+        c[*e] = 100 + i as u64;
+    }
+    io.publish(&c);
+    let md = sut.attach_writer_md(1, ProcId { pid: 9, start_time: 10 }).unwrap();
+    let mut m = MdCounts::default();
+    m[Md::MessagesIn] = 5;
+    m[Md::BusyNs] = 6;
+    m[Md::Pid] = 12345; // identity words are not copied from local counts
+    md.publish(&m);
+    let snap = StatsReader::attach_in(mem).unwrap().snapshot();
+    for (i, e) in Io::ALL.iter().enumerate() {
+        assert_eq!(snap.get("io", 0, e.desc().name), Some(100 + i as u64), "{e:?}");
+    }
+    assert_eq!(snap.get("md", 1, "messages_in"), Some(5));
+    assert_eq!(snap.get("md", 1, "busy_ns"), Some(6));
+    assert_eq!(snap.get("md", 1, "pid"), Some(9));
+    assert_eq!(snap.get("md", 1, "state"), Some(MdState::Starting as u64));
+}
+
+#[test]
+fn command_slots_are_named_by_their_md() {
+    let (mem, sut) = heap(2);
+    // Two slots, two services: each block carries its own names.
+    let a = sut.attach_writer_md(0, ProcId { pid: 1, start_time: 1 }).unwrap();
+    let b = sut.attach_writer_md(1, ProcId { pid: 2, start_time: 2 }).unwrap();
+    a.set_command_names(&["echo", "dumb.ping"]).unwrap();
+    b.set_command_names(&["upper"]).unwrap();
+    let mut n = [0; COMMAND_SLOTS];
+    n[0] = 3;
+    n[1] = 4;
+    a.publish_commands(&n, 2);
+    n = [0; COMMAND_SLOTS];
+    n[0] = 7;
+    b.publish_commands(&n, 0);
+    // A refused list writes nothing.
+    assert_eq!(b.set_command_names(&["other"]), Err(CommandNameError::Reserved { index: 0 }));
+
+    let snap = StatsReader::attach_in(mem.clone()).unwrap().snapshot();
+    assert_eq!(snap.get("md", 0, "commands.echo"), Some(3));
+    assert_eq!(snap.get("md", 0, "commands.dumb.ping"), Some(4));
+    assert_eq!(snap.get("md", 0, "commands.other"), Some(2));
+    assert_eq!(snap.get("md", 0, "commands.upper"), None);
+    assert_eq!(snap.get("md", 1, "commands.upper"), Some(7));
+    let names = |i: u32| -> Vec<String> {
+        let blk = snap.block("md", i).unwrap();
+        snap.counters(blk)
+            .filter(|c| c.name.starts_with("commands."))
+            .map(|c| c.name.to_owned())
+            .collect()
+    };
+    // Unused, unnamed slots are not listed.
+    assert_eq!(names(0), ["commands.echo", "commands.dumb.ping", "commands.other"]);
+    assert_eq!(names(1), ["commands.upper", "commands.other"]);
+
+    // A new md in the slot starts without names and counts.
+    let a2 = sut.attach_writer_md(0, ProcId { pid: 3, start_time: 3 }).unwrap();
+    let snap = sut.reader().snapshot();
+    assert_eq!(snap.get("md", 0, "commands.echo"), None);
+    drop(a2);
+
+    // A hostile writer: garbage in slot 0's name area, slot 1 naming a duplicate of slot 2.
+    let r = StatsReader::attach_in(mem.clone()).unwrap();
+    let block = r.block_offset(1, 1);
+    let word = |w: usize| {
+        // SAFETY: in bounds (the reader validated that the md block has MD_WORDS words after its
+        // sequence, and w <= MD_WORDS), 8-aligned, and the word is only accessed through atomics.
+        unsafe { &*mem.as_ptr().add(block + w * 8).cast::<AtomicU64>() }
+    };
+    word(MD_NAMES_WORD).store(u64::MAX, Ordering::Relaxed);
+    for (slot, name) in [(1, "dup"), (2, "dup")] {
+        for (k, v) in stats::encode_name(name).into_iter().enumerate() {
+            word(MD_NAMES_WORD + slot * COMMAND_NAME_WORDS + k).store(v, Ordering::Relaxed);
+        }
+        word(MD_COMMANDS_WORD + slot).store(10 + slot as u64, Ordering::Relaxed);
+    }
+    let snap = r.snapshot();
+    let blk = snap.block("md", 1).unwrap();
+    let got: Vec<(String, u64, bool)> = snap
+        .counters(blk)
+        .filter(|c| c.name.starts_with("commands."))
+        .map(|c| (c.name.to_owned(), c.value, c.bad_name))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("commands.#0".to_owned(), 7, true),
+            ("commands.dup".to_owned(), 11, false),
+            ("commands.#2".to_owned(), 12, true),
+            ("commands.other".to_owned(), 0, false),
+        ]
+    );
+}
+
 // ---- Real segments ----------------------------------------------------------------------------
 
 fn unique(test: &str) -> String {
@@ -286,13 +400,16 @@ fn real_segment_create_attach_read_remove() {
         io_side.io().add(Io::MessagesIn, 3);
         let md_side = StatsSegment::attach(backend, &name).unwrap();
         let md = md_side.attach_writer_md(1, ProcId::current()).unwrap();
-        md.inc(Md::DumbPing);
+        md.set_command_names(&["dumb.ping"]).unwrap();
+        let mut cmds = [0; COMMAND_SLOTS];
+        cmds[0] = 1;
+        md.publish_commands(&cmds, 0);
         let view = StatsReader::attach(backend, &name).unwrap();
         let snap = view.snapshot();
         assert_eq!(snap.info.epoch, 77);
         assert_eq!(snap.info.creator_pid, std::process::id());
         assert_eq!(snap.get("io", 0, "messages_in"), Some(3));
-        assert_eq!(snap.get("md", 1, "dumb_ping"), Some(1));
+        assert_eq!(snap.get("md", 1, "commands.dumb.ping"), Some(1));
         assert_eq!(snap.get("md", 1, "pid"), Some(std::process::id() as u64));
         drop((io_side, md_side, md, view));
         assert!(StatsSegment::remove(backend, &name).unwrap());

@@ -1,14 +1,18 @@
 //! Turning a snapshot into text: the one-shot table, JSON and Prometheus exposition.
 //!
-//! Everything here is generic over the segment's descriptor table; the only names it knows are
-//! the `md` section (for "which slots are in use", the slot state and start time) and the
-//! `X.producer` / `X.consumer` naming of queue halves (for labels).
+//! Everything here is generic over the segment's descriptor table, read through
+//! [`Snapshot::counters`], which also resolves the names a block's writer registered (an md's
+//! command counts, `commands.<name>`): every mode shows the same counters under the same names.
+//! The only names it knows are the `md` section (for "which slots are in use", the slot state and
+//! start time), the `X.producer` / `X.consumer` naming of queue halves (for labels), and that a
+//! dotted counter name `family.key` (the md's `commands.dumb.ping`) is one Prometheus family with
+//! a `command` label.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json as j};
-use shmq::stats::{BlockSnapshot, CounterKind, Descriptor, MdState, Snapshot, quantile};
+use shmq::stats::{BlockSnapshot, Counter, CounterKind, Descriptor, MdState, Snapshot, quantile};
 use shmq::sys::{Liveness, ProcId};
 
 use crate::Target;
@@ -45,8 +49,7 @@ pub(crate) fn is_shown(s: &Snapshot, b: &BlockSnapshot, shown: &[bool]) -> bool 
 
 /// Value of counter `name` in `b`.
 pub(crate) fn value(s: &Snapshot, b: &BlockSnapshot, name: &str) -> Option<u64> {
-    let d = s.sections[b.section].descriptors.iter().find(|d| d.name == name)?;
-    b.values.get(d.word - 1).copied()
+    s.counters(b).find(|c| c.name == name).map(|c| c.value)
 }
 
 /// When the writer of `b` started (Unix ns): the md's start time for md-written blocks, else the
@@ -91,23 +94,23 @@ impl Hist<'_> {
     }
 }
 
-/// Scalar values (counters and gauges) and histograms of a block, in descriptor order.
+/// Scalar values (counters and gauges) and histograms of a block, in descriptor order, named as
+/// [`Snapshot::counters`] names them.
 pub(crate) fn split<'a>(
     s: &'a Snapshot,
-    b: &BlockSnapshot,
-) -> (Vec<(&'a Descriptor, u64)>, Vec<Hist<'a>>) {
-    let sec = &s.sections[b.section];
+    b: &'a BlockSnapshot,
+) -> (Vec<Counter<'a>>, Vec<Hist<'a>>) {
     let mut scalars = Vec::new();
     let mut hists: Vec<Hist<'a>> = Vec::new();
-    for d in &sec.descriptors {
-        let v = b.values.get(d.word - 1).copied().unwrap_or(0);
+    for c in s.counters(b) {
+        let (d, v) = (c.desc, c.value);
         match d.kind {
-            CounterKind::Counter | CounterKind::Gauge => scalars.push((d, v)),
+            CounterKind::Counter | CounterKind::Gauge => scalars.push(c),
             CounterKind::Bucket | CounterKind::HistSum => {
-                let h = match hists.iter_mut().position(|h| h.name == d.name) {
+                let h = match hists.iter_mut().position(|h| h.name == c.name) {
                     Some(i) => &mut hists[i],
                     None => {
-                        hists.push(Hist { name: &d.name, desc: d, buckets: Vec::new(), sum: 0 });
+                        hists.push(Hist { name: c.name, desc: d, buckets: Vec::new(), sum: 0 });
                         hists.last_mut().expect("just pushed")
                     }
                 };
@@ -167,16 +170,20 @@ pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
             if secs > 0.0 { format!("{:.2}", v as f64 / secs) } else { "-".to_owned() }
         };
         let (scalars, hists) = split(s, b);
-        for (d, v) in scalars {
+        for c in scalars {
+            let (d, v) = (c.desc, c.value);
             let r = if d.kind == CounterKind::Counter { rate(v) } else { "-".to_owned() };
             let mut help = d.help.clone();
-            if s.sections[b.section].name == "md" && d.name == "state" {
+            if s.sections[b.section].name == "md" && c.name == "state" {
                 help = format!("{} ({})", state_name(v), d.help);
+            }
+            if c.bad_name {
+                help.push_str(" [its name in the segment is unreadable]");
             }
             if !b.consistent {
                 help.push_str(" [inconsistent read]");
             }
-            let _ = writeln!(o, "{:<40} {:>16} {:>12}  {}", key(s, b, &d.name), v, r, help);
+            let _ = writeln!(o, "{:<40} {:>16} {:>12}  {}", key(s, b, c.name), v, r, help);
         }
         for h in hists {
             let c = h.count();
@@ -194,21 +201,36 @@ pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
     o
 }
 
-/// One JSON document: header fields, then per section a list of blocks with their values and
-/// histograms (count, sum, quantile bounds and the raw buckets).
+/// `{kind, unit, help}` of a counter, for the JSON `counters` map.
+fn describe(d: &Descriptor) -> Value {
+    let kind = match d.kind {
+        CounterKind::Counter => "counter",
+        CounterKind::Gauge => "gauge",
+        CounterKind::Bucket | CounterKind::HistSum => "histogram",
+    };
+    j!({ "kind": kind, "unit": d.unit, "help": d.help })
+}
+
+/// One JSON document: header fields, then per section the description of every counter shown
+/// (`counters`: name → kind, unit, help) and a list of blocks with their values and histograms
+/// (count, sum, quantile bounds and the raw buckets).
 pub fn json(t: &Target, s: &Snapshot, all: bool) -> Value {
     let shown = shown_slots(s, all);
     let mut sections = Map::new();
+    let mut counters = Map::new();
     for (si, sec) in s.sections.iter().enumerate() {
         let mut blocks = Vec::new();
+        let mut described = Map::new();
         for b in s.blocks.iter().filter(|b| b.section == si && is_shown(s, b, &shown)) {
             let (scalars, hists) = split(s, b);
             let mut values = Map::new();
-            for (d, v) in scalars {
-                values.insert(d.name.clone(), j!(v));
+            for c in scalars {
+                values.insert(c.name.to_owned(), j!(c.value));
+                described.entry(c.name.to_owned()).or_insert_with(|| describe(c.desc));
             }
             let mut hs = Map::new();
             for h in hists {
+                described.entry(h.name.to_owned()).or_insert_with(|| describe(h.desc));
                 let q = |p| quantile(&h.buckets, p);
                 hs.insert(
                     h.name.to_owned(),
@@ -235,6 +257,7 @@ pub fn json(t: &Target, s: &Snapshot, all: bool) -> Value {
             blocks.push(Value::Object(block));
         }
         sections.insert(sec.name.clone(), Value::Array(blocks));
+        counters.insert(sec.name.clone(), Value::Object(described));
     }
     j!({
         "name": t.name,
@@ -248,6 +271,7 @@ pub fn json(t: &Target, s: &Snapshot, all: bool) -> Value {
         "layout_version": s.info.layout_version,
         "schema_version": s.info.schema_version,
         "taken_unix_ns": s.taken_unix_ns,
+        "counters": Value::Object(counters),
         "sections": Value::Object(sections),
     })
 }
@@ -356,8 +380,14 @@ pub fn prometheus(s: &Snapshot, all: bool) -> String {
     for b in s.blocks.iter().filter(|b| is_shown(s, b, &shown)) {
         let (stem, lab) = prom_stem(s, b);
         let (scalars, hists) = split(s, b);
-        for (d, v) in scalars {
-            let (mut name, scale) = prom_name(&stem, &d.name, &d.unit);
+        for c in scalars {
+            let (d, v) = (c.desc, c.value);
+            // `commands.dumb.ping`: family `commands`, label command="dumb.ping".
+            let (family, label) = match c.name.split_once('.') {
+                Some((f, k)) => (f, Some(("command", k.to_owned()))),
+                None => (c.name, None),
+            };
+            let (mut name, scale) = prom_name(&stem, family, &d.unit);
             let typ = if d.kind == CounterKind::Counter {
                 name.push_str("_total");
                 "counter"
@@ -365,7 +395,7 @@ pub fn prometheus(s: &Snapshot, all: bool) -> String {
                 "gauge"
             };
             let val = if scale == 1.0 { v.to_string() } else { ns_as_secs(v) };
-            let line = format!("{name}{} {val}", labels(&lab, None));
+            let line = format!("{name}{} {val}", labels(&lab, label));
             add(&name, &d.help, typ, line);
         }
         for h in hists {

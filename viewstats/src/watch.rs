@@ -7,7 +7,9 @@
 use std::io::Write;
 use std::time::Instant;
 
-use shmq::stats::{BlockSnapshot, CounterKind, MdState, Snapshot, StatsError, StatsReader};
+use shmq::stats::{
+    BlockSnapshot, COMMANDS_PREFIX, CounterKind, MdState, Snapshot, StatsError, StatsReader,
+};
 
 use crate::Target;
 use crate::render::{creator_alive, fmt_ns, is_shown, key, quantiles, shown_slots, split, value};
@@ -115,7 +117,8 @@ impl Watch {
         // io_conn.
         let _ = writeln!(o, "\n{:<36} {:>14} {:>12}", "io_conn", "VALUE", "/s");
         for b in s.blocks.iter().filter(|b| s.sections[b.section].name == "io") {
-            for (d, v) in split(s, b).0 {
+            for c in split(s, b).0 {
+                let d = c.desc;
                 if d.unit == "mono_ns" {
                     continue;
                 }
@@ -124,7 +127,7 @@ impl Watch {
                 } else {
                     String::new()
                 };
-                let _ = writeln!(o, "  {:<34} {:>14} {:>12}", d.name, v, r);
+                let _ = writeln!(o, "  {:<34} {:>14} {:>12}", c.name, c.value, r);
             }
         }
         // md slots, one row each, and a total.
@@ -171,6 +174,22 @@ impl Watch {
             "{:<6} {:<9} {:>8} {:>12} {:>9.1} {:>12} {:>9.1} {:>8} {:>6.1}",
             "total", "", "", tot[0], tot_rate[0], tot[1], tot_rate[1], tot[2], tot_rate[2]
         );
+        // Requests by command, per md slot, under the names the md registered.
+        let mut header = false;
+        for b in s.blocks.iter().filter(|b| s.sections[b.section].name == "md") {
+            if !is_shown(s, b, &shown) {
+                continue;
+            }
+            for c in s.counters(b).filter(|c| c.name.starts_with(COMMANDS_PREFIX)) {
+                if !header {
+                    let _ = writeln!(o, "\n{:<36} {:>14} {:>12}", "commands", "VALUE", "/s");
+                    header = true;
+                }
+                let r = fmt_rate(self.rate(s, b, c.desc.word, now));
+                let bad = if c.bad_name { " (unreadable name)" } else { "" };
+                let _ = writeln!(o, "  {:<34} {:>14} {:>12}{bad}", key(s, b, c.name), c.value, r);
+            }
+        }
         // Queue halves.
         let _ = writeln!(
             o,

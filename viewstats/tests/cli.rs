@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shmq::layout::Direction;
 use shmq::region::Backend;
-use shmq::stats::{Io, Md, MdState, QueueProducer, StatsReader, StatsSegment};
+use shmq::stats::{COMMAND_SLOTS, Io, Md, MdState, QueueProducer, StatsReader, StatsSegment};
 use shmq::sys::ProcId;
 
 const BIN: &str = env!("CARGO_BIN_EXE_viewstats");
@@ -35,7 +35,8 @@ impl Server {
         self.seg.as_ref().expect("segment")
     }
     /// Known values: io 5 accepted, 2 current, 1234 bytes in; md slot 1 running with 10 in / 9
-    /// out / 10 PING; its input queue: 10 frames, waits 500, 500, 500, 5000 ns.
+    /// out, commands `dumb.ping` 10, `dumb.wait` 0 and 1 without a name; its input queue: 10
+    /// frames, waits 500, 500, 500, 5000 ns.
     fn fill(&self) {
         let s = self.seg();
         let io = s.io();
@@ -46,7 +47,10 @@ impl Server {
         md.set_state(MdState::Running);
         md.add(Md::MessagesIn, 10);
         md.add(Md::MessagesOut, 9);
-        md.add(Md::DumbPing, 10);
+        md.set_command_names(&["dumb.ping", "dumb.wait"]).unwrap();
+        let mut commands = [0; COMMAND_SLOTS];
+        commands[0] = 10;
+        md.publish_commands(&commands, 1);
         md.add(Md::BusyNs, 2_500_000_000);
         s.queue_producer(1, Direction::ToMd).unwrap().set(QueueProducer::Frames, 10);
         let c = s.queue_consumer(1, Direction::ToMd).unwrap();
@@ -116,6 +120,13 @@ fn one_shot_table() {
     assert_eq!(row("md.1.state")[1..3], ["2".to_owned(), "-".to_owned()]);
     assert!(row("md.1.state").contains(&"running".to_owned()));
     assert_eq!(row("in.1.producer.frames")[1], "10");
+    // Command slots under the names the md registered; unused slots are not listed.
+    let r = row("md.1.commands.dumb.ping");
+    assert_eq!(r[1], "10");
+    assert_eq!(r[3..].join(" "), "Requests of this command, as counted by the md's service");
+    assert_eq!(row("md.1.commands.dumb.wait")[1], "0");
+    assert_eq!(row("md.1.commands.other")[1], "1");
+    assert!(!out.contains("md.1.commands.#"), "unnamed slots are hidden:\n{out}");
     let w = row("in.1.consumer.wait_ns");
     assert_eq!(w[1], "4");
     assert!(w.iter().any(|x| x == "p50<=511ns"), "{w:?}");
@@ -161,7 +172,21 @@ fn json_values_are_exact() {
     assert_eq!(md[0]["values"]["pid"], std::process::id());
     assert_eq!(md[0]["values"]["messages_in"], 10);
     assert_eq!(md[0]["values"]["messages_out"], 9);
-    assert_eq!(md[0]["values"]["dumb_ping"], 10);
+    assert_eq!(md[0]["values"]["commands.dumb.ping"], 10);
+    assert_eq!(md[0]["values"]["commands.dumb.wait"], 0);
+    assert_eq!(md[0]["values"]["commands.other"], 1);
+    // Every value shown is described.
+    for (sec, blocks) in v["sections"].as_object().unwrap() {
+        for b in blocks.as_array().unwrap() {
+            for (n, _) in b["values"].as_object().unwrap() {
+                let d = &v["counters"][sec][n];
+                assert!(d["help"].as_str().is_some_and(|h| !h.is_empty()), "{sec}.{n}: {d}");
+            }
+        }
+    }
+    let d = &v["counters"]["md"]["commands.dumb.ping"];
+    assert_eq!((d["kind"].as_str(), d["unit"].as_str()), (Some("counter"), Some("requests")));
+    assert_eq!(v["counters"]["in.consumer"]["wait_ns"]["kind"], "histogram");
     assert_eq!(md[0]["values"]["busy_ns"], 2_500_000_000u64);
     assert_eq!(md[0]["values"]["epoch"], 32);
     let inq = &v["sections"]["in.consumer"][0];
@@ -240,6 +265,10 @@ fn prometheus_output_parses() {
     let out = text(&o.stdout);
     assert!(out.contains("# TYPE shmsrv_io_connections_accepted_total counter\n"), "{out}");
     assert!(out.contains("# TYPE shmsrv_start_time_seconds gauge\n"));
+    assert!(
+        out.contains("shmsrv_md_commands_total{slot=\"1\",command=\"dumb.ping\"} 10\n"),
+        "{out}"
+    );
     let Some(f) = parse_prometheus(&out) else { return };
     assert_eq!(f["shmsrv_io_connections_accepted"]["type"], "counter");
     assert_eq!(f["shmsrv_io_connections_accepted"]["help"], "Client connections accepted");
@@ -260,6 +289,20 @@ fn prometheus_output_parses() {
     assert_eq!(*sample(&f, "shmsrv_md_messages_in", "shmsrv_md_messages_in_total", &slot1), 10.0);
     assert_eq!(*sample(&f, "shmsrv_md_busy_seconds", "shmsrv_md_busy_seconds_total", &slot1), 2.5);
     assert_eq!(f["shmsrv_md_start_time_seconds"]["type"], "gauge");
+    // Commands: one family, the registered name as a label.
+    let cmd = |c: &str| {
+        sample(
+            &f,
+            "shmsrv_md_commands",
+            "shmsrv_md_commands_total",
+            &[("slot", "1"), ("command", c)],
+        )
+        .clone()
+    };
+    assert_eq!(cmd("dumb.ping"), 10.0);
+    assert_eq!(cmd("dumb.wait"), 0.0);
+    assert_eq!(cmd("other"), 1.0);
+    assert_eq!(f["shmsrv_md_commands"]["type"], "counter");
     let q = [("slot", "1"), ("queue", "in")];
     assert_eq!(
         *sample(&f, "shmsrv_queue_producer_frames", "shmsrv_queue_producer_frames_total", &q),
@@ -354,6 +397,8 @@ fn watch_resets_rate_baselines_on_restart_and_slot_reuse() {
     };
     let r = row(&second, "connections_accepted");
     assert_eq!(r[1], "1005");
+    assert_eq!(row(&second, "md.1.commands.dumb.ping")[1], "10");
+    assert_eq!(row(&second, "md.1.commands.other")[1], "1");
     assert!(r[2].parse::<f64>().unwrap() > 0.0, "{r:?}");
 
     // The md in slot 1 is replaced by a new process with smaller counters: no negative rate.

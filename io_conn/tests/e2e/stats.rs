@@ -33,7 +33,7 @@ fn issue_6_scripted_session_counters_exact() {
             &[
                 ("io", 0, "connections_accepted", 0),
                 ("io", 0, "md_attaches", 1),
-                ("md", 0, "dumb_ping", 0),
+                ("md", 0, "commands.dumb.ping", 0),
             ],
         )
     });
@@ -102,7 +102,7 @@ fn issue_6_scripted_session_counters_exact() {
     ];
     // md's side of the same session (md writes its own slot and its queue halves).
     let want_md = [
-        ("md", 0, "dumb_ping", m),
+        ("md", 0, "commands.dumb.ping", m),
         ("md", 0, "messages_in", m),
         ("md", 0, "messages_out", m),
         ("md", 0, "flows_opened", CONNS + 1),
@@ -226,7 +226,7 @@ fn issue_6_md_death_marks_slot_dead() {
     roundtrip(&mut a, b"PING\n", b"PONG\n");
     let pid = u64::from(md.id());
     sut.wait_stats("md running", |v| {
-        let mut p = expect_exact(v, &[("md", 0, "pid", pid), ("md", 0, "dumb_ping", 1)]);
+        let mut p = expect_exact(v, &[("md", 0, "pid", pid), ("md", 0, "commands.dumb.ping", 1)]);
         if v["sections"]["md"][0]["state_name"].as_str() != Some("running") {
             p.push(format!("md state {}", v["sections"]["md"][0]["state_name"]));
         }
