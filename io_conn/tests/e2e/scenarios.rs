@@ -73,7 +73,7 @@ fn scenario_b_stream_slow_reader_bounded() {
                 ("io", 0, "closed_by_peer", pings),
                 ("io", 0, "closed_credit_overrun", 0),
                 ("io", 0, "closed_error", 0),
-                ("md", 0, "dumb_stream", 1),
+                ("md", 0, "commands.dumb.stream", 1),
             ],
         );
         let sent = stat(v, "md", 0, "bytes_out");
