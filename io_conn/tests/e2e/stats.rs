@@ -282,3 +282,32 @@ fn issue_6_idle_timeout_closes_and_counts() {
     drop(next);
     sut.stop();
 }
+
+/// Every counter io_conn keeps (every `Io` of the schema its loop counts into) reaches the real
+/// `viewstats --json` of a running io_conn, with its schema description, and the io block shows
+/// nothing else.
+#[test]
+fn every_io_counter_reaches_viewstats_json_with_its_help() {
+    use io_conn::counters::{Counters, Io};
+
+    let sut = Server::start("st_complete", 1);
+    let mut c = sut.connect("dumb/line");
+    roundtrip(&mut c, b"PING\n", b"PONG\n");
+    let v = sut.wait_stats("one PING counted", |v| {
+        expect_exact(v, &[("io", 0, "messages_in", 1), ("io", 0, "md_attaches", 1)])
+    });
+    let block = &v["sections"]["io"][0];
+    let described = &v["counters"]["io"];
+    // The loop's counters are exactly the schema's: `Counters` is indexed by `Io`.
+    assert_eq!(Counters::default().iter().count(), Io::ALL.len());
+    for e in Io::ALL {
+        let d = e.desc();
+        assert!(block["values"][d.name].is_u64(), "io counter {} missing from --json", d.name);
+        assert_eq!(described[d.name]["help"].as_str(), Some(d.help), "description of {}", d.name);
+        assert_eq!(described[d.name]["unit"].as_str(), Some(d.unit), "unit of {}", d.name);
+    }
+    let shown = block["values"].as_object().expect("values object").len();
+    assert_eq!(shown, Io::ALL.len(), "the io block shows exactly io_conn's counters:\n{v:#}");
+    drop(c);
+    sut.stop();
+}
