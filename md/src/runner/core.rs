@@ -1,0 +1,495 @@
+//! The runner's `Core`: everything but the service (flow table, timers, stats), so service
+//! callbacks can borrow the service and the tables separately. Frames in, per-flow pumping out.
+
+use std::fmt;
+use std::time::Instant;
+
+use shmq::frame::{FlowId, Frame, Kind, OpenInfo, decode_drained};
+use shmq::ring::{Producer, PushError};
+use shmq::stats::Md;
+
+use super::flow::{Flow, FlowMap, KEEP_CAPACITY};
+use super::{Detach, RunnerOptions};
+use crate::service::{Ctx, Service, Status};
+use crate::stats::Stats;
+use crate::timer::Timers;
+
+/// Everything but the service, so callbacks can borrow the service and the tables separately.
+#[derive(Debug)]
+pub(super) struct Core<F> {
+    pub(super) opts: RunnerOptions,
+    pub(super) flows: Vec<Flow<F>>,
+    pub(super) index: FlowMap,
+    pub(super) free: Vec<u32>,
+    pub(super) dirty: Vec<u32>,
+    pub(super) blocked: Vec<u32>,
+    pub(super) timers: Timers,
+    pub(super) stats: Stats,
+    /// Set when the output ring turned out corrupt.
+    pub(super) fatal: Option<Detach>,
+    pub(super) max_payload: usize,
+    pub(super) now: Instant,
+    pub(super) warned_refused: bool,
+}
+
+impl<F: fmt::Debug> Core<F> {
+    pub(super) fn lookup(&mut self, id: FlowId) -> Option<usize> {
+        match self.index.get(&id.0) {
+            Some(&i) => Some(i as usize),
+            None => {
+                self.stats[Md::UnknownFlow] += 1;
+                None
+            }
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, idx: usize) {
+        let f = &mut self.flows[idx];
+        if !f.dirty {
+            f.dirty = true;
+            self.dirty.push(idx as u32);
+        }
+    }
+
+    pub(super) fn on_frame<S: Service<Flow = F>>(
+        &mut self,
+        svc: &mut S,
+        tx: &mut Producer,
+        f: Frame<'_>,
+    ) {
+        self.stats[Md::FramesIn] += 1;
+        match f.kind {
+            Kind::Open => self.on_open(svc, f),
+            Kind::Data => {
+                self.stats[Md::MessagesIn] += 1;
+                self.stats[Md::BytesIn] += f.payload.len() as u64;
+                if let Some(idx) = self.lookup(f.flowid) {
+                    self.on_data(svc, idx, f.payload);
+                }
+            }
+            Kind::Eof => {
+                self.stats[Md::Eofs] += 1;
+                if let Some(idx) = self.lookup(f.flowid) {
+                    self.flows[idx].eof = true;
+                    self.mark_dirty(idx);
+                }
+            }
+            Kind::Close => {
+                self.stats[Md::ClosesIn] += 1;
+                if let Some(idx) = self.lookup(f.flowid) {
+                    self.remove(svc, idx);
+                }
+            }
+            Kind::Drained => {
+                self.stats[Md::Drained] += 1;
+                let Ok(n) = decode_drained(f.payload) else {
+                    self.stats[Md::BadFrames] += 1;
+                    return;
+                };
+                if let Some(idx) = self.lookup(f.flowid) {
+                    let flow = &mut self.flows[idx];
+                    if n > flow.outstanding {
+                        self.stats[Md::BadFrames] += 1;
+                    }
+                    flow.outstanding = flow.outstanding.saturating_sub(n);
+                    if flow.busy {
+                        // Hand what is queued to the ring first, so `room` is accurate.
+                        self.flush_out(tx, idx);
+                        let st = self.call(svc, idx, |s, st, cx| s.drained(st, cx));
+                        if st == Some(Status::Done) {
+                            self.flows[idx].busy = false;
+                        }
+                    }
+                    self.mark_dirty(idx);
+                }
+            }
+            // The consumer only returns kinds allowed towards md; padding never reaches us.
+            Kind::Pad | Kind::Pause | Kind::Resume | Kind::Broadcast | Kind::Hello => {
+                self.stats[Md::BadFrames] += 1;
+            }
+        }
+    }
+
+    pub(super) fn on_open<S: Service<Flow = F>>(&mut self, svc: &mut S, f: Frame<'_>) {
+        if let Some(&old) = self.index.get(&f.flowid.0) {
+            log::debug!("OPEN for open flow {:?}: replacing it", f.flowid);
+            self.remove(svc, old as usize);
+        }
+        let (credit, info) = match OpenInfo::decode(f.payload) {
+            Ok(info) => (info.credit, Some(info)),
+            Err(e) => {
+                log::warn!("bad OPEN payload for flow {:?}: {e}; closing it", f.flowid);
+                (0, None)
+            }
+        };
+        let idx = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.flows.push(Flow::empty());
+                self.flows.len() - 1
+            }
+        };
+        self.flows[idx].reset(f.flowid, credit);
+        self.index.insert(f.flowid.0, idx as u32);
+        let state = match info {
+            Some(info) => {
+                let (_, mut cx) = self.split(idx);
+                let st = svc.open(&info, &mut cx);
+                if st.is_none() && !self.warned_refused {
+                    self.warned_refused = true;
+                    log::warn!(
+                        "refusing flows of service {:?} (not served by this md); \
+                         further refusals are only counted",
+                        info.service
+                    );
+                }
+                st
+            }
+            None => None,
+        };
+        if state.is_some() {
+            self.stats[Md::FlowsOpened] += 1;
+        } else {
+            self.stats[Md::FlowsRefused] += 1;
+        }
+        self.flows[idx].svc = state;
+        self.mark_dirty(idx);
+    }
+
+    pub(super) fn on_data<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize, msg: &[u8]) {
+        let flow = &mut self.flows[idx];
+        if flow.svc.is_none() || flow.eof_done {
+            self.stats[Md::BadFrames] += 1;
+            return;
+        }
+        if flow.backlog_count == 0 && flow.can_run() {
+            self.run_message(svc, idx, msg);
+        } else {
+            flow.hold(msg);
+            self.stats[Md::Held] += 1;
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// Calls `f` with the service, the flow's state and a context; `None` if the flow has no
+    /// service state.
+    pub(super) fn call<S, R>(
+        &mut self,
+        svc: &mut S,
+        idx: usize,
+        f: impl FnOnce(&mut S, &mut F, &mut Ctx<'_>) -> R,
+    ) -> Option<R>
+    where
+        S: Service<Flow = F>,
+    {
+        let (state, mut cx) = self.split(idx);
+        Some(f(svc, state?, &mut cx))
+    }
+
+    /// Flow `idx`'s service state (if any) and a context over its output, timers and the stats.
+    pub(super) fn split(&mut self, idx: usize) -> (Option<&mut F>, Ctx<'_>) {
+        let Self { flows, timers, stats, now, max_payload, .. } = self;
+        let flow = &mut flows[idx];
+        let avail = flow.avail();
+        let Flow { id, svc, out, out_base, bcast, .. } = flow;
+        let cx = Ctx {
+            flow: *id,
+            slot: idx as u32,
+            out,
+            out_base: *out_base,
+            bcast,
+            max_payload: *max_payload,
+            avail,
+            timers,
+            stats,
+            now: *now,
+        };
+        (svc.as_mut(), cx)
+    }
+
+    pub(super) fn run_message<S: Service<Flow = F>>(
+        &mut self,
+        svc: &mut S,
+        idx: usize,
+        msg: &[u8],
+    ) {
+        if let Some(st) = self.call(svc, idx, |s, st, cx| s.message(st, msg, cx)) {
+            self.flows[idx].busy = st == Status::Pending;
+        }
+    }
+
+    /// Runs the oldest held request of flow `idx`.
+    pub(super) fn run_held<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize) {
+        let Self { flows, timers, stats, now, max_payload, .. } = self;
+        let flow = &mut flows[idx];
+        let h = flow.backlog_head;
+        let len = u32::from_le_bytes([
+            flow.backlog[h],
+            flow.backlog[h + 1],
+            flow.backlog[h + 2],
+            flow.backlog[h + 3],
+        ]) as usize;
+        let range = h + 4..h + 4 + len;
+        flow.backlog_head = range.end;
+        flow.backlog_count -= 1;
+        let avail = flow.avail();
+        if let Some(state) = flow.svc.as_mut() {
+            let mut cx = Ctx {
+                flow: flow.id,
+                slot: idx as u32,
+                out: &mut flow.out,
+                out_base: flow.out_base,
+                bcast: &mut flow.bcast,
+                max_payload: *max_payload,
+                avail,
+                timers,
+                stats,
+                now: *now,
+            };
+            let st = svc.message(state, &flow.backlog[range], &mut cx);
+            flow.busy = st == Status::Pending;
+        }
+        if flow.backlog_count == 0 {
+            flow.backlog.clear();
+            flow.backlog_head = 0;
+        }
+    }
+
+    pub(super) fn fire_timers<S: Service<Flow = F>>(&mut self, svc: &mut S) -> bool {
+        let mut any = false;
+        while let Some(e) = self.timers.pop_due(self.now) {
+            let idx = e.slot as usize;
+            let Some(flow) = self.flows.get(idx) else { continue };
+            if !flow.live || flow.id != e.flow {
+                continue; // lazily cancelled: the flow closed
+            }
+            any = true;
+            self.stats[Md::TimersFired] += 1;
+            if let Some(st) = self.call(svc, idx, |s, st, cx| s.timer(st, e.token, cx)) {
+                let flow = &mut self.flows[idx];
+                if flow.busy && st == Status::Done {
+                    flow.busy = false;
+                }
+            }
+            self.mark_dirty(idx);
+        }
+        any
+    }
+
+    /// Moves the flow's outbox into the ring as far as credit and ring space allow, with its
+    /// queued broadcasts in place (each after the output written before it). Returns true if
+    /// the ring was full.
+    pub(super) fn flush_out(&mut self, tx: &mut Producer, idx: usize) -> bool {
+        let flow = &mut self.flows[idx];
+        let mut sent = 0;
+        let mut full = false;
+        loop {
+            // Output up to the next broadcast's mark (or all of it) goes first.
+            let next = flow.next_broadcast();
+            let end = match &next {
+                // A mark is never behind `out_base`: output is pushed only up to the next mark.
+                Some((mark, _)) => {
+                    (mark.saturating_sub(flow.out_base) as usize).min(flow.out.len())
+                }
+                None => flow.out.len(),
+            };
+            if sent < end {
+                let avail = flow.avail().min(self.max_payload as u64) as usize;
+                let n = (end - sent).min(avail);
+                if n == 0 {
+                    break; // out of credit: later output and broadcasts wait for DRAINED
+                }
+                match tx.try_push(flow.id, Kind::Data, 0, &flow.out[sent..sent + n]) {
+                    Ok(()) => {
+                        sent += n;
+                        flow.outstanding += n as u64;
+                        self.stats[Md::MessagesOut] += 1;
+                        self.stats[Md::BytesOut] += n as u64;
+                        continue;
+                    }
+                    Err(e) => {
+                        push_failed(&mut self.stats, &mut self.fatal, e);
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            let Some((_, range)) = next else { break };
+            // Flow id 0: a broadcast belongs to no flow. Not counted against credit.
+            match tx.try_push(FlowId(0), Kind::Broadcast, 0, &flow.bcast[range.clone()]) {
+                Ok(()) => {
+                    flow.bcast_head = range.end;
+                    self.stats[Md::MessagesOut] += 1;
+                }
+                Err(e) => {
+                    push_failed(&mut self.stats, &mut self.fatal, e);
+                    full = true;
+                    break;
+                }
+            }
+        }
+        if sent == flow.out.len() {
+            flow.out.clear();
+        } else if sent > 0 {
+            flow.out.drain(..sent);
+        }
+        flow.out_base += sent as u64;
+        if !flow.has_broadcasts() {
+            flow.bcast.clear();
+            flow.bcast_head = 0;
+        }
+        full
+    }
+
+    /// Pushes an empty control frame; false if the ring is full.
+    pub(super) fn control(&mut self, tx: &mut Producer, id: FlowId, kind: Kind) -> bool {
+        match tx.try_push(id, kind, 0, &[]) {
+            Ok(()) => true,
+            Err(e) => {
+                push_failed(&mut self.stats, &mut self.fatal, e);
+                false
+            }
+        }
+    }
+
+    /// Brings flow `idx` forward as far as it can go now (see the module docs).
+    pub(super) fn pump<S: Service<Flow = F>>(
+        &mut self,
+        svc: &mut S,
+        tx: &mut Producer,
+        idx: usize,
+    ) {
+        if !self.flows[idx].live {
+            return;
+        }
+        let mut full;
+        loop {
+            full = self.flush_out(tx, idx);
+            let flow = &self.flows[idx];
+            if flow.backlog_count > 0 && flow.can_run() && flow.svc.is_some() {
+                self.run_held(svc, idx);
+                continue;
+            }
+            if flow.eof && !flow.eof_done && !flow.busy && flow.backlog_count == 0 {
+                self.call(svc, idx, |s, st, cx| s.eof(st, cx));
+                self.flows[idx].eof_done = true;
+                continue;
+            }
+            break;
+        }
+        if self.fatal.is_some() {
+            return;
+        }
+        let o = &self.opts;
+        let flow = &self.flows[idx];
+        let (count, bytes) = (flow.backlog_count, flow.backlog_bytes());
+        let want_pause = count > o.hold_max_requests || bytes > o.hold_max_bytes;
+        let want_resume = count <= o.resume_requests && bytes <= o.resume_bytes;
+        let id = flow.id;
+        if !flow.paused && want_pause {
+            if self.control(tx, id, Kind::Pause) {
+                self.flows[idx].paused = true;
+                self.stats[Md::Pauses] += 1;
+            } else {
+                full = true;
+            }
+        } else if flow.paused && want_resume {
+            if self.control(tx, id, Kind::Resume) {
+                self.flows[idx].paused = false;
+                self.stats[Md::Resumes] += 1;
+            } else {
+                full = true;
+            }
+        }
+        let flow = &self.flows[idx];
+        let closing = flow.svc.is_none() || (flow.eof_done && !flow.busy);
+        if closing && flow.out.is_empty() && !flow.has_broadcasts() {
+            if self.control(tx, id, Kind::Close) {
+                self.stats[Md::ClosesOut] += 1;
+                self.remove(svc, idx);
+                return;
+            }
+            full = true;
+        }
+        let flow = &mut self.flows[idx];
+        if full && !flow.blocked && self.fatal.is_none() {
+            flow.blocked = true;
+            self.blocked.push(idx as u32);
+        }
+    }
+
+    pub(super) fn pump_dirty<S: Service<Flow = F>>(&mut self, svc: &mut S, tx: &mut Producer) {
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let idx = self.dirty[i] as usize;
+            self.flows[idx].dirty = false;
+            self.pump(svc, tx, idx);
+            i += 1;
+        }
+        self.dirty.clear();
+    }
+
+    pub(super) fn requeue_blocked(&mut self) {
+        for i in 0..self.blocked.len() {
+            let idx = self.blocked[i] as usize;
+            self.flows[idx].blocked = false;
+            if self.flows[idx].live {
+                self.mark_dirty(idx);
+            }
+        }
+        self.blocked.clear();
+    }
+
+    pub(super) fn pump_all<S: Service<Flow = F>>(&mut self, svc: &mut S, tx: &mut Producer) {
+        self.requeue_blocked();
+        for idx in 0..self.flows.len() {
+            if self.flows[idx].live {
+                self.mark_dirty(idx);
+            }
+        }
+        self.pump_dirty(svc, tx);
+    }
+
+    pub(super) fn remove<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize) {
+        let flow = &mut self.flows[idx];
+        if !flow.live {
+            return;
+        }
+        flow.live = false;
+        self.index.remove(&flow.id.0);
+        if let Some(state) = flow.svc.take() {
+            svc.close(state);
+        }
+        // Queued broadcasts go with the flow's other output (documented on `Ctx::broadcast`).
+        for buf in [&mut flow.out, &mut flow.backlog, &mut flow.bcast] {
+            buf.clear();
+            if buf.capacity() > KEEP_CAPACITY {
+                buf.shrink_to(KEEP_CAPACITY);
+            }
+        }
+        self.free.push(idx as u32);
+    }
+
+    pub(super) fn close_all<S: Service<Flow = F>>(&mut self, svc: &mut S) {
+        for idx in 0..self.flows.len() {
+            self.remove(svc, idx);
+        }
+        self.timers.clear();
+        self.dirty.clear();
+        self.blocked.clear();
+        for f in &mut self.flows {
+            f.dirty = false;
+            f.blocked = false;
+        }
+        self.fatal = None;
+    }
+}
+
+/// Bookkeeping for a push into the output ring that failed: a full ring is counted (the output
+/// waits and is retried), anything else means the ring is corrupt and md detaches.
+pub(super) fn push_failed(stats: &mut Stats, fatal: &mut Option<Detach>, e: PushError) {
+    match e {
+        PushError::Full => stats[Md::OutFull] += 1,
+        PushError::Corrupt | PushError::TooLarge { .. } => *fatal = Some(Detach::Corrupt(None)),
+    }
+}

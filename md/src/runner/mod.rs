@@ -1,0 +1,499 @@
+//! The md event loop: one thread, one epoll set, one input ring, one output ring.
+//!
+//! # The loop
+//!
+//! 1. Drain up to [`RunnerOptions::batch`] frames from the input ring in place
+//!    ([`Consumer::drain`]), handing requests to the [`Service`].
+//! 2. Fire due timers.
+//! 3. For every flow touched in this batch ("dirty"), or waiting for ring space ("blocked"): hand
+//!    its queued output to the output ring within its credit, run held requests that may now run,
+//!    send `PAUSE`/`RESUME`/`CLOSE` as needed.
+//! 4. [`Producer::flush`] once: one Release store, and one doorbell write only if io_conn sleeps.
+//!    With a stats sink ([`Runner::set_stats_sink`]), the counters, the heartbeat and both rings'
+//!    counters are then mirrored into the stats segment (relaxed stores, once per batch; also
+//!    before every sleep), and the publish time is stamped if frames went out.
+//! 5. Nothing happened: if recent batches were small (lightly loaded, [`rt::SpinGate`]), spin on
+//!    the input ring for [`RunnerOptions::spin`]; then arm the doorbell
+//!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
+//!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
+//!
+//! # Per flow
+//!
+//! * **Order.** A flow's requests reach the service one at a time, in order. While one is
+//!   [`Status::Pending`] (or its output exceeds the flow's credit), later requests are copied into
+//!   the flow's backlog. When the backlog exceeds [`RunnerOptions::hold_max_requests`] or
+//!   [`RunnerOptions::hold_max_bytes`], md sends `PAUSE` (io_conn stops reading that client); when it
+//!   falls to [`RunnerOptions::resume_requests`] and [`RunnerOptions::resume_bytes`], `RESUME`.
+//! * **Credit.** `OPEN` carries the flow's output credit: the most bytes md may have sent and not
+//!   seen `DRAINED`. Output beyond it waits in the flow's outbox (and so does output that finds the
+//!   ring full); it is sent as `DRAINED` returns credit, or on the next wake-up. Nothing is dropped
+//!   and nothing spins: a flow blocked on a full ring is retried on each loop and the loop sleeps at
+//!   most 1 ms while any is blocked. A credit of 0 in `OPEN` means "no limit".
+//! * **Broadcast.** [`Ctx::broadcast`] queues a `BROADCAST` frame (flow id 0) in the flow's
+//!   broadcast list, marked with the flow's output position at that moment; the flow's output
+//!   is pushed up to the mark, then the broadcast, then the rest. Broadcasts cost no credit, but
+//!   wait behind the flow's earlier output, and the flow's next request waits until they are in
+//!   the ring (a full ring keeps them queued and retried, like output). `CLOSE` is sent only
+//!   after them.
+//! * **EOF.** After an `EOF`, md answers every request received before it, calls
+//!   [`Service::eof`], hands over all output, then sends `CLOSE` and forgets the flow.
+//! * **CLOSE** from io_conn: the flow's state is dropped at once ([`Service::close`]); its held
+//!   requests, queued output and broadcasts, and timers are discarded.
+//!
+//! # Detach
+//!
+//! [`Runner::run`] returns [`Exit::Detached`] when io_conn's pidfd reports it exited, when the
+//! pair's generation changed (io_conn reset it), or when the input ring is corrupt. Every flow is
+//! closed first; the caller re-attaches (see [`crate::serve`]) and calls `run` again.
+
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+use rt::SpinGate;
+use rt::notify::Watchdog;
+use shmq::doorbell::Doorbell;
+use shmq::frame::{FlowId, Hello, Kind};
+use shmq::ring::{Consumer, Producer, PushError, RingError};
+use shmq::stats::{Md, MdState};
+
+mod core;
+mod flow;
+
+use crate::control::Control;
+use crate::service::Service;
+use crate::stats::{MdStatsSink, Stats};
+use crate::timer::Timers;
+use core::Core;
+use flow::FlowMap;
+
+/// One attached queue pair, as the runner uses it. Built from a [`shmq::pair::MdSide`] by the
+/// binary, or over heap rings and FIFOs in a temp dir by tests.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Consumer of the input ring (io_conn → md).
+    pub rx: Consumer,
+    /// md's doorbell FIFO for the input ring (in the epoll set; passed to `prepare_sleep`).
+    pub rx_bell: Doorbell,
+    /// Producer of the output ring (md → io_conn); holds io_conn's doorbell.
+    pub tx: Producer,
+    /// A pidfd of io_conn: readable when it exits. `None`: md notices a restarted io_conn only
+    /// by the generation change, checked at least every [`RunnerOptions::check_interval`].
+    pub io_pidfd: Option<OwnedFd>,
+}
+
+/// Tunables of the runner (the binary fills them from the config's `[md]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerOptions {
+    /// The instance number sent in `HELLO`.
+    pub instance: u32,
+    /// This process's start time (clock ticks since boot) sent in `HELLO`.
+    pub start_time: u64,
+    /// Busy-poll the input ring this long before sleeping, while lightly loaded (`md.spin`, see
+    /// [`rt::SpinGate`]). The default is the config's default.
+    pub spin: Duration,
+    /// Most frames handled per batch (between two flushes of the output ring).
+    pub batch: usize,
+    /// Send `PAUSE` when a flow holds more requests than this.
+    pub hold_max_requests: usize,
+    /// Send `PAUSE` when a flow's held requests exceed this many bytes.
+    pub hold_max_bytes: usize,
+    /// Send `RESUME` once a paused flow holds at most this many requests ...
+    pub resume_requests: usize,
+    /// ... and at most this many bytes.
+    pub resume_bytes: usize,
+    /// Longest sleep without checking that the pair is still current.
+    pub check_interval: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            instance: 0,
+            start_time: 0,
+            // One default per knob: the config crate's `md.spin`.
+            spin: config::Md::default().spin,
+            batch: 256,
+            hold_max_requests: 64,
+            hold_max_bytes: 64 << 10,
+            resume_requests: 16,
+            resume_bytes: 16 << 10,
+            check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RunnerOptions {
+    /// Options from the config (`md.spin`), for instance `instance`.
+    pub fn from_config(cfg: &config::Config, instance: u32, start_time: u64) -> Self {
+        Self { instance, start_time, spin: cfg.md.spin, ..Self::default() }
+    }
+}
+
+/// Why [`Runner::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Shutdown was requested (signal or [`crate::ShutdownHandle`]).
+    Shutdown,
+    /// The pair is unusable; re-attach.
+    Detached(Detach),
+}
+
+/// Why the runner let go of its pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// io_conn's pidfd reported that it exited.
+    IoConnExited,
+    /// io_conn reset the pair (new generation) or removed it.
+    Reset,
+    /// The input ring (or io_conn's published head of the output ring) is impossible.
+    Corrupt(Option<RingError>),
+}
+
+impl fmt::Display for Detach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::IoConnExited => f.write_str("io_conn exited"),
+            Self::Reset => f.write_str("io_conn reset the queue pair"),
+            Self::Corrupt(Some(e)) => write!(f, "{e}"),
+            Self::Corrupt(None) => f.write_str("output ring positions are corrupt"),
+        }
+    }
+}
+
+/// A system call the runner needs failed (setup of epoll/timerfd, or epoll_wait itself).
+#[derive(Debug)]
+pub struct RunError {
+    /// What was being done.
+    pub what: &'static str,
+    /// What the kernel said.
+    pub errno: Errno,
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.errno)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+fn sys<T>(what: &'static str, r: nix::Result<T>) -> Result<T, RunError> {
+    r.map_err(|errno| RunError { what, errno })
+}
+
+const TOKEN_BELL: u64 = 1;
+const TOKEN_TIMER: u64 = 2;
+const TOKEN_SHUTDOWN: u64 = 3;
+const TOKEN_SIGNAL: u64 = 4;
+const TOKEN_PIDFD: u64 = 5;
+
+/// Busy loop iterations between two non-blocking looks at the epoll set (signals, pidfd).
+const POLL_EVERY: u32 = 64;
+
+/// Runs a [`Service`] over an [`Endpoint`]. Keeps its flow table, timers and stats across
+/// re-attaches.
+#[derive(Debug)]
+pub struct Runner<S: Service> {
+    service: S,
+    core: Core<S::Flow>,
+    /// Where the counters are mirrored once per batch; `None`: in-process only.
+    sink: Option<MdStatsSink>,
+    /// systemd's watchdog (`WatchdogSec=`), pinged from the loop; disabled without it.
+    watchdog: Watchdog,
+}
+
+impl<S: Service> Runner<S>
+where
+    S::Flow: fmt::Debug,
+{
+    /// A runner for `service`. Under systemd with `WatchdogSec=` (`$WATCHDOG_USEC`) its loop
+    /// pings the watchdog ([`rt::notify::Watchdog`]) and `opts.check_interval` is capped at
+    /// half the watchdog interval.
+    pub fn new(service: S, mut opts: RunnerOptions) -> Self {
+        let watchdog = Watchdog::from_env();
+        // An idle loop wakes every `check_interval`: often enough for the watchdog too.
+        opts.check_interval = opts.check_interval.min(watchdog.period().unwrap_or(Duration::MAX));
+        let core = Core {
+            opts,
+            flows: Vec::new(),
+            index: FlowMap::default(),
+            free: Vec::new(),
+            dirty: Vec::with_capacity(256),
+            blocked: Vec::with_capacity(256),
+            timers: Timers::new(),
+            stats: Stats::default(),
+            fatal: None,
+            max_payload: 0,
+            now: Instant::now(),
+            warned_refused: false,
+        };
+        Self { service, core, sink: None, watchdog }
+    }
+
+    /// The counters (over the whole life of the runner).
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// Mirrors the counters into `sink` from now on (once per batch, and when the runner sleeps
+    /// or stops), or stops mirroring (`None`). The sink's block counts from this call: it shows
+    /// each counter minus its value now. Returns the previous sink. [`crate::serve`] calls it
+    /// after each attach to a new io_conn.
+    pub fn set_stats_sink(&mut self, sink: Option<MdStatsSink>) -> Option<MdStatsSink> {
+        let sink = sink.map(|mut s| {
+            s.bind(&self.core.stats, self.service.command_names());
+            s
+        });
+        std::mem::replace(&mut self.sink, sink)
+    }
+
+    /// The stats sink, if one is set.
+    pub fn stats_sink(&self) -> Option<&MdStatsSink> {
+        self.sink.as_ref()
+    }
+
+    /// The service.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// Flows currently open.
+    pub fn open_flows(&self) -> usize {
+        self.core.index.len()
+    }
+
+    /// Serves `ep` until shutdown or until the pair becomes unusable. Sends `HELLO` first. Every
+    /// flow is closed (with [`Service::close`]) before it returns.
+    ///
+    /// With a stats sink ([`Self::set_stats_sink`]) the slot's state is `running` while it
+    /// serves, `stopping` while it hands over output after a shutdown request, then `exited`;
+    /// after a detach it is `starting` again (the caller re-attaches).
+    pub fn run(&mut self, ep: &mut Endpoint, control: &Control) -> Result<Exit, RunError> {
+        let epoll = sys("epoll_create1", Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC))?;
+        let timerfd = sys(
+            "timerfd_create",
+            TimerFd::new(
+                ClockId::CLOCK_MONOTONIC,
+                TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+            ),
+        )?;
+        let ev = |t| EpollEvent::new(EpollFlags::EPOLLIN, t);
+        sys("epoll_ctl(doorbell)", epoll.add(ep.rx_bell.as_fd(), ev(TOKEN_BELL)))?;
+        sys("epoll_ctl(timerfd)", epoll.add(timerfd.as_fd(), ev(TOKEN_TIMER)))?;
+        sys("epoll_ctl(shutdown)", epoll.add(control.shutdown_fd(), ev(TOKEN_SHUTDOWN)))?;
+        if let Some(fd) = control.signal_fd() {
+            sys("epoll_ctl(signalfd)", epoll.add(fd, ev(TOKEN_SIGNAL)))?;
+        }
+        if let Some(fd) = &ep.io_pidfd {
+            sys("epoll_ctl(pidfd)", epoll.add(fd.as_fd(), ev(TOKEN_PIDFD)))?;
+        }
+        self.core.max_payload = ep.tx.max_payload();
+        self.core.timers.fired();
+        self.core.stats[Md::Attaches] += 1;
+        if let Some(sink) = &mut self.sink {
+            sink.begin_run(&ep.tx);
+        }
+        log::info!(
+            "md instance {} attached (epoch {}, generation {}); serving",
+            self.core.opts.instance,
+            ep.rx.epoch(),
+            ep.rx.generation()
+        );
+        let exit = self.serve(ep, control, &epoll, &timerfd);
+        // Hand over what we can before letting go (on shutdown the pair is still good).
+        if matches!(exit, Ok(Exit::Shutdown)) {
+            if let Some(sink) = &self.sink {
+                sink.set_state(MdState::Stopping);
+            }
+            self.core.pump_all(&mut self.service, &mut ep.tx);
+            ep.tx.flush();
+            ep.rx.publish();
+        }
+        let open = self.core.index.len();
+        self.core.close_all(&mut self.service);
+        if let Some(sink) = &mut self.sink {
+            sink.after_flush(&ep.tx);
+            sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
+            match exit {
+                Ok(Exit::Shutdown) => sink.set_state(MdState::Exited),
+                Ok(Exit::Detached(_)) => sink.set_state(MdState::Starting),
+                // The process is about to exit with an error; io_conn marks the slot dead.
+                Err(_) => {}
+            }
+        }
+        match &exit {
+            Ok(Exit::Shutdown) => log::info!("md stopping; {open} open flows dropped"),
+            Ok(Exit::Detached(why)) => {
+                log::warn!("detached from io_conn: {why}; {open} open flows dropped")
+            }
+            Err(e) => log::error!("md loop failed: {e}"),
+        }
+        exit
+    }
+
+    fn serve(
+        &mut self,
+        ep: &mut Endpoint,
+        control: &Control,
+        epoll: &Epoll,
+        timerfd: &TimerFd,
+    ) -> Result<Exit, RunError> {
+        let mut events = [EpollEvent::empty(); 8];
+        let mut hello_pending = true;
+        let mut since_poll = 0u32;
+        // Spin (up to `md.spin`) only while recent batches averaged few frames: a lightly loaded
+        // md spins to save the wake-up of the next lone request, a busy one already batches and
+        // needs the CPU for io_conn and the clients.
+        let mut gate = SpinGate::new(self.core.opts.spin);
+        if control.shutdown_requested() {
+            return Ok(Exit::Shutdown);
+        }
+        loop {
+            let start = Instant::now();
+            self.core.now = start;
+            self.watchdog.tick(start);
+            let mut worked = false;
+            if hello_pending {
+                let hello = Hello {
+                    pid: std::process::id(),
+                    instance: self.core.opts.instance,
+                    start_time: self.core.opts.start_time,
+                }
+                .encode();
+                match ep.tx.try_push(FlowId(0), Kind::Hello, 0, &hello) {
+                    Ok(()) => {
+                        ep.tx.flush();
+                        if let Some(sink) = &mut self.sink {
+                            sink.after_flush(&ep.tx);
+                        }
+                        hello_pending = false;
+                    }
+                    Err(PushError::Full) => {}
+                    Err(PushError::Corrupt) => return Ok(Exit::Detached(Detach::Corrupt(None))),
+                    Err(PushError::TooLarge { .. }) => {
+                        log::error!("output ring cannot carry a HELLO frame; detaching");
+                        return Ok(Exit::Detached(Detach::Corrupt(None)));
+                    }
+                }
+            }
+            if !hello_pending {
+                let batch = self.core.opts.batch;
+                let Self { service, core, sink, .. } = self;
+                let Endpoint { rx, tx, .. } = ep;
+                if let Some(sink) = sink.as_mut() {
+                    if rx.has_data() {
+                        sink.pickup();
+                    }
+                }
+                let n = match rx.drain(batch, |f| core.on_frame(service, tx, f)) {
+                    Ok(n) => n,
+                    // A reset ring looks corrupt to a consumer of the old generation.
+                    Err(_) if !rx.is_current() || !tx.is_current() => {
+                        return Ok(Exit::Detached(Detach::Reset));
+                    }
+                    Err(e) => {
+                        core.stats[Md::Corrupt] += 1;
+                        log::error!("input ring corrupt: {e}");
+                        return Ok(Exit::Detached(Detach::Corrupt(Some(e))));
+                    }
+                };
+                worked = n > 0;
+                gate.record(n as u64);
+                if let (Some(sink), true) = (sink.as_mut(), worked) {
+                    // io_conn may have published (and stamped) more frames between the
+                    // `has_data` look and the end of the drain, which took them too: their wait
+                    // ends now (a little late, never lost). `note_pickup` records each stamp
+                    // once, so a batch with nothing new records nothing here.
+                    sink.pickup();
+                }
+                worked |= core.fire_timers(service);
+                core.pump_dirty(service, tx);
+                tx.flush();
+                if let Some(sink) = sink {
+                    sink.after_flush(tx);
+                }
+                if let Some(why) = core.fatal.take() {
+                    if !rx.is_current() || !tx.is_current() {
+                        return Ok(Exit::Detached(Detach::Reset));
+                    }
+                    log::error!("output ring corrupt: {why}");
+                    return Ok(Exit::Detached(why));
+                }
+            }
+            let sleep;
+            let timeout;
+            if worked {
+                self.core.stats[Md::BusyNs] += start.elapsed().as_nanos() as u64;
+                if let Some(sink) = &mut self.sink {
+                    sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
+                }
+                since_poll += 1;
+                if since_poll < POLL_EVERY {
+                    continue;
+                }
+                // A long busy stretch: look at signals and the pidfd without sleeping.
+                (sleep, timeout) = (false, EpollTimeout::ZERO);
+            } else if hello_pending {
+                // The output ring is full (a stale backlog io_conn has not consumed yet).
+                (sleep, timeout) = (false, EpollTimeout::from(1u16));
+            } else if gate.spin(|| ep.rx.has_data()) || !ep.rx.prepare_sleep(&ep.rx_bell) {
+                continue; // data arrived while spinning or arming
+            } else {
+                sleep = true;
+                if let Err(errno) = self.core.timers.arm(timerfd, Instant::now()) {
+                    return Err(RunError { what: "timerfd_settime", errno });
+                }
+                timeout = if self.core.blocked.is_empty() {
+                    let ms = self.core.opts.check_interval.as_millis().clamp(1, 60_000);
+                    EpollTimeout::from(ms as u16)
+                } else {
+                    // Some flow waits for ring space; io_conn frees it without telling us.
+                    EpollTimeout::from(1u16)
+                };
+            }
+            since_poll = 0;
+            if !worked {
+                // About to wait: the heartbeat and the consumer's sleep count go out now.
+                if let Some(sink) = &mut self.sink {
+                    sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
+                }
+            }
+            let n = match epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(errno) => return Err(RunError { what: "epoll_wait", errno }),
+            };
+            for e in &events[..n] {
+                match e.data() {
+                    TOKEN_BELL if sleep => {
+                        ep.rx.note_wakeup();
+                        self.core.stats[Md::Wakeups] += 1;
+                    }
+                    TOKEN_TIMER => {
+                        let mut buf = [0u8; 8];
+                        let _ = nix::unistd::read(timerfd, &mut buf);
+                        self.core.timers.fired();
+                    }
+                    TOKEN_SHUTDOWN | TOKEN_SIGNAL => control.poll_fds(),
+                    TOKEN_PIDFD => {
+                        log::warn!("io_conn exited (pidfd readable)");
+                        return Ok(Exit::Detached(Detach::IoConnExited));
+                    }
+                    _ => {}
+                }
+            }
+            if control.requested() {
+                return Ok(Exit::Shutdown);
+            }
+            if !ep.rx.is_current() || !ep.tx.is_current() {
+                return Ok(Exit::Detached(Detach::Reset));
+            }
+            // Retry flows that found the ring full.
+            self.core.requeue_blocked();
+        }
+    }
+}
