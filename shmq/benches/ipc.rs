@@ -1,5 +1,7 @@
 //! Two-process IPC benchmarks: the shmq ring (polled and doorbell) beside a pipe and a Unix
 //! socket pair. Results and how to read them: docs/BENCHMARKS.md, "Two-process benchmarks".
+//! (One file of ~600 lines: a bench target is one binary, and its parent/child re-exec protocol,
+//! the four transports and the report are read together.)
 //!
 //! `cargo bench -p shmq --bench ipc` runs the full set (cargo passes `--bench`); without `--bench`
 //! (as under `cargo test --benches`) it runs a smoke mode of about a second that only shows that

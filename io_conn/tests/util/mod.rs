@@ -1,5 +1,7 @@
 //! Helpers for io_conn's end-to-end tests: start the real io_conn binary (with md children) on a
 //! per-test config, find its listeners, talk to it, stop it and check it cleaned up.
+//! (Over 600 lines because every e2e module and the PING bench share it through one `#[path]`;
+//! the pieces are one lifecycle: start, talk, read stats, stop, check the leftovers.)
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
