@@ -10,7 +10,7 @@
 //! ordered by the kernel, so the counter uses AcqRel read-modify-writes.
 //!
 //! Checked (2026-11-23) that the model catches the bug it exists for: with the `fence(SeqCst)` in
-//! `publish_tail` removed (a temporary edit of shmq/src/ring.rs), and then with the one in
+//! `publish_tail` removed (a temporary edit of shmq/src/ring/mod.rs), and then with the one in
 //! `arm_and_recheck` removed instead, loom failed both tests each time: `one_push_one_sleep` with
 //! "lost wake-up: slept with data and no byte", `two_rounds` with "deadlock; threads = [(Id(0),
 //! Blocked), (Id(1), Terminated)]" (the consumer asleep, the producer gone). With both fences in

@@ -53,18 +53,23 @@ use std::ffi::c_void;
 use std::fmt;
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags};
-use nix::sys::stat::Mode;
+use nix::sys::mman::MmapAdvise;
 
 use crate::layout::RingHeader;
 use crate::ring::Memory;
 use crate::sys::{ProcId, syscall};
+
+// The backend-specific create/attach/unmap code lives in its own file; everything public is
+// defined here.
+mod posix;
+mod sysv;
+
+use posix::{munmap, posix_attach, posix_create};
+use sysv::{sysv_attach, sysv_create};
 
 /// Which kernel facility backs a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -457,15 +462,6 @@ impl Drop for Segment {
     }
 }
 
-/// # Safety
-///
-/// `ptr`/`len` must be a mapping made by `mmap` that nothing uses afterwards.
-unsafe fn munmap(ptr: *mut u8, len: usize) -> io::Result<()> {
-    let Some(p) = NonNull::new(ptr.cast::<c_void>()) else { return Ok(()) };
-    // SAFETY: delegated to caller (see # Safety).
-    unsafe { nix::sys::mman::munmap(p, len) }.map_err(nix_err)
-}
-
 // SAFETY: the Segment owns its mapping; the raw pointer is only an address. All access to the
 // bytes from several threads goes through the rings' atomics and the SPSC discipline, or through
 // readers' relaxed atomic loads / volatile copies.
@@ -509,59 +505,6 @@ fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
-fn posix_create(n: &str, len: NonZeroUsize, mode: u32) -> io::Result<Segment> {
-    let path = format!("/{n}");
-    let fd = nix::sys::mman::shm_open(
-        path.as_str(),
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
-        Mode::from_bits_truncate(mode as libc::mode_t),
-    )
-    .map_err(nix_err)?;
-    let r = (|| -> io::Result<Segment> {
-        // shm_open honours the umask: make the mode exactly what was asked.
-        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode as libc::mode_t))
-            .map_err(nix_err)?;
-        let off = libc::off_t::try_from(len.get())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-        nix::unistd::ftruncate(&fd, off).map_err(nix_err)?;
-        // Reserve every page now: ENOSPC here instead of SIGBUS at the first write.
-        let populate = match nix::fcntl::posix_fallocate(&fd, 0, off) {
-            Ok(()) => false,
-            Err(Errno::EOPNOTSUPP | Errno::EINVAL) => true,
-            Err(e) => return Err(nix_err(e)),
-        };
-        let ptr = map_fd(&fd, len.get(), true)?;
-        let seg = Segment {
-            ptr,
-            len: len.get(),
-            read_only: false,
-            backend: Backend::Posix,
-            name: n.to_string(),
-            key: 0,
-        };
-        if populate {
-            populate_write(ptr, len.get())?;
-        }
-        Ok(seg)
-    })();
-    if r.is_err() {
-        let _ = nix::sys::mman::shm_unlink(path.as_str());
-    }
-    r
-}
-
-fn map_fd(fd: &OwnedFd, len: usize, writable: bool) -> io::Result<*mut u8> {
-    let len = NonZeroUsize::new(len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let prot =
-        if writable { ProtFlags::PROT_READ | ProtFlags::PROT_WRITE } else { ProtFlags::PROT_READ };
-    // SAFETY: a fresh mapping at a kernel-chosen address (addr None), so it aliases no Rust
-    // object; `fd` is a valid shm fd of at least `len` bytes (sized or fstat-ed by the caller);
-    // the returned pointer is owned by the Segment and unmapped in its Drop.
-    let p = unsafe { nix::sys::mman::mmap(None, len, prot, MapFlags::MAP_SHARED, fd.as_fd(), 0) }
-        .map_err(nix_err)?;
-    Ok(p.as_ptr().cast::<u8>())
-}
-
 /// Faults every page of a fresh writable mapping in, so memory shortage is an error now.
 fn populate_write(ptr: *mut u8, len: usize) -> io::Result<()> {
     let Some(p) = NonNull::new(ptr.cast::<c_void>()) else { return Ok(()) };
@@ -587,83 +530,6 @@ fn populate_write(ptr: *mut u8, len: usize) -> io::Result<()> {
         }
         Err(e) => Err(nix_err(e)),
     }
-}
-
-fn posix_attach(n: &str, writable: bool) -> Result<Segment, Attach> {
-    let flags = if writable { OFlag::O_RDWR } else { OFlag::O_RDONLY };
-    let fd = nix::sys::mman::shm_open(format!("/{n}").as_str(), flags, Mode::empty())?;
-    let st = nix::sys::stat::fstat(&fd)?;
-    if writable && st.st_uid != euid() {
-        return Err(Attach::NotOwner(st.st_uid));
-    }
-    let len = usize::try_from(st.st_size).map_err(|_| Attach::Empty)?;
-    if len == 0 {
-        return Err(Attach::Empty);
-    }
-    let ptr = map_fd(&fd, len, writable)?;
-    Ok(Segment {
-        ptr,
-        len,
-        read_only: !writable,
-        backend: Backend::Posix,
-        name: n.to_string(),
-        key: 0,
-    })
-}
-
-fn shmat(id: i32, read_only: bool) -> io::Result<*mut u8> {
-    let flags = if read_only { libc::SHM_RDONLY } else { 0 };
-    // SAFETY: shmaddr null lets the kernel pick a fresh page-aligned address, aliasing nothing;
-    // the result is owned by the Segment and detached in its Drop.
-    let p = unsafe { libc::shmat(id, std::ptr::null(), flags) };
-    if p as isize == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p.cast::<u8>())
-}
-
-fn sysv_create(n: &str, len: NonZeroUsize, mode: u32) -> io::Result<Segment> {
-    let key = sysv_key(n);
-    // SAFETY: plain integer arguments. (The kernel applies `mode` exactly, no umask.)
-    let id = syscall!(shmget(key, len.get(), libc::IPC_CREAT | libc::IPC_EXCL | mode as i32))?;
-    let r = (|| -> io::Result<Segment> {
-        let ptr = shmat(id, false)?;
-        let seg = Segment {
-            ptr,
-            len: len.get(),
-            read_only: false,
-            backend: Backend::Sysv,
-            name: n.to_string(),
-            key,
-        };
-        // Reserve the pages now (SysV memory is allocated at fault time otherwise).
-        populate_write(ptr, len.get())?;
-        Ok(seg)
-    })();
-    if r.is_err() {
-        // SAFETY: IPC_RMID ignores the buffer; `id` is the segment we just created.
-        let _ = syscall!(shmctl(id, libc::IPC_RMID, std::ptr::null_mut()));
-    }
-    r
-}
-
-fn sysv_attach(n: &str, writable: bool) -> Result<Segment, Attach> {
-    let key = sysv_key(n);
-    // SAFETY: plain integer arguments; size 0 and no flags look an existing key up.
-    let id = syscall!(shmget(key, 0, 0))?;
-    // SAFETY: shmid_ds is plain integers, for which all-zero is valid.
-    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
-    // SAFETY: `ds` is a valid, writable shmid_ds for IPC_STAT to fill.
-    syscall!(shmctl(id, libc::IPC_STAT, &mut ds))?;
-    if writable && ds.shm_perm.uid != euid() {
-        return Err(Attach::NotOwner(ds.shm_perm.uid));
-    }
-    let len = ds.shm_segsz;
-    if len == 0 {
-        return Err(Attach::Empty);
-    }
-    let ptr = shmat(id, !writable)?;
-    Ok(Segment { ptr, len, read_only: !writable, backend: Backend::Sysv, name: n.to_string(), key })
 }
 
 #[cfg(test)]

@@ -1,0 +1,503 @@
+//! The SPSC frame ring: one producer process, one consumer process, variable-length frames.
+//!
+//! Used by io_conn and md (one ring each way per md instance) over a shared segment, and by tests
+//! over heap memory ([`HeapMemory`]). The ring logic never cares where its memory lives: it takes
+//! any [`Memory`], checks the [`RingHeader`] at an offset, and keeps a reference to the memory so
+//! the mapping outlives it.
+//!
+//! # Ownership and threading
+//!
+//! Exactly one [`Producer`] and one [`Consumer`] exist per ring, each in its own process (or
+//! thread). Neither is `Clone`. Each keeps its own position and a *cached* copy of the peer's
+//! position in process-local fields, and re-reads the peer's only when it must (rtrb's
+//! `cached_head`/`cached_tail`). Each publishes its own position once per batch: the producer in
+//! [`Producer::flush`] (and when it finds the ring full, so the consumer can always see what fills
+//! it), the consumer in [`Consumer::publish`] (and automatically every eighth of the ring, so a
+//! long batch cannot starve the producer of space, and whenever [`Consumer::peek`] finds the ring
+//! empty).
+//!
+//! Frames a producer committed are invisible to the consumer until the next flush: a producer
+//! that never flushes looks, to the consumer, like one that never pushed.
+//!
+//! # Untrusted bytes
+//!
+//! The consumer treats everything in the segment as untrusted: it copies each frame header once,
+//! validates the copy against the ring (length, alignment, kind, position) and returns
+//! [`RingError::Corrupt`] for anything impossible. After the first corrupt frame the ring is dead
+//! for this consumer (positions can no longer be trusted) until the creator resets it.
+//!
+//! One compromise is deliberate: [`Consumer::peek`] lends the payload as a `&[u8]` *into the
+//! segment* (zero copy), and [`Reservation::buf`] lends a `&mut [u8]` into it. Rust assumes
+//! nobody else writes memory behind such a reference, and the SPSC protocol guarantees that for
+//! an honest peer (the producer does not touch bytes below the published tail until the
+//! consumer publishes a head past them, and the consumer never reads at or past the published
+//! tail). A hostile or buggy process that maps the segment writable can break that promise; the
+//! worst it can then do is change payload bytes under the reader, so every user treats payload
+//! contents as untrusted input (bounds-checked decoding, never an index taken from the payload
+//! without a check) and copies whatever must stay stable. Headers are never read through a
+//! reference: they are copied once with a volatile read and only the copy is validated and used.
+//!
+//! # Doorbell handshake
+//!
+//! The consumer, before sleeping: drain the FIFO, store `armed = 1`, `fence(SeqCst)`, re-read
+//! `tail`; sleep only if still empty ([`Consumer::prepare_sleep`]). The producer, after
+//! publishing: `fence(SeqCst)`, load `armed`, and if set *swap* it to 0 and write one byte
+//! ([`Producer::flush`]). This is store-buffering (Dekker): the fences forbid both loads seeing
+//! the old values, so a sleeping consumer is always woken. The loom tests in
+//! `shmq/tests/loom.rs` model it with the FIFO in the model, and fail if either fence is removed.
+//! Each side runs its half as a free function ([`publish_tail`], [`arm_and_recheck`]) on a
+//! `&RingHeader`, so the model runs the very code the processes run.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use shmq::frame::{FlowId, Kind};
+//! use shmq::layout::Direction;
+//! use shmq::ring::{Consumer, HeapMemory, Producer};
+//!
+//! let mem = Arc::new(HeapMemory::new_ring(4096, 1024, Direction::ToMd));
+//! let mut tx = Producer::attach(mem.clone(), 0, None).unwrap();
+//! let mut rx = Consumer::attach(mem, 0).unwrap();
+//! tx.try_push(FlowId::new(1, 1), Kind::Data, 0, b"PING\n").unwrap();
+//! tx.flush();
+//! let f = rx.peek().unwrap().unwrap();
+//! assert_eq!((f.kind, f.payload), (Kind::Data, &b"PING\n"[..]));
+//! rx.release();
+//! rx.publish();
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::frame::{MIN_CAPACITY, frame_size};
+use crate::layout::{
+    Direction, LAYOUT_VERSION, RING_HEADER_SIZE, RING_MAGIC, RingHeader, RingParams,
+};
+use crate::sync::{Ordering, fence};
+
+// The two sides and the test memory live in their own files; every public item is re-exported
+// here, so `shmq::ring::X` is the one path for each of them.
+mod consumer;
+mod heap;
+mod producer;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+pub use consumer::Consumer;
+pub use heap::HeapMemory;
+pub use producer::{Producer, Reservation};
+
+/// Memory a ring can live in: a shared mapping, or the heap in tests.
+///
+/// # Safety
+///
+/// Implementors promise that `as_ptr()` is non-null, 128-byte aligned, valid for reads and writes
+/// of `len()` bytes for as long as the value lives, never moves, and that nothing but rings (and
+/// the creator's header initialisation) accesses it through Rust references.
+pub unsafe trait Memory: Send + Sync + 'static {
+    /// Base address of the region.
+    fn as_ptr(&self) -> *mut u8;
+    /// Length of the region in bytes.
+    fn len(&self) -> usize;
+    /// True when the region has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Total bytes a ring with `capacity` data bytes occupies (header + data).
+pub const fn ring_bytes(capacity: u64) -> usize {
+    RING_HEADER_SIZE + capacity as usize
+}
+
+/// Why a ring header could not be initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// `capacity` is not a power of two or below [`MIN_CAPACITY`].
+    BadCapacity(u64),
+    /// `frame_size(max_payload)` exceeds `capacity / 2`, or `max_payload` exceeds `u32`.
+    BadMaxPayload(u64),
+    /// The region is too small, or `offset` is not 128-aligned.
+    RegionTooSmall {
+        /// Bytes the ring needs from `offset`.
+        needed: u64,
+        /// Bytes the region has from `offset`.
+        len: u64,
+    },
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadCapacity(c) => {
+                write!(f, "ring capacity {c} is not a power of two >= {MIN_CAPACITY}")
+            }
+            Self::BadMaxPayload(m) => {
+                write!(f, "max payload {m} does not fit twice in the ring (or exceeds u32)")
+            }
+            Self::RegionTooSmall { needed, len } => {
+                write!(f, "ring needs {needed} bytes at an aligned offset, region has {len}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for InitError {}
+
+/// Why a [`Producer`] or [`Consumer`] could not attach to a ring header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingAttachError {
+    /// The creator has not stored `ready` yet (or is resetting); retry with backoff.
+    NotReady,
+    /// Not a ring header.
+    BadMagic(u64),
+    /// Created by a build with another layout.
+    VersionMismatch {
+        /// Version stored in the header.
+        found: u32,
+        /// Version this build was compiled with.
+        expected: u32,
+    },
+    /// Capacity, max payload or direction are impossible.
+    BadGeometry,
+    /// The region is shorter than the header implies.
+    Truncated {
+        /// Bytes available from the ring's offset.
+        len: u64,
+        /// Bytes the header implies.
+        needed: u64,
+    },
+}
+
+impl fmt::Display for RingAttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotReady => f.write_str("ring is still being initialised"),
+            Self::BadMagic(m) => write!(f, "bad ring magic {m:#018x}"),
+            Self::VersionMismatch { found, expected } => {
+                write!(f, "ring layout version {found}, this build needs {expected}")
+            }
+            Self::BadGeometry => f.write_str("ring header has impossible capacity or direction"),
+            Self::Truncated { len, needed } => {
+                write!(f, "ring region is {len} bytes, header implies {needed}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RingAttachError {}
+
+/// A failed push or reserve. Hot path: `Copy`, no allocation, not logged; the caller counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// Not enough free space now. The caller applies backpressure (stops reading its source) and
+    /// retries after the consumer frees space. Never a silent drop.
+    Full,
+    /// The payload exceeds the ring's `max_payload`.
+    TooLarge {
+        /// Payload length asked for.
+        len: usize,
+        /// Largest payload this ring takes.
+        max: usize,
+    },
+    /// The consumer's published position is impossible (a corrupt or hostile segment).
+    Corrupt,
+}
+
+impl fmt::Display for PushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("ring full"),
+            Self::TooLarge { len, max } => write!(f, "payload of {len} bytes exceeds {max}"),
+            Self::Corrupt => f.write_str("ring positions corrupt"),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
+
+/// What a corrupt ring looked like. `Copy`, for counting and one log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// `tail` behind `head`, more than `capacity` ahead, or unaligned.
+    Positions {
+        /// Consumer's position.
+        head: u64,
+        /// Producer's published position.
+        tail: u64,
+    },
+    /// Unknown frame kind, or one not allowed in this direction.
+    Kind(u16),
+    /// A frame longer than `max_payload`, past `tail`, or past the end of the data area.
+    Length(u32),
+    /// A padding record whose length does not reach exactly to the end of the data area.
+    Pad(u32),
+    /// A fixed-size kind with the wrong payload length.
+    KindLength {
+        /// The kind.
+        kind: u16,
+        /// Its length.
+        len: u32,
+    },
+}
+
+/// A failed peek. Hot path: `Copy`, not logged; the caller counts it and resets the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingError {
+    /// The ring holds something impossible at byte position `at`.
+    Corrupt {
+        /// Byte position (monotonic) of the bad frame.
+        at: u64,
+        /// What was wrong.
+        what: Corruption,
+    },
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Corrupt { at, what } => write!(f, "corrupt ring at position {at}: {what:?}"),
+        }
+    }
+}
+
+impl std::error::Error for RingError {}
+
+/// Writes a fresh ring header into `mem` at `offset` and stores `ready` last (Release).
+///
+/// Zeroes positions and counters. Only the creator calls this, before any side attaches (or
+/// through [`reset`] afterwards).
+pub fn init(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitError> {
+    check_params(mem, offset, p)?;
+    let base = mem.as_ptr().wrapping_add(offset);
+    // SAFETY: in bounds: check_params verified offset + ring_bytes(capacity) <= mem.len(), and
+    // RING_HEADER_SIZE <= ring_bytes. Aligned: mem is 128-aligned (Memory contract) and offset is
+    // a multiple of 128 (checked). Not aliased: the creator initialises before any producer or
+    // consumer attaches (they refuse while `ready == 0`), and all-zero is a valid bit pattern for
+    // every field (plain integers and atomics), so writing zeroes then fields is sound.
+    unsafe {
+        core::ptr::write_bytes(base, 0, RING_HEADER_SIZE);
+        let h = base.cast::<RingHeader>();
+        (*h).magic = RING_MAGIC;
+        (*h).layout_version = LAYOUT_VERSION;
+        (*h).direction = p.direction as u32;
+        (*h).capacity = p.capacity;
+        (*h).max_payload = p.max_payload;
+        (*h).creator_pid = p.creator_pid;
+        (*h).creator_start_time = p.creator_start_time;
+        (*h).epoch = p.epoch;
+        // Relaxed: published by the Release store of `ready` below.
+        (*h).generation.store(p.generation, Ordering::Relaxed);
+        // Release pairs with the Acquire load of `ready` in `check_header`: a side that sees
+        // ready = 1 sees every field above.
+        (*h).ready.store(1, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Resets a ring in place to an empty state under a new generation (creator only).
+///
+/// The caller must know that no producer or consumer is using the ring any more (its peer died,
+/// checked through its pidfd) or that the survivors will notice the generation change before
+/// touching the data: a live side sees `generation != its own` via `is_current()` and must
+/// re-attach. Nothing queued under the old generation is delivered afterwards.
+pub fn reset(mem: &dyn Memory, offset: usize, new_generation: u64) -> Result<(), RingAttachError> {
+    let h = header_at(mem, offset)?;
+    // Relaxed: the fence below orders it before the zeroing stores; nothing is published by it.
+    h.ready.store(0, Ordering::Relaxed);
+    // SeqCst fence (a Release fence would do; SeqCst keeps it obviously strong): orders the
+    // `ready = 0` store before the zeroing stores below, as a seqlock writer does. A side that
+    // observes a zeroed position and then loads `ready`/`generation` with Acquire (as
+    // `is_current` does) sees `ready = 0` or the new generation, never the old state with new
+    // positions. The creator still must not reset while a side is mid-attach (see above).
+    fence(Ordering::SeqCst);
+    h.tail.0.store(0, Ordering::Relaxed);
+    h.head.0.store(0, Ordering::Relaxed);
+    h.armed.0.store(0, Ordering::Relaxed);
+    h.generation.store(new_generation, Ordering::Relaxed);
+    // Release pairs with the sides' Acquire loads of `ready`/`generation`.
+    h.ready.store(1, Ordering::Release);
+    Ok(())
+}
+
+fn check_params(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitError> {
+    if !p.capacity.is_power_of_two() || p.capacity < MIN_CAPACITY {
+        return Err(InitError::BadCapacity(p.capacity));
+    }
+    if p.max_payload > u32::MAX as u64 || frame_size(p.max_payload as usize) as u64 > p.capacity / 2
+    {
+        return Err(InitError::BadMaxPayload(p.max_payload));
+    }
+    let needed = ring_bytes(p.capacity) as u64;
+    let len = mem.len().saturating_sub(offset) as u64;
+    if !offset.is_multiple_of(128) || len < needed {
+        return Err(InitError::RegionTooSmall { needed, len });
+    }
+    Ok(())
+}
+
+/// Borrows and checks the ring header at `offset` (everything but `ready`).
+fn header_at(mem: &dyn Memory, offset: usize) -> Result<&RingHeader, RingAttachError> {
+    let len = mem.len().saturating_sub(offset) as u64;
+    if !offset.is_multiple_of(128) || len < RING_HEADER_SIZE as u64 {
+        return Err(RingAttachError::Truncated { len, needed: RING_HEADER_SIZE as u64 });
+    }
+    // SAFETY: in bounds (checked just above), aligned (128-aligned base per the Memory contract,
+    // offset a multiple of 128). Shared access only: every field another process may write
+    // concurrently is an atomic; the plain fields are written once before `ready` is published.
+    // Any bit pattern is valid for the header's integer and atomic fields.
+    let h = unsafe { &*mem.as_ptr().add(offset).cast::<RingHeader>() };
+    Ok(h)
+}
+
+/// Checks `ready`, magic, version, geometry and size; returns the header on success.
+fn check_header(mem: &dyn Memory, offset: usize) -> Result<&RingHeader, RingAttachError> {
+    let h = header_at(mem, offset)?;
+    // Acquire pairs with the creator's Release store of `ready` in `init`/`reset`.
+    if h.ready.load(Ordering::Acquire) != 1 {
+        return Err(RingAttachError::NotReady);
+    }
+    // SAFETY-free reads: plain fields, immutable after `ready` (the Acquire above orders them).
+    // A volatile read is not needed: the creator never writes them again.
+    if h.magic != RING_MAGIC {
+        return Err(RingAttachError::BadMagic(h.magic));
+    }
+    if h.layout_version != LAYOUT_VERSION {
+        return Err(RingAttachError::VersionMismatch {
+            found: h.layout_version,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    let cap = h.capacity;
+    if !cap.is_power_of_two()
+        || cap < MIN_CAPACITY
+        || h.max_payload > u32::MAX as u64
+        || frame_size(h.max_payload as usize) as u64 > cap / 2
+        || Direction::from_u32(h.direction).is_none()
+    {
+        return Err(RingAttachError::BadGeometry);
+    }
+    let needed = ring_bytes(cap) as u64;
+    let len = mem.len().saturating_sub(offset) as u64;
+    if len < needed {
+        return Err(RingAttachError::Truncated { len, needed });
+    }
+    Ok(h)
+}
+
+/// The parts of an attached ring both sides need.
+struct Attached {
+    /// Keeps the mapping alive as long as the raw pointers below are used.
+    _mem: Arc<dyn Memory>,
+    hdr: *const RingHeader,
+    data: *mut u8,
+    cap: u64,
+    mask: u64,
+    max_payload: u64,
+    direction: Direction,
+    generation: u64,
+    epoch: u64,
+}
+
+// SAFETY: the raw pointers point into `mem`, which is Send + Sync and kept alive by the Arc; the
+// single-producer/single-consumer discipline (one Producer, one Consumer, neither Clone) is what
+// makes the data-area accesses exclusive, not thread affinity.
+unsafe impl Send for Attached {}
+
+impl fmt::Debug for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("capacity", &self.cap)
+            .field("max_payload", &self.max_payload)
+            .field("direction", &self.direction)
+            .field("epoch", &self.epoch)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Attached {
+    fn new(mem: Arc<dyn Memory>, offset: usize) -> Result<Self, RingAttachError> {
+        let h = check_header(&*mem, offset)?;
+        let hdr: *const RingHeader = h;
+        let cap = h.capacity;
+        let max_payload = h.max_payload;
+        let direction = Direction::from_u32(h.direction).ok_or(RingAttachError::BadGeometry)?;
+        // Acquire: pairs with the creator's Release store in `reset`.
+        let generation = h.generation.load(Ordering::Acquire);
+        let epoch = h.epoch;
+        let data = mem.as_ptr().wrapping_add(offset + RING_HEADER_SIZE);
+        Ok(Self {
+            _mem: mem,
+            hdr,
+            data,
+            cap,
+            mask: cap - 1,
+            max_payload,
+            direction,
+            generation,
+            epoch,
+        })
+    }
+
+    #[inline]
+    fn hdr(&self) -> &RingHeader {
+        // SAFETY: `hdr` points into `self.mem`, which the Arc keeps alive, and was checked
+        // in bounds and aligned by `check_header`. Shared reference only (see `header_at`).
+        unsafe { &*self.hdr }
+    }
+
+    fn is_current(&self) -> bool {
+        let h = self.hdr();
+        // Acquire pairs with the creator's Release stores in `reset`.
+        h.ready.load(Ordering::Acquire) == 1
+            && h.generation.load(Ordering::Acquire) == self.generation
+    }
+}
+
+/// Producer half of the doorbell handshake: publishes `tail`, then reports whether the consumer
+/// was armed (and disarms it). The caller writes one doorbell byte when this returns true.
+///
+/// SYNC POINT: store-buffering with [`arm_and_recheck`].
+#[inline]
+pub fn publish_tail(h: &RingHeader, tail: u64) -> bool {
+    // Release pairs with the consumer's Acquire load of `tail`: the frame bytes written before
+    // this store are visible to a consumer that sees the new tail.
+    h.tail.0.store(tail, Ordering::Release);
+    // SeqCst fence: forbids the store-buffering outcome where our load of `armed` below sees 0
+    // (consumer not armed yet) while the consumer's re-check of `tail` after its own fence sees
+    // the old tail: then it would sleep with data pending and nobody would ring.
+    fence(Ordering::SeqCst);
+    // Relaxed load first: the fence already orders it after the tail store, which is all the
+    // argument needs; it skips the locked swap in the common case (consumer busy, not armed).
+    // If it sees 1, the swap (an RMW, so it reads the latest value) decides: swap, not store,
+    // so exactly one producer flush rings per arming of the consumer, and a consumer that
+    // disarmed itself meanwhile (it saw the data) is not rung. Relaxed for both: `armed` carries
+    // no data; the consumer reads frames only after its own Acquire load of `tail`.
+    h.armed.0.load(Ordering::Relaxed) != 0 && h.armed.0.swap(0, Ordering::Relaxed) != 0
+}
+
+/// Consumer half of the doorbell handshake: arm, fence, re-check. Returns true if the consumer
+/// may sleep (the ring is still empty at `head`); false if data arrived, in which case `armed`
+/// is cleared again.
+///
+/// The caller must have drained its FIFO before calling (a byte rung after this point wakes it).
+///
+/// SYNC POINT: store-buffering with [`publish_tail`].
+#[inline]
+pub fn arm_and_recheck(h: &RingHeader, head: u64) -> bool {
+    // Relaxed store: ordered before the load below by the SeqCst fence.
+    h.armed.0.store(1, Ordering::Relaxed);
+    // SeqCst fence: pairs with the producer's fence in `publish_tail` (see there).
+    fence(Ordering::SeqCst);
+    // Acquire pairs with the producer's Release store of `tail`.
+    if h.tail.0.load(Ordering::Acquire) != head {
+        // Data arrived: do not sleep. Relaxed: `armed` carries no data. A racing producer swap
+        // may already have cleared it and be ringing: that byte is either drained before the
+        // next arming or causes one spurious wake-up, never a lost one.
+        h.armed.0.store(0, Ordering::Relaxed);
+        return false;
+    }
+    true
+}

@@ -1,0 +1,307 @@
+//! The producing side of a ring: [`Producer`] and the in-place [`Reservation`].
+//!
+//! Ownership, batching and the doorbell handshake are described in the [parent module](super).
+
+use std::sync::Arc;
+
+use super::{Attached, Memory, PushError, RingAttachError, publish_tail};
+use crate::doorbell::Doorbell;
+use crate::frame::{FlowId, FrameHeader, HEADER_SIZE, Kind, frame_size};
+use crate::layout::RingHeader;
+use crate::sync::Ordering;
+
+/// The producing side of a ring. Exactly one per ring; not `Clone`.
+#[derive(Debug)]
+pub struct Producer {
+    r: Attached,
+    doorbell: Option<Doorbell>,
+    /// Local: one past the last committed frame (published or not). `pub(super)` for the unit
+    /// tests, which start the ring at chosen offsets.
+    pub(super) tail: u64,
+    /// Local: the last value stored to the shared `tail`.
+    published: u64,
+    /// Local cache of the consumer's `head`.
+    cached_head: u64,
+    frames: u64,
+    bytes: u64,
+    full_events: u64,
+    doorbells: u64,
+    max_depth: u64,
+    /// True from a `Full` until the next successful reserve: `full_events` counts episodes, not
+    /// retries, so a producer that retries in a loop does not inflate it.
+    in_full: bool,
+    counters_dirty: bool,
+}
+
+/// Space reserved in place by [`Producer::reserve`]; write the payload into [`Self::buf`], then
+/// [`Self::commit`]. Dropping it without commit leaves the ring unchanged.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    p: &'a mut Producer,
+    /// Bytes skipped (implicit wrap or padding record) before the frame.
+    skip: u64,
+    max: usize,
+}
+
+impl Producer {
+    /// Attaches as the ring's producer. `doorbell` is the consumer's FIFO (None: the consumer
+    /// polls, e.g. in tests). Records this process's pid in the producer counters line.
+    pub fn attach(
+        mem: Arc<dyn Memory>,
+        offset: usize,
+        doorbell: Option<Doorbell>,
+    ) -> Result<Self, RingAttachError> {
+        let r = Attached::new(mem, offset)?;
+        let h = r.hdr();
+        // Relaxed for our own `tail`: only a previous producer of this generation wrote it, and we
+        // only continue from the number (we read no bytes it wrote). Acquire for the consumer's
+        // `head`: pairs with its Release store, so its reads below head are done before we
+        // overwrite those bytes.
+        let tail = h.tail.0.load(Ordering::Relaxed);
+        let head = h.head.0.load(Ordering::Acquire);
+        if !tail.is_multiple_of(8) || head > tail || tail - head > r.cap {
+            return Err(RingAttachError::BadGeometry);
+        }
+        // Relaxed: only this producer writes its counters line; readers tolerate staleness.
+        h.producer.pid.store(std::process::id(), Ordering::Relaxed);
+        let frames = h.producer.frames.load(Ordering::Relaxed);
+        let bytes = h.producer.bytes.load(Ordering::Relaxed);
+        let full_events = h.producer.full_events.load(Ordering::Relaxed);
+        let doorbells = h.producer.doorbells.load(Ordering::Relaxed);
+        let max_depth = h.producer.max_depth.load(Ordering::Relaxed);
+        Ok(Self {
+            r,
+            doorbell,
+            tail,
+            published: tail,
+            cached_head: head,
+            frames,
+            bytes,
+            full_events,
+            doorbells,
+            max_depth,
+            in_full: false,
+            counters_dirty: false,
+        })
+    }
+
+    /// The shared header (for counters, identity and the consumer's pid).
+    pub fn header(&self) -> &RingHeader {
+        self.r.hdr()
+    }
+
+    /// Largest payload a frame may carry.
+    pub fn max_payload(&self) -> usize {
+        self.r.max_payload as usize
+    }
+
+    /// Data-area bytes.
+    pub fn capacity(&self) -> u64 {
+        self.r.cap
+    }
+
+    /// The generation this producer attached under.
+    pub fn generation(&self) -> u64 {
+        self.r.generation
+    }
+
+    /// The creator's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.r.epoch
+    }
+
+    /// False once the creator reset the ring (new generation) since this producer attached.
+    pub fn is_current(&self) -> bool {
+        self.r.is_current()
+    }
+
+    /// Bytes committed but not yet consumed, as far as this producer knows (cached head).
+    pub fn depth(&self) -> u64 {
+        self.tail - self.cached_head
+    }
+
+    /// Skip before a frame of `need` bytes at the current tail, per the wrap rule.
+    #[inline]
+    pub(super) fn skip_for(&self, need: u64) -> u64 {
+        let rem = self.r.cap - (self.tail & self.r.mask);
+        if rem < HEADER_SIZE as u64 || need > rem { rem } else { 0 }
+    }
+
+    /// Ensures `total` bytes are free, refreshing the cached head once if needed.
+    #[inline]
+    fn ensure_space(&mut self, total: u64) -> Result<(), PushError> {
+        if self.r.cap - (self.tail - self.cached_head) >= total {
+            return Ok(());
+        }
+        // Acquire pairs with the consumer's Release store of `head`: once we see head = h, the
+        // consumer has finished reading every byte below h, so we may overwrite them.
+        let head = self.r.hdr().head.0.load(Ordering::Acquire);
+        // An honest consumer's head never goes back and never passes what we published (it
+        // cannot have read frames it could not see). Trusting a head past `published` would let
+        // us overwrite committed, unpublished frames; one behind our cache would break the
+        // `tail - head <= cap` arithmetic. Either is a corrupt (or reset) ring.
+        if head < self.cached_head || head > self.published {
+            return Err(PushError::Corrupt);
+        }
+        self.cached_head = head;
+        if self.r.cap - (self.tail - head) >= total {
+            return Ok(());
+        }
+        if !self.in_full {
+            self.in_full = true;
+            self.full_events += 1;
+            self.counters_dirty = true;
+        }
+        // Let the consumer see what we have so it can free space (and wake it if it sleeps).
+        self.flush();
+        Err(PushError::Full)
+    }
+
+    /// True if a payload of `len` bytes would fit now (refreshing the cached head if needed).
+    /// Does not count a full event.
+    pub fn has_room(&mut self, len: usize) -> bool {
+        if len as u64 > self.r.max_payload {
+            return false;
+        }
+        let need = frame_size(len) as u64;
+        let total = self.skip_for(need) + need;
+        if self.r.cap - (self.tail - self.cached_head) >= total {
+            return true;
+        }
+        // Acquire: as in `ensure_space`. An impossible head is ignored here (the next reserve
+        // reports it as `Corrupt`).
+        let head = self.r.hdr().head.0.load(Ordering::Acquire);
+        if head >= self.cached_head && head <= self.published {
+            self.cached_head = head;
+        }
+        self.r.cap - (self.tail - self.cached_head) >= total
+    }
+
+    /// Reserves room for a payload of up to `max` bytes, in place.
+    pub fn reserve(&mut self, max: usize) -> Result<Reservation<'_>, PushError> {
+        if max as u64 > self.r.max_payload {
+            return Err(PushError::TooLarge { len: max, max: self.r.max_payload as usize });
+        }
+        let need = frame_size(max) as u64;
+        let skip = self.skip_for(need);
+        self.ensure_space(skip + need)?;
+        self.in_full = false;
+        Ok(Reservation { p: self, skip, max })
+    }
+
+    /// Copies one frame into the ring. Not visible to the consumer until [`Self::flush`] (or a
+    /// later `Full`, which flushes).
+    #[inline]
+    pub fn try_push(
+        &mut self,
+        flowid: FlowId,
+        kind: Kind,
+        flags: u16,
+        payload: &[u8],
+    ) -> Result<(), PushError> {
+        let mut r = self.reserve(payload.len())?;
+        r.buf()[..payload.len()].copy_from_slice(payload);
+        r.commit(payload.len(), flowid, kind, flags)
+    }
+
+    /// Writes the frame at `tail + skip` and advances the local tail.
+    fn commit_at(&mut self, skip: u64, len: usize, flowid: FlowId, kind: Kind, flags: u16) {
+        let d = self.r.data;
+        if skip >= HEADER_SIZE as u64 {
+            let pad = FrameHeader {
+                len: (skip - HEADER_SIZE as u64) as u32,
+                kind: Kind::Pad as u16,
+                flags: 0,
+                flowid: 0,
+            };
+            let off = (self.tail & self.r.mask) as usize;
+            // SAFETY: in bounds: off + 16 <= cap because skip = cap - off >= 16. Aligned: off is
+            // a multiple of 8 (positions advance by multiples of 8) and the data area is
+            // 128-aligned. Exclusive: the bytes lie between tail and tail + skip + need, which
+            // `ensure_space` proved free (the consumer stopped reading below `head`), and the
+            // consumer reads nothing at or past the published tail.
+            unsafe { d.add(off).cast::<FrameHeader>().write(pad) };
+        }
+        let pos = self.tail + skip;
+        let off = (pos & self.r.mask) as usize;
+        let h = FrameHeader { len: len as u32, kind: kind as u16, flags, flowid: flowid.0 };
+        // SAFETY: in bounds: after the wrap rule, off + frame_size(len) <= cap. Aligned and
+        // exclusive: as for the padding record above.
+        unsafe { d.add(off).cast::<FrameHeader>().write(h) };
+        self.tail = pos + frame_size(len) as u64;
+        self.frames += 1;
+        self.bytes += len as u64;
+        self.counters_dirty = true;
+    }
+
+    /// Publishes every committed frame (one Release store) and rings the consumer's doorbell if
+    /// it is armed. Returns true if it rang. Call once per batch.
+    pub fn flush(&mut self) -> bool {
+        if self.tail == self.published {
+            self.store_counters();
+            return false;
+        }
+        self.published = self.tail;
+        let depth = self.tail - self.cached_head;
+        if depth > self.max_depth {
+            self.max_depth = depth;
+        }
+        let rang = if publish_tail(self.r.hdr(), self.tail) {
+            if let Some(db) = &self.doorbell {
+                // EAGAIN (FIFO full) means already rung: a wake-up is pending either way. Other
+                // errors cannot happen on a FIFO we hold O_RDWR; counted as rung regardless.
+                let _ = db.ring();
+            }
+            self.doorbells += 1;
+            true
+        } else {
+            false
+        };
+        self.counters_dirty = true;
+        self.store_counters();
+        rang
+    }
+
+    fn store_counters(&mut self) {
+        if !self.counters_dirty {
+            return;
+        }
+        self.counters_dirty = false;
+        let c = &self.r.hdr().producer;
+        // Relaxed: only this producer writes these; readers accept values one batch apart.
+        c.frames.store(self.frames, Ordering::Relaxed);
+        c.bytes.store(self.bytes, Ordering::Relaxed);
+        c.full_events.store(self.full_events, Ordering::Relaxed);
+        c.doorbells.store(self.doorbells, Ordering::Relaxed);
+        c.max_depth.store(self.max_depth, Ordering::Relaxed);
+    }
+}
+
+impl Reservation<'_> {
+    /// The payload area: `max` bytes, in the shared segment. It holds stale bytes from earlier
+    /// frames, not zeroes. (A `&mut` into memory another process maps writable: see the module
+    /// docs, "Untrusted bytes".)
+    pub fn buf(&mut self) -> &mut [u8] {
+        let pos = self.p.tail + self.skip;
+        let off = (pos & self.p.r.mask) as usize + HEADER_SIZE;
+        // SAFETY: in bounds: off - 16 + frame_size(max) <= cap by the wrap rule. Exclusive: the
+        // bytes are free (`ensure_space`), the consumer does not read past the published tail,
+        // and the &mut borrow of the Reservation prevents a second view from this side.
+        unsafe { core::slice::from_raw_parts_mut(self.p.r.data.add(off), self.max) }
+    }
+
+    /// Commits the first `len` bytes of [`Self::buf`] as one frame.
+    pub fn commit(
+        self,
+        len: usize,
+        flowid: FlowId,
+        kind: Kind,
+        flags: u16,
+    ) -> Result<(), PushError> {
+        if len > self.max {
+            return Err(PushError::TooLarge { len, max: self.max });
+        }
+        self.p.commit_at(self.skip, len, flowid, kind, flags);
+        Ok(())
+    }
+}
