@@ -11,9 +11,12 @@
 //! `+PONG\r\n`), and the ratio is printed. `SHMSRV_BENCH_NO_REDIS=1` skips it.
 //! `SHMSRV_BENCH_IO_SPIN` / `SHMSRV_BENCH_MD_SPIN` (e.g. `50us`) set the spin budgets.
 //!
-//! To compare two builds side by side, run the bench executable against each in turn:
-//! `SHMSRV_IO_CONN_BIN=/path/to/io_conn target/release/deps/ping-* --bench` (md is taken from the
-//! same directory); docs/BENCHMARKS.md "PING before and after the stats wiring" did that.
+//! To compare two builds in the same run (A/B mode), point `SHMSRV_BENCH_AB` at the other build's
+//! io_conn (md is taken from its directory): both servers run side by side and every point is
+//! measured `SHMSRV_BENCH_ROUNDS` times (default 3) against each, alternating (A then B, then B
+//! then A, ...), so drift of a noisy machine falls on both alike; it prints each side's median
+//! and the ratio B/A of the medians. `SHMSRV_IO_CONN_BIN=/path/to/io_conn` replaces side A (this
+//! tree's build by default). docs/BENCHMARKS.md "Structure split: PING old against new" used it.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -24,8 +27,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One request/response loop point: `conns` connections, each with one request in flight;
-/// returns replies per second. Every reply is checked byte for byte.
-fn run_point(addr: SocketAddr, req: &[u8], reply: &[u8], conns: usize, dur: Duration) -> f64 {
+/// returns the replies and the seconds they took. Every reply is checked byte for byte.
+fn run_point(
+    addr: SocketAddr,
+    req: &[u8],
+    reply: &[u8],
+    conns: usize,
+    dur: Duration,
+) -> (u64, f64) {
     let mut cs: Vec<TcpStream> = (0..conns)
         .map(|_| {
             let s = TcpStream::connect(addr).expect("connect");
@@ -55,7 +64,7 @@ fn run_point(addr: SocketAddr, req: &[u8], reply: &[u8], conns: usize, dur: Dura
         round(&mut cs);
         n += conns as u64;
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    (n, start.elapsed().as_secs_f64())
 }
 
 /// redis-server on a free loopback port, killed (by pid) on drop. `None` if it is not installed.
@@ -95,6 +104,75 @@ impl Drop for Redis {
     }
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> =
+        rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+    f.iter().sum()
+}
+
+/// The CPU ticks of a server's io_conn and its md children.
+fn server_ticks(s: &util::Server) -> u64 {
+    cpu_ticks(s.pid()) + s.md_pids().into_iter().map(cpu_ticks).sum::<u64>()
+}
+
+/// A/B mode: build A (`SHMSRV_IO_CONN_BIN`, or this tree's) against `other` (B), alternating per
+/// measurement. Besides throughput it reports the CPU time io_conn + md used per reply (from
+/// `/proc`, 10 ms ticks summed over every round): less sensitive than msgs/s to a noisy host,
+/// and with the spin budgets at 0 a measure of the work per request.
+fn ab(
+    other: std::path::PathBuf,
+    dur: Duration,
+    setup: impl Fn(Option<std::path::PathBuf>) -> util::Server,
+) {
+    let rounds: usize =
+        std::env::var("SHMSRV_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let a = setup(None);
+    let b = setup(Some(other.clone()));
+    println!(
+        "A/B: A = {}, B = {}; {rounds} rounds per point",
+        util::io_conn_bin().display(),
+        other.display()
+    );
+    let tick_us = 1e6
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100)
+            as f64;
+    for conns in [1usize, 10, 100] {
+        let (mut va, mut vb) = (Vec::new(), Vec::new());
+        let (mut cpu, mut replies) = ([0u64; 2], [0u64; 2]);
+        for r in 0..rounds {
+            let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let s = if side == 0 { &a } else { &b };
+                let t0 = server_ticks(s);
+                let (n, secs) = run_point(s.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
+                cpu[side] += server_ticks(s) - t0;
+                replies[side] += n;
+                if side == 0 { va.push(n as f64 / secs) } else { vb.push(n as f64 / secs) }
+            }
+        }
+        let (ma, mb) = (median(&mut va.clone()), median(&mut vb.clone()));
+        let per = |k: usize| cpu[k] as f64 * tick_us / replies[k].max(1) as f64;
+        println!(
+            "  c{conns:<4} A {ma:>8.0} msgs/s {:>6.2} cpu-us/reply {va:.0?}   B {mb:>8.0} msgs/s {:>6.2} cpu-us/reply {vb:.0?}   B/A {:.3} msgs/s, {:.3} cpu/reply",
+            per(0),
+            per(1),
+            mb / ma,
+            per(1) / per(0),
+        );
+    }
+    a.stop();
+    b.stop();
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let dur = if full { Duration::from_secs(5) } else { Duration::from_millis(300) };
@@ -103,16 +181,23 @@ fn main() {
     let md_spin = std::env::var("SHMSRV_BENCH_MD_SPIN").ok();
     let io_extra = io_spin.as_ref().map(|s| format!("spin = \"{s}\"")).unwrap_or_default();
     let md_extra = md_spin.as_ref().map(|s| format!("spin = \"{s}\"")).unwrap_or_default();
-    let sut = util::Server::start_with(
-        "bench_ping",
-        util::Setup {
-            spawn_md: 1,
-            max_instances: 1,
-            io_extra: &io_extra,
-            md_extra: &md_extra,
-            ..util::Setup::default()
-        },
-    );
+    let setup = |bin: Option<std::path::PathBuf>| {
+        util::Server::start_with(
+            if bin.is_some() { "bench_ping_b" } else { "bench_ping" },
+            util::Setup {
+                spawn_md: 1,
+                max_instances: 1,
+                io_extra: &io_extra,
+                md_extra: &md_extra,
+                io_conn_bin: bin,
+                ..util::Setup::default()
+            },
+        )
+    };
+    if let Some(other) = std::env::var_os("SHMSRV_BENCH_AB") {
+        return ab(other.into(), dur, setup);
+    }
+    let sut = setup(None);
     // The same client against redis-server in the same run (an inline `PING\n` gets
     // `+PONG\r\n`): the baseline the ratios are taken against.
     let redis =
@@ -128,10 +213,12 @@ fn main() {
         println!("  (redis-server not found or not started: no same-run baseline)");
     }
     for conns in [1usize, 10, 100] {
-        let ours = run_point(sut.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
+        let (n, secs) = run_point(sut.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
+        let ours = n as f64 / secs;
         match &redis {
             Some(r) => {
-                let base = run_point(r.addr, b"PING\n", b"+PONG\r\n", conns, dur);
+                let (n, secs) = run_point(r.addr, b"PING\n", b"+PONG\r\n", conns, dur);
+                let base = n as f64 / secs;
                 println!(
                     "  c{conns:<4} ours {ours:>10.0} msgs/s   redis {base:>10.0} msgs/s   ratio {:.2}",
                     ours / base

@@ -147,6 +147,8 @@ pub struct Server {
     pub log: Arc<Mutex<String>>,
     /// Extra environment of the io_conn process (kept for [`Server::relaunch`]).
     pub env: Vec<(String, String)>,
+    /// The io_conn binary it runs (kept for [`Server::relaunch`]).
+    pub bin: PathBuf,
 }
 
 /// Options for [`Server::start_with`].
@@ -164,6 +166,9 @@ pub struct Setup<'a> {
     pub md_bin: Option<PathBuf>,
     /// More `[[io_conn.listener]]` tables, appended to the config (see [`listener`]).
     pub listeners: &'a str,
+    /// The io_conn binary (default [`io_conn_bin`]); md is then taken from its directory unless
+    /// `md_bin` says otherwise. The PING bench's A/B mode runs two builds side by side with it.
+    pub io_conn_bin: Option<PathBuf>,
 }
 
 /// A `[[io_conn.listener]]` table on 127.0.0.1:0, for [`Setup::listeners`].
@@ -201,10 +206,16 @@ impl Server {
         text.push_str(s.listeners);
         std::fs::write(&config, text).expect("write config");
         let mut env = s.env;
-        if let Some(md) = s.md_bin {
+        let bin = s.io_conn_bin.unwrap_or_else(io_conn_bin);
+        let md = match (s.md_bin, &bin) {
+            (Some(md), _) => Some(md),
+            (None, b) if *b != io_conn_bin() => Some(b.parent().expect("bin dir").join("md")),
+            (None, _) => None,
+        };
+        if let Some(md) = md {
             env.push(("SHMSRV_MD_BIN".to_owned(), md.display().to_string()));
         }
-        let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md, env);
+        let server = Self::launch(&name, &dir, &runtime_dir, &config, s.spawn_md, env, bin);
         server.wait_md_live(s.spawn_md);
         server
     }
@@ -216,8 +227,9 @@ impl Server {
         config: &Path,
         spawn_md: u32,
         env: Vec<(String, String)>,
+        bin: PathBuf,
     ) -> Server {
-        let mut cmd = Command::new(io_conn_bin());
+        let mut cmd = Command::new(&bin);
         // Never the test runner's own systemd socket (a CI job may run as a service).
         for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
             cmd.env_remove(var);
@@ -264,6 +276,7 @@ impl Server {
             addrs: HashMap::new(),
             log,
             env,
+            bin,
         };
         loop {
             let line = rx.recv_timeout(WATCHDOG).expect("io_conn printed `ready` in time");
@@ -400,6 +413,7 @@ impl Server {
             &self.config,
             spawn_md,
             self.env.clone(),
+            self.bin.clone(),
         );
         // Keep the earlier log lines (the tests read md pids from it).
         let old = self.log_text();
