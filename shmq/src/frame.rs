@@ -30,6 +30,16 @@
 //! | `DRAINED` | io → md | bytes flushed to the client, u64 LE |
 //! | `HELLO` | md → io | [`Hello`]: pid u32, instance u32, start time u64 |
 //! | `BROADCAST` | md → io | service len u16, service name, then the bytes to send (flowid 0) |
+//!
+//! # Flags
+//!
+//! `flags` is per kind ([`flags`]); a flag unknown to a reader is ignored.
+//!
+//! * `OPEN` with [`flags::OPEN_MARK_ENDS`]: io_conn dispatches this flow's requests one by one
+//!   (possibly to several md instances) and needs to know where each request's reply ends. md
+//!   then sets [`flags::DATA_END`] on the DATA frame whose last byte completes a request, and
+//!   sends an empty DATA frame with it when a request completes with no output since the last
+//!   frame. Without the flag (flow dispatch) md's output is a plain byte stream, as before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -46,6 +56,15 @@ pub const MIN_CAPACITY: u64 = 256;
 #[inline]
 pub const fn frame_size(payload: usize) -> usize {
     (HEADER_SIZE + payload + (ALIGN - 1)) & !(ALIGN - 1)
+}
+
+/// Per-kind frame flags (the header's `flags` field). See the module docs, "Flags".
+pub mod flags {
+    /// On `OPEN`: md marks the end of each request's reply with [`DATA_END`].
+    pub const OPEN_MARK_ENDS: u16 = 1;
+    /// On md's `DATA`: this frame's last byte ends the reply to one request (an empty frame: a
+    /// request that ended with no output since the previous frame).
+    pub const DATA_END: u16 = 1;
 }
 
 /// What a frame means. `#[repr(u16)]`: the value is stored in the frame header.

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use shmq::frame::{FlowId, Frame, Kind, OpenInfo, decode_drained};
+use shmq::frame::{FlowId, Frame, Kind, OpenInfo, decode_drained, flags};
 use shmq::ring::{Producer, PushError};
 use shmq::stats::Md;
 
@@ -97,7 +97,7 @@ impl<F: fmt::Debug> Core<F> {
                         self.flush_out(tx, idx);
                         let st = self.call(svc, idx, |s, st, cx| s.drained(st, cx));
                         if st == Some(Status::Done) {
-                            self.flows[idx].busy = false;
+                            self.flows[idx].request_done();
                         }
                     }
                     self.mark_dirty(idx);
@@ -130,6 +130,7 @@ impl<F: fmt::Debug> Core<F> {
             }
         };
         self.flows[idx].reset(f.flowid, credit);
+        self.flows[idx].mark_ends = f.flags & flags::OPEN_MARK_ENDS != 0;
         self.index.insert(f.flowid.0, idx as u32);
         let state = match info {
             Some(info) => {
@@ -214,7 +215,10 @@ impl<F: fmt::Debug> Core<F> {
         msg: &[u8],
     ) {
         if let Some(st) = self.call(svc, idx, |s, st, cx| s.message(st, msg, cx)) {
-            self.flows[idx].busy = st == Status::Pending;
+            match st {
+                Status::Pending => self.flows[idx].busy = true,
+                Status::Done => self.flows[idx].request_done(),
+            }
         }
     }
 
@@ -247,7 +251,10 @@ impl<F: fmt::Debug> Core<F> {
                 now: *now,
             };
             let st = svc.message(state, &flow.backlog[range], &mut cx);
-            flow.busy = st == Status::Pending;
+            match st {
+                Status::Pending => flow.busy = true,
+                Status::Done => flow.request_done(),
+            }
         }
         if flow.backlog_count == 0 {
             flow.backlog.clear();
@@ -268,7 +275,7 @@ impl<F: fmt::Debug> Core<F> {
             if let Some(st) = self.call(svc, idx, |s, st, cx| s.timer(st, e.token, cx)) {
                 let flow = &mut self.flows[idx];
                 if flow.busy && st == Status::Done {
-                    flow.busy = false;
+                    flow.request_done();
                 }
             }
             self.mark_dirty(idx);
@@ -284,25 +291,50 @@ impl<F: fmt::Debug> Core<F> {
         let mut sent = 0;
         let mut full = false;
         loop {
-            // Output up to the next broadcast's mark (or all of it) goes first.
+            let pos = flow.out_base + sent as u64;
+            if flow.next_end() == Some(pos) {
+                // A request ended and no frame carried its end (nothing was written since the
+                // last one): an empty END frame, which costs no credit.
+                match tx.try_push(flow.id, Kind::Data, flags::DATA_END, &[]) {
+                    Ok(()) => {
+                        flow.ends_head += 1;
+                        self.stats[Md::MessagesOut] += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        push_failed(&mut self.stats, &mut self.fatal, e);
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            // Output up to the next broadcast's mark or reply end (or all of it) goes first.
             let next = flow.next_broadcast();
-            let end = match &next {
+            let mut end = match &next {
                 // A mark is never behind `out_base`: output is pushed only up to the next mark.
                 Some((mark, _)) => {
                     (mark.saturating_sub(flow.out_base) as usize).min(flow.out.len())
                 }
                 None => flow.out.len(),
             };
+            if let Some(e) = flow.next_end() {
+                end = end.min((e - flow.out_base) as usize);
+            }
             if sent < end {
                 let avail = flow.avail().min(self.max_payload as u64) as usize;
                 let n = (end - sent).min(avail);
                 if n == 0 {
                     break; // out of credit: later output and broadcasts wait for DRAINED
                 }
-                match tx.try_push(flow.id, Kind::Data, 0, &flow.out[sent..sent + n]) {
+                let ends_here = flow.next_end() == Some(pos + n as u64);
+                let fl = if ends_here { flags::DATA_END } else { 0 };
+                match tx.try_push(flow.id, Kind::Data, fl, &flow.out[sent..sent + n]) {
                     Ok(()) => {
                         sent += n;
                         flow.outstanding += n as u64;
+                        if ends_here {
+                            flow.ends_head += 1;
+                        }
                         self.stats[Md::MessagesOut] += 1;
                         self.stats[Md::BytesOut] += n as u64;
                         continue;
@@ -337,6 +369,10 @@ impl<F: fmt::Debug> Core<F> {
         if !flow.has_broadcasts() {
             flow.bcast.clear();
             flow.bcast_head = 0;
+        }
+        if !flow.has_ends() {
+            flow.ends.clear();
+            flow.ends_head = 0;
         }
         full
     }
@@ -403,7 +439,7 @@ impl<F: fmt::Debug> Core<F> {
         }
         let flow = &self.flows[idx];
         let closing = flow.svc.is_none() || (flow.eof_done && !flow.busy);
-        if closing && flow.out.is_empty() && !flow.has_broadcasts() {
+        if closing && flow.out.is_empty() && !flow.has_broadcasts() && !flow.has_ends() {
             if self.control(tx, id, Kind::Close) {
                 self.stats[Md::ClosesOut] += 1;
                 self.remove(svc, idx);
@@ -467,6 +503,8 @@ impl<F: fmt::Debug> Core<F> {
                 buf.shrink_to(KEEP_CAPACITY);
             }
         }
+        flow.ends.clear();
+        flow.ends_head = 0;
         self.free.push(idx as u32);
     }
 

@@ -33,6 +33,13 @@ pub(super) struct Flow<F> {
     pub(super) backlog_count: usize,
     /// A request is [`Status::Pending`].
     pub(super) busy: bool,
+    /// io_conn asked (OPEN flag [`shmq::frame::flags::OPEN_MARK_ENDS`]) for the end of each
+    /// request's reply to be marked: see [`Flow::request_done`].
+    pub(super) mark_ends: bool,
+    /// Output positions (absolute, like `out_base`) where a request's reply ended, oldest first
+    /// from `ends_head`; each goes out as the `DATA_END` flag of the frame that reaches it.
+    pub(super) ends: Vec<u64>,
+    pub(super) ends_head: usize,
     /// `EOF` received.
     pub(super) eof: bool,
     /// [`Service::eof`] called; nothing more will run, `CLOSE` follows the output.
@@ -62,6 +69,9 @@ impl<F> Flow<F> {
             backlog_head: 0,
             backlog_count: 0,
             busy: false,
+            mark_ends: false,
+            ends: Vec::new(),
+            ends_head: 0,
             eof: false,
             eof_done: false,
             paused: false,
@@ -84,6 +94,9 @@ impl<F> Flow<F> {
         self.backlog_head = 0;
         self.backlog_count = 0;
         self.busy = false;
+        self.mark_ends = false;
+        self.ends.clear();
+        self.ends_head = 0;
         self.eof = false;
         self.eof_done = false;
         self.paused = false;
@@ -111,6 +124,25 @@ impl<F> Flow<F> {
 
     pub(super) fn has_broadcasts(&self) -> bool {
         self.bcast_head < self.bcast.len()
+    }
+
+    /// The request in progress finished: the flow is free for its next one, and (when io_conn
+    /// asked for it) the reply's end is marked at the output written so far.
+    pub(super) fn request_done(&mut self) {
+        self.busy = false;
+        if self.mark_ends {
+            self.ends.push(self.out_base + self.out.len() as u64);
+        }
+    }
+
+    /// The oldest reply end not yet sent.
+    pub(super) fn next_end(&self) -> Option<u64> {
+        self.ends.get(self.ends_head).copied()
+    }
+
+    /// Reply ends are waiting to be sent.
+    pub(super) fn has_ends(&self) -> bool {
+        self.ends_head < self.ends.len()
     }
 
     /// The oldest queued broadcast: its mark and the payload's range in `bcast`.

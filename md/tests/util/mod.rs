@@ -23,6 +23,7 @@ pub const WATCHDOG: Duration = Duration::from_secs(20);
 pub struct Out {
     pub flow: FlowId,
     pub kind: Kind,
+    pub flags: u16,
     pub payload: Vec<u8>,
 }
 
@@ -143,9 +144,13 @@ impl Io {
     }
 
     pub fn send(&mut self, flow: FlowId, kind: Kind, payload: &[u8]) {
+        self.send_flagged(flow, kind, 0, payload);
+    }
+
+    pub fn send_flagged(&mut self, flow: FlowId, kind: Kind, flags: u16, payload: &[u8]) {
         let deadline = Instant::now() + WATCHDOG;
         loop {
-            match self.tx.try_push(flow, kind, 0, payload) {
+            match self.tx.try_push(flow, kind, flags, payload) {
                 Ok(()) => break,
                 Err(PushError::Full) => {
                     // md is behind: keep its output moving so it can make progress.
@@ -159,10 +164,15 @@ impl Io {
     }
 
     pub fn open(&mut self, flow: FlowId, service: &str, credit: u64) {
+        self.open_flagged(flow, service, credit, 0);
+    }
+
+    /// OPEN with frame flags (e.g. `shmq::frame::flags::OPEN_MARK_ENDS`).
+    pub fn open_flagged(&mut self, flow: FlowId, service: &str, credit: u64, flags: u16) {
         let info = OpenInfo { credit, peer: "127.0.0.1:4242".parse().unwrap(), service };
         let mut buf = [0u8; 128];
         let n = info.encode(&mut buf).unwrap();
-        self.send(flow, Kind::Open, &buf[..n]);
+        self.send_flagged(flow, Kind::Open, flags, &buf[..n]);
     }
 
     pub fn data(&mut self, flow: FlowId, bytes: &[u8]) {
@@ -188,6 +198,7 @@ impl Io {
             self.pending.push_back(Out {
                 flow: f.flowid,
                 kind: f.kind,
+                flags: f.flags,
                 payload: f.payload.to_vec(),
             });
             self.rx.release();

@@ -1,0 +1,113 @@
+//! Reply ends (OPEN flag `OPEN_MARK_ENDS`): md marks where each request's reply ends, so io_conn
+//! can dispatch one connection's requests to several md instances and put the replies back in
+//! order. Without the flag nothing is marked.
+
+mod util;
+
+use md::services::{Builtin, DumbOptions};
+use shmq::frame::Kind;
+use shmq::frame::flags::{DATA_END, OPEN_MARK_ENDS};
+use util::{Geometry, Io, flow, opts};
+
+fn start(test: &str) -> Io {
+    let b = Builtin::new(DumbOptions::default());
+    let mut io = Io::start(test, b, opts(), Geometry::default());
+    io.expect_hello();
+    io
+}
+
+/// Reads DATA frames of `f` until `n` reply ends were seen; returns each reply's bytes. Returns
+/// DRAINED for every byte at once (as a fast client would), and fails on any other frame.
+fn replies(io: &mut Io, f: shmq::FlowId, n: usize) -> Vec<Vec<u8>> {
+    let mut out = vec![Vec::new()];
+    while out.len() <= n {
+        let o = io.recv();
+        assert_eq!((o.flow, o.kind), (f, Kind::Data), "unexpected frame {o:?}");
+        out.last_mut().expect("one reply open").extend_from_slice(&o.payload);
+        if !o.payload.is_empty() {
+            io.drained(f, o.payload.len() as u64);
+        }
+        if o.flags & DATA_END != 0 {
+            out.push(Vec::new());
+        }
+    }
+    assert!(out.pop().expect("trailing").is_empty());
+    out
+}
+
+#[test]
+fn each_reply_ends_with_a_marked_frame() {
+    let mut io = start("ends-each");
+    let f = flow(3);
+    io.open_flagged(f, "dumb", 1 << 20, OPEN_MARK_ENDS);
+    io.lines(f, "PING\nBURN 10\nWAIT 1\nPING\nHELLO\nSTREAM 3\n");
+    let got = replies(&mut io, f, 6);
+    let want: [&[u8]; 6] = [
+        b"PONG\n",
+        b"RESULT 55\n",
+        b"DONE\n",
+        b"PONG\n",
+        b"ERR unknown command (expected PING, WAIT, BURN or STREAM)\n",
+        b"AAADONE\n",
+    ];
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(String::from_utf8_lossy(g), String::from_utf8_lossy(w), "reply {k}");
+    }
+    io.stop();
+}
+
+#[test]
+fn a_stream_split_by_credit_is_marked_once_at_its_end() {
+    let mut io = start("ends-credit");
+    let f = flow(4);
+    // A small credit: STREAM 1000 goes out in many frames, each waiting for DRAINED.
+    io.open_flagged(f, "dumb", 64, OPEN_MARK_ENDS);
+    io.lines(f, "STREAM 1000\nPING\n");
+    let mut frames_before_end = 0;
+    let mut bytes = 0;
+    loop {
+        let o = io.recv();
+        assert_eq!((o.flow, o.kind), (f, Kind::Data));
+        assert!(o.payload.len() <= 64, "credit kept");
+        bytes += o.payload.len();
+        io.drained(f, o.payload.len() as u64);
+        if o.flags & DATA_END != 0 {
+            break;
+        }
+        frames_before_end += 1;
+    }
+    assert_eq!(bytes, 1000 + "DONE\n".len(), "the END came with the reply's last byte");
+    assert!(frames_before_end > 10, "the reply was split ({frames_before_end} frames)");
+    assert_eq!(replies(&mut io, f, 1), vec![b"PONG\n".to_vec()]);
+    io.stop();
+}
+
+/// A request whose reply is empty still gets its end marked: an empty DATA frame with the flag.
+#[test]
+fn an_empty_reply_is_an_empty_marked_frame() {
+    let mut io = start("ends-empty");
+    let f = flow(5);
+    io.open_flagged(f, "echo", 1 << 20, OPEN_MARK_ENDS);
+    io.data(f, b"");
+    io.data(f, b"x");
+    let got = replies(&mut io, f, 2);
+    assert_eq!(got, vec![Vec::new(), b"x".to_vec()]);
+    io.stop();
+}
+
+#[test]
+fn without_the_open_flag_nothing_is_marked() {
+    let mut io = start("ends-none");
+    let f = flow(6);
+    io.open(f, "dumb", 1 << 20);
+    io.lines(f, "PING\nPING\n");
+    // The second PONG in its own frame, flag clear, then a marked flow shows the contrast.
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let o = io.recv();
+        assert_eq!((o.flow, o.kind, o.flags), (f, Kind::Data, 0), "{o:?}");
+        got.extend_from_slice(&o.payload);
+    }
+    assert_eq!(got, b"PONG\nPONG\n");
+    io.stop();
+}
