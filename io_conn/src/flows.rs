@@ -31,6 +31,7 @@
 //! assert_ne!(t.id(a), id, "the slot's generation moved on");
 //! ```
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
@@ -109,6 +110,65 @@ impl Link {
     const NONE: Self = Self { prev: NIL, next: NIL, linked: false };
 }
 
+/// One request of a connection under `request` dispatch, in flight on an md.
+#[derive(Debug)]
+pub struct Req {
+    /// The md instance it went to.
+    pub md: u32,
+    /// md marked the end of its reply (or dropped the flow at it).
+    pub done: bool,
+    /// Reply bytes that came while an earlier request's reply was still being sent: held here,
+    /// bounded by the md's output credit for this flow, until this request reaches the head.
+    pub held: Option<Buf>,
+}
+
+/// An md instance a `request`-dispatched connection has been opened on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The md instance.
+    pub md: u32,
+    /// Reply bytes flushed to the client and not yet returned to that md with DRAINED.
+    pub drained: u64,
+    /// Reply bytes received from that md and not yet flushed (held, or queued for the socket):
+    /// above the flow's credit, md overran it.
+    pub owed: u64,
+}
+
+/// The `request` dispatch state of a connection: its requests in flight, in order, and the md
+/// instances it is open on. Empty (and unused) under `flow` dispatch. Keeps its allocations
+/// when the slot is reused.
+#[derive(Debug, Default)]
+pub struct ReqFlow {
+    /// This connection's requests are dispatched one by one (the listener's `dispatch`).
+    pub on: bool,
+    /// Most requests in flight (`pipeline_depth`): beyond it the socket is not read.
+    pub depth: u32,
+    /// Requests in flight, oldest (the head, whose reply is being sent) first.
+    pub q: VecDeque<Req>,
+    /// md instances that got OPEN for this connection.
+    pub peers: Vec<Peer>,
+    /// The socket's output queue as (md, bytes) runs, so flushed bytes return credit to the md
+    /// that sent them ([`crate::flows::NO_MD`]: uncredited, e.g. a BROADCAST).
+    pub segs: VecDeque<(u32, u64)>,
+}
+
+impl ReqFlow {
+    /// The peer entry of md `i`.
+    pub fn peer_mut(&mut self, i: u32) -> Option<&mut Peer> {
+        self.peers.iter_mut().find(|p| p.md == i)
+    }
+
+    /// The oldest request on md `i` whose reply has not ended.
+    pub fn open_req(&self, i: u32) -> Option<usize> {
+        self.q.iter().position(|r| r.md == i && !r.done)
+    }
+
+    /// No more requests fit in flight.
+    pub fn full(&self) -> bool {
+        self.on && self.q.len() >= self.depth as usize
+    }
+}
+
 /// One client connection.
 #[derive(Debug)]
 pub struct Flow {
@@ -149,6 +209,8 @@ pub struct Flow {
     pub after_flush: AfterFlush,
     /// The id the flow had while open (the CLOSE to push while Closing).
     pub close_id: FlowId,
+    /// `request` dispatch state.
+    pub rq: ReqFlow,
     /// Last read or write.
     pub last_active: Instant,
     /// When the incomplete message at the front of `input` started (or accept time while
@@ -178,6 +240,7 @@ impl Flow {
             input_end: InputEnd::Reading,
             after_flush: AfterFlush::Serve,
             close_id: FlowId(0),
+            rq: ReqFlow::default(),
             last_active: now,
             since: now,
             links: [Link::NONE; 2],
@@ -200,6 +263,7 @@ impl Flow {
                     && !self.md_paused
                     && !self.blocked
                     && self.after_flush == AfterFlush::Serve
+                    && !self.rq.full()
             }
             State::Lingering => true,
             _ => false,
@@ -292,6 +356,11 @@ impl FlowTable {
         f.open_pending = false;
         f.input_end = InputEnd::Reading;
         f.after_flush = AfterFlush::Serve;
+        debug_assert!(f.rq.q.iter().all(|r| r.held.is_none()), "held buffers go back to the pool");
+        f.rq.on = false;
+        f.rq.q.clear();
+        f.rq.peers.clear();
+        f.rq.segs.clear();
         self.bump(slot);
         self.free.push(slot);
     }

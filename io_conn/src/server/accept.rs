@@ -116,10 +116,19 @@ impl Clients {
         }
     }
 
-    /// Binds a flow to md `i` for life and sends OPEN.
+    /// Binds a flow to md `i` for life and sends OPEN (`flow` dispatch), or opens it for
+    /// `request` dispatch.
     fn bind(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, i: u32) {
         let f = self.flows.get_mut(slot);
         f.state = State::Open;
+        let l = &self.listeners[f.listener as usize];
+        if l.request {
+            // `request` dispatch: bound to no md; each request picks one (`dispatch`).
+            f.rq.on = true;
+            f.rq.depth = l.depth;
+            self.update_interest(cx, slot);
+            return;
+        }
         f.md = i;
         f.open_pending = true;
         links.bind(i);

@@ -28,6 +28,10 @@ pub(super) struct Lst {
     pub(super) framing: Framing,
     /// Registered in epoll (accepting is paused after EMFILE by taking it out).
     pub(super) in_epoll: bool,
+    /// `dispatch = "request"`: each request goes to the least-loaded md (`dispatch`).
+    pub(super) request: bool,
+    /// `pipeline_depth`: requests in flight per connection under `request` dispatch.
+    pub(super) depth: u32,
 }
 
 /// Limits from the config, in the units the loop uses.
@@ -64,6 +68,11 @@ pub(crate) struct Clients {
     pub(super) lim: Limits,
 }
 
+/// A listener's dispatch: (`request`, `pipeline_depth`).
+fn listener_dispatch(_l: &config::Listener) -> (bool, u32) {
+    (std::env::var_os("SHMSRV_TMP_REQUEST").is_some(), 16)
+}
+
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
@@ -82,11 +91,14 @@ impl Clients {
             epoll
                 .add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, token(K_LISTENER, idx as u64)))
                 .context("epoll add listener")?;
+            let (request, depth) = listener_dispatch(&l);
             lst.push(Lst {
                 sock: Some(sock),
                 framing: l.framing(),
                 service: l.service,
                 in_epoll: true,
+                request,
+                depth,
             });
         }
         anyhow::ensure!(lst.len() < usize::from(u16::MAX), "too many listeners");
@@ -215,18 +227,34 @@ impl Clients {
         if let Some(b) = f.output.take() {
             self.pool.put(b);
         }
+        // `request` dispatch: the requests in flight end here (their md's load drops; replies
+        // still coming are stale), their held replies go back to the pool.
+        while let Some(r) = f.rq.q.pop_front() {
+            if !r.done {
+                links.req_done(r.md);
+            }
+            if let Some(b) = r.held {
+                self.pool.put(b);
+            }
+        }
+        f.rq.segs.clear();
         let md = f.md;
         let md_closed = f.after_flush == AfterFlush::Close;
+        let request = f.rq.on;
+        let peers = !f.rq.peers.is_empty();
         self.flows.remove(ListId::Idle, slot);
         self.flows.remove(ListId::Deadline, slot);
         // A new generation now: frames md still sends for `old_id` are stale from here on.
         self.flows.bump(slot);
         // md forgot a flow it closed itself: a CLOSE back would only cost it a frame (and maybe a
-        // wake-up) to count as an unknown flow.
+        // wake-up) to count as an unknown flow. Under `request` dispatch every md the flow was
+        // opened on gets CLOSE (one that closed it, or died, was taken off the list already).
         let tell_md = matches!(state, State::Open | State::Lingering)
-            && !md_closed
-            && why != Io::ClosedMdGone
-            && links.has_ring(md);
+            && if request {
+                peers
+            } else {
+                !md_closed && why != Io::ClosedMdGone && links.has_ring(md)
+            };
         links.unbind(md);
         if !tell_md {
             self.flows.release(slot);
@@ -237,7 +265,11 @@ impl Clients {
         f.close_id = old_id;
         f.blocked = false;
         f.drained = 0;
-        self.pump_closing(links, slot);
+        if let Err(m) = self.pump_closing(links, slot) {
+            let f = self.flows.get_mut(slot);
+            f.blocked = true;
+            links.block(m, slot, f.generation);
+        }
     }
 
     /// Calls `add` with every instant the client side needs the timer for.
@@ -282,7 +314,7 @@ impl Clients {
                     self.close_flow(cx, links, s, Io::ClosedOversized);
                     continue;
                 }
-                if f.blocked || f.md_paused {
+                if f.blocked || f.md_paused || f.rq.full() {
                     // Not reading by our (or md's) choice: the client is not the slow one.
                     f.since = now;
                     self.flows.move_to_back(ListId::Deadline, s);
@@ -333,7 +365,7 @@ impl Clients {
                 State::Open if !f.input_ended() => {
                     f.input_end = InputEnd::Eof { by_peer: false, sent: false };
                     self.flows.remove(ListId::Deadline, slot);
-                    if self.after_input(cx, links, slot) {
+                    if self.after_input(cx, links, slot) && self.finish_if_done(cx, links, slot) {
                         self.update_interest(cx, slot);
                     }
                 }
@@ -348,8 +380,18 @@ impl Clients {
         let mut cur = self.flows.front(ListId::Idle);
         while let Some(slot) = cur {
             cur = self.flows.next(ListId::Idle, slot);
-            let f = self.flows.get(slot);
-            if matches!(f.state, State::Open | State::Lingering) && f.md == i {
+            let f = self.flows.get_mut(slot);
+            if !matches!(f.state, State::Open | State::Lingering) {
+                continue;
+            }
+            if f.rq.on {
+                // `request` dispatch: only connections with a request in flight there lose it;
+                // the others just forget that md (no CLOSE to a dead md).
+                f.rq.peers.retain(|p| p.md != i);
+                if f.rq.q.iter().any(|r| r.md == i && !r.done) {
+                    self.close_flow(cx, links, slot, Io::ClosedMdGone);
+                }
+            } else if f.md == i {
                 self.close_flow(cx, links, slot, Io::ClosedMdGone);
             }
         }

@@ -10,11 +10,11 @@ use std::net::TcpStream;
 
 use config::Framing;
 use shmq::frame::{self, FlowId, Kind, OpenInfo};
-use shmq::ring::{Producer, PushError};
+use shmq::ring::PushError;
 
 use super::{Clients, Cx, Links};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, InputEnd, ListId, State};
+use crate::flows::{AfterFlush, Flow, InputEnd, ListId, Peer, Req, State};
 use crate::framing::{self, Next};
 
 /// Reads per readiness event of one socket before moving on (fairness; level-triggered epoll
@@ -28,13 +28,16 @@ const ERR_TOO_LONG: &[u8] = b"ERR message too long\n";
 pub(super) enum Pump {
     /// Everything that could go went; the rest is an incomplete message.
     Done,
-    /// The ring is full: wait on the md's blocked queue.
-    Blocked,
+    /// md `.0`'s ring is full: wait on its blocked queue.
+    Blocked(u32),
+    /// `request` dispatch: `pipeline_depth` requests are in flight; the rest waits (unread)
+    /// until a reply ends.
+    Pipeline,
     /// A message is above `shared.max_message` (or the ring's largest frame).
     TooLong,
-    /// The ring refused a frame as corrupt: the md is lost.
-    Corrupt,
-    /// The flow's md has no ring.
+    /// md `.0`'s ring refused a frame as corrupt: that md is lost.
+    Corrupt(u32),
+    /// The flow's md has no ring (or, under `request` dispatch, no md is live).
     MdGone,
 }
 
@@ -49,25 +52,63 @@ enum Stop {
     Failed(Pump),
 }
 
-fn push_failed(e: PushError) -> Pump {
+fn push_failed(e: PushError, md: u32) -> Pump {
     match e {
-        PushError::Full => Pump::Blocked,
+        PushError::Full => Pump::Blocked(md),
         PushError::TooLarge { .. } => Pump::TooLong,
-        PushError::Corrupt => Pump::Corrupt,
+        PushError::Corrupt => Pump::Corrupt(md),
     }
 }
 
-/// Pushes the complete messages at the front of `data` into `tx` as DATA frames of flow `id`,
-/// in order. `scanned`: bytes at the front of `data` already known to hold no boundary. Returns
-/// the bytes consumed, the number of frames pushed, and why it stopped.
+/// Pushes one framed message of flow `f` (id `id`) to md: under `flow` dispatch into its md's
+/// ring; under `request` dispatch to the least-loaded live md (OPEN first if that md does not
+/// know the flow yet), recording the request in flight.
+fn push_one(
+    links: &mut Links,
+    id: FlowId,
+    f: &mut Flow,
+    service: &str,
+    credit: u64,
+    msg: &[u8],
+) -> Result<(), Pump> {
+    if !f.rq.on {
+        let Some((tx, pushed)) = links.tx(f.md) else { return Err(Pump::MdGone) };
+        tx.try_push(id, Kind::Data, 0, msg).map_err(|e| push_failed(e, f.md))?;
+        *pushed = true;
+        return Ok(());
+    }
+    if f.rq.full() {
+        return Err(Pump::Pipeline);
+    }
+    let Some(i) = links.choose_request() else { return Err(Pump::MdGone) };
+    let Some((tx, pushed)) = links.tx(i) else { return Err(Pump::MdGone) };
+    if f.rq.peer_mut(i).is_none() {
+        let info = OpenInfo { credit, peer: f.peer, service };
+        let mut b = [0u8; 32 + frame::MAX_SERVICE_NAME];
+        let Ok(len) = info.encode(&mut b) else { return Err(Pump::MdGone) };
+        tx.try_push(id, Kind::Open, frame::flags::OPEN_MARK_ENDS, &b[..len])
+            .map_err(|e| push_failed(e, i))?;
+        *pushed = true;
+        f.rq.peers.push(Peer { md: i, drained: 0, owed: 0 });
+    }
+    tx.try_push(id, Kind::Data, 0, msg).map_err(|e| push_failed(e, i))?;
+    *pushed = true;
+    f.rq.q.push_back(Req { md: i, done: false, held: None });
+    links.req_sent(i);
+    Ok(())
+}
+
+/// Pushes the complete messages at the front of `data` with `push`, in order. `scanned`: bytes
+/// at the front of `data` already known to hold no boundary. Returns the bytes consumed, the
+/// number of messages pushed, and why it stopped. The one framing-to-ring path: the scratch
+/// fast path and the buffered path both come here, under either dispatch.
 #[inline]
 fn push_framed(
-    tx: &mut Producer,
-    id: FlowId,
     framing: Framing,
     data: &[u8],
     mut scanned: usize,
     max_msg: usize,
+    mut push: impl FnMut(&[u8]) -> Result<(), Pump>,
 ) -> (usize, u64, Stop) {
     let mut off = 0;
     let mut pushed = 0;
@@ -76,16 +117,14 @@ fn push_framed(
             return (off, pushed, Stop::Empty);
         }
         match framing::next_message(framing, &data[off..], scanned, max_msg) {
-            Next::Message { start, end, consumed } => {
-                match tx.try_push(id, Kind::Data, 0, &data[off + start..off + end]) {
-                    Ok(()) => {
-                        pushed += 1;
-                        off += consumed;
-                        scanned = 0;
-                    }
-                    Err(e) => return (off, pushed, Stop::Failed(push_failed(e))),
+            Next::Message { start, end, consumed } => match push(&data[off + start..off + end]) {
+                Ok(()) => {
+                    pushed += 1;
+                    off += consumed;
+                    scanned = 0;
                 }
-            }
+                Err(r) => return (off, pushed, Stop::Failed(r)),
+            },
             Next::Incomplete { scanned } => return (off, pushed, Stop::Incomplete { scanned }),
             Next::TooLong => return (off, pushed, Stop::Failed(Pump::TooLong)),
         }
@@ -162,23 +201,19 @@ impl Clients {
         n: usize,
     ) -> bool {
         let id = self.flows.id(slot);
-        let md = self.flows.get(slot).md;
-        let Some((tx, pushed)) = links.tx(md) else {
-            self.close_flow(cx, links, slot, Io::ClosedMdGone);
-            return false;
-        };
-        let (off, frames, stop) =
-            push_framed(tx, id, framing, &self.scratch[..n], 0, self.lim.max_msg);
-        if frames > 0 {
-            *pushed = true;
-            cx.c[Io::MessagesIn] += frames;
-        }
+        let Self { flows, scratch, listeners, lim, .. } = self;
+        let f = flows.get_mut(slot);
+        let service = &listeners[f.listener as usize].service;
+        let (off, frames, stop) = push_framed(framing, &scratch[..n], 0, lim.max_msg, |m| {
+            push_one(links, id, f, service, lim.credit, m)
+        });
+        cx.c[Io::MessagesIn] += frames;
         let (r, scanned) = match stop {
             Stop::Empty => (Pump::Done, 0),
             Stop::Incomplete { scanned } => (Pump::Done, scanned),
             Stop::Failed(r) => (r, 0),
         };
-        if !matches!(r, Pump::Done | Pump::Blocked) {
+        if !matches!(r, Pump::Done | Pump::Blocked(_) | Pump::Pipeline) {
             return self.settle(cx, links, slot, r);
         }
         if off < n {
@@ -186,11 +221,12 @@ impl Clients {
             buf.extend(&self.scratch[off..n]);
             buf.scanned = scanned;
             self.flows.get_mut(slot).input = Some(buf);
-            if r == Pump::Blocked {
-                self.block(cx, links, slot);
-            } else {
-                self.flows.get_mut(slot).since = cx.now;
-                self.flows.push_back(ListId::Deadline, slot);
+            match r {
+                Pump::Blocked(md) => self.block(cx, links, slot, md),
+                _ => {
+                    self.flows.get_mut(slot).since = cx.now;
+                    self.flows.push_back(ListId::Deadline, slot);
+                }
             }
         }
         true
@@ -223,9 +259,9 @@ impl Clients {
     /// error handling, a lost md closes the flow. False if the flow is closed or closing.
     pub(super) fn settle(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, r: Pump) -> bool {
         match r {
-            Pump::Done => true,
-            Pump::Blocked => {
-                self.block(cx, links, slot);
+            Pump::Done | Pump::Pipeline => true,
+            Pump::Blocked(md) => {
+                self.block(cx, links, slot, md);
                 true
             }
             Pump::TooLong => {
@@ -233,8 +269,8 @@ impl Clients {
                 self.oversized(cx, links, slot, framing);
                 false
             }
-            Pump::Corrupt => {
-                if let Some(m) = links.get_mut(self.flows.get(slot).md) {
+            Pump::Corrupt(md) => {
+                if let Some(m) = links.get_mut(md) {
                     m.lost = true;
                 }
                 self.close_flow(cx, links, slot, Io::ClosedMdGone);
@@ -252,8 +288,9 @@ impl Clients {
     fn on_eof(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
         self.flows.get_mut(slot).input_end = InputEnd::Eof { by_peer: true, sent: false };
         self.flows.remove(ListId::Deadline, slot);
-        self.after_input(cx, links, slot);
-        self.update_interest(cx, slot);
+        if self.after_input(cx, links, slot) && self.finish_if_done(cx, links, slot) {
+            self.update_interest(cx, slot);
+        }
     }
 
     /// A message over the limit: line services get an error line, then the connection closes.
@@ -319,9 +356,11 @@ impl Clients {
         let id = self.flows.id(slot);
         let Self { flows, listeners, pool, lim, .. } = self;
         let f = flows.get_mut(slot);
-        let Some((tx, pushed)) = links.tx(f.md) else { return Pump::MdGone };
         let lst = &listeners[f.listener as usize];
         if f.open_pending {
+            // `flow` dispatch: OPEN to the md the flow is bound to (`request` dispatch opens the
+            // flow on each md with its first request there, in `push_one`).
+            let Some((tx, pushed)) = links.tx(f.md) else { return Pump::MdGone };
             let info = OpenInfo { credit: lim.credit, peer: f.peer, service: &lst.service };
             let mut b = [0u8; 32 + frame::MAX_SERVICE_NAME];
             let Ok(len) = info.encode(&mut b) else { return Pump::MdGone };
@@ -331,83 +370,100 @@ impl Clients {
                     f.open_pending = false;
                 }
                 Err(PushError::TooLarge { .. }) => return Pump::MdGone,
-                Err(e) => return push_failed(e),
+                Err(e) => return push_failed(e, f.md),
             }
         }
-        if let Some(buf) = f.input.as_mut() {
+        if let Some(mut buf) = f.input.take() {
             let (consumed, frames, stop) =
-                push_framed(tx, id, lst.framing, buf.filled(), buf.scanned, lim.max_msg);
-            if frames > 0 {
-                *pushed = true;
-                cx.c[Io::MessagesIn] += frames;
-            }
+                push_framed(lst.framing, buf.filled(), buf.scanned, lim.max_msg, |m| {
+                    push_one(links, id, f, &lst.service, lim.credit, m)
+                });
+            cx.c[Io::MessagesIn] += frames;
             buf.consume(consumed);
+            let mut failed = None;
             match stop {
                 Stop::Empty => {}
-                Stop::Failed(r) => return r,
+                Stop::Failed(r) => failed = Some(r),
                 Stop::Incomplete { scanned } => {
                     buf.scanned = scanned;
                     if f.input_end != InputEnd::Reading && !buf.is_empty() {
                         if lst.framing == Framing::Len32 {
                             // A truncated message at EOF is a framing error; drop it.
                             cx.c[Io::FramingErrors] += 1;
+                            buf.clear();
                         } else {
                             // A last line without `\n`: a message all the same.
-                            if let Err(e) = tx.try_push(id, Kind::Data, 0, buf.filled()) {
-                                return push_failed(e);
+                            match push_one(links, id, f, &lst.service, lim.credit, buf.filled()) {
+                                Ok(()) => {
+                                    cx.c[Io::MessagesIn] += 1;
+                                    buf.clear();
+                                }
+                                Err(r) => failed = Some(r),
                             }
-                            *pushed = true;
-                            cx.c[Io::MessagesIn] += 1;
                         }
-                        buf.clear();
                     }
                 }
             }
             if buf.is_empty() {
-                if let Some(b) = f.input.take() {
-                    pool.put(b);
-                }
+                pool.put(buf);
             } else {
-                // A message left the front: the incomplete one behind it starts now.
-                f.since = cx.now;
+                if failed.is_none() {
+                    // A message left the front: the incomplete one behind it starts now.
+                    f.since = cx.now;
+                }
+                f.input = Some(buf);
+            }
+            if let Some(r) = failed {
+                return r;
             }
         }
         if let InputEnd::Eof { by_peer, sent: false } = f.input_end {
+            if f.rq.on {
+                // `request` dispatch: io_conn owns the EOF; it closes once every reply it owes
+                // is sent (`Clients::finish_if_done`). md instances get CLOSE then.
+                f.input_end = InputEnd::Eof { by_peer, sent: true };
+                return Pump::Done;
+            }
+            let Some((tx, pushed)) = links.tx(f.md) else { return Pump::MdGone };
             match tx.try_push(id, Kind::Eof, 0, &[]) {
                 Ok(()) => {
                     *pushed = true;
                     f.input_end = InputEnd::Eof { by_peer, sent: true };
                 }
                 Err(PushError::TooLarge { .. }) => return Pump::MdGone,
-                Err(e) => return push_failed(e),
+                Err(e) => return push_failed(e, f.md),
             }
         }
         Pump::Done
     }
 
-    /// Pushes the CLOSE a Closing flow owes its md and frees the slot; if the ring is full, the
-    /// flow waits on the md's blocked queue instead.
-    pub(super) fn pump_closing(&mut self, links: &mut Links, slot: u32) {
+    /// Pushes the CLOSE a Closing flow owes its md (under `request` dispatch: each md it was
+    /// opened on) and frees the slot. `Err(md)`: md `md`'s ring is full; the caller queues the
+    /// flow there and the rest waits.
+    pub(super) fn pump_closing(&mut self, links: &mut Links, slot: u32) -> Result<(), u32> {
         let f = self.flows.get_mut(slot);
-        match links.push_close(f.md, f.close_id) {
-            Err(PushError::Full) => {
-                if !f.blocked {
-                    f.blocked = true;
-                    links.block(f.md, slot, f.generation);
+        if f.rq.on {
+            while let Some(p) = f.rq.peers.last().copied() {
+                if links.push_close(p.md, f.close_id) == Err(PushError::Full) {
+                    return Err(p.md);
                 }
+                f.rq.peers.pop();
             }
-            _ => self.flows.release(slot),
+        } else if links.push_close(f.md, f.close_id) == Err(PushError::Full) {
+            return Err(f.md);
         }
+        self.flows.release(slot);
+        Ok(())
     }
 
-    /// Queues the flow on its md's blocked list (stops reading it).
-    fn block(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+    /// Queues the flow on md `md`'s blocked list (stops reading it).
+    fn block(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, md: u32) {
         let f = self.flows.get_mut(slot);
         if f.blocked {
             return;
         }
         f.blocked = true;
-        links.block(f.md, slot, f.generation);
+        links.block(md, slot, f.generation);
         cx.c[Io::BackpressurePauses] += 1;
         self.update_interest(cx, slot);
     }
@@ -423,15 +479,21 @@ impl Clients {
                     continue;
                 }
                 if f.state == State::Closing {
-                    if links.push_close(f.md, f.close_id) == Err(PushError::Full) {
-                        break;
+                    match self.pump_closing(links, slot) {
+                        Err(m) if m == i as u32 => break, // still full: this queue waits
+                        Err(m) => {
+                            // Done here; the next CLOSE waits on another md's ring.
+                            links.pop_blocked(i as u32);
+                            links.block(m, slot, generation);
+                        }
+                        Ok(()) => {
+                            links.pop_blocked(i as u32);
+                        }
                     }
-                    links.pop_blocked(i as u32);
-                    self.flows.release(slot);
                     continue;
                 }
                 let r = self.pump(cx, links, slot);
-                if r == Pump::Blocked {
+                if r == Pump::Blocked(i as u32) {
                     break;
                 }
                 links.pop_blocked(i as u32);
@@ -449,7 +511,7 @@ mod tests {
     use std::sync::Arc;
 
     use shmq::layout::Direction;
-    use shmq::ring::{Consumer, HeapMemory};
+    use shmq::ring::{Consumer, HeapMemory, Producer};
 
     use super::*;
 
@@ -469,7 +531,9 @@ mod tests {
     #[test]
     fn push_framed_pushes_complete_lines_and_reports_the_rest() {
         let (mut tx, mut rx) = ring();
-        let (off, n, stop) = push_framed(&mut tx, FlowId(9), Framing::Line, b"a\nbc\nde", 0, 64);
+        let (off, n, stop) = push_framed(Framing::Line, b"a\nbc\nde", 0, 64, |msg| {
+            tx.try_push(FlowId(9), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
+        });
         assert_eq!((off, n), (5, 2));
         assert_eq!(stop, Stop::Incomplete { scanned: 2 });
         tx.flush();
@@ -485,25 +549,29 @@ mod tests {
             data.extend_from_slice(&line);
             data.push(b'\n');
         }
-        let (off, n, stop) = push_framed(&mut tx, FlowId(1), Framing::Line, &data, 0, 1024);
-        assert_eq!(stop, Stop::Failed(Pump::Blocked));
+        let (off, n, stop) = push_framed(Framing::Line, &data, 0, 1024, |msg| {
+            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
+        });
+        assert_eq!(stop, Stop::Failed(Pump::Blocked(0)));
         assert!(n > 0 && (n as usize) < 40);
         assert_eq!(off, n as usize * 201, "consumed exactly the pushed messages");
         tx.flush();
         assert_eq!(drain(&mut rx).len(), n as usize);
         // The rest goes once there is room, in order.
-        let (off2, n2, stop2) =
-            push_framed(&mut tx, FlowId(1), Framing::Line, &data[off..], 0, 1024);
+        let (off2, n2, stop2) = push_framed(Framing::Line, &data[off..], 0, 1024, |msg| {
+            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
+        });
         assert!(n2 > 0);
-        assert!(matches!(stop2, Stop::Empty | Stop::Failed(Pump::Blocked)), "{stop2:?}");
+        assert!(matches!(stop2, Stop::Empty | Stop::Failed(Pump::Blocked(0))), "{stop2:?}");
         assert_eq!(off2, n2 as usize * 201);
     }
 
     #[test]
     fn push_framed_reports_an_oversized_line() {
         let (mut tx, _rx) = ring();
-        let (off, n, stop) =
-            push_framed(&mut tx, FlowId(1), Framing::Line, b"ok\nxxxxxxxxxx", 0, 8);
+        let (off, n, stop) = push_framed(Framing::Line, b"ok\nxxxxxxxxxx", 0, 8, |msg| {
+            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
+        });
         assert_eq!((off, n), (3, 1));
         assert_eq!(stop, Stop::Failed(Pump::TooLong));
     }

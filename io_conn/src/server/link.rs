@@ -38,8 +38,10 @@ pub(crate) struct Md {
     pub(super) tx: Option<IoTx>,
     /// Identity and pidfd of the md that said HELLO.
     live: Option<(ProcId, OwnedFd)>,
-    /// Flows bound to it.
+    /// Flows bound to it (`flow` dispatch).
     flows: u32,
+    /// Requests dispatched to it whose reply has not ended (`request` dispatch): its load.
+    inflight: u32,
     /// Flows with frames that did not fit `tx`, as (slot, generation), oldest first.
     blocked: VecDeque<(u32, u32)>,
     /// Frames pushed since the last flush (`Producer::flush` says whether it rang, not whether
@@ -56,6 +58,8 @@ pub(crate) struct Md {
 #[derive(Debug)]
 pub(crate) struct Links {
     mds: Vec<Md>,
+    /// Where the next tie among equally loaded md instances is broken (round robin).
+    rr: u32,
     pub(super) pairs: PairConfig,
     /// Instances whose pair this process created (removed at exit).
     created: Vec<u32>,
@@ -91,7 +95,8 @@ pub(super) fn create_pairs(
     cx: &mut Cx,
     epoch: u64,
 ) -> anyhow::Result<(Links, Inbound)> {
-    let mut links = Links { mds: Vec::new(), pairs: rt::pair_config(cfg), created: Vec::new() };
+    let mut links =
+        Links { mds: Vec::new(), rr: 0, pairs: rt::pair_config(cfg), created: Vec::new() };
     let mut inbound = Inbound { rx: Vec::new() };
     for i in 0..cfg.md.max_instances {
         let side = links.pairs.create(i, epoch).map_err(|e| match e {
@@ -126,6 +131,7 @@ fn install(
         tx: Some(tx),
         live: None,
         flows: 0,
+        inflight: 0,
         blocked: VecDeque::new(),
         pushed: false,
         lost: false,
@@ -198,6 +204,36 @@ impl Links {
             .filter(|(_, m)| Self::is_live(m))
             .min_by_key(|(_, m)| m.flows)
             .map(|(i, _)| i as u32)
+    }
+
+    /// The live md instance with the fewest requests in flight, for one request (`request`
+    /// dispatch); ties go round robin, so equally idle instances share a request/response load.
+    pub(super) fn choose_request(&mut self) -> Option<u32> {
+        let n = self.mds.len() as u32;
+        let rr = self.rr;
+        let i = self
+            .mds
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| Self::is_live(m))
+            .min_by_key(|(i, m)| (m.inflight, (*i as u32 + n - rr) % n))
+            .map(|(i, _)| i as u32)?;
+        self.rr = (i + 1) % n;
+        Some(i)
+    }
+
+    /// A request went to instance `i`.
+    pub(super) fn req_sent(&mut self, i: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            m.inflight += 1;
+        }
+    }
+
+    /// A request on instance `i` ended (its reply, or its flow, did).
+    pub(super) fn req_done(&mut self, i: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            m.inflight = m.inflight.saturating_sub(1);
+        }
     }
 
     /// A flow was bound to instance `i`.
@@ -475,6 +511,7 @@ impl Links {
                 tx: None,
                 live: None,
                 flows: 0,
+                inflight: 0,
                 blocked: VecDeque::new(),
                 pushed: false,
                 lost: false,
@@ -488,6 +525,6 @@ impl Links {
             capacity: 4096,
             max_payload: 256,
         };
-        Self { mds, pairs, created: Vec::new() }
+        Self { mds, rr: 0, pairs, created: Vec::new() }
     }
 }

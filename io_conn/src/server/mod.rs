@@ -47,6 +47,7 @@
 
 mod accept;
 mod clients;
+mod dispatch;
 mod input;
 mod lifecycle;
 mod link;

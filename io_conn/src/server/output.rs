@@ -10,7 +10,7 @@ use shmq::frame::{self, FlowId, Frame, Hello, Kind};
 
 use super::{Clients, Cx, Links, SHORT_TICK};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, ListId, State};
+use crate::flows::{AfterFlush, ListId, NO_MD, State};
 
 impl Clients {
     /// One frame from md instance `i`'s ring, handled in place.
@@ -19,12 +19,19 @@ impl Clients {
             Kind::Data => {
                 cx.c[Io::MessagesOut] += 1;
                 let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
+                if self.flows.get(slot).rq.on {
+                    let end = fr.flags & frame::flags::DATA_END != 0;
+                    return self.on_reply(cx, links, slot, i, fr.payload, end);
+                }
                 // md's output is a byte stream for every framing: a len32 service writes its own
                 // length prefixes, as it reads them (io_conn passes them through).
                 self.send_to_client(cx, links, slot, fr.payload, true);
             }
             Kind::Close => {
                 let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
+                if self.flows.get(slot).rq.on {
+                    return self.on_req_close(cx, links, slot, i);
+                }
                 let f = self.flows.get_mut(slot);
                 if f.after_flush == AfterFlush::Linger {
                     return; // an error reply is in flight: it lingers as planned
@@ -42,7 +49,11 @@ impl Clients {
                     cx.c[Io::MdPauses] += 1;
                 }
                 let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
-                self.flows.get_mut(slot).md_paused = fr.kind == Kind::Pause;
+                let f = self.flows.get_mut(slot);
+                if f.rq.on && f.rq.q.front().is_none_or(|r| r.md != i) {
+                    return; // only the md holding the head request pauses the connection
+                }
+                f.md_paused = fr.kind == Kind::Pause;
                 self.update_interest(cx, slot);
             }
             Kind::Broadcast => match frame::decode_broadcast(fr.payload) {
@@ -82,6 +93,7 @@ impl Clients {
     fn md_flow(&mut self, cx: &mut Cx, i: u32, id: FlowId) -> Option<u32> {
         match self.flows.lookup(id, State::Open) {
             Some(s) if self.flows.get(s).md == i => Some(s),
+            Some(s) if self.flows.get(s).rq.peers.iter().any(|p| p.md == i) => Some(s),
             _ => {
                 cx.c[Io::StaleFrames] += 1;
                 None
@@ -120,6 +132,12 @@ impl Clients {
         payload: &[u8],
         credited: bool,
     ) -> bool {
+        if self.flows.get(slot).rq.on {
+            // `request` dispatch: replies go through `on_reply`; what comes here (a BROADCAST,
+            // an error line) is io_conn's own or uncredited.
+            debug_assert!(!credited);
+            return self.send_owned(cx, links, slot, payload, NO_MD);
+        }
         let total = payload.len();
         let uncredited = if credited { 0 } else { total };
         let f = self.flows.get_mut(slot);
@@ -189,9 +207,13 @@ impl Clients {
         if flushed > 0 {
             cx.c[Io::BytesOut] += flushed;
             let f = self.flows.get_mut(slot);
-            let free = flushed.min(f.uncredited);
-            f.uncredited -= free;
-            self.add_drained(cx, slot, flushed - free);
+            if f.rq.on {
+                self.credit_queue_flushed(cx, slot, flushed);
+            } else {
+                let free = flushed.min(f.uncredited);
+                f.uncredited -= free;
+                self.add_drained(cx, slot, flushed - free);
+            }
             self.touch(cx, slot);
         }
         if failed {
@@ -256,6 +278,15 @@ impl Clients {
                 f.in_drained_list = false;
                 f.drained = 0;
                 self.drained_list.swap_remove(k);
+                continue;
+            }
+            if f.rq.on {
+                if self.flush_drained_peers(cx, links, slot, force) == 0 {
+                    self.flows.get_mut(slot).in_drained_list = false;
+                    self.drained_list.swap_remove(k);
+                } else {
+                    k += 1;
+                }
                 continue;
             }
             let Some((tx, pushed)) = links.tx(f.md) else {

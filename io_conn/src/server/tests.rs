@@ -21,6 +21,8 @@ fn setup(mds: usize) -> (Cx, Clients, Links) {
         service: "echo".into(),
         framing: config::Framing::Line,
         in_epoll: false,
+        request: false,
+        depth: 16,
     });
     let cx = Cx { epoll, c: Counters::default(), now: Instant::now(), now_ns: 1 };
     (cx, clients, Links::without_rings(mds))

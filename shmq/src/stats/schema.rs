@@ -250,6 +250,7 @@ counter_set! {
         DrainedFrames => Counter "drained_frames" "frames" "DRAINED frames sent to md";
         MdDeaths => Counter "md_deaths" "events" "md instances seen dying (pidfd readable)";
         MdAttaches => Counter "md_attaches" "events" "md instances that attached (said HELLO)";
+        RequestsDropped => Counter "requests_dropped" "requests" "Requests dropped because md closed their connection at an earlier request (request dispatch)";
         HeartbeatNs => Gauge "heartbeat_mono_ns" "mono_ns" "CLOCK_MONOTONIC of io_conn's last loop iteration";
     }
 }

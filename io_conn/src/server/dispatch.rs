@@ -1,0 +1,287 @@
+//! `request` dispatch: each complete request of a connection goes to the least-loaded live md
+//! (`push_one` in `input`), and the replies go back to the client in request order.
+//!
+//! # The rules (issue 10)
+//!
+//! * An md gets OPEN for a connection (flag `OPEN_MARK_ENDS`) before its first request of that
+//!   connection, and CLOSE when the connection ends. md marks where each reply ends
+//!   (`DATA_END`), so io_conn knows which request a reply byte belongs to: the oldest request
+//!   of that connection on that md whose reply has not ended.
+//! * The request at the head of the connection's order is written to the socket as its reply
+//!   comes. A reply of a later request is **held** in a pooled buffer until it reaches the head.
+//!   Every md has its own output credit for the connection (the credit in its OPEN): what it sent
+//!   and io_conn has not flushed to the client is at most that, so a held reply is bounded by it
+//!   too — a STREAM behind another STREAM fills its credit and waits until it reaches the head,
+//!   is flushed, and earns DRAINED. A connection holds at most (md instances in use) × credit.
+//! * At most `pipeline_depth` requests are in flight per connection; beyond it the socket is not
+//!   read (nothing is dropped).
+//! * io_conn owns EOF: after the client's half-close it sends md nothing more, and closes once
+//!   it has sent every reply it owes.
+//! * An md CLOSE at request k: the requests behind k are dropped, and counted
+//!   (`requests_dropped`); the replies up to k are sent, then the connection closes.
+//! * PAUSE/RESUME count only from the md holding the head request.
+
+use super::{Clients, Cx, Links, SHORT_TICK};
+use crate::counters::Io;
+use crate::flows::{AfterFlush, InputEnd, NO_MD, State};
+
+impl Clients {
+    /// A DATA frame of md `i` for `request`-dispatched flow `slot`.
+    pub(super) fn on_reply(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+        slot: u32,
+        i: u32,
+        payload: &[u8],
+        end: bool,
+    ) {
+        let credit = self.lim.credit;
+        let f = self.flows.get_mut(slot);
+        let Some(k) = f.rq.open_req(i) else {
+            // A reply for a request dropped after an md CLOSE: stale.
+            cx.c[Io::StaleFrames] += 1;
+            return;
+        };
+        let Some(p) = f.rq.peer_mut(i) else {
+            cx.c[Io::StaleFrames] += 1;
+            return;
+        };
+        p.owed += payload.len() as u64;
+        if p.owed > credit {
+            self.close_flow(cx, links, slot, Io::ClosedCreditOverrun);
+            return;
+        }
+        if k == 0 {
+            if !payload.is_empty() && !self.send_owned(cx, links, slot, payload, i) {
+                return; // the write failed and closed the flow
+            }
+        } else if !payload.is_empty() {
+            let req = &mut self.flows.get_mut(slot).rq.q[k];
+            req.held.get_or_insert_with(|| self.pool.get()).extend(payload);
+        }
+        if end {
+            self.flows.get_mut(slot).rq.q[k].done = true;
+            links.req_done(i);
+            if k == 0 {
+                self.advance_head(cx, links, slot);
+            }
+        }
+    }
+
+    /// md `i` sent CLOSE for `request`-dispatched flow `slot`: it forgot the flow. The request
+    /// it was working on ends there, those behind it are dropped, and the connection closes once
+    /// the replies up to it are sent.
+    pub(super) fn on_req_close(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, i: u32) {
+        let f = self.flows.get_mut(slot);
+        f.rq.peers.retain(|p| p.md != i);
+        let k = f.rq.open_req(i).unwrap_or(f.rq.q.len());
+        let mut dropped = 0;
+        while f.rq.q.len() > k + 1 {
+            let r = f.rq.q.pop_back().expect("longer than k + 1");
+            if !r.done {
+                links.req_done(r.md);
+            }
+            if let Some(b) = r.held {
+                self.pool.put(b);
+            }
+            dropped += 1;
+        }
+        if let Some(r) = f.rq.q.get_mut(k) {
+            r.done = true;
+            links.req_done(i);
+        }
+        // Requests not sent yet are dropped too.
+        if let Some(b) = f.input.take() {
+            self.pool.put(b);
+        }
+        if f.input_end == InputEnd::Reading {
+            f.input_end = InputEnd::Eof { by_peer: false, sent: true };
+        }
+        if f.after_flush == AfterFlush::Serve {
+            f.after_flush = AfterFlush::Close;
+        }
+        cx.c[Io::RequestsDropped] += dropped;
+        self.advance_head(cx, links, slot);
+    }
+
+    /// Pops the finished requests at the head; each new head's held reply goes to the socket.
+    /// Then reads on if the pipeline has room, and closes the connection if nothing is owed.
+    pub(super) fn advance_head(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        let mut popped = false;
+        loop {
+            let f = self.flows.get_mut(slot);
+            match f.rq.q.front() {
+                Some(r) if r.done => {
+                    f.rq.q.pop_front();
+                    f.md_paused = false; // PAUSE was the old head's md's
+                    popped = true;
+                }
+                _ => break,
+            }
+            let Some(head) = f.rq.q.front_mut() else { break };
+            let md = head.md;
+            if let Some(b) = head.held.take() {
+                let ok = self.send_owned(cx, links, slot, b.filled(), md);
+                self.pool.put(b);
+                if !ok {
+                    return;
+                }
+            }
+        }
+        let f = self.flows.get(slot);
+        if f.state != State::Open {
+            return;
+        }
+        if popped && f.input.is_some() && f.after_flush == AfterFlush::Serve {
+            // Complete requests may wait in the input buffer for room in the pipeline.
+            if !self.after_input(cx, links, slot) {
+                return;
+            }
+        }
+        if self.finish_if_done(cx, links, slot) {
+            self.update_interest(cx, slot);
+        }
+    }
+
+    /// A `request`-dispatched connection whose input ended and whose every reply was handed to
+    /// the socket: close it now, or once the output is flushed. False if it closed.
+    pub(super) fn finish_if_done(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) -> bool {
+        let f = self.flows.get_mut(slot);
+        if !f.rq.on || !f.input_ended() || !f.rq.q.is_empty() || f.input.is_some() {
+            return true;
+        }
+        if f.output_len() > 0 {
+            f.after_flush = AfterFlush::Close;
+            return true;
+        }
+        let why = if f.peer_eof() { Io::ClosedByPeer } else { Io::ClosedByMd };
+        self.close_flow(cx, links, slot, why);
+        false
+    }
+
+    /// Sends reply bytes of md `owner` ([`NO_MD`]: uncredited, e.g. a BROADCAST) to a
+    /// `request`-dispatched connection: written at once if nothing is queued, the rest queued
+    /// with its owner, so flushed bytes return credit to the md that sent them. False if the
+    /// flow closed.
+    pub(super) fn send_owned(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+        slot: u32,
+        payload: &[u8],
+        owner: u32,
+    ) -> bool {
+        use std::io::Write;
+        let f = self.flows.get_mut(slot);
+        let Some(sock) = f.sock.as_ref() else { return false };
+        let mut sock: &std::net::TcpStream = sock;
+        let mut written = 0;
+        if f.output_len() == 0 {
+            match sock.write(payload) {
+                Ok(n) => written = n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => {
+                    self.close_flow(cx, links, slot, Io::ClosedError);
+                    return false;
+                }
+            }
+            if written > 0 {
+                cx.c[Io::BytesOut] += written as u64;
+                self.credit_flushed(cx, slot, owner, written as u64);
+                self.touch(cx, slot);
+            }
+        }
+        if written < payload.len() {
+            let rest = (payload.len() - written) as u64;
+            let f = self.flows.get_mut(slot);
+            f.output.get_or_insert_with(|| self.pool.get()).extend(&payload[written..]);
+            match f.rq.segs.back_mut() {
+                Some((md, n)) if *md == owner => *n += rest,
+                _ => f.rq.segs.push_back((owner, rest)),
+            }
+            self.update_interest(cx, slot);
+        }
+        true
+    }
+
+    /// `n` bytes of md `owner`'s replies reached the client: they are owed back to it as credit.
+    pub(super) fn credit_flushed(&mut self, cx: &Cx, slot: u32, owner: u32, n: u64) {
+        if owner == NO_MD || n == 0 {
+            return;
+        }
+        let f = self.flows.get_mut(slot);
+        let Some(p) = f.rq.peer_mut(owner) else { return };
+        p.owed = p.owed.saturating_sub(n);
+        p.drained += n;
+        f.drained += n;
+        if !f.in_drained_list {
+            f.in_drained_list = true;
+            self.drained_list.push(slot);
+            if self.drained_force_at.is_none() {
+                self.drained_force_at = Some(cx.now + SHORT_TICK);
+            }
+        }
+    }
+
+    /// `flushed` bytes left a `request`-dispatched connection's output queue: credit each to
+    /// the md that sent it, oldest run first.
+    pub(super) fn credit_queue_flushed(&mut self, cx: &Cx, slot: u32, mut flushed: u64) {
+        while flushed > 0 {
+            let f = self.flows.get_mut(slot);
+            let Some((owner, n)) = f.rq.segs.front_mut() else { break };
+            let take = flushed.min(*n);
+            let owner = *owner;
+            *n -= take;
+            if *n == 0 {
+                f.rq.segs.pop_front();
+            }
+            flushed -= take;
+            self.credit_flushed(cx, slot, owner, take);
+        }
+    }
+
+    /// Pushes the DRAINED frames a `request`-dispatched flow owes its md instances (see
+    /// `flush_drained` for when). Returns the bytes still owed.
+    pub(super) fn flush_drained_peers(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+        slot: u32,
+        force: bool,
+    ) -> u64 {
+        let quarter = (self.lim.credit / 4).max(1);
+        let id = self.flows.id(slot);
+        let f = self.flows.get_mut(slot);
+        let mut left = 0;
+        for p in f.rq.peers.iter_mut().filter(|p| p.drained > 0) {
+            let Some((tx, pushed)) = links.tx(p.md) else {
+                p.drained = 0; // no ring: nobody to return it to
+                continue;
+            };
+            if !(force || p.drained >= quarter || *pushed) {
+                left += p.drained;
+                continue;
+            }
+            match tx.try_push(
+                id,
+                shmq::frame::Kind::Drained,
+                0,
+                &shmq::frame::encode_drained(p.drained),
+            ) {
+                Ok(()) => {
+                    *pushed = true;
+                    p.drained = 0;
+                    cx.c[Io::DrainedFrames] += 1;
+                }
+                Err(_) => left += p.drained,
+            }
+        }
+        f.drained = left;
+        left
+    }
+}
