@@ -12,6 +12,7 @@
 //! | `[shared]` | [`Shared`] | everyone: segment/FIFO names, queue geometry |
 //! | `[io_conn]`, `[[io_conn.listener]]` | [`IoConn`], [`Listener`] | io_conn |
 //! | `[md]`, `[md.dumb]` | [`Md`], [`Dumb`] | md (io_conn reads `md.max_instances`) |
+//! | `[[md.group]]` | [`Group`] | io_conn (routing, `--spawn-md`), md (which binary), viewstats |
 //! | `[viewstats]` | [`Viewstats`] | viewstats |
 //!
 //! Every section is strict (an unknown key is an error) and every key has a default, so an
@@ -38,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod group;
 mod locate;
 pub mod units;
 mod validate;
@@ -51,6 +53,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::{ConfigError, ErrorKind};
+pub use crate::group::{Group, Instances, parse_instances};
 use crate::locate::Locator;
 
 /// The shipped, commented default config (`config/shmsrv.toml`); equals [`Config::default`].
@@ -65,6 +68,12 @@ pub const MAX_NAME_LEN: usize = 32;
 
 /// Largest `md.max_instances`.
 pub const MAX_MD_INSTANCES: u32 = 256;
+
+/// Default listener `pipeline_depth`.
+pub const DEFAULT_PIPELINE_DEPTH: u32 = 16;
+
+/// Largest listener `pipeline_depth`: io_conn may hold this many early replies per connection.
+pub const MAX_PIPELINE_DEPTH: u32 = 1024;
 
 /// [`DEFAULT_CONFIG_PATH`] as a path.
 pub fn default_config_path() -> PathBuf {
@@ -242,16 +251,43 @@ pub struct Listener {
         serialize_with = "serialize_framing_opt"
     )]
     pub framing: Option<Framing>,
+    /// How requests of a connection reach md: [`Dispatch::Request`] (each request to the
+    /// least-loaded md of the service's group) or [`Dispatch::Flow`] (the connection bound to
+    /// one md for life). Left out = `Flow`. The shipped listeners use `Request`.
+    #[serde(default)]
+    pub dispatch: Dispatch,
+    /// Under `dispatch = "request"`: requests in flight per connection (io_conn holds early
+    /// replies until the ones before them are sent; past this it stops reading the socket).
+    /// 1..=[`MAX_PIPELINE_DEPTH`]; ignored under `flow`. Default [`DEFAULT_PIPELINE_DEPTH`].
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: u32,
+}
+
+fn default_pipeline_depth() -> u32 {
+    DEFAULT_PIPELINE_DEPTH
 }
 
 impl Listener {
-    /// A listener on `127.0.0.1:port` with the service's default framing.
+    /// A listener on `127.0.0.1:port` with the service's default framing, dispatched per
+    /// request (the shipped listeners: stateless built-ins).
     fn new(port: u16, service: &str) -> Self {
         Self {
             address: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
             service: service.to_owned(),
             framing: None,
+            dispatch: Dispatch::Request,
+            pipeline_depth: DEFAULT_PIPELINE_DEPTH,
         }
+    }
+
+    /// The dispatch mode (`dispatch`; `Flow` when the table leaves it out).
+    pub fn dispatch(&self) -> Dispatch {
+        self.dispatch
+    }
+
+    /// Requests in flight per connection under [`Dispatch::Request`] (`pipeline_depth`).
+    pub fn pipeline_depth(&self) -> u32 {
+        self.pipeline_depth
     }
 
     /// The framing in effect: the explicit one, else the service's default. A validated
@@ -290,6 +326,35 @@ impl fmt::Display for Framing {
     }
 }
 
+/// How io_conn hands a connection's requests to md (`dispatch` of a listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dispatch {
+    /// Each complete request goes to the least-loaded live md of the service's group; replies
+    /// return in request order. For stateless services. `"request"`.
+    Request,
+    /// The connection is bound to one md for life: for services whose requests on a connection
+    /// must run one after another on one md (sessions, rooms). The default. `"flow"`.
+    #[default]
+    Flow,
+}
+
+impl Dispatch {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Flow => "flow",
+        }
+    }
+}
+
+impl fmt::Display for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Default framing of the built-in services: `echo` → raw, `reverse` → line, `dumb` → line;
 /// `None` for any other service (its listeners must set `framing`).
 pub fn default_framing(service: &str) -> Option<Framing> {
@@ -316,11 +381,20 @@ pub struct Md {
     pub spin: Duration,
     /// `[md.dumb]`: limits of the built-in `dumb` service.
     pub dumb: Dumb,
+    /// `[[md.group]]`: which instances serve which services with which binary (see [`Group`]).
+    /// Empty (the default) = every instance serves every service with the md binary.
+    #[serde(rename = "group", skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
 }
 
 impl Default for Md {
     fn default() -> Self {
-        Self { max_instances: 8, spin: Duration::from_micros(50), dumb: Dumb::default() }
+        Self {
+            max_instances: 8,
+            spin: Duration::from_micros(50),
+            dumb: Dumb::default(),
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -461,9 +535,18 @@ impl Config {
         let listeners: Vec<String> = io
             .listeners
             .iter()
-            .map(|l| format!("{}={}/{}", l.address, l.service, l.framing()))
+            .map(|l| match l.dispatch {
+                Dispatch::Request => format!(
+                    "{}={}/{}/request:{}",
+                    l.address,
+                    l.service,
+                    l.framing(),
+                    l.pipeline_depth
+                ),
+                Dispatch::Flow => format!("{}={}/{}/flow", l.address, l.service, l.framing()),
+            })
             .collect();
-        format!(
+        let mut line = format!(
             "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
              io_conn: listeners=[{}] backlog={} max_connections={} read_buffer={} \
              idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={}; \
@@ -490,7 +573,10 @@ impl Config {
             md.dumb.stream_max,
             b(md.dumb.stream_chunk),
             d(self.viewstats.refresh),
-        )
+        );
+        line.push_str("; md.group: ");
+        line.push_str(&self.groups_summary());
+        line
     }
 
     /// The config as a TOML document (every key, sizes and durations with units), e.g. for a
@@ -518,6 +604,22 @@ fn resolve_runtime_dir(configured: &Path, env: impl Fn(&str) -> Option<OsString>
         }
     }
     PathBuf::from("/run/shmsrv")
+}
+
+/// A validation failure found outside loading ([`Config::check_binaries`]), located in the
+/// config file at `path` as a load error would be (origin, line); key only if the file cannot be
+/// read or parsed again.
+pub(crate) fn locate_in_file(inv: validate::Invalid, path: &Path) -> ConfigError {
+    let origin = path.display().to_string();
+    let mut err = match std::fs::read_to_string(path) {
+        Ok(text) => match toml::de::DeTable::parse(&text) {
+            Ok(doc) => inv.locate(&Locator::new(&text, doc.get_ref())),
+            Err(_) => inv.into_error(),
+        },
+        Err(_) => inv.into_error(),
+    };
+    err.origin = origin;
+    err
 }
 
 /// toml's messages can span lines; ours are one line.

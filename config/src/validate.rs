@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::{ConfigError, ErrorKind};
 use crate::locate::{Locator, parent};
 use crate::units::{format_duration, format_size};
-use crate::{Config, MAX_MD_INSTANCES, MAX_NAME_LEN, default_framing};
+use crate::{Config, MAX_MD_INSTANCES, MAX_NAME_LEN, MAX_PIPELINE_DEPTH, default_framing};
 
 /// Bytes a frame adds to its payload, and its alignment. Mirrors the shmq frame header (16
 /// bytes, 8-aligned) so a bad combination is reported with its key here rather than by
@@ -34,11 +34,11 @@ pub(crate) struct Invalid {
 }
 
 impl Invalid {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self { keys: vec![key.into()], message: message.into() }
     }
 
-    fn also(mut self, key: impl Into<String>) -> Self {
+    pub(crate) fn also(mut self, key: impl Into<String>) -> Self {
         self.keys.push(key.into());
         self
     }
@@ -63,7 +63,7 @@ impl Invalid {
     }
 }
 
-fn name_ok(s: &str) -> bool {
+pub(crate) fn name_ok(s: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
@@ -92,6 +92,8 @@ impl Config {
         self.check_shared()?;
         self.check_io_conn()?;
         self.check_md()?;
+        self.check_dispatch()?;
+        self.check_groups()?;
         let refresh = self.viewstats.refresh;
         if !(MIN_REFRESH..=MAX_REFRESH).contains(&refresh) {
             return Err(Invalid::new(
@@ -283,10 +285,29 @@ impl Config {
     }
 }
 
+/// The dispatch keys of the listeners (`dispatch`, `pipeline_depth`).
+impl Config {
+    fn check_dispatch(&self) -> Result<(), Invalid> {
+        for (i, l) in self.io_conn.listeners.iter().enumerate() {
+            if !(1..=MAX_PIPELINE_DEPTH).contains(&l.pipeline_depth) {
+                return Err(Invalid::new(
+                    format!("io_conn.listener[{i}].pipeline_depth"),
+                    format!(
+                        "{} is outside 1..={MAX_PIPELINE_DEPTH} (requests in flight per \
+                         connection under dispatch = \"request\")",
+                        l.pipeline_depth
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Framing, Listener};
+    use crate::{Dispatch, Framing, Listener};
 
     fn err(cfg: &Config) -> (String, String) {
         let e = cfg.validate().unwrap_err();
@@ -338,6 +359,14 @@ mod tests {
             (
                 "io_conn.listener[1].address",
                 Box::new(|c| c.io_conn.listeners[1].address = "0.0.0.0:4680".parse().unwrap()),
+            ),
+            (
+                "io_conn.listener[0].pipeline_depth",
+                Box::new(|c| c.io_conn.listeners[0].pipeline_depth = 0),
+            ),
+            (
+                "io_conn.listener[2].pipeline_depth",
+                Box::new(|c| c.io_conn.listeners[2].pipeline_depth = 1025),
             ),
             ("md.max_instances", Box::new(|c| c.md.max_instances = 0)),
             ("md.max_instances", Box::new(|c| c.md.max_instances = 257)),
@@ -398,21 +427,29 @@ mod tests {
                 address: "127.0.0.1:0".parse().unwrap(),
                 service: "x".into(),
                 framing: Some(Framing::Len32),
+                dispatch: Dispatch::Flow,
+                pipeline_depth: 1,
             },
             Listener {
                 address: "127.0.0.1:0".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
+                dispatch: Dispatch::Flow,
+                pipeline_depth: 1,
             },
             Listener {
                 address: "[::]:4680".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
+                dispatch: Dispatch::Flow,
+                pipeline_depth: 1,
             },
             Listener {
                 address: "127.0.0.1:4680".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
+                dispatch: Dispatch::Request,
+                pipeline_depth: crate::MAX_PIPELINE_DEPTH,
             },
         ];
         cfg.validate().unwrap();
