@@ -89,7 +89,7 @@ impl Clients {
             self.flows.release(slot);
             return;
         }
-        let md = links.choose();
+        let md = links.choose(&self.listeners[idx].mds);
         let generation = self.flows.get(slot).generation;
         let interest = if md.is_some() { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
         if let Err(e) = cx.epoll.add(&s, EpollEvent::new(interest, flow_token(slot, generation))) {
@@ -138,16 +138,18 @@ impl Clients {
         }
     }
 
-    /// An md became live: bind the flows that waited for one, oldest first.
+    /// An md became live: bind the flows that waited for one, oldest first (those whose service
+    /// has no live md yet keep waiting, in order).
     pub(super) fn assign_unassigned(&mut self, cx: &mut Cx, links: &mut Links) {
-        while let Some((slot, generation)) = self.unassigned.pop_front() {
+        for _ in 0..self.unassigned.len() {
+            let Some((slot, generation)) = self.unassigned.pop_front() else { break };
             let f = self.flows.get(slot);
             if f.generation != generation || f.state != State::Unassigned {
                 continue;
             }
-            let Some(i) = links.choose() else {
-                self.unassigned.push_front((slot, generation));
-                return;
+            let Some(i) = links.choose(&self.listeners[f.listener as usize].mds) else {
+                self.unassigned.push_back((slot, generation));
+                continue;
             };
             self.flows.get_mut(slot).since = cx.now;
             self.bind(cx, links, slot, i);

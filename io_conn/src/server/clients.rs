@@ -28,6 +28,9 @@ pub(super) struct Lst {
     pub(super) framing: Framing,
     /// Registered in epoll (accepting is paused after EMFILE by taking it out).
     pub(super) in_epoll: bool,
+    /// The md instances that serve `service` (its `[[md.group]]`, or all): routing picks among
+    /// these only.
+    pub(super) mds: Vec<u32>,
     /// `dispatch = "request"`: each request goes to the least-loaded md (`dispatch`).
     pub(super) request: bool,
     /// `pipeline_depth`: requests in flight per connection under `request` dispatch.
@@ -68,11 +71,6 @@ pub(crate) struct Clients {
     pub(super) lim: Limits,
 }
 
-/// A listener's dispatch: (`request`, `pipeline_depth`).
-fn listener_dispatch(_l: &config::Listener) -> (bool, u32) {
-    (std::env::var_os("SHMSRV_TMP_REQUEST").is_some(), 16)
-}
-
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
@@ -91,14 +89,14 @@ impl Clients {
             epoll
                 .add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, token(K_LISTENER, idx as u64)))
                 .context("epoll add listener")?;
-            let (request, depth) = listener_dispatch(&l);
             lst.push(Lst {
                 sock: Some(sock),
                 framing: l.framing(),
+                mds: cfg.instances_for(&l.service),
+                request: l.dispatch() == config::Dispatch::Request,
+                depth: l.pipeline_depth().max(1),
                 service: l.service,
                 in_epoll: true,
-                request,
-                depth,
             });
         }
         anyhow::ensure!(lst.len() < usize::from(u16::MAX), "too many listeners");

@@ -12,6 +12,7 @@ use config::Framing;
 use shmq::frame::{self, FlowId, Kind, OpenInfo};
 use shmq::ring::PushError;
 
+use super::clients::Lst;
 use super::{Clients, Cx, Links};
 use crate::counters::Io;
 use crate::flows::{AfterFlush, Flow, InputEnd, ListId, Peer, Req, State};
@@ -67,7 +68,7 @@ fn push_one(
     links: &mut Links,
     id: FlowId,
     f: &mut Flow,
-    service: &str,
+    lst: &Lst,
     credit: u64,
     msg: &[u8],
 ) -> Result<(), Pump> {
@@ -80,10 +81,10 @@ fn push_one(
     if f.rq.full() {
         return Err(Pump::Pipeline);
     }
-    let Some(i) = links.choose_request() else { return Err(Pump::MdGone) };
+    let Some(i) = links.choose_request(&lst.mds) else { return Err(Pump::MdGone) };
     let Some((tx, pushed)) = links.tx(i) else { return Err(Pump::MdGone) };
     if f.rq.peer_mut(i).is_none() {
-        let info = OpenInfo { credit, peer: f.peer, service };
+        let info = OpenInfo { credit, peer: f.peer, service: &lst.service };
         let mut b = [0u8; 32 + frame::MAX_SERVICE_NAME];
         let Ok(len) = info.encode(&mut b) else { return Err(Pump::MdGone) };
         tx.try_push(id, Kind::Open, frame::flags::OPEN_MARK_ENDS, &b[..len])
@@ -203,9 +204,9 @@ impl Clients {
         let id = self.flows.id(slot);
         let Self { flows, scratch, listeners, lim, .. } = self;
         let f = flows.get_mut(slot);
-        let service = &listeners[f.listener as usize].service;
+        let lst = &listeners[f.listener as usize];
         let (off, frames, stop) = push_framed(framing, &scratch[..n], 0, lim.max_msg, |m| {
-            push_one(links, id, f, service, lim.credit, m)
+            push_one(links, id, f, lst, lim.credit, m)
         });
         cx.c[Io::MessagesIn] += frames;
         let (r, scanned) = match stop {
@@ -376,7 +377,7 @@ impl Clients {
         if let Some(mut buf) = f.input.take() {
             let (consumed, frames, stop) =
                 push_framed(lst.framing, buf.filled(), buf.scanned, lim.max_msg, |m| {
-                    push_one(links, id, f, &lst.service, lim.credit, m)
+                    push_one(links, id, f, lst, lim.credit, m)
                 });
             cx.c[Io::MessagesIn] += frames;
             buf.consume(consumed);
@@ -393,7 +394,7 @@ impl Clients {
                             buf.clear();
                         } else {
                             // A last line without `\n`: a message all the same.
-                            match push_one(links, id, f, &lst.service, lim.credit, buf.filled()) {
+                            match push_one(links, id, f, lst, lim.credit, buf.filled()) {
                                 Ok(()) => {
                                     cx.c[Io::MessagesIn] += 1;
                                     buf.clear();

@@ -196,28 +196,26 @@ impl Links {
         self.mds.len()
     }
 
-    /// The live md instance with the fewest flows.
-    pub(super) fn choose(&self) -> Option<u32> {
-        self.mds
+    /// The live md instance among `among` (the instances serving a service) with the fewest
+    /// flows, for a connection bound for life (`flow` dispatch).
+    pub(super) fn choose(&self, among: &[u32]) -> Option<u32> {
+        among
             .iter()
-            .enumerate()
-            .filter(|(_, m)| Self::is_live(m))
-            .min_by_key(|(_, m)| m.flows)
-            .map(|(i, _)| i as u32)
+            .filter(|&&i| self.mds.get(i as usize).is_some_and(Self::is_live))
+            .min_by_key(|&&i| self.mds[i as usize].flows)
+            .copied()
     }
 
-    /// The live md instance with the fewest requests in flight, for one request (`request`
-    /// dispatch); ties go round robin, so equally idle instances share a request/response load.
-    pub(super) fn choose_request(&mut self) -> Option<u32> {
+    /// The live md instance among `among` with the fewest requests in flight, for one request
+    /// (`request` dispatch); ties go round robin, so equally idle instances share a request/response load.
+    pub(super) fn choose_request(&mut self, among: &[u32]) -> Option<u32> {
         let n = self.mds.len() as u32;
         let rr = self.rr;
-        let i = self
-            .mds
+        let i = among
             .iter()
-            .enumerate()
-            .filter(|(_, m)| Self::is_live(m))
-            .min_by_key(|(i, m)| (m.inflight, (*i as u32 + n - rr) % n))
-            .map(|(i, _)| i as u32)?;
+            .copied()
+            .filter(|&i| self.mds.get(i as usize).is_some_and(Self::is_live))
+            .min_by_key(|&i| (self.mds[i as usize].inflight, (i + n - rr) % n))?;
         self.rr = (i + 1) % n;
         Some(i)
     }

@@ -21,6 +21,7 @@ fn setup(mds: usize) -> (Cx, Clients, Links) {
         service: "echo".into(),
         framing: config::Framing::Line,
         in_epoll: false,
+        mds: vec![0, 1],
         request: false,
         depth: 16,
     });
