@@ -85,7 +85,7 @@ pub fn config_text(
     io_extra: &str,
     md_extra: &str,
 ) -> String {
-    config_text_with(name, runtime_dir, max_instances, "64KiB", io_extra, md_extra)
+    config_text_with(name, runtime_dir, max_instances, "64KiB", io_extra, md_extra, None)
 }
 
 /// [`config_text`] with another `shared.max_message` (keep `md.dumb.stream_chunk` at or below it
@@ -97,7 +97,10 @@ pub fn config_text_with(
     max_message: &str,
     io_extra: &str,
     md_extra: &str,
+    dispatch: Option<&str>,
 ) -> String {
+    // Every listener gets the same `dispatch` (none: the config's default, `flow`).
+    let d = dispatch.map(|d| format!("dispatch = \"{d}\"\n")).unwrap_or_default();
     format!(
         r#"[shared]
 name = "{name}"
@@ -112,20 +115,20 @@ drain_deadline = "3s"
 [[io_conn.listener]]
 address = "127.0.0.1:0"
 service = "echo"
-
+{d}
 [[io_conn.listener]]
 address = "127.0.0.1:0"
 service = "reverse"
-
+{d}
 [[io_conn.listener]]
 address = "127.0.0.1:0"
 service = "dumb"
-
+{d}
 [[io_conn.listener]]
 address = "127.0.0.1:0"
 service = "echo"
 framing = "len32"
-
+{d}
 [md]
 max_instances = {max_instances}
 {md_extra}
@@ -166,6 +169,8 @@ pub struct Setup<'a> {
     pub md_bin: Option<PathBuf>,
     /// More `[[io_conn.listener]]` tables, appended to the config (see [`listener`]).
     pub listeners: &'a str,
+    /// `dispatch` of every default listener (`"request"` or `"flow"`; none: the default).
+    pub dispatch: Option<&'a str>,
     /// The io_conn binary (default [`io_conn_bin`]); md is then taken from its directory unless
     /// `md_bin` says otherwise. The PING bench's A/B mode runs two builds side by side with it.
     pub io_conn_bin: Option<PathBuf>,
@@ -201,6 +206,7 @@ impl Server {
             s.max_message.unwrap_or("64KiB"),
             s.io_extra,
             s.md_extra,
+            s.dispatch,
         );
         // After `[md]`: more elements of the same array of tables are still valid TOML.
         text.push_str(s.listeners);
