@@ -132,3 +132,93 @@ fn broadcast_skips_flows_of_other_services_and_closing_flows() {
     assert_eq!(cx.c[Io::BytesOut], 0);
     assert_eq!(cl.flows.get(a.slot()).output_len(), 0);
 }
+
+/// A `request`-dispatched flow with a real loopback socket (replies are written to it), open on
+/// md 0 and md 1, with requests in flight on the given md instances, oldest first.
+fn request_flow(cx: &mut Cx, cl: &mut Clients, mds: &[u32]) -> (FlowId, std::net::TcpStream) {
+    use crate::flows::{Peer, Req};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (server, _) = l.accept().expect("accept");
+    server.set_nonblocking(true).expect("nonblocking");
+    let id = open_flow(cx, cl, crate::flows::NO_MD);
+    let f = cl.flows.get_mut(id.slot());
+    f.sock = Some(server);
+    f.rq.on = true;
+    f.rq.depth = 16;
+    f.rq.peers = vec![Peer { md: 0, drained: 0, owed: 0 }, Peer { md: 1, drained: 0, owed: 0 }];
+    for &md in mds {
+        f.rq.q.push_back(Req { md, done: false, held: None });
+    }
+    client.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    (id, client)
+}
+
+fn reply(end: bool) -> u16 {
+    if end { frame::flags::DATA_END } else { 0 }
+}
+
+#[test]
+fn a_later_requests_reply_is_held_until_the_head_reply_ends() {
+    use std::io::Read;
+    let (mut cx, mut cl, mut links) = setup(2);
+    let (id, mut client) = request_flow(&mut cx, &mut cl, &[0, 1]);
+    let data = |md: u32, p: &'static [u8], end: bool| {
+        (md, Frame { flowid: id, kind: Kind::Data, flags: reply(end), payload: p })
+    };
+    // md 1 answers the second request first: held.
+    for (md, fr) in [data(1, b"second ", false), data(1, b"reply\n", true)] {
+        cl.on_md_frame(&mut cx, &mut links, md, fr);
+    }
+    assert_eq!(cx.c[Io::BytesOut], 0, "nothing written before the head's reply");
+    // The head's reply, in two frames: written at once; then the held one follows.
+    for (md, fr) in [data(0, b"first ", false), data(0, b"reply\n", true)] {
+        cl.on_md_frame(&mut cx, &mut links, md, fr);
+    }
+    let mut got = [0u8; 25];
+    client.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"first reply\nsecond reply\n");
+    let f = cl.flows.get(id.slot());
+    assert!(f.rq.q.is_empty(), "both requests done");
+    assert_eq!(
+        f.rq.peers.iter().map(|p| p.drained).collect::<Vec<_>>(),
+        vec![12, 13],
+        "credit owed back to each md"
+    );
+    assert_eq!(cx.c[Io::StaleFrames], 0);
+}
+
+#[test]
+fn md_close_at_a_request_drops_the_ones_behind_it_and_closes_after_the_replies() {
+    use std::io::Read;
+    let (mut cx, mut cl, mut links) = setup(2);
+    let (id, mut client) = request_flow(&mut cx, &mut cl, &[0, 1, 0]);
+    // md 1 forgets the flow at the second request: the third (on md 0) is dropped.
+    cl.on_md_frame(&mut cx, &mut links, 1, frame(Kind::Close, id, &[]));
+    assert_eq!(cx.c[Io::RequestsDropped], 1);
+    assert_eq!(cl.flows.get(id.slot()).rq.q.len(), 2);
+    assert!(!cl.flows.get(id.slot()).wants_input(), "no more requests are read");
+    // The head's reply still goes out; then the connection closes (md asked).
+    let fr =
+        Frame { flowid: id, kind: Kind::Data, flags: frame::flags::DATA_END, payload: b"PONG\n" };
+    cl.on_md_frame(&mut cx, &mut links, 0, fr);
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).expect("read to EOF");
+    assert_eq!(got, b"PONG\n");
+    assert_eq!(cx.c[Io::ClosedByMd], 1);
+    assert_eq!(cx.c[Io::ConnectionsCurrent], 0);
+    // A late reply of md 0 for the dropped request is stale, not delivered anywhere.
+    let late = Frame { flowid: id, kind: Kind::Data, flags: frame::flags::DATA_END, payload: b"x" };
+    cl.on_md_frame(&mut cx, &mut links, 0, late);
+    assert_eq!(cx.c[Io::StaleFrames], 1);
+}
+
+#[test]
+fn pause_counts_only_from_the_md_of_the_head_request() {
+    let (mut cx, mut cl, mut links) = setup(2);
+    let (id, _client) = request_flow(&mut cx, &mut cl, &[0, 1]);
+    cl.on_md_frame(&mut cx, &mut links, 1, frame(Kind::Pause, id, &[]));
+    assert!(!cl.flows.get(id.slot()).md_paused, "md 1 does not hold the head");
+    cl.on_md_frame(&mut cx, &mut links, 0, frame(Kind::Pause, id, &[]));
+    assert!(cl.flows.get(id.slot()).md_paused);
+}
