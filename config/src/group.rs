@@ -294,8 +294,8 @@ impl Config {
         Ok(())
     }
 
-    /// `groups: ...` for [`Config::summary`]: `all` without groups, else
-    /// `[0-5:dumb,echo,reverse 6-7:chat@/path]`.
+    /// `md.group: ...` for [`Config::summary`]: `all instances serve every service` without
+    /// groups, else `[0-5:dumb,echo,reverse 6,7:chat@/path]`.
     pub(crate) fn groups_summary(&self) -> String {
         if self.md.groups.is_empty() {
             return "all instances serve every service".to_owned();
@@ -305,7 +305,13 @@ impl Config {
             .groups
             .iter()
             .map(|g| {
-                let mut s = format!("{}:{}", g.instances, g.label()).replace(' ', "");
+                let instances = match &g.instances {
+                    Instances::List(v) => {
+                        v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                    }
+                    range => range.to_string(),
+                };
+                let mut s = format!("{instances}:{}", g.label());
                 if let Some(b) = g.binary() {
                     s.push('@');
                     s.push_str(&b.display().to_string());
@@ -506,7 +512,7 @@ mod tests {
         assert_eq!(cfg.binary_for(4, md), md, "no group: the md binary");
         assert_eq!(cfg.binary_for(5, md), Path::new("/opt/chat-md"));
         assert_eq!(cfg.group_binary(7), Some(Path::new("/opt/chat-md")));
-        assert_eq!(cfg.groups_summary(), "[0-3:dumb,echo,reverse [7,5]:chat@/opt/chat-md]");
+        assert_eq!(cfg.groups_summary(), "[0-3:dumb,echo,reverse 7,5:chat@/opt/chat-md]");
     }
 
     #[test]

@@ -232,7 +232,8 @@ impl Default for IoConn {
 
 /// One `[[io_conn.listener]]`: a TCP address and the service its connections get.
 ///
-/// `address` and `service` are required in each table; `framing` is optional.
+/// `address` and `service` are required in each table; `framing`, `dispatch` and
+/// `pipeline_depth` are optional.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {

@@ -634,7 +634,7 @@ fn dispatch_and_groups_are_read() {
     let s = cfg.summary();
     assert!(s.contains("127.0.0.1:2=kv/len32/flow"), "{s}");
     assert!(s.contains("127.0.0.1:1=dumb/line/request:64"), "{s}");
-    assert!(s.ends_with("md.group: [0-3:dumb,echo,reverse [4,6]:kv@/usr/local/bin/kv-md]"), "{s}");
+    assert!(s.ends_with("md.group: [0-3:dumb,echo,reverse 4,6:kv@/usr/local/bin/kv-md]"), "{s}");
     // Round trip, and the shipped example (commented out) is a valid config.
     assert_eq!(Config::from_toml_str(&cfg.to_toml(), "o").unwrap(), cfg, "{}", cfg.to_toml());
     let example: String = SHIPPED

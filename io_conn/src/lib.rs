@@ -162,6 +162,11 @@ pub fn fixed_fds(cfg: &Config) -> u64 {
 }
 
 /// Where the md binary is: `$SHMSRV_MD_BIN`, else `md` next to the current executable.
+///
+/// It is what an md instance runs unless its `[[md.group]]` names a `binary`
+/// ([`config::Config::binary_for`]). `$SHMSRV_MD_BIN` is an override for tests and development
+/// (e.g. a custom md for every instance without writing groups); it never replaces a group's
+/// explicit binary.
 pub fn md_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SHMSRV_MD_BIN") {
         return Some(PathBuf::from(p));

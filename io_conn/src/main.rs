@@ -52,11 +52,20 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     // Without --config: the built-in defaults, identical to the shipped file (the systemd units
     // pass --config explicitly).
     let mut cfg = config::Config::load_or_default(args.config.as_deref())?;
+    // Group binaries must exist on this machine: --check-config and --spawn-md fail without
+    // them; a plain start only warns (md@N is what runs them, and they may be installed later).
+    let binaries = cfg.check_binaries(args.config.as_deref());
     if args.check_config {
+        binaries?;
         println!("config OK: {}", cfg.summary());
         return Ok(());
     }
     log::info!("config: {}", cfg.summary());
+    match binaries {
+        Err(e) if args.spawn_md.is_some() => return Err(e.into()),
+        Err(e) => log::warn!("{e} (md instances of that group will fail to start)"),
+        Ok(()) => {}
+    }
 
     let nofile = io_conn::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
     let need = u64::from(cfg.io_conn.max_connections) + io_conn::fixed_fds(&cfg);
@@ -87,10 +96,16 @@ fn real_main(args: Args) -> anyhow::Result<()> {
 
     let spawn = match args.spawn_md {
         Some(count) => {
-            let bin = io_conn::md_binary().context(
-                "--spawn-md: no md binary next to io_conn; build it (cargo build --bins) or set SHMSRV_MD_BIN",
-            )?;
-            Some(io_conn::SpawnMd { bin, config: args.config.clone(), count })
+            // The md binary is needed unless every spawned instance's group names its own.
+            let bin = match io_conn::md_binary() {
+                Some(bin) => bin,
+                None if (0..count).all(|i| cfg.group_binary(i).is_some()) => PathBuf::new(),
+                None => anyhow::bail!(
+                    "--spawn-md: no md binary next to io_conn; build it (cargo build --bins) or \
+                     set SHMSRV_MD_BIN"
+                ),
+            };
+            Some(io_conn::SpawnMd::new(&cfg, bin, args.config.clone(), count))
         }
         None => None,
     };

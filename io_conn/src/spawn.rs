@@ -1,7 +1,8 @@
 //! `--spawn-md N`: md children for development (no systemd).
 //!
-//! Used by the event loop. Each child runs `md [--config PATH] --instance i` in its own process
-//! group (so a terminal's Ctrl-C reaches io_conn only, which then stops them in order). Each is
+//! Used by the event loop. Each child runs `BINARY [--config PATH] --instance i` in its own
+//! process group, where BINARY is instance i's group binary (`[[md.group]] binary`) or else the md
+//! binary ([`SpawnMd::new`] resolves them from the config). Its own process group (so a terminal's Ctrl-C reaches io_conn only, which then stops them in order). Each is
 //! watched through a pidfd in the loop's epoll; one that exits is reaped, logged and restarted
 //! after a backoff (100 ms doubling to 5 s, reset once a child has run for 10 s). On shutdown
 //! they get SIGTERM and are waited for (SIGKILL after a grace period).
@@ -9,7 +10,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,29 @@ use nix::unistd::Pid;
 /// How to start md children.
 #[derive(Debug, Clone)]
 pub struct SpawnMd {
-    /// The md executable.
+    /// The md executable: what an instance runs when `binaries` has no entry for it.
     pub bin: PathBuf,
     /// Passed as `--config PATH` (None: md uses its default).
     pub config: Option<PathBuf>,
     /// Instances 0..count are started.
     pub count: u32,
+    /// The executable of instance i (`binaries[i]`), from its `[[md.group]]`; an instance past
+    /// the end runs `bin`. [`SpawnMd::new`] fills it from the config.
+    pub binaries: Vec<PathBuf>,
+}
+
+impl SpawnMd {
+    /// Children for instances `0..count` of `cfg`: instance i runs
+    /// `cfg.binary_for(i, &bin)` (its group's `binary`, else `bin`, the md binary).
+    pub fn new(cfg: &config::Config, bin: PathBuf, config: Option<PathBuf>, count: u32) -> Self {
+        let binaries = (0..count).map(|i| cfg.binary_for(i, &bin)).collect();
+        Self { bin, config, count, binaries }
+    }
+
+    /// The executable instance `i` runs.
+    pub fn binary(&self, i: u32) -> &Path {
+        self.binaries.get(i as usize).unwrap_or(&self.bin)
+    }
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -46,6 +64,8 @@ struct Kid {
 pub(crate) struct Children {
     spec: SpawnMd,
     kids: Vec<Kid>,
+    /// The executable of the instance [`Children::start`] was last called for.
+    last: PathBuf,
 }
 
 impl Children {
@@ -60,11 +80,14 @@ impl Children {
                 backoff: BACKOFF_MIN,
             })
             .collect();
-        Self { spec, kids }
+        let last = spec.bin.clone();
+        Self { spec, kids, last }
     }
 
-    pub(crate) fn bin(&self) -> &std::path::Path {
-        &self.spec.bin
+    /// The executable of the instance last started (or tried): what a failed
+    /// [`Children::start`] ran.
+    pub(crate) fn bin(&self) -> &Path {
+        &self.last
     }
 
     pub(crate) fn count(&self) -> u32 {
@@ -75,7 +98,12 @@ impl Children {
     pub(crate) fn start(&mut self, i: u32, now: Instant) -> io::Result<&OwnedFd> {
         let kid = &mut self.kids[i as usize];
         kid.restart_at = None;
-        let mut cmd = Command::new(&self.spec.bin);
+        let bin = self.spec.binary(i);
+        self.last = bin.to_owned();
+        if bin != self.spec.bin {
+            log::info!("md instance {i} runs {} (its [[md.group]] binary)", bin.display());
+        }
+        let mut cmd = Command::new(bin);
         if let Some(c) = &self.spec.config {
             cmd.arg("--config").arg(c);
         }

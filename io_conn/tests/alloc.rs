@@ -87,11 +87,7 @@ fn steady_state_ping_allocates_nothing_per_message() {
     let opts = io_conn::Options {
         shutdown: Some(shutdown),
         signals: false,
-        spawn: Some(io_conn::SpawnMd {
-            bin: util::md_bin(),
-            config: Some(cfg_path.clone()),
-            count: 1,
-        }),
+        spawn: Some(io_conn::SpawnMd::new(&cfg, util::md_bin(), Some(cfg_path.clone()), 1)),
     };
     let io = std::thread::spawn(move || {
         COUNT_ME.with(|c| c.set(true));

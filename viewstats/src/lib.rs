@@ -9,6 +9,11 @@
 //! exposition format). `--wait SECONDS` waits for a segment that is not there yet; otherwise a
 //! missing segment is "no server running under NAME" and exit code 1.
 //!
+//! **Groups.** Each md slot is shown with its service group (`[[md.group]]`), taken from the
+//! config given with `--config` (the file io_conn and md run with): the segment does not carry
+//! it, the config is what decided it, and viewstats already reads the config for the segment's
+//! name. Without groups every slot shows `all`; a slot in no group shows `-`.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -32,7 +37,7 @@ use shmq::region::Backend;
 use shmq::stats::{StatsError, StatsReader};
 
 pub use render::{json, prometheus, table};
-pub use watch::Watch;
+pub use watch::{DISPATCHED_COUNTER, IN_FLIGHT_COUNTER, Watch};
 
 /// Command line.
 #[derive(Debug, Clone, Parser)]
@@ -94,6 +99,8 @@ pub struct Target {
     pub backend: Backend,
     /// Refresh interval for --watch.
     pub interval: Duration,
+    /// The config's `[[md.group]]` tables (empty: every instance serves every service).
+    pub groups: Vec<config::Group>,
 }
 
 impl Target {
@@ -103,6 +110,23 @@ impl Target {
         match self.backend {
             Backend::Posix => format!("/dev/shm/{seg}"),
             _ => format!("SysV key {:#010x} ({seg})", shmq::region::sysv_key(&seg)),
+        }
+    }
+
+    /// Index (`md.group[k]`) of md slot `instance`'s group.
+    pub fn group_index(&self, instance: u32) -> Option<usize> {
+        self.groups.iter().position(|g| g.instances.contains(instance))
+    }
+
+    /// How md slot `instance`'s group is shown: `all` without groups, `-` in no group, else
+    /// `k:services` (`0:dumb,echo,reverse`).
+    pub fn group_label(&self, instance: u32) -> String {
+        if self.groups.is_empty() {
+            return "all".to_owned();
+        }
+        match self.group_index(instance) {
+            Some(k) => format!("{k}:{}", self.groups[k].label()),
+            None => "-".to_owned(),
         }
     }
 }
@@ -126,7 +150,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Target> {
         Some(s) => anyhow::bail!("--interval {s}: must be a positive number of seconds"),
         None => cfg.viewstats.refresh,
     };
-    Ok(Target { name, backend, interval })
+    Ok(Target { name, backend, interval, groups: cfg.md.groups })
 }
 
 /// Why the segment could not be read.
@@ -204,7 +228,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
         let v = json(&t, &snap, args.all);
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else if args.prometheus {
-        out.write_all(prometheus(&snap, args.all).as_bytes())?;
+        out.write_all(prometheus(&t, &snap, args.all).as_bytes())?;
     } else {
         out.write_all(table(&t, &snap, args.all).as_bytes())?;
     }

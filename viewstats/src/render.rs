@@ -6,7 +6,8 @@
 //! The only names it knows are the `md` section (for "which slots are in use", the slot state and
 //! start time), the `X.producer` / `X.consumer` naming of queue halves (for labels), and that a
 //! dotted counter name `family.key` (the md's `commands.dumb.ping`) is one Prometheus family with
-//! a `command` label.
+//! a `command` label. An md slot's service group comes from the config ([`Target::groups`]), not
+//! from the segment.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -170,6 +171,17 @@ pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
             if secs > 0.0 { format!("{:.2}", v as f64 / secs) } else { "-".to_owned() }
         };
         let (scalars, hists) = split(s, b);
+        if s.sections[b.section].name == "md" {
+            let index = t.group_index(b.instance).map_or("-".to_owned(), |k| k.to_string());
+            let _ = writeln!(
+                o,
+                "{:<40} {:>16} {:>12}  {}",
+                key(s, b, "group"),
+                index,
+                "-",
+                group_help(t, b.instance)
+            );
+        }
         for c in scalars {
             let (d, v) = (c.desc, c.value);
             let r = if d.kind == CounterKind::Counter { rate(v) } else { "-".to_owned() };
@@ -199,6 +211,33 @@ pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
         }
     }
     o
+}
+
+/// What the table says about md slot `instance`'s group.
+fn group_help(t: &Target, instance: u32) -> String {
+    if t.groups.is_empty() {
+        return "Service group: none configured, serves every service (from the config)".to_owned();
+    }
+    match t.group_index(instance) {
+        Some(k) => {
+            let g = &t.groups[k];
+            let bin = g.binary().map_or("the md binary".to_owned(), |b| b.display().to_string());
+            format!("Service group md.group[{k}]: {} ({bin}; from the config)", g.label())
+        }
+        None => "Service group: in no [[md.group]], serves nothing (from the config)".to_owned(),
+    }
+}
+
+/// The JSON `group` of md slot `instance`: `null` without groups or outside every group, else
+/// `{index, services, binary}` (`binary` `""` = the md binary).
+fn group_json(t: &Target, instance: u32) -> Value {
+    match t.group_index(instance) {
+        Some(k) => {
+            let g = &t.groups[k];
+            j!({ "index": k, "services": g.services, "binary": g.binary.display().to_string() })
+        }
+        None => Value::Null,
+    }
 }
 
 /// `{kind, unit, help}` of a counter, for the JSON `counters` map.
@@ -251,6 +290,8 @@ pub fn json(t: &Target, s: &Snapshot, all: bool) -> Value {
             if sec.name == "md" {
                 block
                     .insert("state_name".into(), j!(state_name(value(s, b, "state").unwrap_or(0))));
+                block.insert("group".into(), group_json(t, b.instance));
+                block.insert("group_label".into(), j!(t.group_label(b.instance)));
             }
             block.insert("values".into(), Value::Object(values));
             block.insert("histograms".into(), Value::Object(hs));
@@ -268,6 +309,7 @@ pub fn json(t: &Target, s: &Snapshot, all: bool) -> Value {
         "creator_start_time": s.info.creator_start_time,
         "creator_running": creator_alive(s),
         "md_slots": s.info.md_slots,
+        "groups_configured": !t.groups.is_empty(),
         "layout_version": s.info.layout_version,
         "schema_version": s.info.schema_version,
         "taken_unix_ns": s.taken_unix_ns,
@@ -341,8 +383,10 @@ fn ns_as_secs(ns: u64) -> String {
 
 /// Prometheus text exposition (version 0.0.4): `# HELP` / `# TYPE` once per family, names
 /// prefixed `shmsrv_`, counters suffixed `_total`, nanoseconds as seconds, labels `slot` and
-/// `queue`, histograms with cumulative `le` buckets, and `shmsrv_start_time_seconds`.
-pub fn prometheus(s: &Snapshot, all: bool) -> String {
+/// `queue`, histograms with cumulative `le` buckets, `shmsrv_start_time_seconds`, and
+/// `shmsrv_md_group_info{slot,group,services}` (1 per shown md slot; `group` is the
+/// `[[md.group]]` index, `all` or `-`, from the config).
+pub fn prometheus(t: &Target, s: &Snapshot, all: bool) -> String {
     struct Family {
         help: String,
         typ: &'static str,
@@ -377,6 +421,23 @@ pub fn prometheus(s: &Snapshot, all: bool) -> String {
         format!("shmsrv_up {}", u8::from(creator_alive(s))),
     );
     let shown = shown_slots(s, all);
+    for b in
+        s.blocks.iter().filter(|b| is_shown(s, b, &shown) && s.sections[b.section].name == "md")
+    {
+        let group = match (t.groups.is_empty(), t.group_index(b.instance)) {
+            (true, _) => "all".to_owned(),
+            (false, Some(k)) => k.to_string(),
+            (false, None) => "-".to_owned(),
+        };
+        let services = t.group_index(b.instance).map_or(String::new(), |k| t.groups[k].label());
+        let lab = [("slot", b.instance.to_string()), ("group", group), ("services", services)];
+        add(
+            "shmsrv_md_group_info",
+            "Service group of an md slot, from the config (group: [[md.group]] index, all or -)",
+            "gauge",
+            format!("shmsrv_md_group_info{} 1", labels(&lab, None)),
+        );
+    }
     for b in s.blocks.iter().filter(|b| is_shown(s, b, &shown)) {
         let (stem, lab) = prom_stem(s, b);
         let (scalars, hists) = split(s, b);

@@ -3,6 +3,12 @@
 //! Each refresh re-attaches by name, so a restarted io_conn (a new segment, a new epoch) is seen;
 //! rate baselines are dropped then, and per slot when the md in it changes (pid or start time),
 //! and a counter that went down is shown as a reset, never as a negative rate.
+//!
+//! Each md row ends with the slot's service group (from the config, see [`Target::groups`]) and
+//! has room for per-request dispatch load: `INFLIGHT` shows a gauge named
+//! [`IN_FLIGHT_COUNTER`] and `DISP/S` the rate of a counter named [`DISPATCHED_COUNTER`], read
+//! from whichever per-slot block of the segment has them (io_conn's dispatcher will write them),
+//! and `-` while the segment has no such counter.
 
 use std::io::Write;
 use std::time::Instant;
@@ -12,6 +18,12 @@ use shmq::stats::{
 };
 
 use crate::Target;
+
+/// Name of the per-slot gauge shown as `INFLIGHT`: requests dispatched to the md and not yet
+/// answered.
+pub const IN_FLIGHT_COUNTER: &str = "requests_in_flight";
+/// Name of the per-slot counter whose rate is shown as `DISP/S`: requests dispatched to the md.
+pub const DISPATCHED_COUNTER: &str = "requests_dispatched";
 use crate::render::{creator_alive, fmt_ns, is_shown, key, quantiles, shown_slots, split, value};
 
 /// The live view's state: the reader and the previous snapshot (the rate baseline).
@@ -94,6 +106,27 @@ impl Watch {
         self.rate(s, b, d.word, now)
     }
 
+    /// Value and rate of counter `name` of md slot `instance`, from the first per-slot block
+    /// (the `md` section first) that has it; `None` if the segment has no such counter.
+    fn slot_counter(
+        &self,
+        s: &Snapshot,
+        instance: u32,
+        name: &str,
+        now: Instant,
+    ) -> Option<(u64, Option<f64>)> {
+        let mut blocks: Vec<&BlockSnapshot> = s
+            .blocks
+            .iter()
+            .filter(|b| b.instance == instance && s.sections[b.section].name != "io")
+            .collect();
+        blocks.sort_by_key(|b| s.sections[b.section].name != "md");
+        blocks.into_iter().find_map(|b| {
+            let c = s.counters(b).find(|c| c.name == name)?;
+            Some((c.value, self.rate(s, b, c.desc.word, now)))
+        })
+    }
+
     fn render(&self, s: &Snapshot, now: Instant) -> String {
         use std::fmt::Write as _;
         let mut o = String::from("\x1b[H\x1b[2J");
@@ -133,8 +166,18 @@ impl Watch {
         // md slots, one row each, and a total.
         let _ = writeln!(
             o,
-            "\n{:<6} {:<9} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>6}",
-            "md", "STATE", "PID", "MSGS_IN", "IN/S", "MSGS_OUT", "OUT/S", "ERRORS", "BUSY%"
+            "\n{:<6} {:<9} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>6} {:>8} {:>8}  GROUP",
+            "md",
+            "STATE",
+            "PID",
+            "MSGS_IN",
+            "IN/S",
+            "MSGS_OUT",
+            "OUT/S",
+            "ERRORS",
+            "BUSY%",
+            "INFLIGHT",
+            "DISP/S"
         );
         let mut tot = [0u64; 3];
         let mut tot_rate = [0f64; 3];
@@ -154,9 +197,11 @@ impl Watch {
                 tot_rate[2] + busy.unwrap_or(0.0),
             ];
             let st = MdState::from_u64(g("state")).map_or("?", MdState::as_str);
+            let in_flight = self.slot_counter(s, b.instance, IN_FLIGHT_COUNTER, now);
+            let dispatched = self.slot_counter(s, b.instance, DISPATCHED_COUNTER, now);
             let _ = writeln!(
                 o,
-                "{:<6} {:<9} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>6}{}",
+                "{:<6} {:<9} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>6} {:>8} {:>8}  {}{}",
                 b.instance,
                 st,
                 g("pid"),
@@ -166,6 +211,9 @@ impl Watch {
                 fmt_rate(ro),
                 er,
                 busy.map_or("-".to_owned(), |x| format!("{x:.1}")),
+                in_flight.map_or("-".to_owned(), |v| v.0.to_string()),
+                fmt_rate(dispatched.and_then(|v| v.1)),
+                self.t.group_label(b.instance),
                 if b.consistent { "" } else { " (inconsistent)" }
             );
         }

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use serde_json::Value;
 use shmq::layout::Direction;
 use shmq::region::Backend;
@@ -117,6 +118,9 @@ fn one_shot_table() {
     assert_eq!(r[3..].join(" "), "Client connections accepted");
     assert_eq!(row("io.connections_current")[2], "-", "gauges have no rate");
     assert_eq!(row("md.1.messages_in")[1], "10");
+    // No config with groups: the slot serves every service.
+    assert_eq!(row("md.1.group")[1..3], ["-".to_owned(), "-".to_owned()]);
+    assert!(row("md.1.group").join(" ").contains("none configured, serves every service"));
     assert_eq!(row("md.1.state")[1..3], ["2".to_owned(), "-".to_owned()]);
     assert!(row("md.1.state").contains(&"running".to_owned()));
     assert_eq!(row("in.1.producer.frames")[1], "10");
@@ -169,6 +173,9 @@ fn json_values_are_exact() {
     assert_eq!(md[0]["instance"], 1);
     assert_eq!(md[0]["consistent"], true);
     assert_eq!(md[0]["state_name"], "running");
+    assert_eq!(md[0]["group"], Value::Null);
+    assert_eq!(md[0]["group_label"], "all");
+    assert_eq!(v["groups_configured"], false);
     assert_eq!(md[0]["values"]["pid"], std::process::id());
     assert_eq!(md[0]["values"]["messages_in"], 10);
     assert_eq!(md[0]["values"]["messages_out"], 9);
@@ -377,6 +384,7 @@ fn watch_resets_rate_baselines_on_restart_and_slot_reuse() {
         name: name.clone(),
         backend: Backend::Posix,
         interval: Duration::from_millis(100),
+        groups: Vec::new(),
     };
     let reader = StatsReader::attach(Backend::Posix, &name).unwrap();
     let mut w = viewstats::Watch::new(t, reader, false);
@@ -479,4 +487,88 @@ fn live_view_in_tmux() {
         })
     });
     assert!(!s.contains("NOT RUNNING"), "{s}");
+}
+
+/// Each md slot's service group, from the config given with --config: table, JSON, Prometheus
+/// and the live view; and the room in the live view's md rows for dispatch load.
+#[test]
+fn groups_come_from_the_config() {
+    let name = unique("groups");
+    let srv = Server::new(&name, 33);
+    srv.fill();
+    let dir = std::env::temp_dir().join(format!("{name}-cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("shmsrv.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[shared]\nname = \"{name}\"\n[md]\nmax_instances = 4\n\
+             [[md.group]]\nservices = [\"dumb\", \"echo\", \"reverse\"]\ninstances = \"0-1\"\n\
+             [[md.group]]\nservices = [\"upper\"]\ninstances = [2]\nbinary = \"/opt/upper\"\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+
+    let o = run(&["-1", "--all", "--config", &cfg]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    let row = |k: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(k))
+            .unwrap_or_else(|| panic!("no row {k} in\n{out}"))
+            .to_owned()
+    };
+    assert!(
+        row("md.1.group").ends_with(
+            "Service group md.group[0]: dumb,echo,reverse (the md binary; from the config)"
+        ),
+        "{out}"
+    );
+    assert_eq!(row("md.1.group").split_whitespace().nth(1), Some("0"));
+    assert!(row("md.2.group").contains("md.group[1]: upper (/opt/upper;"), "{out}");
+    assert!(row("md.3.group").contains("in no [[md.group]], serves nothing"), "{out}");
+
+    let o = run(&["--json", "--config", &cfg]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["groups_configured"], true);
+    let md = &v["sections"]["md"][0];
+    assert_eq!(md["instance"], 1);
+    assert_eq!(
+        md["group"],
+        serde_json::json!({"index": 0, "services": ["dumb", "echo", "reverse"], "binary": ""})
+    );
+    assert_eq!(md["group_label"], "0:dumb,echo,reverse");
+
+    let o = run(&["--prometheus", "--config", &cfg]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    assert!(
+        out.lines().any(|l| l
+            == "shmsrv_md_group_info{slot=\"1\",group=\"0\",services=\"dumb,echo,reverse\"} 1"),
+        "{out}"
+    );
+    if let Some(f) = parse_prometheus(&out) {
+        assert!(f.get("shmsrv_md_group_info").is_some(), "{f}");
+    }
+
+    // The live view: the md row ends with the group; no dispatch counters yet, so `-`.
+    let args = viewstats::Args::parse_from(["viewstats", "--config", &cfg, "--all"]);
+    let t = viewstats::resolve(&args).unwrap();
+    assert_eq!(t.group_label(2), "1:upper");
+    let reader = StatsReader::attach(Backend::Posix, &name).unwrap();
+    let mut w = viewstats::Watch::new(t, reader, true);
+    let screen = w.frame();
+    let _ = std::fs::remove_dir_all(&dir);
+    let header =
+        screen.lines().find(|l| l.starts_with("md ")).unwrap_or_else(|| panic!("{screen}"));
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(cols[cols.len() - 3..], ["INFLIGHT", "DISP/S", "GROUP"], "{header}");
+    let m = screen.lines().find(|l| l.starts_with("1 ")).unwrap_or_else(|| panic!("{screen}"));
+    let cols: Vec<&str> = m.split_whitespace().collect();
+    assert_eq!(cols[cols.len() - 3..], ["-", "-", "0:dumb,echo,reverse"], "{m}");
+    let m = screen.lines().find(|l| l.starts_with("3 ")).unwrap_or_else(|| panic!("{screen}"));
+    assert!(m.ends_with(" -"), "slot 3 is in no group: {m}");
+    drop(srv);
 }
