@@ -21,7 +21,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use shmq::frame::{FlowId, Hello, Kind};
 use shmq::pair::{IoRx, IoSide, IoTx, PairConfig, PairError};
 use shmq::ring::{Consumer, Producer, PushError, RingError};
-use shmq::stats::monotonic_ns;
+use shmq::stats::{QueueProducer, monotonic_ns};
 use shmq::sys::ProcId;
 
 use super::{Clients, Cx, K_BELL, K_MDPID, token};
@@ -42,6 +42,8 @@ pub(crate) struct Md {
     flows: u32,
     /// Requests dispatched to it whose reply has not ended (`request` dispatch): its load.
     inflight: u32,
+    /// Requests dispatched to it since its pair was (re)created (`request` dispatch).
+    dispatched: u64,
     /// Flows with frames that did not fit `tx`, as (slot, generation), oldest first.
     blocked: VecDeque<(u32, u32)>,
     /// Frames pushed since the last flush (`Producer::flush` says whether it rang, not whether
@@ -132,6 +134,7 @@ fn install(
         live: None,
         flows: 0,
         inflight: 0,
+        dispatched: 0,
         blocked: VecDeque::new(),
         pushed: false,
         lost: false,
@@ -224,6 +227,7 @@ impl Links {
     pub(super) fn req_sent(&mut self, i: u32) {
         if let Some(m) = self.mds.get_mut(i as usize) {
             m.inflight += 1;
+            m.dispatched += 1;
         }
     }
 
@@ -496,6 +500,8 @@ pub(super) fn publish_halves(st: &mut Stats, links: &mut Links, inbound: &Inboun
         let depth =
             h.tail.0.load(Ordering::Relaxed).saturating_sub(h.head.0.load(Ordering::Relaxed));
         ss.inprod.publish_from(&h.producer, depth, tx.tx.generation());
+        ss.inprod.set(QueueProducer::RequestsInFlight, u64::from(m.inflight));
+        ss.inprod.set(QueueProducer::RequestsDispatched, m.dispatched);
         ss.outcons.publish_from(&rx.header().consumer, rx.generation());
     }
 }
@@ -510,6 +516,7 @@ impl Links {
                 live: None,
                 flows: 0,
                 inflight: 0,
+                dispatched: 0,
                 blocked: VecDeque::new(),
                 pushed: false,
                 lost: false,

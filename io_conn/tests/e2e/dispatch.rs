@@ -76,6 +76,13 @@ fn thousand_pipelined_mixed_requests_come_back_in_order() {
     let per_md: Vec<u64> = (0..3).map(|i| stat(&v, "md", i, "messages_in").unwrap_or(0)).collect();
     assert_eq!(per_md.iter().sum::<u64>(), 1000, "{per_md:?}");
     assert!(per_md.iter().all(|&n| n > 0), "every md served some requests: {per_md:?}");
+    // io_conn's view of the same: dispatched per md (its in.i halves) agree, nothing in flight.
+    let dispatched: Vec<u64> =
+        (0..3).map(|i| stat(&v, "in.producer", i, "requests_dispatched").unwrap_or(0)).collect();
+    assert_eq!(dispatched, per_md, "io_conn's and md's counts of dispatched requests");
+    for i in 0..3 {
+        assert_eq!(stat(&v, "in.producer", i, "requests_in_flight"), Some(0), "md {i}");
+    }
     sut.stop();
 }
 

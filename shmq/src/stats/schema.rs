@@ -311,6 +311,8 @@ counter_set! {
         MaxDepthBytes => Gauge "max_depth_bytes" "bytes" "Largest backlog seen at a publish";
         Generation => Gauge "generation" "generation" "Ring generation these counters belong to";
         LastPublishNs => Gauge "last_publish_mono_ns" "mono_ns" "CLOCK_MONOTONIC of the last flush that published frames";
+        RequestsInFlight => Gauge "requests_in_flight" "requests" "Requests dispatched on this queue whose reply has not ended (request dispatch; io_conn's in.i)";
+        RequestsDispatched => Counter "requests_dispatched" "requests" "Requests dispatched on this queue (request dispatch; io_conn's in.i)";
     }
 }
 
