@@ -553,7 +553,8 @@ fn groups_come_from_the_config() {
         assert!(f.get("shmsrv_md_group_info").is_some(), "{f}");
     }
 
-    // The live view: the md row ends with the group; no dispatch counters yet, so `-`.
+    // The live view: the md row ends with the in-flight gauge (0), the dispatch rate (`-` on the
+    // first frame: no rate yet) and the group.
     let args = viewstats::Args::parse_from(["viewstats", "--config", &cfg, "--all"]);
     let t = viewstats::resolve(&args).unwrap();
     assert_eq!(t.group_label(2), "1:upper");
@@ -567,7 +568,7 @@ fn groups_come_from_the_config() {
     assert_eq!(cols[cols.len() - 3..], ["INFLIGHT", "DISP/S", "GROUP"], "{header}");
     let m = screen.lines().find(|l| l.starts_with("1 ")).unwrap_or_else(|| panic!("{screen}"));
     let cols: Vec<&str> = m.split_whitespace().collect();
-    assert_eq!(cols[cols.len() - 3..], ["-", "-", "0:dumb,echo,reverse"], "{m}");
+    assert_eq!(cols[cols.len() - 3..], ["0", "-", "0:dumb,echo,reverse"], "{m}");
     let m = screen.lines().find(|l| l.starts_with("3 ")).unwrap_or_else(|| panic!("{screen}"));
     assert!(m.ends_with(" -"), "slot 3 is in no group: {m}");
     drop(srv);
