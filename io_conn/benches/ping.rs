@@ -16,7 +16,8 @@
 //! measured `SHMSRV_BENCH_ROUNDS` times (default 3) against each, alternating (A then B, then B
 //! then A, ...), so drift of a noisy machine falls on both alike; it prints each side's median
 //! and the ratio B/A of the medians. `SHMSRV_IO_CONN_BIN=/path/to/io_conn` replaces side A (this
-//! tree's build by default). docs/BENCHMARKS.md "Structure split: PING old against new" used it.
+//! tree's build by default). `SHMSRV_BENCH_AB=dispatch` compares the listener's two dispatch
+//! modes of one build instead: A `flow`, B `request`. docs/BENCHMARKS.md "Structure split: PING old against new" used it.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -129,19 +130,23 @@ fn server_ticks(s: &util::Server) -> u64 {
 /// `/proc`, 10 ms ticks summed over every round): less sensitive than msgs/s to a noisy host,
 /// and with the spin budgets at 0 a measure of the work per request.
 fn ab(
-    other: std::path::PathBuf,
+    other: std::ffi::OsString,
     dur: Duration,
-    setup: impl Fn(Option<std::path::PathBuf>) -> util::Server,
+    setup: impl Fn(&str, Option<std::path::PathBuf>, Option<&str>) -> util::Server,
 ) {
     let rounds: usize =
         std::env::var("SHMSRV_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
-    let a = setup(None);
-    let b = setup(Some(other.clone()));
-    println!(
-        "A/B: A = {}, B = {}; {rounds} rounds per point",
-        util::io_conn_bin().display(),
-        other.display()
-    );
+    // `SHMSRV_BENCH_AB=dispatch`: one build, A with `dispatch = "flow"`, B with "request".
+    let (a, b, what) = if other == "dispatch" {
+        let a = setup("bench_ping", None, Some("flow"));
+        let b = setup("bench_ping_b", None, Some("request"));
+        (a, b, "A = flow dispatch, B = request dispatch".to_owned())
+    } else {
+        let other = std::path::PathBuf::from(other);
+        let what = format!("A = {}, B = {}", util::io_conn_bin().display(), other.display());
+        (setup("bench_ping", None, None), setup("bench_ping_b", Some(other), None), what)
+    };
+    println!("A/B: {what}; {rounds} rounds per point");
     let tick_us = 1e6
         / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100)
             as f64;
@@ -181,23 +186,24 @@ fn main() {
     let md_spin = std::env::var("SHMSRV_BENCH_MD_SPIN").ok();
     let io_extra = io_spin.as_ref().map(|s| format!("spin = \"{s}\"")).unwrap_or_default();
     let md_extra = md_spin.as_ref().map(|s| format!("spin = \"{s}\"")).unwrap_or_default();
-    let setup = |bin: Option<std::path::PathBuf>| {
+    let setup = |name: &str, bin: Option<std::path::PathBuf>, dispatch: Option<&str>| {
         util::Server::start_with(
-            if bin.is_some() { "bench_ping_b" } else { "bench_ping" },
+            name,
             util::Setup {
                 spawn_md: 1,
                 max_instances: 1,
                 io_extra: &io_extra,
                 md_extra: &md_extra,
                 io_conn_bin: bin,
+                dispatch,
                 ..util::Setup::default()
             },
         )
     };
     if let Some(other) = std::env::var_os("SHMSRV_BENCH_AB") {
-        return ab(other.into(), dur, setup);
+        return ab(other, dur, setup);
     }
-    let sut = setup(None);
+    let sut = setup("bench_ping", None, None);
     // The same client against redis-server in the same run (an inline `PING\n` gets
     // `+PONG\r\n`): the baseline the ratios are taken against.
     let redis =
