@@ -26,7 +26,7 @@
 //! |---|---|---|
 //! | `OPEN` | io → md | [`OpenInfo`]: credit u64, family u16, port u16, service len u16, pad, 16-byte address, service name |
 //! | `DATA` | both | the message bytes |
-//! | `EOF`, `CLOSE`, `PAUSE`, `RESUME` | see [`Kind`] | empty |
+//! | `EOF`, `CLOSE`, `PAUSE`, `RESUME`, `LEAVE` | see [`Kind`] | empty |
 //! | `DRAINED` | io → md | bytes flushed to the client, u64 LE |
 //! | `HELLO` | md → io | [`Hello`]: pid u32, instance u32, start time u64 |
 //! | `BROADCAST` | md → io | service len u16, service name, then the bytes to send (flowid 0) |
@@ -91,6 +91,9 @@ pub enum Kind {
     Broadcast = 9,
     /// md → io: the md instance attached; first frame after every attach. Payload: [`Hello`].
     Hello = 10,
+    /// md → io: the md instance is leaving (SIGTERM): route no new flow or request to it. It
+    /// finishes what it has, hands the replies over and exits. Empty, flowid 0.
+    Leave = 11,
 }
 
 impl Kind {
@@ -107,6 +110,7 @@ impl Kind {
             8 => Self::Resume,
             9 => Self::Broadcast,
             10 => Self::Hello,
+            11 => Self::Leave,
             _ => return None,
         })
     }
@@ -127,6 +131,7 @@ impl Kind {
                     | Self::Resume
                     | Self::Broadcast
                     | Self::Hello
+                    | Self::Leave
             ),
         }
     }
@@ -134,7 +139,7 @@ impl Kind {
     /// Exact payload length this kind requires, if fixed.
     pub const fn fixed_len(self) -> Option<usize> {
         match self {
-            Self::Eof | Self::Close | Self::Pause | Self::Resume => Some(0),
+            Self::Eof | Self::Close | Self::Pause | Self::Resume | Self::Leave => Some(0),
             Self::Drained => Some(8),
             Self::Hello => Some(Hello::SIZE),
             Self::Pad | Self::Open | Self::Data | Self::Broadcast => None,
@@ -150,7 +155,7 @@ pub struct FrameHeader {
     pub len: u32,
     /// A [`Kind`] value.
     pub kind: u16,
-    /// Per-kind flags; 0 today, reserved.
+    /// Per-kind flags (see [`flags`]).
     pub flags: u16,
     /// The flow ([`FlowId`] as u64).
     pub flowid: u64,

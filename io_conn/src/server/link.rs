@@ -51,6 +51,8 @@ pub(crate) struct Md {
     pub(super) pushed: bool,
     /// Lost (corrupt ring, bad HELLO): reset after the current batch.
     pub(super) lost: bool,
+    /// It said LEAVE (SIGTERM): no new flow or request goes to it; what it has, it finishes.
+    leaving: bool,
     /// The pair is new (created or reset): mirror its stats halves once even without a live md,
     /// so viewstats shows the new generation.
     stats_fresh: bool,
@@ -138,6 +140,7 @@ fn install(
         blocked: VecDeque::new(),
         pushed: false,
         lost: false,
+        leaving: false,
         stats_fresh: true,
     };
     let rx = Some(Rx { half: rx, armed: false });
@@ -179,6 +182,25 @@ impl Links {
         m.live.is_some() && m.tx.is_some()
     }
 
+    /// Live and not leaving: new flows and requests may go to it.
+    fn routable(m: &Md) -> bool {
+        Self::is_live(m) && !m.leaving
+    }
+
+    /// md instance `i` said LEAVE: route nothing new to it.
+    pub(super) fn leave(&mut self, i: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            if !std::mem::replace(&mut m.leaving, true) {
+                log::info!(
+                    "md instance {i} is leaving: no new connections or requests go to it \
+                     ({} connections, {} requests in flight)",
+                    m.flows,
+                    m.inflight
+                );
+            }
+        }
+    }
+
     /// Some md is live.
     pub(super) fn any_live(&self) -> bool {
         self.mds.iter().any(Self::is_live)
@@ -204,7 +226,7 @@ impl Links {
     pub(super) fn choose(&self, among: &[u32]) -> Option<u32> {
         among
             .iter()
-            .filter(|&&i| self.mds.get(i as usize).is_some_and(Self::is_live))
+            .filter(|&&i| self.mds.get(i as usize).is_some_and(Self::routable))
             .min_by_key(|&&i| self.mds[i as usize].flows)
             .copied()
     }
@@ -217,7 +239,7 @@ impl Links {
         let i = among
             .iter()
             .copied()
-            .filter(|&i| self.mds.get(i as usize).is_some_and(Self::is_live))
+            .filter(|&i| self.mds.get(i as usize).is_some_and(Self::routable))
             .min_by_key(|&i| (self.mds[i as usize].inflight, (i + n - rr) % n))?;
         self.rr = (i + 1) % n;
         Some(i)
@@ -520,6 +542,7 @@ impl Links {
                 blocked: VecDeque::new(),
                 pushed: false,
                 lost: false,
+                leaving: false,
                 stats_fresh: false,
             })
             .collect();

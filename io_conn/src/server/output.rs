@@ -85,6 +85,7 @@ impl Clients {
                     }
                 }
             },
+            Kind::Leave => links.leave(i),
             _ => cx.c[Io::BadFrames] += 1,
         }
     }

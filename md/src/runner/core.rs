@@ -104,7 +104,7 @@ impl<F: fmt::Debug> Core<F> {
                 }
             }
             // The consumer only returns kinds allowed towards md; padding never reaches us.
-            Kind::Pad | Kind::Pause | Kind::Resume | Kind::Broadcast | Kind::Hello => {
+            Kind::Pad | Kind::Pause | Kind::Resume | Kind::Broadcast | Kind::Hello | Kind::Leave => {
                 self.stats[Md::BadFrames] += 1;
             }
         }
