@@ -31,8 +31,12 @@ pub(super) struct Flow<F> {
     pub(super) backlog: Vec<u8>,
     pub(super) backlog_head: usize,
     pub(super) backlog_count: usize,
-    /// A request is [`Status::Pending`].
+    /// A request is in progress: it returned [`Status::Pending`] or [`Status::Yield`].
     pub(super) busy: bool,
+    /// The request in progress yielded: it wants [`Service::resume`] (`busy` is set too).
+    pub(super) yielded: bool,
+    /// The flow's slot is in the runner's round of yielded flows (at most once).
+    pub(super) queued: bool,
     /// `EOF` received.
     pub(super) eof: bool,
     /// [`Service::eof`] called; nothing more will run, `CLOSE` follows the output.
@@ -62,6 +66,8 @@ impl<F> Flow<F> {
             backlog_head: 0,
             backlog_count: 0,
             busy: false,
+            yielded: false,
+            queued: false,
             eof: false,
             eof_done: false,
             paused: false,
@@ -84,6 +90,8 @@ impl<F> Flow<F> {
         self.backlog_head = 0;
         self.backlog_count = 0;
         self.busy = false;
+        self.yielded = false;
+        self.queued = false;
         self.eof = false;
         self.eof_done = false;
         self.paused = false;
