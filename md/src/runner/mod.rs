@@ -8,14 +8,30 @@
 //! 3. For every flow touched in this batch ("dirty"), or waiting for ring space ("blocked"): hand
 //!    its queued output to the output ring within its credit, run held requests that may now run,
 //!    send `PAUSE`/`RESUME`/`CLOSE` as needed.
-//! 4. [`Producer::flush`] once: one Release store, and one doorbell write only if io_conn sleeps.
+//! 4. One round of yielded work (see "Time slices" below).
+//! 5. [`Producer::flush`] once: one Release store, and one doorbell write only if io_conn sleeps.
 //!    With a stats sink ([`Runner::set_stats_sink`]), the counters, the heartbeat and both rings'
 //!    counters are then mirrored into the stats segment (relaxed stores, once per batch; also
 //!    before every sleep), and the publish time is stamped if frames went out.
-//! 5. Nothing happened: if recent batches were small (lightly loaded, [`rt::SpinGate`]), spin on
+//! 6. Something happened (or yielded work waits): loop, looking at the epoll set without
+//!    sleeping every 64 passes or every millisecond, whichever comes first (signals, pidfd).
+//!    Nothing happened: if recent batches were small (lightly loaded, [`rt::SpinGate`]), spin on
 //!    the input ring for [`RunnerOptions::spin`]; then arm the doorbell
 //!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
 //!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
+//!
+//! # Time slices
+//!
+//! A request that computes for long returns [`Status::Yield`] when its slice
+//! ([`RunnerOptions::slice`], `md.slice`) is spent ([`crate::Ctx::slice_over`]). Its flow joins
+//! the round, a FIFO of yielded flows. Step 4 resumes ([`Service::resume`]) flows from the front
+//! of the round, each at most once, until one slice has passed since the round began (at least
+//! one flow runs); each turn gets a fresh slice, which the flow's held requests share if the
+//! yielded one finishes; a flow that yields again goes to the back. So other flows' new requests,
+//! timers and ready work run between two slices, yielded flows take turns (round robin), and the
+//! loop is back at its input after about one slice whatever the number of yielded flows. While
+//! the round is not empty the loop never sleeps. A yielded request stays the flow's request in
+//! progress: later requests of the flow stay held.
 //!
 //! # Per flow
 //!
