@@ -225,7 +225,8 @@ impl Ctx<'_> {
         self.flow
     }
 
-    /// The time the current batch started (cheaper than `Instant::now()` per request).
+    /// The time the current batch started, or for [`Service::resume`] the time its slice
+    /// started (cheaper than `Instant::now()` per request).
     pub fn now(&self) -> Instant {
         self.now
     }
