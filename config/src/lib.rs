@@ -380,6 +380,14 @@ pub struct Md {
         serialize_with = "units::serialize_duration"
     )]
     pub spin: Duration,
+    /// Longest a service should compute for one request before it yields to the other flows'
+    /// ready work (`Status::Yield` in md's `Service` API; `BURN` uses it); zero = no slicing
+    /// (long work runs to its end). At most 1s. Default 1ms.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub slice: Duration,
     /// `[md.dumb]`: limits of the built-in `dumb` service.
     pub dumb: Dumb,
     /// `[[md.group]]`: which instances serve which services with which binary (see [`Group`]).
@@ -393,6 +401,7 @@ impl Default for Md {
         Self {
             max_instances: 8,
             spin: Duration::from_micros(50),
+            slice: Duration::from_millis(1),
             dumb: Dumb::default(),
             groups: Vec::new(),
         }
@@ -551,7 +560,7 @@ impl Config {
             "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
              io_conn: listeners=[{}] backlog={} max_connections={} read_buffer={} \
              idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={}; \
-             md: max_instances={} spin={} dumb.burn_max={} dumb.wait_max={} \
+             md: max_instances={} spin={} slice={} dumb.burn_max={} dumb.wait_max={} \
              dumb.stream_max={} dumb.stream_chunk={}; viewstats: refresh={}",
             s.name,
             self.runtime_dir().display(),
@@ -569,6 +578,7 @@ impl Config {
             d(io.spin),
             md.max_instances,
             d(md.spin),
+            d(md.slice),
             md.dumb.burn_max,
             d(md.dumb.wait_max),
             md.dumb.stream_max,

@@ -21,6 +21,8 @@ const MAX_READ_BUFFER: u64 = 64 << 20;
 const MAX_CONNECTIONS: u32 = 1 << 24;
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_SPIN: Duration = Duration::from_secs(1);
+/// Longest `md.slice`.
+const MAX_SLICE: Duration = Duration::from_secs(1);
 const MAX_DRAIN: Duration = Duration::from_secs(3600);
 const MIN_REFRESH: Duration = Duration::from_millis(10);
 const MAX_REFRESH: Duration = Duration::from_secs(3600);
@@ -253,6 +255,8 @@ impl Config {
             ));
         }
         at_most("md.spin", md.spin, MAX_SPIN, "1s")?;
+        // A slice longer than a second would starve signals and the watchdog for that long.
+        at_most("md.slice", md.slice, MAX_SLICE, "1s")?;
         let dumb = &md.dumb;
         at_most("md.dumb.wait_max", dumb.wait_max, YEAR, "365 days")?;
         let chunk = dumb.stream_chunk;
@@ -371,6 +375,7 @@ mod tests {
             ("md.max_instances", Box::new(|c| c.md.max_instances = 0)),
             ("md.max_instances", Box::new(|c| c.md.max_instances = 257)),
             ("md.spin", Box::new(|c| c.md.spin = Duration::from_secs(5))),
+            ("md.slice", Box::new(|c| c.md.slice = Duration::from_millis(1001))),
             ("md.dumb.stream_chunk", Box::new(|c| c.md.dumb.stream_chunk = 0)),
             ("md.dumb.stream_chunk", Box::new(|c| c.md.dumb.stream_chunk = 2 << 20)),
             ("md.dumb.stream_chunk", Box::new(|c| c.io_conn.output_credit = 1024)),

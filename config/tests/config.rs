@@ -94,6 +94,7 @@ fn the_defaults() {
     }
     assert_eq!(cfg.md.max_instances, 8);
     assert!(cfg.groups().is_empty());
+    assert_eq!(cfg.md.slice, Duration::from_millis(1));
     assert_eq!(cfg.md.dumb.wait_max, Duration::from_secs(60));
     assert_eq!(cfg.viewstats.refresh, Duration::from_secs(1));
 }
@@ -169,6 +170,7 @@ fn summary_names_every_section() {
         "idle_timeout=5m",
         "spin=50us",
         "max_instances=8",
+        "slice=1ms",
         "dumb.stream_chunk=16KiB",
         "refresh=1s",
     ] {

@@ -5,6 +5,8 @@
 
 #[path = "e2e/dispatch.rs"]
 mod dispatch;
+#[path = "e2e/fairness.rs"]
+mod fairness;
 #[path = "e2e/groups.rs"]
 mod groups;
 #[path = "e2e/notify.rs"]

@@ -4,7 +4,7 @@
 //! shared-memory ring; md answers through another. This crate is everything on md's side:
 //!
 //! * [`Service`]: the API business logic implements (per-flow state, requests in, bytes out,
-//!   timers), with [`Ctx`] and [`Status`];
+//!   timers, long work in time slices: [`Status::Yield`]), with [`Ctx`] and [`Status`];
 //! * [`Runner`]: the event loop that drives a service over an attached queue pair
 //!   ([`Endpoint`]): batches, output credit, request order, `PAUSE`/`RESUME`, timers, signals;
 //! * [`serve`]: attach to io_conn's pair (and stats segment) for an instance, run, and re-attach

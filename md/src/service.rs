@@ -23,6 +23,16 @@ pub enum Status {
     /// flow's later requests (in order) until a later [`Service::timer`] or
     /// [`Service::drained`] callback returns [`Status::Done`].
     Pending,
+    /// The request has more work to do now, but its time slice is spent ([`Ctx::slice_over`]):
+    /// the runner calls [`Service::resume`] for it again after the other flows' ready work (new
+    /// requests, timers, other yielded requests: round-robin). The request is still the flow's
+    /// request in progress: later requests of the flow stay held, as with [`Status::Pending`].
+    ///
+    /// From [`Service::timer`] or [`Service::drained`] it puts a pending request back in the
+    /// round; from those two, [`Status::Pending`] changes nothing (a yielded request stays
+    /// scheduled), while [`Status::Pending`] from [`Service::message`] or [`Service::resume`]
+    /// takes it out of the round (it waits for a timer or credit again).
+    Yield,
 }
 
 /// Business logic for one or more services, driven by a [`crate::Runner`].
@@ -39,8 +49,11 @@ pub enum Status {
 ///   goes to the client in the order written. The runner spends the flow's output credit and keeps
 ///   what does not fit yet; it never drops bytes. A service that produces a lot (a stream) should
 ///   write at most [`Ctx::room`] bytes per callback and continue in [`Service::drained`].
-/// * Nothing here may block, except work a request explicitly asks for (the whole md instance
-///   waits for it). Wait with [`Ctx::set_timer`] instead.
+/// * Nothing here may block: wait with [`Ctx::set_timer`]. Long computation works in slices:
+///   check [`Ctx::slice_over`] every few microseconds of work, keep the progress in the flow
+///   state and return [`Status::Yield`] when it says so; [`Service::resume`] continues. The
+///   whole md instance (every other flow, its signals, the watchdog) waits for a callback
+///   that does not return.
 /// * Steady state should not allocate: reuse buffers in the flow state.
 ///
 /// # Example: a line service that answers `HELLO <name>`
@@ -101,6 +114,18 @@ pub trait Service {
     fn drained(&mut self, flow: &mut Self::Flow, cx: &mut Ctx<'_>) -> Status {
         let _ = (flow, cx);
         Status::Pending
+    }
+
+    /// Continues the flow's request after it returned [`Status::Yield`]: one more slice of its
+    /// work (check [`Ctx::slice_over`]), then [`Status::Yield`] again, [`Status::Done`] when it
+    /// is answered, or [`Status::Pending`] to wait for a timer or credit. The runner calls it
+    /// after the other flows' ready work, and never for a flow that was closed meanwhile
+    /// ([`Service::close`] gets the state with the work half done).
+    ///
+    /// The default returns [`Status::Done`], for services that never yield.
+    fn resume(&mut self, flow: &mut Self::Flow, cx: &mut Ctx<'_>) -> Status {
+        let _ = (flow, cx);
+        Status::Done
     }
 
     /// The client half-closed and every request before it is answered. May write a last
@@ -176,6 +201,12 @@ pub struct Ctx<'a> {
     pub(crate) timers: &'a mut Timers,
     pub(crate) stats: &'a mut Stats,
     pub(crate) now: Instant,
+    /// `md.slice`; zero: no slicing.
+    pub(crate) slice: Duration,
+    /// When this callback's slice ends: set by the runner for a turn of [`Service::resume`]
+    /// (shared with the held requests that turn runs), else on the first
+    /// [`Ctx::slice_deadline`] of the callback (so only callbacks that ask read the clock).
+    pub(crate) slice_end: Option<Instant>,
 }
 
 impl fmt::Debug for Ctx<'_> {
@@ -194,7 +225,8 @@ impl Ctx<'_> {
         self.flow
     }
 
-    /// The time the current batch started (cheaper than `Instant::now()` per request).
+    /// The time the current batch started, or for [`Service::resume`] the time its slice
+    /// started (cheaper than `Instant::now()` per request).
     pub fn now(&self) -> Instant {
         self.now
     }
@@ -262,6 +294,33 @@ impl Ctx<'_> {
             return Err(BroadcastError::TooLarge { len: bytes.len(), max });
         }
         Ok(())
+    }
+
+    /// The time slice a callback may compute for before it should return [`Status::Yield`]
+    /// (`md.slice`); `None`: slicing is off (`md.slice = "0s"`), long work runs to its end.
+    pub fn slice_budget(&self) -> Option<Duration> {
+        (!self.slice.is_zero()).then_some(self.slice)
+    }
+
+    /// When this callback's slice ends (`None`: slicing is off). Within [`Service::resume`] it
+    /// is the end of the flow's turn; elsewhere the first call reads the clock and starts the
+    /// slice there.
+    pub fn slice_deadline(&mut self) -> Option<Instant> {
+        if self.slice.is_zero() {
+            return None;
+        }
+        Some(*self.slice_end.get_or_insert_with(|| Instant::now() + self.slice))
+    }
+
+    /// Is this callback's slice spent? Reads the clock (some 20-30 ns through the vDSO), so call
+    /// it after a chunk of work (BURN: every 8192 iterations, ~10 us), not per step. Always
+    /// `false` when slicing is off. The first call of a callback starts the slice (see
+    /// [`Ctx::slice_deadline`]), so call it once before the work to count the work in full.
+    pub fn slice_over(&mut self) -> bool {
+        match self.slice_deadline() {
+            Some(end) => Instant::now() >= end,
+            None => false,
+        }
     }
 
     /// Calls [`Service::timer`] with `token` for this flow after `after` (not before). A flow

@@ -1,8 +1,10 @@
 //! md driven through its queues, without io_conn: every built-in service, byte for byte, and the
-//! runner's ordering, credit, backpressure and EOF rules.
+//! runner's ordering, credit, backpressure and EOF rules, and its time slices (fairness).
 
 #[path = "services/custom.rs"]
 mod custom;
+#[path = "services/fairness.rs"]
+mod fairness;
 mod util;
 
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The runner's `Core`: everything but the service (flow table, timers, stats), so service
 //! callbacks can borrow the service and the tables separately. Frames in, per-flow pumping out.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
@@ -23,6 +24,13 @@ pub(super) struct Core<F> {
     pub(super) free: Vec<u32>,
     pub(super) dirty: Vec<u32>,
     pub(super) blocked: Vec<u32>,
+    /// The round of yielded flows (slots, oldest first; each at most once, see `Flow::queued`):
+    /// [`Core::run_slices`] resumes them in this order. An entry whose flow finished its
+    /// request meanwhile (a timer said `Done`) is skipped when it comes up; a closed flow's entry
+    /// is removed at once (its slot may be reused).
+    pub(super) ready: VecDeque<u32>,
+    /// The end of the current turn of a yielded flow (see `Ctx::slice_end`); `None` outside one.
+    pub(super) slice_end: Option<Instant>,
     pub(super) timers: Timers,
     pub(super) stats: Stats,
     /// Set when the output ring turned out corrupt.
@@ -95,16 +103,20 @@ impl<F: fmt::Debug> Core<F> {
                     if flow.busy {
                         // Hand what is queued to the ring first, so `room` is accurate.
                         self.flush_out(tx, idx);
-                        let st = self.call(svc, idx, |s, st, cx| s.drained(st, cx));
-                        if st == Some(Status::Done) {
-                            self.flows[idx].request_done();
+                        if let Some(st) = self.call(svc, idx, |s, st, cx| s.drained(st, cx)) {
+                            self.settle_event(idx, st);
                         }
                     }
                     self.mark_dirty(idx);
                 }
             }
             // The consumer only returns kinds allowed towards md; padding never reaches us.
-            Kind::Pad | Kind::Pause | Kind::Resume | Kind::Broadcast | Kind::Hello | Kind::Leave => {
+            Kind::Pad
+            | Kind::Pause
+            | Kind::Resume
+            | Kind::Broadcast
+            | Kind::Hello
+            | Kind::Leave => {
                 self.stats[Md::BadFrames] += 1;
             }
         }
@@ -189,7 +201,7 @@ impl<F: fmt::Debug> Core<F> {
 
     /// Flow `idx`'s service state (if any) and a context over its output, timers and the stats.
     pub(super) fn split(&mut self, idx: usize) -> (Option<&mut F>, Ctx<'_>) {
-        let Self { flows, timers, stats, now, max_payload, .. } = self;
+        let Self { flows, timers, stats, now, max_payload, opts, slice_end, .. } = self;
         let flow = &mut flows[idx];
         let avail = flow.avail();
         let Flow { id, svc, out, out_base, bcast, .. } = flow;
@@ -204,6 +216,8 @@ impl<F: fmt::Debug> Core<F> {
             timers,
             stats,
             now: *now,
+            slice: opts.slice,
+            slice_end: *slice_end,
         };
         (svc.as_mut(), cx)
     }
@@ -215,16 +229,102 @@ impl<F: fmt::Debug> Core<F> {
         msg: &[u8],
     ) {
         if let Some(st) = self.call(svc, idx, |s, st, cx| s.message(st, msg, cx)) {
-            match st {
-                Status::Pending => self.flows[idx].busy = true,
-                Status::Done => self.flows[idx].request_done(),
+            self.settle_work(idx, st);
+        }
+    }
+
+    /// Records what [`Service::message`] or [`Service::resume`] returned for flow `idx`: the
+    /// request is done, waits for an event (`Pending`: out of the round), or yielded (into the
+    /// round).
+    pub(super) fn settle_work(&mut self, idx: usize, st: Status) {
+        let flow = &mut self.flows[idx];
+        if st == Status::Done {
+            flow.request_done();
+        } else {
+            flow.busy = true;
+        }
+        flow.yielded = st == Status::Yield;
+        self.enqueue(idx);
+    }
+
+    /// Records what [`Service::timer`] or [`Service::drained`] returned for flow `idx` (ignored
+    /// when no request is in progress): `Done` finishes it, `Yield` puts it in the round,
+    /// `Pending` changes nothing (a yielded request stays in the round).
+    pub(super) fn settle_event(&mut self, idx: usize, st: Status) {
+        let flow = &mut self.flows[idx];
+        if !flow.busy {
+            return;
+        }
+        match st {
+            Status::Done => {
+                flow.request_done();
+                // A queued entry is skipped when it comes up.
+                flow.yielded = false;
+            }
+            Status::Yield => {
+                flow.yielded = true;
+                self.enqueue(idx);
+            }
+            Status::Pending => {}
+        }
+    }
+
+    /// Puts flow `idx` at the end of the round if it yielded and is not in it yet.
+    fn enqueue(&mut self, idx: usize) {
+        let flow = &mut self.flows[idx];
+        if flow.yielded && !flow.queued {
+            flow.queued = true;
+            self.ready.push_back(idx as u32);
+        }
+    }
+
+    /// One round of yielded requests: resumes flows from the front of the round, each at most
+    /// once, until one slice (`opts.slice`) has passed since the round began (at least one
+    /// flow runs). Each flow's turn ends its slice; the held requests its turn lets run (after
+    /// the yielded one finished) share that slice, so a flow gets about one slice per round
+    /// however its work is split into requests. A flow that yields again goes to the back.
+    /// Returns whether a service callback ran.
+    ///
+    /// Why by time and not "every yielded flow once": with many hogs, a round of all of them
+    /// would keep the loop from its input (and signals) for hogs x slice; this way the loop
+    /// gets back to its input after about one slice whatever the number of hogs, and the round
+    /// robin continues where it stopped.
+    pub(super) fn run_slices<S: Service<Flow = F>>(
+        &mut self,
+        svc: &mut S,
+        tx: &mut Producer,
+    ) -> bool {
+        let budget = self.opts.slice;
+        let round_start = Instant::now();
+        let mut ran = false;
+        for _ in 0..self.ready.len() {
+            let Some(i) = self.ready.pop_front() else { break };
+            let idx = i as usize;
+            let flow = &mut self.flows[idx];
+            flow.queued = false;
+            if !(flow.live && flow.busy && flow.yielded) {
+                continue; // finished by a timer or `drained` meanwhile
+            }
+            let start = if ran { Instant::now() } else { round_start };
+            self.now = start;
+            self.slice_end = (!budget.is_zero()).then(|| start + budget);
+            if let Some(st) = self.call(svc, idx, |s, st, cx| s.resume(st, cx)) {
+                self.settle_work(idx, st);
+            }
+            ran = true;
+            // Its output, and its held requests if it finished, within the same slice.
+            self.pump(svc, tx, idx);
+            self.slice_end = None;
+            if self.fatal.is_some() || round_start.elapsed() >= budget {
+                break;
             }
         }
+        ran
     }
 
     /// Runs the oldest held request of flow `idx`.
     pub(super) fn run_held<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize) {
-        let Self { flows, timers, stats, now, max_payload, .. } = self;
+        let Self { flows, timers, stats, now, max_payload, opts, slice_end, .. } = self;
         let flow = &mut flows[idx];
         let h = flow.backlog_head;
         let len = u32::from_le_bytes([
@@ -249,14 +349,16 @@ impl<F: fmt::Debug> Core<F> {
                 timers,
                 stats,
                 now: *now,
+                slice: opts.slice,
+                slice_end: *slice_end,
             };
             let st = svc.message(state, &flow.backlog[range], &mut cx);
-            match st {
-                Status::Pending => flow.busy = true,
-                Status::Done => flow.request_done(),
+            if flow.backlog_count == 0 {
+                flow.backlog.clear();
+                flow.backlog_head = 0;
             }
-        }
-        if flow.backlog_count == 0 {
+            self.settle_work(idx, st);
+        } else if flow.backlog_count == 0 {
             flow.backlog.clear();
             flow.backlog_head = 0;
         }
@@ -273,10 +375,7 @@ impl<F: fmt::Debug> Core<F> {
             any = true;
             self.stats[Md::TimersFired] += 1;
             if let Some(st) = self.call(svc, idx, |s, st, cx| s.timer(st, e.token, cx)) {
-                let flow = &mut self.flows[idx];
-                if flow.busy && st == Status::Done {
-                    flow.request_done();
-                }
+                self.settle_event(idx, st);
             }
             self.mark_dirty(idx);
         }
@@ -493,6 +592,12 @@ impl<F: fmt::Debug> Core<F> {
         }
         flow.live = false;
         self.index.remove(&flow.id.0);
+        if flow.queued {
+            // Its work is dropped with it; the slot may be reused before the entry comes up.
+            flow.queued = false;
+            self.ready.retain(|&i| i as usize != idx);
+        }
+        flow.yielded = false;
         if let Some(state) = flow.svc.take() {
             svc.close(state);
         }
@@ -509,6 +614,11 @@ impl<F: fmt::Debug> Core<F> {
     }
 
     pub(super) fn close_all<S: Service<Flow = F>>(&mut self, svc: &mut S) {
+        // Every flow goes: clear the round first (`remove` would search it once per flow).
+        self.ready.clear();
+        for f in &mut self.flows {
+            f.queued = false;
+        }
         for idx in 0..self.flows.len() {
             self.remove(svc, idx);
         }

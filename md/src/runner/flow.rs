@@ -31,7 +31,7 @@ pub(super) struct Flow<F> {
     pub(super) backlog: Vec<u8>,
     pub(super) backlog_head: usize,
     pub(super) backlog_count: usize,
-    /// A request is [`Status::Pending`].
+    /// A request is in progress: it returned [`Status::Pending`] or [`Status::Yield`].
     pub(super) busy: bool,
     /// io_conn asked (OPEN flag [`shmq::frame::flags::OPEN_MARK_ENDS`]) for the end of each
     /// request's reply to be marked: see [`Flow::request_done`].
@@ -40,6 +40,10 @@ pub(super) struct Flow<F> {
     /// from `ends_head`; each goes out as the `DATA_END` flag of the frame that reaches it.
     pub(super) ends: Vec<u64>,
     pub(super) ends_head: usize,
+    /// The request in progress yielded: it wants [`Service::resume`] (`busy` is set too).
+    pub(super) yielded: bool,
+    /// The flow's slot is in the runner's round of yielded flows (at most once).
+    pub(super) queued: bool,
     /// `EOF` received.
     pub(super) eof: bool,
     /// [`Service::eof`] called; nothing more will run, `CLOSE` follows the output.
@@ -72,6 +76,8 @@ impl<F> Flow<F> {
             mark_ends: false,
             ends: Vec::new(),
             ends_head: 0,
+            yielded: false,
+            queued: false,
             eof: false,
             eof_done: false,
             paused: false,
@@ -97,6 +103,8 @@ impl<F> Flow<F> {
         self.mark_ends = false;
         self.ends.clear();
         self.ends_head = 0;
+        self.yielded = false;
+        self.queued = false;
         self.eof = false;
         self.eof_done = false;
         self.paused = false;

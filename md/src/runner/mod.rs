@@ -8,14 +8,30 @@
 //! 3. For every flow touched in this batch ("dirty"), or waiting for ring space ("blocked"): hand
 //!    its queued output to the output ring within its credit, run held requests that may now run,
 //!    send `PAUSE`/`RESUME`/`CLOSE` as needed.
-//! 4. [`Producer::flush`] once: one Release store, and one doorbell write only if io_conn sleeps.
+//! 4. One round of yielded work (see "Time slices" below).
+//! 5. [`Producer::flush`] once: one Release store, and one doorbell write only if io_conn sleeps.
 //!    With a stats sink ([`Runner::set_stats_sink`]), the counters, the heartbeat and both rings'
 //!    counters are then mirrored into the stats segment (relaxed stores, once per batch; also
 //!    before every sleep), and the publish time is stamped if frames went out.
-//! 5. Nothing happened: if recent batches were small (lightly loaded, [`rt::SpinGate`]), spin on
+//! 6. Something happened (or yielded work waits): loop, looking at the epoll set without
+//!    sleeping every 64 passes or every millisecond, whichever comes first (signals, pidfd).
+//!    Nothing happened: if recent batches were small (lightly loaded, [`rt::SpinGate`]), spin on
 //!    the input ring for [`RunnerOptions::spin`]; then arm the doorbell
 //!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
 //!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
+//!
+//! # Time slices
+//!
+//! A request that computes for long returns [`Status::Yield`] when its slice
+//! ([`RunnerOptions::slice`], `md.slice`) is spent ([`crate::Ctx::slice_over`]). Its flow joins
+//! the round, a FIFO of yielded flows. Step 4 resumes ([`Service::resume`]) flows from the front
+//! of the round, each at most once, until one slice has passed since the round began (at least
+//! one flow runs); each turn gets a fresh slice, which the flow's held requests share if the
+//! yielded one finishes; a flow that yields again goes to the back. So other flows' new requests,
+//! timers and ready work run between two slices, yielded flows take turns (round robin), and the
+//! loop is back at its input after about one slice whatever the number of yielded flows. While
+//! the round is not empty the loop never sleeps. A yielded request stays the flow's request in
+//! progress: later requests of the flow stay held.
 //!
 //! # Per flow
 //!
@@ -46,6 +62,7 @@
 //! pair's generation changed (io_conn reset it), or when the input ring is corrupt. Every flow is
 //! closed first; the caller re-attaches (see [`crate::serve`]) and calls `run` again.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -107,6 +124,11 @@ pub struct RunnerOptions {
     pub resume_bytes: usize,
     /// Longest sleep without checking that the pair is still current.
     pub check_interval: Duration,
+    /// The time slice of long work (`md.slice`, see [`crate::Ctx::slice_over`]), and the time
+    /// one round of yielded requests may take before the loop looks at its input again. Zero:
+    /// no slicing ([`crate::Ctx::slice_budget`] is `None`; a service that yields anyway gets
+    /// one resume per loop iteration).
+    pub slice: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -122,14 +144,15 @@ impl Default for RunnerOptions {
             resume_requests: 16,
             resume_bytes: 16 << 10,
             check_interval: Duration::from_secs(1),
+            slice: config::Md::default().slice,
         }
     }
 }
 
 impl RunnerOptions {
-    /// Options from the config (`md.spin`), for instance `instance`.
+    /// Options from the config (`md.spin`, `md.slice`), for instance `instance`.
     pub fn from_config(cfg: &config::Config, instance: u32, start_time: u64) -> Self {
-        Self { instance, start_time, spin: cfg.md.spin, ..Self::default() }
+        Self { instance, start_time, spin: cfg.md.spin, slice: cfg.md.slice, ..Self::default() }
     }
 }
 
@@ -194,6 +217,11 @@ const TOKEN_PIDFD: u64 = 5;
 /// Busy loop iterations between two non-blocking looks at the epoll set (signals, pidfd).
 const POLL_EVERY: u32 = 64;
 
+/// ... or this much time, whichever comes first: iterations that run slices of long work are
+/// few and long (about one `md.slice` each), and a SIGTERM or io_conn's exit must not wait 64
+/// of them. One `epoll_wait(0)` per millisecond of work costs ~0.1 %.
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Runs a [`Service`] over an [`Endpoint`]. Keeps its flow table, timers and stats across
 /// re-attaches.
 #[derive(Debug)]
@@ -224,6 +252,8 @@ where
             free: Vec::new(),
             dirty: Vec::with_capacity(256),
             blocked: Vec::with_capacity(256),
+            ready: VecDeque::with_capacity(64),
+            slice_end: None,
             timers: Timers::new(),
             stats: Stats::default(),
             fatal: None,
@@ -345,6 +375,7 @@ where
         let mut events = [EpollEvent::empty(); 8];
         let mut hello_pending = true;
         let mut since_poll = 0u32;
+        let mut last_poll = Instant::now();
         // Spin (up to `md.spin`) only while recent batches averaged few frames: a lightly loaded
         // md spins to save the wake-up of the next lone request, a busy one already batches and
         // needs the CPU for io_conn and the clients.
@@ -412,6 +443,12 @@ where
                 }
                 worked |= core.fire_timers(service);
                 core.pump_dirty(service, tx);
+                // Yielded long work goes last: after this batch's requests, the timers and the
+                // ready work of every other flow; one round of about one slice.
+                worked |= core.run_slices(service, tx);
+                // Never sleep while yielded work waits (epoll timeout 0 and no spin: `worked`
+                // takes the busy path below).
+                worked |= !core.ready.is_empty();
                 tx.flush();
                 if let Some(sink) = sink {
                     sink.after_flush(tx);
@@ -432,7 +469,9 @@ where
                     sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
                 }
                 since_poll += 1;
-                if since_poll < POLL_EVERY {
+                if since_poll < POLL_EVERY
+                    && self.core.now.duration_since(last_poll) < POLL_INTERVAL
+                {
                     continue;
                 }
                 // A long busy stretch: look at signals and the pidfd without sleeping.
@@ -456,6 +495,7 @@ where
                 };
             }
             since_poll = 0;
+            last_poll = Instant::now();
             if !worked {
                 // About to wait: the heartbeat and the consumer's sleep count go out now.
                 if let Some(sink) = &mut self.sink {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | [`echo`] | raw | sends back every chunk as received |
 //! | [`reverse`] | line | sends back each line reversed, then `\n` |
-//! | [`dumb`] | line | `PING`, `WAIT <ms>`, `BURN <n>`, `STREAM <n>` (see the module) |
+//! | [`dumb`] | line | `PING`, `WAIT <ms>`, `BURN <n>` (in time slices), `STREAM <n>` (see the module) |
 
 pub mod dumb;
 pub mod echo;
@@ -14,7 +14,7 @@ use shmq::frame::OpenInfo;
 
 use crate::service::{Ctx, Service, Status};
 
-pub use dumb::{Dumb, DumbFlow, DumbOptions};
+pub use dumb::{Burn, Dumb, DumbFlow, DumbOptions};
 pub use echo::Echo;
 pub use reverse::Reverse;
 
@@ -101,6 +101,13 @@ impl Service for Builtin {
     fn drained(&mut self, flow: &mut BuiltinFlow, cx: &mut Ctx<'_>) -> Status {
         match flow {
             BuiltinFlow::Dumb(f) => self.dumb.drained(f, cx),
+            _ => Status::Done,
+        }
+    }
+
+    fn resume(&mut self, flow: &mut BuiltinFlow, cx: &mut Ctx<'_>) -> Status {
+        match flow {
+            BuiltinFlow::Dumb(f) => self.dumb.resume(f, cx),
             _ => Status::Done,
         }
     }
