@@ -1,6 +1,9 @@
 //! `md --config PATH --instance N [--check-config]`: the built-in services (`echo`, `reverse`,
 //! `dumb`) on instance N's queue pair. Thin: parses arguments and config, sets up logging and
 //! signals, and calls [`md::serve`].
+//!
+//! Exit status: 0 after SIGTERM/SIGINT, 1 on an error, 2 for a bad config or instance, 3 when
+//! another live md already holds instance N (`instance N is held by md pid P`).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -24,6 +27,9 @@ struct Args {
     #[arg(long)]
     check_config: bool,
 }
+
+/// Exit status when another live md holds the instance.
+const HELD: u8 = 3;
 
 fn main() -> ExitCode {
     // Before anything else (no thread exists yet): every later thread inherits the mask, and the
@@ -74,6 +80,10 @@ fn main() -> ExitCode {
         Ok(()) => {
             log::info!("md instance {} exiting: {:?}", args.instance, runner.stats());
             ExitCode::SUCCESS
+        }
+        Err(e @ md::ServeError::Held(_)) => {
+            log::error!("md instance {}: {e}", args.instance);
+            ExitCode::from(HELD)
         }
         Err(e) => {
             log::error!("md instance {}: {e}", args.instance);

@@ -137,7 +137,7 @@ impl Clients {
         }
         let lingering = f.state == State::Lingering;
         if ev.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
-            let why = if lingering { Io::ClosedOversized } else { Io::ClosedByPeer };
+            let why = if lingering { self.linger_reason(slot) } else { Io::ClosedByPeer };
             self.close_flow(cx, links, slot, why);
             return;
         }
@@ -279,7 +279,8 @@ impl Clients {
                     break;
                 }
                 if f.state == State::Lingering {
-                    self.close_flow(cx, links, s, Io::ClosedOversized);
+                    let why = self.linger_reason(s);
+                    self.close_flow(cx, links, s, why);
                     continue;
                 }
                 if f.blocked || f.md_paused {
