@@ -3,6 +3,8 @@
 //! segment and FIFO it created is gone. Assertions are about bytes and order, never timing; every
 //! wait has a generous watchdog.
 
+#[path = "e2e/instances.rs"]
+mod instances;
 #[path = "e2e/notify.rs"]
 mod notify;
 #[path = "e2e/robustness.rs"]

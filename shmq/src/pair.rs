@@ -596,6 +596,9 @@ impl PairConfig {
         let out_name = self.segment(Dir::Out, instance);
         let in_seg = self.attach_segment(&in_name)?;
         let out_seg = self.attach_segment(&out_name)?;
+        // Claim first, before attaching a side records anything in the rings: a refused md
+        // leaves no trace in a pair another md serves.
+        let generation = self.claim(instance, &in_seg, &out_seg, &in_name, &out_name)?;
         let rx = Consumer::attach(in_seg.clone(), 0).map_err(|e| ring_err(&in_name, e))?;
         let in_path = self.fifo(Dir::In, instance);
         let out_path = self.fifo(Dir::Out, instance);
@@ -611,35 +614,11 @@ impl PairConfig {
                 io::Error::new(io::ErrorKind::InvalidData, "ring directions are swapped"),
             ));
         }
-        if rx.epoch() != tx.epoch() || rx.generation() != tx.generation() {
-            // Caught between the resets of the two rings, or a mix of two epochs.
-            return Err(PairError::NotReady { what: in_name });
-        }
-        let me = ProcId::current();
-        let word = holder::pack(me).ok_or_else(|| {
-            other(
-                in_name.clone(),
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "pid {} / start time {} do not fit a holder word",
-                        me.pid, me.start_time
-                    ),
-                ),
-            )
-        })?;
-        match holder::claim(rx.header(), word) {
-            Claim::Claimed => log::debug!("claimed instance {instance}"),
-            Claim::Ours => {}
-            Claim::HeldBy(h) if h.liveness() == Liveness::Alive => {
-                return Err(PairError::Held { instance, holder: h });
-            }
-            Claim::HeldBy(h) => return Err(PairError::HeldByDead { instance, holder: h }),
-        }
-        // Re-check after the claim (SYNC POINT with io_conn's release in `ring::reset_releasing`):
-        // a claim taken during a reset must not attach to the generation being replaced. The
-        // claim stays ours; the retry finds it so.
-        if !rx.is_current() || !tx.is_current() {
+        if rx.epoch() != tx.epoch()
+            || rx.generation() != generation
+            || tx.generation() != generation
+        {
+            // Reset again since the claim (the claim stays ours), or a mix of two epochs.
             return Err(PairError::NotReady { what: in_name });
         }
         let h = rx.header();
@@ -657,6 +636,55 @@ impl PairConfig {
             tx,
             creator,
         })
+    }
+
+    /// md's claim on the pair (see [`crate::ring::holder`]): both headers checked and in one
+    /// generation, the compare-and-swap, then the re-check that the generation is still current.
+    /// Returns the generation claimed under.
+    fn claim(
+        &self,
+        instance: u32,
+        in_seg: &Arc<Segment>,
+        out_seg: &Arc<Segment>,
+        in_name: &str,
+        out_name: &str,
+    ) -> Result<u64, PairError> {
+        let in_h = ring::checked_header(&**in_seg, 0).map_err(|e| ring_err(in_name, e))?;
+        let out_h = ring::checked_header(&**out_seg, 0).map_err(|e| ring_err(out_name, e))?;
+        // Acquire pairs with the creator's Release stores in `ring::reset_header`.
+        let generation = in_h.generation.load(Ordering::Acquire);
+        if in_h.epoch != out_h.epoch || out_h.generation.load(Ordering::Acquire) != generation {
+            // Caught between the resets of the two rings, or a mix of two epochs.
+            return Err(PairError::NotReady { what: in_name.to_string() });
+        }
+        let me = ProcId::current();
+        let word = holder::pack(me).ok_or_else(|| {
+            other(
+                in_name,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "pid {} / start time {} do not fit a holder word",
+                        me.pid, me.start_time
+                    ),
+                ),
+            )
+        })?;
+        match holder::claim(in_h, word) {
+            Claim::Claimed => log::debug!("claimed instance {instance}"),
+            Claim::Ours => {}
+            Claim::HeldBy(h) if h.liveness() == Liveness::Alive => {
+                return Err(PairError::Held { instance, holder: h });
+            }
+            Claim::HeldBy(h) => return Err(PairError::HeldByDead { instance, holder: h }),
+        }
+        // SYNC POINT with io_conn's release in `ring::reset_releasing`: a claim taken during a
+        // reset must not attach to the generation being replaced. The claim stays ours; the
+        // retry finds it so.
+        if !ring::is_current(in_h, generation) || !ring::is_current(out_h, generation) {
+            return Err(PairError::NotReady { what: in_name.to_string() });
+        }
+        Ok(generation)
     }
 
     fn attach_segment(&self, name: &str) -> Result<Arc<Segment>, PairError> {

@@ -16,6 +16,10 @@
 //! "lost wake-up: slept with data and no byte", `two_rounds` with "deadlock; threads = [(Id(0),
 //! Blocked), (Id(1), Terminated)]" (the consumer asleep, the producer gone). With both fences in
 //! place every interleaving passes (`LOOM_MAX_PREEMPTIONS=2`, well under a second).
+//!
+//! The holder-word models: checked (2026-12) that `claim_against_reset_never_attaches_the_old_
+//! generation` fails ("attached under the generation being reset") when md's claim in
+//! `shmq::ring::holder::claim` is made `Relaxed` instead of `Acquire` (a temporary edit).
 #![cfg(loom)]
 
 use loom::sync::{Arc, Condvar, Mutex};

@@ -79,7 +79,7 @@ pub fn pack(id: ProcId) -> Option<u64> {
 
 /// Unpacks a holder word; `None` for 0 (free).
 pub fn unpack(word: u64) -> Option<ProcId> {
-    (word != 0).then(|| ProcId { pid: (word & PID_MASK) as u32, start_time: word >> PID_BITS })
+    (word != 0).then_some(ProcId { pid: (word & PID_MASK) as u32, start_time: word >> PID_BITS })
 }
 
 /// What [`claim`] found.

@@ -380,6 +380,13 @@ fn header_at(mem: &dyn Memory, offset: usize) -> Result<&RingHeader, RingAttachE
     Ok(h)
 }
 
+/// The ring header at `offset` of `mem`, checked as an attach checks it (`ready`, magic, version,
+/// geometry, size), without attaching a side: for the pair's holder claim
+/// ([`holder::claim`]), which md makes before it touches anything else in the ring.
+pub fn checked_header(mem: &dyn Memory, offset: usize) -> Result<&RingHeader, RingAttachError> {
+    check_header(mem, offset)
+}
+
 /// Checks `ready`, magic, version, geometry and size; returns the header on success.
 fn check_header(mem: &dyn Memory, offset: usize) -> Result<&RingHeader, RingAttachError> {
     let h = header_at(mem, offset)?;
