@@ -9,6 +9,8 @@ mod dispatch;
 mod fairness;
 #[path = "e2e/groups.rs"]
 mod groups;
+#[path = "e2e/instances.rs"]
+mod instances;
 #[path = "e2e/notify.rs"]
 mod notify;
 #[path = "e2e/robustness.rs"]

@@ -8,6 +8,9 @@
 //! right program without per-instance units. The exec'd process gets `SHMSRV_MD_EXEC_FROM` set to
 //! this executable; an md that finds it set (a group binary that runs md again, e.g. a wrapper
 //! script) serves the built-ins instead of exec'ing a second time, so a loop is impossible.
+//!
+//! Exit status: 0 after SIGTERM/SIGINT, 1 on an error, 2 for a bad config or instance, 3 when
+//! another live md already holds instance N (`instance N is held by md pid P`).
 #![forbid(unsafe_code)]
 
 use std::os::unix::process::CommandExt;
@@ -32,6 +35,9 @@ struct Args {
     #[arg(long)]
     check_config: bool,
 }
+
+/// Exit status when another live md holds the instance.
+const HELD: u8 = 3;
 
 fn main() -> ExitCode {
     // Before anything else (no thread exists yet): every later thread inherits the mask, and the
@@ -91,6 +97,10 @@ fn main() -> ExitCode {
         Ok(()) => {
             log::info!("md instance {} exiting: {:?}", args.instance, runner.stats());
             ExitCode::SUCCESS
+        }
+        Err(e @ md::ServeError::Held(_)) => {
+            log::error!("md instance {}: {e}", args.instance);
+            ExitCode::from(HELD)
         }
         Err(e) => {
             log::error!("md instance {}: {e}", args.instance);

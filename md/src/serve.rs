@@ -17,6 +17,8 @@ use crate::stats::MdStatsSink;
 /// Why [`serve`] gave up.
 #[derive(Debug)]
 pub enum ServeError {
+    /// Another live md holds the instance ([`PairError::Held`]): this one must not serve it.
+    Held(PairError),
     /// The pair exists but cannot be used by us, and waiting will not help.
     Attach(PairError),
     /// The runner's event loop failed.
@@ -29,6 +31,7 @@ pub enum ServeError {
 impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Held(e) => write!(f, "{e}; refusing to start a second md for it"),
             Self::Attach(e) => write!(f, "cannot attach: {e}"),
             Self::Run(e) => write!(f, "{e}"),
             Self::Corrupt(why) => write!(f, "{why}; exiting so that io_conn resets the pair"),
@@ -39,7 +42,7 @@ impl fmt::Display for ServeError {
 impl std::error::Error for ServeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Attach(e) => Some(e),
+            Self::Held(e) | Self::Attach(e) => Some(e),
             Self::Run(e) => Some(e),
             Self::Corrupt(_) => None,
         }
@@ -53,6 +56,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Attaches to instance `instance` of `pair` (waiting with backoff while io_conn is not there),
 /// runs `runner` on it, and re-attaches whenever io_conn goes away or resets the pair, until
 /// shutdown is requested. Returns `Ok(())` after a requested shutdown.
+///
+/// Attaching claims the instance for this process ([`shmq::ring::holder`]). If another live md
+/// holds it, `serve` returns [`ServeError::Held`] at once; if the holder has exited, it waits
+/// (with the backoff above) until io_conn has reset the pair and cleared the dead claim.
 ///
 /// After each attach to a new io_conn (a new epoch) it also attaches io_conn's stats segment
 /// (`{pair.name}.stats`), takes slot `instance` in it and gives the runner the sink
@@ -156,6 +163,12 @@ fn attach(
                 format!("waiting for io_conn ({what} not ready)")
             }
             Err(e @ PairError::InUse { .. }) => return Err(ServeError::Attach(e)),
+            // Another md serves this instance: refuse (the caller exits non-zero).
+            Err(e @ PairError::Held { .. }) => return Err(ServeError::Held(e)),
+            // Our predecessor died holding the pair: io_conn resets it (new generation, claim
+            // cleared) once it has noticed and delivered the replies the dead md left; wait for
+            // that instead of failing, so systemd's Restart= never ends in a failed unit.
+            Err(e @ PairError::HeldByDead { .. }) => e.to_string(),
             Err(e) => format!("cannot attach instance {instance} yet: {e}"),
         };
         if reason != last_reason {

@@ -11,6 +11,7 @@
 //! | offset | line | writer |
 //! |---|---|---|
 //! | 0 | identity and geometry ([`RingHeader::magic`] … [`RingHeader::ready`]) | creator |
+//! | 72 | [`RingHeader::holder`]: which md holds the pair (in the `in` ring only) | md claims (CAS from 0), io_conn releases on reset |
 //! | 128 | `tail` | producer |
 //! | 256 | `head` | consumer |
 //! | 384 | `armed` | consumer sets, producer clears |
@@ -25,7 +26,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMQRING"`: lets `attach` reject foreign segments early.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// Bump on any change to [`RingHeader`], the counters or the frame format.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Size of the cache line unit we pad to (x86 prefetches 64-byte lines in pairs).
 pub const LINE: usize = 128;
 
@@ -106,7 +107,7 @@ pub struct ConsumerCounters {
 #[derive(Debug)]
 pub struct RingHeader {
     // Line 0: written by the creator before `ready`, read-only after (but `generation`, `ready`
-    // and the positions on an explicit reset).
+    // and the positions on an explicit reset, and `holder`, claimed by md once per attach).
     /// Always [`RING_MAGIC`].
     pub magic: u64,
     /// [`LAYOUT_VERSION`] of the build that created the ring.
@@ -129,7 +130,15 @@ pub struct RingHeader {
     pub generation: AtomicU64,
     /// 0 while the creator initialises or resets; it stores 1 (Release) as its last write.
     pub ready: AtomicU32,
-    _pad1: [u32; 15],
+    _pad1: u32,
+    /// The md that holds this queue pair, packed by [`crate::ring::holder::pack`] (pid and start
+    /// time in one word, so one compare-and-swap decides); 0 = free. Used in the `in` ring's
+    /// header only (0 in the `out` ring). md claims it with a compare-and-swap from 0 when it
+    /// attaches ([`crate::ring::holder::claim`]) and never gives it back; io_conn clears it
+    /// while it resets the pair, and only once the holder is dead
+    /// ([`crate::ring::reset_releasing`]). The protocol is in [`crate::ring::holder`].
+    pub holder: AtomicU64,
+    _pad2: [u32; 12],
     /// Producer-written only. Monotonic byte position one past the last committed frame.
     pub tail: Line<AtomicU64>,
     /// Consumer-written only. Monotonic byte position of the next frame to read.
@@ -160,6 +169,7 @@ const _: () = {
     assert!(offset_of!(RingHeader, epoch) == 48);
     assert!(offset_of!(RingHeader, generation) == 56);
     assert!(offset_of!(RingHeader, ready) == 64);
+    assert!(offset_of!(RingHeader, holder) == 72);
     assert!(offset_of!(RingHeader, tail) == 128);
     assert!(offset_of!(RingHeader, head) == 256);
     assert!(offset_of!(RingHeader, armed) == 384);
@@ -210,7 +220,9 @@ impl RingHeader {
             epoch: p.epoch,
             generation: AtomicU64::new(p.generation),
             ready: AtomicU32::new(1),
-            _pad1: [0; 15],
+            _pad1: 0,
+            holder: AtomicU64::new(0),
+            _pad2: [0; 12],
             tail: Line(AtomicU64::new(0)),
             head: Line(AtomicU64::new(0)),
             armed: Line(AtomicU32::new(0)),

@@ -25,6 +25,14 @@
 //! a ring is corrupt ([`PairConfig::reset`]) and removes it on a clean exit
 //! ([`PairConfig::remove`]).
 //!
+//! # One md per instance
+//!
+//! md claims the pair when it attaches: a compare-and-swap of the `in` ring's holder word from 0
+//! to its identity (pid + start time, [`crate::ring::holder`]). A pair held by a live process is
+//! refused ([`PairError::Held`]); one held by a dead process is not taken over
+//! ([`PairError::HeldByDead`]: retry): io_conn clears the word in [`PairConfig::reset`] once it
+//! has seen the holder die (and drained its replies). md never releases its claim itself.
+//!
 //! There is no lock between two io_conns creating the same names at the same instant; the
 //! systemd unit runs one io_conn, and the liveness check covers the restart case.
 //!
@@ -62,6 +70,7 @@ use std::sync::Arc;
 use crate::doorbell::Doorbell;
 use crate::layout::{Direction, RING_MAGIC, RingParams};
 use crate::region::{self, Backend, Segment};
+use crate::ring::holder::{self, Claim};
 use crate::ring::{self, Consumer, Producer, RingAttachError};
 use crate::sync::Ordering;
 use crate::sys::{Liveness, ProcId};
@@ -122,6 +131,14 @@ pub struct IoTx {
     in_seg: Arc<Segment>,
 }
 
+impl IoTx {
+    /// The md that holds the pair (claimed when it attached), if any. See
+    /// [`crate::ring::holder`].
+    pub fn holder(&self) -> Option<ProcId> {
+        holder::holder(self.tx.header())
+    }
+}
+
 /// The consumer half of an [`IoSide`] ([`IoSide::split`]).
 #[derive(Debug)]
 pub struct IoRx {
@@ -137,6 +154,11 @@ impl IoSide {
     pub fn split(self) -> (IoTx, IoRx) {
         let IoSide { instance, tx, rx, rx_bell, epoch, generation, in_seg, out_seg } = self;
         (IoTx { instance, tx, epoch, generation, in_seg }, IoRx { rx, rx_bell, out_seg })
+    }
+
+    /// The md that holds the pair, if any (see [`IoTx::holder`]).
+    pub fn holder(&self) -> Option<ProcId> {
+        holder::holder(self.tx.header())
     }
 
     /// Puts the halves [`Self::split`] made back together (for [`PairConfig::reset`]).
@@ -187,6 +209,21 @@ pub enum PairError {
         /// The segment.
         what: String,
     },
+    /// md only: a live process holds the instance (another md serves it). Do not retry.
+    Held {
+        /// The instance.
+        instance: u32,
+        /// Who holds it.
+        holder: ProcId,
+    },
+    /// md only: a dead process still holds the instance; io_conn clears the claim when it resets
+    /// the pair (after it noticed the death and delivered the dead md's replies). Retry.
+    HeldByDead {
+        /// The instance.
+        instance: u32,
+        /// Who held it.
+        holder: ProcId,
+    },
     /// Something else; `what` names the segment or FIFO.
     Other {
         /// The segment, FIFO or directory.
@@ -202,6 +239,17 @@ impl fmt::Display for PairError {
             Self::InUse { what, owner } => write!(f, "{what} is in use by live pid {owner}"),
             Self::NotFound { what } => write!(f, "{what} does not exist"),
             Self::NotReady { what } => write!(f, "{what} is not ready"),
+            Self::Held { instance, holder } => write!(
+                f,
+                "instance {instance} is held by md pid {} (start time {}): another md serves it",
+                holder.pid, holder.start_time
+            ),
+            Self::HeldByDead { instance, holder } => write!(
+                f,
+                "instance {instance} is still held by md pid {}, which has exited: waiting for \
+                 io_conn to reset the pair",
+                holder.pid
+            ),
             Self::Other { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -455,10 +503,24 @@ impl PairConfig {
     /// nothing queued under the old generation is delivered.
     pub fn reset(&self, side: IoSide) -> Result<IoSide, PairError> {
         let IoSide { instance, tx, rx, rx_bell, in_seg, out_seg, generation, epoch } = side;
+        // The holder's claim goes with the old generation only if the holder is dead: a live one
+        // (reset for a corrupt ring or a bad HELLO) keeps it and re-attaches as its own claim,
+        // and nobody else can slip in meanwhile.
+        let dead = holder::holder(tx.header())
+            .filter(|h| h.liveness() != Liveness::Alive)
+            .and_then(|h| holder::pack(h).map(|w| (h, w)));
         drop((tx, rx));
         let new_gen = generation + 1;
         for (d, seg) in [(Dir::In, &in_seg), (Dir::Out, &out_seg)] {
-            self.reset_ring(d, seg, epoch, new_gen)?;
+            let release = if d == Dir::In { dead.map(|(_, w)| w) } else { None };
+            if self.reset_ring(d, seg, epoch, new_gen, release)? {
+                if let Some((h, _)) = dead {
+                    log::info!(
+                        "instance {instance}: released the claim of md pid {} (exited)",
+                        h.pid
+                    );
+                }
+            }
         }
         let in_path = self.fifo(Dir::In, instance);
         let in_bell =
@@ -471,22 +533,30 @@ impl PairConfig {
         Ok(side)
     }
 
-    /// Resets one ring to `generation` in place. If the header itself is damaged (a peer
-    /// scribbled over magic or geometry), it is written afresh from this config instead.
+    /// Resets one ring to `generation` in place, clearing the holder word if it still holds
+    /// `release` (a dead md). If the header itself is damaged (a peer scribbled over magic or
+    /// geometry), it is written afresh from this config instead (holder 0). Returns whether a
+    /// claim was released.
     fn reset_ring(
         &self,
         d: Dir,
         seg: &Arc<Segment>,
         epoch: u64,
         generation: u64,
-    ) -> Result<(), PairError> {
+        release: Option<u64>,
+    ) -> Result<bool, PairError> {
         let geometry_ok = |h: &crate::layout::RingHeader| {
             h.capacity == self.capacity
                 && h.max_payload == self.max_payload
                 && h.direction == d.direction() as u32
         };
         // Validate by attaching as the side io_conn plays on this ring (which it does next anyway).
-        let intact = ring::reset(&**seg, 0, generation).is_ok()
+        let reset = match release {
+            Some(w) => ring::reset_releasing(&**seg, 0, generation, w),
+            None => ring::reset(&**seg, 0, generation).map(|()| false),
+        };
+        let released = *reset.as_ref().unwrap_or(&false);
+        let intact = reset.is_ok()
             && match d {
                 Dir::In => {
                     Producer::attach(seg.clone(), 0, None).is_ok_and(|p| geometry_ok(p.header()))
@@ -494,7 +564,7 @@ impl PairConfig {
                 Dir::Out => Consumer::attach(seg.clone(), 0).is_ok_and(|c| geometry_ok(c.header())),
             };
         if intact {
-            return Ok(());
+            return Ok(released);
         }
         log::warn!("ring header of {} damaged; rewriting it", seg.name());
         let me = ProcId::current();
@@ -507,18 +577,28 @@ impl PairConfig {
             epoch,
             generation,
         };
-        ring::init(&**seg, 0, &p).map_err(|e| other(seg.name(), e))
+        ring::init(&**seg, 0, &p).map_err(|e| other(seg.name(), e))?;
+        Ok(release.is_some())
     }
 
-    /// Attaches as md instance `instance` (records our pid in the consumer/producer lines).
+    /// Attaches as md instance `instance`: claims the pair for this process (the holder word,
+    /// [`crate::ring::holder`]) and records our pid in the consumer/producer lines.
     ///
     /// `NotFound` if io_conn has not created the pair (or removed it); `NotReady` while it is
-    /// being created or reset (retry shortly); `Other` for a segment that is not a valid ring.
+    /// being created or reset (retry shortly); `Held` if another live md holds it (do not
+    /// retry); `HeldByDead` while a dead md's claim waits for io_conn's reset (retry); `Other`
+    /// for a segment that is not a valid ring.
+    ///
+    /// The claim outlives the returned side: attaching again from this process (after a reset)
+    /// finds it its own. It is released only by io_conn, after this process has exited.
     pub fn attach(&self, instance: u32) -> Result<MdSide, PairError> {
         let in_name = self.segment(Dir::In, instance);
         let out_name = self.segment(Dir::Out, instance);
         let in_seg = self.attach_segment(&in_name)?;
         let out_seg = self.attach_segment(&out_name)?;
+        // Claim first, before attaching a side records anything in the rings: a refused md
+        // leaves no trace in a pair another md serves.
+        let generation = self.claim(instance, &in_seg, &out_seg, &in_name, &out_name)?;
         let rx = Consumer::attach(in_seg.clone(), 0).map_err(|e| ring_err(&in_name, e))?;
         let in_path = self.fifo(Dir::In, instance);
         let out_path = self.fifo(Dir::Out, instance);
@@ -534,8 +614,11 @@ impl PairConfig {
                 io::Error::new(io::ErrorKind::InvalidData, "ring directions are swapped"),
             ));
         }
-        if rx.epoch() != tx.epoch() || rx.generation() != tx.generation() {
-            // Caught between the resets of the two rings, or a mix of two epochs.
+        if rx.epoch() != tx.epoch()
+            || rx.generation() != generation
+            || tx.generation() != generation
+        {
+            // Reset again since the claim (the claim stays ours), or a mix of two epochs.
             return Err(PairError::NotReady { what: in_name });
         }
         let h = rx.header();
@@ -553,6 +636,55 @@ impl PairConfig {
             tx,
             creator,
         })
+    }
+
+    /// md's claim on the pair (see [`crate::ring::holder`]): both headers checked and in one
+    /// generation, the compare-and-swap, then the re-check that the generation is still current.
+    /// Returns the generation claimed under.
+    fn claim(
+        &self,
+        instance: u32,
+        in_seg: &Arc<Segment>,
+        out_seg: &Arc<Segment>,
+        in_name: &str,
+        out_name: &str,
+    ) -> Result<u64, PairError> {
+        let in_h = ring::checked_header(&**in_seg, 0).map_err(|e| ring_err(in_name, e))?;
+        let out_h = ring::checked_header(&**out_seg, 0).map_err(|e| ring_err(out_name, e))?;
+        // Acquire pairs with the creator's Release stores in `ring::reset_header`.
+        let generation = in_h.generation.load(Ordering::Acquire);
+        if in_h.epoch != out_h.epoch || out_h.generation.load(Ordering::Acquire) != generation {
+            // Caught between the resets of the two rings, or a mix of two epochs.
+            return Err(PairError::NotReady { what: in_name.to_string() });
+        }
+        let me = ProcId::current();
+        let word = holder::pack(me).ok_or_else(|| {
+            other(
+                in_name,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "pid {} / start time {} do not fit a holder word",
+                        me.pid, me.start_time
+                    ),
+                ),
+            )
+        })?;
+        match holder::claim(in_h, word) {
+            Claim::Claimed => log::debug!("claimed instance {instance}"),
+            Claim::Ours => {}
+            Claim::HeldBy(h) if h.liveness() == Liveness::Alive => {
+                return Err(PairError::Held { instance, holder: h });
+            }
+            Claim::HeldBy(h) => return Err(PairError::HeldByDead { instance, holder: h }),
+        }
+        // SYNC POINT with io_conn's release in `ring::reset_releasing`: a claim taken during a
+        // reset must not attach to the generation being replaced. The claim stays ours; the
+        // retry finds it so.
+        if !ring::is_current(in_h, generation) || !ring::is_current(out_h, generation) {
+            return Err(PairError::NotReady { what: in_name.to_string() });
+        }
+        Ok(generation)
     }
 
     fn attach_segment(&self, name: &str) -> Result<Arc<Segment>, PairError> {

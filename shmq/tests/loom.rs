@@ -1,4 +1,5 @@
-//! Loom model of the doorbell handshake (`shmq::ring::publish_tail` / `arm_and_recheck`).
+//! Loom models of the doorbell handshake (`shmq::ring::publish_tail` / `arm_and_recheck`) and of
+//! the holder word (`shmq::ring::holder::claim` against `shmq::ring::reset_header`).
 //!
 //! Run: `LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 //! cargo test -p shmq --test loom --release` (what `.ci/loom` runs).
@@ -15,6 +16,10 @@
 //! "lost wake-up: slept with data and no byte", `two_rounds` with "deadlock; threads = [(Id(0),
 //! Blocked), (Id(1), Terminated)]" (the consumer asleep, the producer gone). With both fences in
 //! place every interleaving passes (`LOOM_MAX_PREEMPTIONS=2`, well under a second).
+//!
+//! The holder-word models: checked (2026-12) that `claim_against_reset_never_attaches_the_old_
+//! generation` fails ("attached under the generation being reset") when md's claim in
+//! `shmq::ring::holder::claim` is made `Relaxed` instead of `Acquire` (a temporary edit).
 #![cfg(loom)]
 
 use loom::sync::{Arc, Condvar, Mutex};
@@ -126,5 +131,100 @@ fn two_rounds() {
             }
         }
         producer.join().expect("producer");
+    });
+}
+
+// ---- the holder word (`shmq::ring::holder`) ------------------------------------------------
+
+use shmq::ring::holder::{self, Claim};
+use shmq::ring::{is_current, reset_header};
+use shmq::sys::ProcId;
+
+const DEAD: ProcId = ProcId { pid: 10, start_time: 1 };
+const B: ProcId = ProcId { pid: 11, start_time: 2 };
+const C: ProcId = ProcId { pid: 12, start_time: 3 };
+
+fn word(p: ProcId) -> u64 {
+    holder::pack(p).expect("fits")
+}
+
+/// One attach attempt as `PairConfig::attach` makes it: `ready` and `generation` first, then the
+/// claim, then the re-check. Returns the generation attached under, if any.
+fn try_attach(h: &shmq::layout::RingHeader, me: u64) -> Option<u64> {
+    if h.ready.load(Ordering::Acquire) != 1 {
+        return None;
+    }
+    let generation = h.generation.load(Ordering::Acquire);
+    match holder::claim(h, me) {
+        Claim::Claimed | Claim::Ours => {}
+        Claim::HeldBy(_) => return None, // dead or alive: not ours; retry or refuse
+    }
+    is_current(h, generation).then_some(generation)
+}
+
+/// A newcomer attaches while io_conn resets the pair for its dead predecessor. The newcomer never
+/// attaches under the old generation (where the dead md's replies may still sit), and whenever it
+/// attached, the word names it afterwards.
+#[test]
+fn claim_against_reset_never_attaches_the_old_generation() {
+    loom::model(|| {
+        let h = header();
+        h.holder.store(word(DEAD), Ordering::Relaxed);
+
+        let io = {
+            let h = h.clone();
+            thread::spawn(move || assert!(reset_header(&h, 2, Some(word(DEAD)))))
+        };
+        // Two attempts: the second one may find the word already its own.
+        let attached = try_attach(&h, word(B)).or_else(|| try_attach(&h, word(B)));
+        io.join().expect("io_conn");
+        if let Some(g) = attached {
+            assert_eq!(g, 2, "attached under the generation being reset");
+            assert_eq!(holder::holder(&h), Some(B));
+        }
+        // The dead md's claim is gone in every interleaving.
+        assert_ne!(holder::holder(&h), Some(DEAD));
+    });
+}
+
+/// Two md attach at once to a free pair: exactly one holds it; the other sees the winner.
+#[test]
+fn two_claimants_one_winner() {
+    loom::model(|| {
+        let h = header();
+        let c = {
+            let h = h.clone();
+            thread::spawn(move || holder::claim(&h, word(C)))
+        };
+        let b = holder::claim(&h, word(B));
+        let c = c.join().expect("claimant");
+        match (b, c) {
+            (Claim::Claimed, Claim::HeldBy(w)) => {
+                assert_eq!(w, B);
+                assert_eq!(holder::holder(&h), Some(B));
+            }
+            (Claim::HeldBy(w), Claim::Claimed) => {
+                assert_eq!(w, C);
+                assert_eq!(holder::holder(&h), Some(C));
+            }
+            other => panic!("not exactly one winner: {other:?}"),
+        }
+    });
+}
+
+/// A reset while the holder lives (no release) keeps its claim: a newcomer is refused in every
+/// interleaving, and the holder's re-attach finds the word its own.
+#[test]
+fn reset_without_release_keeps_the_claim() {
+    loom::model(|| {
+        let h = header();
+        h.holder.store(word(B), Ordering::Relaxed);
+        let io = {
+            let h = h.clone();
+            thread::spawn(move || assert!(!reset_header(&h, 2, None)))
+        };
+        assert_eq!(holder::claim(&h, word(C)), Claim::HeldBy(B));
+        io.join().expect("io_conn");
+        assert_eq!(holder::claim(&h, word(B)), Claim::Ours);
     });
 }

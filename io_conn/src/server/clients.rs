@@ -147,7 +147,7 @@ impl Clients {
         }
         let lingering = f.state == State::Lingering;
         if ev.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
-            let why = if lingering { Io::ClosedOversized } else { Io::ClosedByPeer };
+            let why = if lingering { self.linger_reason(slot) } else { Io::ClosedByPeer };
             self.close_flow(cx, links, slot, why);
             return;
         }
@@ -309,7 +309,8 @@ impl Clients {
                     break;
                 }
                 if f.state == State::Lingering {
-                    self.close_flow(cx, links, s, Io::ClosedOversized);
+                    let why = self.linger_reason(s);
+                    self.close_flow(cx, links, s, why);
                     continue;
                 }
                 if f.blocked || f.md_paused || f.rq.full() {

@@ -342,11 +342,11 @@ impl Clients {
             let Some(sock) = self.flows.get(slot).sock.as_ref() else { return };
             let mut sock: &TcpStream = sock;
             match sock.read(&mut self.scratch) {
-                Ok(0) => return self.close_flow(cx, links, slot, Io::ClosedOversized),
+                Ok(0) => return self.close_flow(cx, links, slot, self.linger_reason(slot)),
                 Ok(n) => cx.c[Io::BytesIn] += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return self.close_flow(cx, links, slot, Io::ClosedOversized),
+                Err(_) => return self.close_flow(cx, links, slot, self.linger_reason(slot)),
             }
         }
     }

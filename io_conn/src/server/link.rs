@@ -335,11 +335,32 @@ impl Links {
     }
 
     /// md instance `i` said HELLO: watch its pidfd and mark it live. False if it cannot be
-    /// (gone already, or epoll refused): then it is marked lost. If another md was live on the
-    /// instance, the caller must close that one's flows first (`replaced`).
+    /// (gone already, epoll refused, or it is not the process that holds the pair): then it is
+    /// marked lost. If another md was live on the instance, the caller must close that one's
+    /// flows first (`replaced`).
+    ///
+    /// Only the pair's holder (the md that claimed it when it attached, `shmq::ring::holder`)
+    /// may say HELLO: anything else would be a second producer on the `out` ring, so it counts
+    /// as a bad frame and the pair is reset. A HELLO without a start time (0: an md that does not
+    /// know its own) matches on the pid, and the holder's full identity is used from then on.
     pub(super) fn on_hello(&mut self, cx: &mut Cx, i: u32, h: &Hello) -> bool {
         let m = &mut self.mds[i as usize];
-        let proc_id = ProcId { pid: h.pid, start_time: h.start_time };
+        let holder = m.tx.as_ref().and_then(IoTx::holder);
+        let proc_id = match holder {
+            Some(p) if p.pid == h.pid && (h.start_time == 0 || h.start_time == p.start_time) => p,
+            _ => {
+                cx.c[Io::BadFrames] += 1;
+                log::warn!(
+                    "md instance {i}: HELLO from pid {} (start time {}), which does not hold the \
+                     instance (holder: {}); resetting its queue pair",
+                    h.pid,
+                    h.start_time,
+                    holder.map_or_else(|| "none".to_owned(), |p| format!("pid {}", p.pid))
+                );
+                m.lost = true;
+                return false;
+            }
+        };
         match proc_id.pidfd() {
             Ok(fd) => {
                 let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(K_MDPID, u64::from(i)));
@@ -367,6 +388,11 @@ impl Links {
         let (who, fd) = m.live.take()?;
         let _ = cx.epoll.delete(&fd);
         Some(who)
+    }
+
+    /// The process that holds instance `i`'s pair (claimed when it attached), if any.
+    pub(super) fn holder(&self, i: u32) -> Option<ProcId> {
+        self.mds.get(i as usize)?.tx.as_ref()?.holder()
     }
 
     /// The md live on instance `i` and how many flows it holds.

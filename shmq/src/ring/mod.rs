@@ -80,6 +80,7 @@ use crate::sync::{Ordering, fence};
 // here, so `shmq::ring::X` is the one path for each of them.
 mod consumer;
 mod heap;
+pub mod holder;
 mod producer;
 #[cfg(all(test, not(loom)))]
 mod tests;
@@ -296,14 +297,35 @@ pub fn init(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitE
     Ok(())
 }
 
-/// Resets a ring in place to an empty state under a new generation (creator only).
+/// Resets a ring in place to an empty state under a new generation (creator only). Leaves the
+/// [`RingHeader::holder`] word as it is (see [`reset_releasing`]).
 ///
 /// The caller must know that no producer or consumer is using the ring any more (its peer died,
 /// checked through its pidfd) or that the survivors will notice the generation change before
 /// touching the data: a live side sees `generation != its own` via `is_current()` and must
 /// re-attach. Nothing queued under the old generation is delivered afterwards.
 pub fn reset(mem: &dyn Memory, offset: usize, new_generation: u64) -> Result<(), RingAttachError> {
-    let h = header_at(mem, offset)?;
+    reset_header(header_at(mem, offset)?, new_generation, None);
+    Ok(())
+}
+
+/// [`reset`], and clears the holder word if it still names `dead` (a [`holder::pack`]ed identity
+/// the caller checked is dead). Returns whether it cleared it.
+///
+/// SYNC POINT: the release pairs with md's claim ([`holder::claim`]).
+pub fn reset_releasing(
+    mem: &dyn Memory,
+    offset: usize,
+    new_generation: u64,
+    dead: u64,
+) -> Result<bool, RingAttachError> {
+    Ok(reset_header(header_at(mem, offset)?, new_generation, Some(dead)))
+}
+
+/// The reset itself, on a header anywhere (the loom model calls it on a heap header). With
+/// `release = Some(word)`, the holder word is cleared if it still holds `word`; returns whether
+/// it was.
+pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -> bool {
     // Relaxed: the fence below orders it before the zeroing stores; nothing is published by it.
     h.ready.store(0, Ordering::Relaxed);
     // SeqCst fence (a Release fence would do; SeqCst keeps it obviously strong): orders the
@@ -315,10 +337,17 @@ pub fn reset(mem: &dyn Memory, offset: usize, new_generation: u64) -> Result<(),
     h.tail.0.store(0, Ordering::Relaxed);
     h.head.0.store(0, Ordering::Relaxed);
     h.armed.0.store(0, Ordering::Relaxed);
+    let released = release.is_some_and(|dead| {
+        // Release pairs with md's Acquire claim (`holder::claim`): an md that takes the word
+        // after this sees `ready = 0` (stored above), so it cannot attach to the old
+        // generation. A compare-and-swap: only the identity the caller found dead is cleared.
+        // Relaxed on failure: nothing is read through the value.
+        h.holder.compare_exchange(dead, 0, Ordering::Release, Ordering::Relaxed).is_ok()
+    });
     h.generation.store(new_generation, Ordering::Relaxed);
     // Release pairs with the sides' Acquire loads of `ready`/`generation`.
     h.ready.store(1, Ordering::Release);
-    Ok(())
+    released
 }
 
 fn check_params(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitError> {
@@ -349,6 +378,13 @@ fn header_at(mem: &dyn Memory, offset: usize) -> Result<&RingHeader, RingAttachE
     // Any bit pattern is valid for the header's integer and atomic fields.
     let h = unsafe { &*mem.as_ptr().add(offset).cast::<RingHeader>() };
     Ok(h)
+}
+
+/// The ring header at `offset` of `mem`, checked as an attach checks it (`ready`, magic, version,
+/// geometry, size), without attaching a side: for the pair's holder claim
+/// ([`holder::claim`]), which md makes before it touches anything else in the ring.
+pub fn checked_header(mem: &dyn Memory, offset: usize) -> Result<&RingHeader, RingAttachError> {
+    check_header(mem, offset)
 }
 
 /// Checks `ready`, magic, version, geometry and size; returns the header on success.
@@ -449,11 +485,15 @@ impl Attached {
     }
 
     fn is_current(&self) -> bool {
-        let h = self.hdr();
-        // Acquire pairs with the creator's Release stores in `reset`.
-        h.ready.load(Ordering::Acquire) == 1
-            && h.generation.load(Ordering::Acquire) == self.generation
+        is_current(self.hdr(), self.generation)
     }
+}
+
+/// True if the ring is ready and still under `generation` (no reset since a side attached under
+/// it). What [`Producer::is_current`] and [`Consumer::is_current`] ask, on a header anywhere.
+pub fn is_current(h: &RingHeader, generation: u64) -> bool {
+    // Acquire pairs with the creator's Release stores in `reset_header`.
+    h.ready.load(Ordering::Acquire) == 1 && h.generation.load(Ordering::Acquire) == generation
 }
 
 /// Producer half of the doorbell handshake: publishes `tail`, then reports whether the consumer
