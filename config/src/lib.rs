@@ -388,6 +388,14 @@ pub struct Md {
         serialize_with = "units::serialize_duration"
     )]
     pub slice: Duration,
+    /// After SIGTERM (leaving: io_conn routes nothing new to it), how long md keeps serving what
+    /// it has in flight before it exits anyway. Keep it below the unit's `TimeoutStopSec=`
+    /// (10s in systemd/md@.service), or systemd kills md mid-drain. At most 60s. Default 8s.
+    #[serde(
+        deserialize_with = "units::deserialize_duration",
+        serialize_with = "units::serialize_duration"
+    )]
+    pub drain_deadline: Duration,
     /// `[md.dumb]`: limits of the built-in `dumb` service.
     pub dumb: Dumb,
     /// `[[md.group]]`: which instances serve which services with which binary (see [`Group`]).
@@ -402,6 +410,7 @@ impl Default for Md {
             max_instances: 8,
             spin: Duration::from_micros(50),
             slice: Duration::from_millis(1),
+            drain_deadline: Duration::from_secs(8),
             dumb: Dumb::default(),
             groups: Vec::new(),
         }
@@ -560,7 +569,7 @@ impl Config {
             "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
              io_conn: listeners=[{}] backlog={} max_connections={} read_buffer={} \
              idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={}; \
-             md: max_instances={} spin={} slice={} dumb.burn_max={} dumb.wait_max={} \
+             md: max_instances={} spin={} slice={} drain_deadline={} dumb.burn_max={} dumb.wait_max={} \
              dumb.stream_max={} dumb.stream_chunk={}; viewstats: refresh={}",
             s.name,
             self.runtime_dir().display(),
@@ -579,6 +588,7 @@ impl Config {
             md.max_instances,
             d(md.spin),
             d(md.slice),
+            d(md.drain_deadline),
             md.dumb.burn_max,
             d(md.dumb.wait_max),
             md.dumb.stream_max,

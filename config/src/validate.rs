@@ -257,6 +257,8 @@ impl Config {
         at_most("md.spin", md.spin, MAX_SPIN, "1s")?;
         // A slice longer than a second would starve signals and the watchdog for that long.
         at_most("md.slice", md.slice, MAX_SLICE, "1s")?;
+        // systemd's md@ unit stops md after TimeoutStopSec=10s; a minute covers any custom unit.
+        at_most("md.drain_deadline", md.drain_deadline, Duration::from_secs(60), "60s")?;
         let dumb = &md.dumb;
         at_most("md.dumb.wait_max", dumb.wait_max, YEAR, "365 days")?;
         let chunk = dumb.stream_chunk;
@@ -376,6 +378,7 @@ mod tests {
             ("md.max_instances", Box::new(|c| c.md.max_instances = 257)),
             ("md.spin", Box::new(|c| c.md.spin = Duration::from_secs(5))),
             ("md.slice", Box::new(|c| c.md.slice = Duration::from_millis(1001))),
+            ("md.drain_deadline", Box::new(|c| c.md.drain_deadline = Duration::from_secs(61))),
             ("md.dumb.stream_chunk", Box::new(|c| c.md.dumb.stream_chunk = 0)),
             ("md.dumb.stream_chunk", Box::new(|c| c.md.dumb.stream_chunk = 2 << 20)),
             ("md.dumb.stream_chunk", Box::new(|c| c.io_conn.output_credit = 1024)),

@@ -220,13 +220,23 @@ fn serve_mirrors_its_counters_into_its_slot() {
     assert_eq!(snap.get("in.consumer", SLOT, "frames"), Some(ring_in));
 
     shutdown.trigger();
+    // Leaving: LEAVE, then the idle flow-dispatched flow is closed.
+    assert_eq!(recv(&mut io).1, Kind::Leave);
+    assert_eq!(recv(&mut io).0, f);
     let (r, stats) = md.join().unwrap();
     assert_eq!(r, Ok(()));
     assert_eq!((stats[Md::MessagesIn], stats.commands[md::services::cmd::PING]), (N, N));
-    // Same counters, state exited (read once: md has returned, everything is written).
-    let mut exited = running.clone();
-    for w in exited.iter_mut().filter(|w| w.1 == SLOT && w.2 == "state") {
-        w.3 = MdState::Exited as u64;
+    // Same counters but the two frames of the leave, state exited (read once: md has returned,
+    // everything is written).
+    // (The backlog gauge is left out: it depends on whether we read the leave's frames before
+    // md's last mirror.)
+    let mut exited: Vec<Want> = running.iter().copied().filter(|w| w.2 != "depth_bytes").collect();
+    for w in exited.iter_mut().filter(|w| w.1 == SLOT) {
+        match w.2 {
+            "state" => w.3 = MdState::Exited as u64,
+            "frames" if w.0 == "out.producer" => w.3 += 2,
+            _ => {}
+        }
     }
     let snap = reader.snapshot();
     for &(sec, i, name, v) in &exited {

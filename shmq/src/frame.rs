@@ -92,7 +92,9 @@ pub enum Kind {
     /// md → io: the md instance attached; first frame after every attach. Payload: [`Hello`].
     Hello = 10,
     /// md → io: the md instance is leaving (SIGTERM): route no new flow or request to it. It
-    /// finishes what it has, hands the replies over and exits. Empty, flowid 0.
+    /// finishes what it has, hands the replies over and exits. io → md: the acknowledgement,
+    /// pushed when io_conn stopped routing there (everything routed before it is ahead of it in
+    /// the ring). Empty, flowid 0.
     Leave = 11,
 }
 
@@ -120,7 +122,13 @@ impl Kind {
         match dir {
             Direction::ToMd => matches!(
                 self,
-                Self::Pad | Self::Open | Self::Data | Self::Eof | Self::Close | Self::Drained
+                Self::Pad
+                    | Self::Open
+                    | Self::Data
+                    | Self::Eof
+                    | Self::Close
+                    | Self::Drained
+                    | Self::Leave
             ),
             Direction::ToIo => matches!(
                 self,

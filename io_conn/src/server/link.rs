@@ -53,6 +53,8 @@ pub(crate) struct Md {
     pub(super) lost: bool,
     /// It said LEAVE (SIGTERM): no new flow or request goes to it; what it has, it finishes.
     leaving: bool,
+    /// Our LEAVE acknowledgement is still to be pushed (ring full).
+    leave_ack: bool,
     /// The pair is new (created or reset): mirror its stats halves once even without a live md,
     /// so viewstats shows the new generation.
     stats_fresh: bool,
@@ -141,6 +143,7 @@ fn install(
         pushed: false,
         lost: false,
         leaving: false,
+        leave_ack: false,
         stats_fresh: true,
     };
     let rx = Some(Rx { half: rx, armed: false });
@@ -191,6 +194,9 @@ impl Links {
     pub(super) fn leave(&mut self, i: u32) {
         if let Some(m) = self.mds.get_mut(i as usize) {
             if !std::mem::replace(&mut m.leaving, true) {
+                // Acknowledged in `flush`, at the end of this iteration: whatever was routed
+                // there before is ahead of the acknowledgement in its ring.
+                m.leave_ack = true;
                 log::info!(
                     "md instance {i} is leaving: no new connections or requests go to it \
                      ({} connections, {} requests in flight)",
@@ -213,7 +219,7 @@ impl Links {
 
     /// Some flow waits for room in a ring.
     pub(super) fn any_blocked(&self) -> bool {
-        self.mds.iter().any(|m| !m.blocked.is_empty())
+        self.mds.iter().any(|m| !m.blocked.is_empty() || m.leave_ack)
     }
 
     /// Number of instances.
@@ -316,6 +322,18 @@ impl Links {
         let mut now_ns = 0;
         let mut any = false;
         for (i, m) in self.mds.iter_mut().enumerate() {
+            if m.leave_ack {
+                if let Some(tx) = m.tx.as_mut() {
+                    match tx.tx.try_push(FlowId(0), Kind::Leave, 0, &[]) {
+                        Ok(()) => {
+                            m.leave_ack = false;
+                            m.pushed = true;
+                        }
+                        Err(PushError::Full) => {}     // next iteration
+                        Err(_) => m.leave_ack = false, // a failed ring: the md is lost anyway
+                    }
+                }
+            }
             if !std::mem::take(&mut m.pushed) {
                 continue;
             }
@@ -569,6 +587,7 @@ impl Links {
                 pushed: false,
                 lost: false,
                 leaving: false,
+                leave_ack: false,
                 stats_fresh: false,
             })
             .collect();

@@ -220,3 +220,66 @@ fn killing_one_md_costs_only_its_requests_in_flight() {
     drop(waiting);
     sut.stop();
 }
+
+/// SIGTERM to one of two md (`systemctl stop md@1`) under `request` dispatch, with 40 clients in
+/// the middle of `WAIT 1500` spread over both: md 1 says LEAVE and gets nothing new, answers what
+/// it has and exits 0; all 40 get `DONE`, and the same 40 connections then answer `PING` (on
+/// md 0): nothing lost, no connection closed.
+#[test]
+fn an_md_leaving_finishes_its_requests_and_the_connections_carry_on() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let sut = request_server("disp_leave", 0, 2);
+    let start = |i: u32| {
+        KillOnDrop(
+            std::process::Command::new(util::md_bin())
+                .arg("--config")
+                .arg(&sut.config)
+                .arg("--instance")
+                .arg(i.to_string())
+                .spawn()
+                .expect("start md"),
+        )
+    };
+    let _md0 = start(0);
+    sut.wait_log("md instance 0 live", 1);
+    let mut md1 = start(1);
+    sut.wait_log("md instance 1 live", 1);
+    let mut clients: Vec<_> = (0..40).map(|_| sut.connect("dumb/line")).collect();
+    for c in &mut clients {
+        c.write_all(b"WAIT 1500\n").expect("write");
+    }
+    let v = sut
+        .wait_stats("the WAITs dispatched", |v| expect_exact(v, &[("io", 0, "messages_in", 40)]));
+    let on1 = stat(&v, "in.producer", 1, "requests_in_flight").unwrap_or(0);
+    assert!(on1 > 0, "no WAIT went to md 1");
+    kill(Pid::from_raw(md1.0.id() as i32), Signal::SIGTERM).expect("SIGTERM md 1");
+    for c in &mut clients {
+        assert_eq!(read_line(c), "DONE\n");
+    }
+    let until = Instant::now() + WATCHDOG;
+    let status = loop {
+        if let Some(st) = md1.0.try_wait().expect("wait md 1") {
+            break st;
+        }
+        assert!(Instant::now() < until, "md 1 did not exit after leaving");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "md 1 exits 0 after leaving: {status}");
+    for c in &mut clients {
+        roundtrip(c, b"PING\n", b"PONG\n");
+    }
+    sut.wait_stats("nothing closed or dropped", |v| {
+        expect_exact(
+            v,
+            &[
+                ("io", 0, "connections_current", 40),
+                ("io", 0, "closed_md_gone", 0),
+                ("io", 0, "requests_dropped", 0),
+                ("io", 0, "md_deaths", 1),
+            ],
+        )
+    });
+    drop(clients);
+    sut.stop();
+}

@@ -134,6 +134,8 @@ fn md_death_closes_its_flows_and_restarts() {
     // if io_conn has closed the connection already.)
     a.write_all(b"WAIT 10000\n").ok();
     assert_eq!(String::from_utf8_lossy(&read_to_eof(&mut a)), "", "closed without a reply");
+    // A lingering close: counted once the client closes too.
+    drop(a);
     sut.wait_io("md died", &[("md_deaths", 1), ("closed_md_gone", 1), ("closed_by_peer", 0)]);
     sut.wait_log("md instance 0 live", 2);
     let mut b = sut.connect("dumb/line");

@@ -234,8 +234,10 @@ fn issue_6_md_death_marks_slot_dead() {
     });
     md.kill().expect("kill md");
     md.wait().expect("reap md");
-    // Its connection ends; the slot says dead, still naming the md that died.
+    // Its connection ends (a lingering close: FIN now, counted once the client closes too); the
+    // slot says dead, still naming the md that died.
     assert!(read_to_eof(&mut a).is_empty());
+    drop(a);
     sut.wait_stats("md dead", |v| {
         let mut p = expect_exact(
             v,

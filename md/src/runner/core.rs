@@ -35,6 +35,12 @@ pub(super) struct Core<F> {
     pub(super) stats: Stats,
     /// Set when the output ring turned out corrupt.
     pub(super) fatal: Option<Detach>,
+    /// io_conn acknowledged our LEAVE: nothing new is routed here any more (the ring is FIFO,
+    /// so every request io_conn sent before it was read already).
+    pub(super) leave_acked: bool,
+    /// A request-dispatched flow (OPEN with `OPEN_MARK_ENDS`) was opened since the attach: io_conn
+    /// routes requests here one by one, so leaving waits for its acknowledgement.
+    pub(super) requests_routed: bool,
     pub(super) max_payload: usize,
     pub(super) now: Instant,
     pub(super) warned_refused: bool,
@@ -88,6 +94,7 @@ impl<F: fmt::Debug> Core<F> {
                     self.remove(svc, idx);
                 }
             }
+            Kind::Leave => self.leave_acked = true,
             Kind::Drained => {
                 self.stats[Md::Drained] += 1;
                 let Ok(n) = decode_drained(f.payload) else {
@@ -111,12 +118,7 @@ impl<F: fmt::Debug> Core<F> {
                 }
             }
             // The consumer only returns kinds allowed towards md; padding never reaches us.
-            Kind::Pad
-            | Kind::Pause
-            | Kind::Resume
-            | Kind::Broadcast
-            | Kind::Hello
-            | Kind::Leave => {
+            Kind::Pad | Kind::Pause | Kind::Resume | Kind::Broadcast | Kind::Hello => {
                 self.stats[Md::BadFrames] += 1;
             }
         }
@@ -143,6 +145,7 @@ impl<F: fmt::Debug> Core<F> {
         };
         self.flows[idx].reset(f.flowid, credit);
         self.flows[idx].mark_ends = f.flags & flags::OPEN_MARK_ENDS != 0;
+        self.requests_routed |= self.flows[idx].mark_ends;
         self.index.insert(f.flowid.0, idx as u32);
         let state = match info {
             Some(info) => {
@@ -611,6 +614,46 @@ impl<F: fmt::Debug> Core<F> {
         flow.ends.clear();
         flow.ends_head = 0;
         self.free.push(idx as u32);
+    }
+
+    /// One step of leaving (after io_conn acknowledged LEAVE): every flow-dispatched flow that is
+    /// done (no request running or held, all output, broadcasts and reply ends in the ring) is
+    /// closed (CLOSE: io_conn closes the connection after those replies); request-dispatched
+    /// flows need nothing (io_conn sends them nowhere new and forgets this md when it exits).
+    /// True when nothing is in flight any more.
+    pub(super) fn leave_step<S: Service<Flow = F>>(
+        &mut self,
+        svc: &mut S,
+        tx: &mut Producer,
+    ) -> bool {
+        let mut done = true;
+        for idx in 0..self.flows.len() {
+            let f = &self.flows[idx];
+            if !f.live {
+                continue;
+            }
+            let idle = !f.busy
+                && !f.yielded
+                && f.backlog_count == 0
+                && f.out.is_empty()
+                && !f.has_broadcasts()
+                && !f.has_ends();
+            if !idle {
+                done = false;
+                continue;
+            }
+            if f.mark_ends {
+                continue;
+            }
+            let id = f.id;
+            if self.control(tx, id, Kind::Close) {
+                self.stats[Md::ClosesOut] += 1;
+                self.remove(svc, idx);
+            } else {
+                done = false; // the ring is full: next pass
+            }
+        }
+        done
     }
 
     pub(super) fn close_all<S: Service<Flow = F>>(&mut self, svc: &mut S) {

@@ -129,6 +129,9 @@ pub struct RunnerOptions {
     /// no slicing ([`crate::Ctx::slice_budget`] is `None`; a service that yields anyway gets
     /// one resume per loop iteration).
     pub slice: Duration,
+    /// After a shutdown request (leaving): how long md keeps serving what it has in flight
+    /// before it stops anyway (`md.drain_deadline`). See "Leaving" in the module docs.
+    pub drain_deadline: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -145,6 +148,7 @@ impl Default for RunnerOptions {
             resume_bytes: 16 << 10,
             check_interval: Duration::from_secs(1),
             slice: config::Md::default().slice,
+            drain_deadline: config::Md::default().drain_deadline,
         }
     }
 }
@@ -152,7 +156,14 @@ impl Default for RunnerOptions {
 impl RunnerOptions {
     /// Options from the config (`md.spin`, `md.slice`), for instance `instance`.
     pub fn from_config(cfg: &config::Config, instance: u32, start_time: u64) -> Self {
-        Self { instance, start_time, spin: cfg.md.spin, slice: cfg.md.slice, ..Self::default() }
+        Self {
+            instance,
+            start_time,
+            spin: cfg.md.spin,
+            slice: cfg.md.slice,
+            drain_deadline: cfg.md.drain_deadline,
+            ..Self::default()
+        }
     }
 }
 
@@ -214,6 +225,15 @@ const TOKEN_SHUTDOWN: u64 = 3;
 const TOKEN_SIGNAL: u64 = 4;
 const TOKEN_PIDFD: u64 = 5;
 
+/// The leave in progress after a shutdown request.
+#[derive(Debug, Clone, Copy)]
+struct Leaving {
+    /// `md.drain_deadline` from the request: then md stops whatever is still in flight.
+    until: Instant,
+    /// LEAVE is in the output ring.
+    sent: bool,
+}
+
 /// Busy loop iterations between two non-blocking looks at the epoll set (signals, pidfd).
 const POLL_EVERY: u32 = 64;
 
@@ -257,6 +277,8 @@ where
             timers: Timers::new(),
             stats: Stats::default(),
             fatal: None,
+            leave_acked: false,
+            requests_routed: false,
             max_payload: 0,
             now: Instant::now(),
             warned_refused: false,
@@ -383,6 +405,10 @@ where
         if control.shutdown_requested() {
             return Ok(Exit::Shutdown);
         }
+        // Set once a shutdown is requested: md is leaving (see "Leaving" in the module docs).
+        let mut leaving: Option<Leaving> = None;
+        self.core.leave_acked = false;
+        self.core.requests_routed = false;
         loop {
             let start = Instant::now();
             self.core.now = start;
@@ -408,6 +434,15 @@ where
                     Err(PushError::TooLarge { .. }) => {
                         log::error!("output ring cannot carry a HELLO frame; detaching");
                         return Ok(Exit::Detached(Detach::Corrupt(None)));
+                    }
+                }
+            }
+            if let (false, Some(l)) = (hello_pending, leaving.as_mut()) {
+                if !l.sent {
+                    match ep.tx.try_push(FlowId(0), Kind::Leave, 0, &[]) {
+                        Ok(()) => l.sent = true,
+                        Err(PushError::Full) => {} // retried next pass
+                        Err(_) => return Ok(Exit::Detached(Detach::Corrupt(None))),
                     }
                 }
             }
@@ -449,9 +484,20 @@ where
                 // Never sleep while yielded work waits (epoll timeout 0 and no spin: `worked`
                 // takes the busy path below).
                 worked |= !core.ready.is_empty();
+                // Leaving, and io_conn has routed its last request here: close the flow-dispatched
+                // connections that are done, and stop once nothing is in flight.
+                // (Flow dispatch alone needs no acknowledgement: io_conn keeps a flow's requests
+                // on its md until md closes the flow.)
+                let left = leaving
+                    .is_some_and(|l| l.sent && (core.leave_acked || !core.requests_routed))
+                    && core.leave_step(service, tx);
                 tx.flush();
                 if let Some(sink) = sink {
                     sink.after_flush(tx);
+                }
+                if left && core.fatal.is_none() {
+                    log::info!("left: every request in flight answered and handed over");
+                    return Ok(Exit::Shutdown);
                 }
                 if let Some(why) = core.fatal.take() {
                     if !rx.is_current() || !tx.is_current() {
@@ -486,7 +532,10 @@ where
                 if let Err(errno) = self.core.timers.arm(timerfd, Instant::now()) {
                     return Err(RunError { what: "timerfd_settime", errno });
                 }
-                timeout = if self.core.blocked.is_empty() {
+                timeout = if leaving.is_some() {
+                    // Leaving: look at the deadline and io_conn's acknowledgement often.
+                    EpollTimeout::from(10u16)
+                } else if self.core.blocked.is_empty() {
                     let ms = self.core.opts.check_interval.as_millis().clamp(1, 60_000);
                     EpollTimeout::from(ms as u16)
                 } else {
@@ -526,7 +575,22 @@ where
                     _ => {}
                 }
             }
-            if control.requested() {
+            if control.requested() && leaving.is_none() {
+                let until = Instant::now() + self.core.opts.drain_deadline;
+                log::info!(
+                    "leaving: io_conn routes nothing new here; finishing {} open flows (at most \
+                     {:?})",
+                    self.core.index.len(),
+                    self.core.opts.drain_deadline
+                );
+                if let Some(sink) = &self.sink {
+                    sink.set_state(MdState::Stopping);
+                }
+                leaving = Some(Leaving { until, sent: false });
+                continue;
+            }
+            if leaving.is_some_and(|l| Instant::now() >= l.until) {
+                log::warn!("md.drain_deadline reached while leaving; stopping with work in flight");
                 return Ok(Exit::Shutdown);
             }
             if !ep.rx.is_current() || !ep.tx.is_current() {

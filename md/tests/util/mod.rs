@@ -321,10 +321,23 @@ impl Io {
         self.runner.take().unwrap().join().expect("runner thread panicked")
     }
 
-    /// Stops the runner and returns its exit and stats.
+    /// Stops the runner and returns its exit and stats. Plays io_conn's part of md's leave: it
+    /// acknowledges md's LEAVE (as io_conn does once it routes nothing new there), so an md
+    /// with request-dispatched flows need not wait for its drain deadline.
     pub fn stop(mut self) -> (Exit, Stats) {
         self.shutdown.trigger();
-        self.runner.take().unwrap().join().expect("runner thread panicked")
+        let runner = self.runner.take().unwrap();
+        let deadline = Instant::now() + WATCHDOG;
+        let mut acked = false;
+        while !runner.is_finished() {
+            assert!(Instant::now() < deadline, "md did not stop within {WATCHDOG:?}");
+            self.poll_into_pending(Duration::from_millis(5));
+            if !acked && self.pending.iter().any(|o| o.kind == Kind::Leave) {
+                self.send(FlowId(0), Kind::Leave, &[]);
+                acked = true;
+            }
+        }
+        runner.join().expect("runner thread panicked")
     }
 }
 

@@ -382,7 +382,7 @@ fn consumer_publish_cadence() {
 
 #[test]
 fn corrupt_unknown_kind() {
-    for kind in [0u16, 11, 0xffff] {
+    for kind in [0u16, 12, 0xffff] {
         let (mem, _tx, mut rx) = ring(Direction::ToMd);
         poke(&mem, 0, 0, kind, 0);
         set_tail(&rx, 16);
