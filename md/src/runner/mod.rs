@@ -318,12 +318,14 @@ where
         self.core.index.len()
     }
 
-    /// Serves `ep` until shutdown or until the pair becomes unusable. Sends `HELLO` first. Every
-    /// flow is closed (with [`Service::close`]) before it returns.
+    /// Serves `ep` until shutdown or until the pair becomes unusable. Sends `HELLO` first. A
+    /// shutdown request makes md leave (LEAVE to io_conn, in-flight work finished within
+    /// [`RunnerOptions::drain_deadline`], see docs/ARCHITECTURE.md "An md leaving"). Every flow is
+    /// closed (with [`Service::close`]) before it returns.
     ///
     /// With a stats sink ([`Self::set_stats_sink`]) the slot's state is `running` while it
-    /// serves, `stopping` while it hands over output after a shutdown request, then `exited`;
-    /// after a detach it is `starting` again (the caller re-attaches).
+    /// serves, `leaving` ([`MdState::Stopping`]) from a shutdown request until it has handed
+    /// over, then `exited`; after a detach it is `starting` again (the caller re-attaches).
     pub fn run(&mut self, ep: &mut Endpoint, control: &Control) -> Result<Exit, RunError> {
         let epoll = sys("epoll_create1", Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC))?;
         let timerfd = sys(

@@ -265,7 +265,7 @@ counter_set! {
         Pid => Gauge "pid" "pid" "Process id of the md in this slot (0 = never used)";
         ProcStartTicks => Gauge "proc_start_ticks" "ticks" "Its start time in clock ticks since boot (identity with pid)";
         StartUnixNs => Gauge "start_time_unix_ns" "unix_ns" "When it attached this slot, Unix time";
-        State => Gauge "state" "state" "0 absent, 1 starting, 2 running, 3 stopping, 4 exited, 5 dead";
+        State => Gauge "state" "state" "0 absent, 1 starting, 2 running, 3 leaving, 4 exited, 5 dead";
         Epoch => Gauge "epoch" "epoch" "io_conn epoch it attached under";
         HeartbeatNs => Gauge "heartbeat_mono_ns" "mono_ns" "CLOCK_MONOTONIC of its last loop iteration";
         FramesIn => Counter "frames_in" "frames" "Frames consumed from its input ring";
@@ -340,7 +340,7 @@ pub enum MdState {
     Starting = 1,
     /// Serving.
     Running = 2,
-    /// Draining after SIGTERM.
+    /// Leaving after SIGTERM: io_conn routes nothing new to it; it finishes what it has.
     Stopping = 3,
     /// Exited cleanly (written by the md itself).
     Exited = 4,
@@ -367,7 +367,7 @@ impl MdState {
             Self::Absent => "absent",
             Self::Starting => "starting",
             Self::Running => "running",
-            Self::Stopping => "stopping",
+            Self::Stopping => "leaving",
             Self::Exited => "exited",
             Self::Dead => "dead",
         }
