@@ -63,6 +63,7 @@ impl Clients {
         if end {
             self.flows.get_mut(slot).rq.q[k].done = true;
             links.req_done(i);
+            links.req_answered(i);
             if k == 0 {
                 self.advance_head(cx, links, slot);
             }
@@ -90,6 +91,7 @@ impl Clients {
         if let Some(r) = f.rq.q.get_mut(k) {
             r.done = true;
             links.req_done(i);
+            links.req_failed(i);
         }
         // Requests not sent yet are dropped too.
         if let Some(b) = f.input.take() {

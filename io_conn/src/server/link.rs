@@ -28,6 +28,11 @@ use super::{Clients, Cx, K_BELL, K_MDPID, token};
 use crate::counters::Io;
 use crate::stats::{SlotStats, Stats};
 
+/// Cap of an md's fast-failure score.
+const MAX_FAILS: u32 = 16;
+/// Requests in flight one fast failure counts as when routing.
+const FAIL_WEIGHT: u32 = 4;
+
 /// Frames handled per md ring per iteration.
 const FRAMES_PER_RING: usize = 4096;
 
@@ -44,6 +49,11 @@ pub(crate) struct Md {
     inflight: u32,
     /// Requests dispatched to it since its pair was (re)created (`request` dispatch).
     dispatched: u64,
+    /// Recent fast failures (it closed a request-dispatched connection at a request instead of
+    /// answering): up one per failure, down one per answered request, at most
+    /// [`MAX_FAILS`]. Routing counts each as [`FAIL_WEIGHT`] requests in flight, so an md that
+    /// fails everything (and so always looks idle) stops attracting every request.
+    fails: u32,
     /// Flows with frames that did not fit `tx`, as (slot, generation), oldest first.
     blocked: VecDeque<(u32, u32)>,
     /// Frames pushed since the last flush (`Producer::flush` says whether it rang, not whether
@@ -139,6 +149,7 @@ fn install(
         flows: 0,
         inflight: 0,
         dispatched: 0,
+        fails: 0,
         blocked: VecDeque::new(),
         pushed: false,
         lost: false,
@@ -246,7 +257,10 @@ impl Links {
             .iter()
             .copied()
             .filter(|&i| self.mds.get(i as usize).is_some_and(Self::routable))
-            .min_by_key(|&i| (self.mds[i as usize].inflight, (i + n - rr) % n))?;
+            .min_by_key(|&i| {
+                let m = &self.mds[i as usize];
+                (m.inflight + FAIL_WEIGHT * m.fails, (i + n - rr) % n)
+            })?;
         self.rr = (i + 1) % n;
         Some(i)
     }
@@ -256,6 +270,20 @@ impl Links {
         if let Some(m) = self.mds.get_mut(i as usize) {
             m.inflight += 1;
             m.dispatched += 1;
+        }
+    }
+
+    /// md instance `i` answered a request (its reply ended): its failure score goes down.
+    pub(super) fn req_answered(&mut self, i: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            m.fails = m.fails.saturating_sub(1);
+        }
+    }
+
+    /// md instance `i` closed a connection at a request instead of answering it.
+    pub(super) fn req_failed(&mut self, i: u32) {
+        if let Some(m) = self.mds.get_mut(i as usize) {
+            m.fails = (m.fails + 1).min(MAX_FAILS);
         }
     }
 
@@ -583,6 +611,7 @@ impl Links {
                 flows: 0,
                 inflight: 0,
                 dispatched: 0,
+                fails: 0,
                 blocked: VecDeque::new(),
                 pushed: false,
                 lost: false,

@@ -283,3 +283,53 @@ fn an_md_leaving_finishes_its_requests_and_the_connections_carry_on() {
     drop(clients);
     sut.stop();
 }
+
+/// An md that fails fast (it refuses the service and closes every connection routed to it, so it
+/// always looks idle) stops attracting requests: md 1 runs the `upper` example, which serves only
+/// `upper`; of 100 PINGs on 100 fresh connections, only the first few that reach it fail (each
+/// failure is counted against it until it answers), the rest are answered by md 0.
+#[test]
+fn an_md_that_fails_fast_stops_attracting_requests() {
+    let sut = request_server("disp_failfast", 1, 2);
+    let _md1 = KillOnDrop(
+        std::process::Command::new(util::example_bin("upper"))
+            .arg("--config")
+            .arg(&sut.config)
+            .arg("--instance")
+            .arg("1")
+            .spawn()
+            .expect("start the upper example as md 1"),
+    );
+    sut.wait_log("md instance 1 live", 1);
+    let mut failed = 0;
+    for _ in 0..100 {
+        let mut c = sut.connect("dumb/line");
+        c.write_all(b"PING\n").expect("write");
+        match read_to_eof_or_line(&mut c) {
+            Some(l) => assert_eq!(l, "PONG\n"),
+            None => failed += 1,
+        }
+    }
+    assert!(failed >= 1, "md 1 was never tried (the test shows nothing)");
+    assert!(failed <= 3, "{failed} of 100 requests went to the md that fails them all");
+    sut.wait_stats("the failures counted", |v| {
+        expect_exact(v, &[("io", 0, "closed_by_md", failed)])
+    });
+    sut.stop();
+}
+
+/// A line, or `None` if the server closed the connection without one.
+fn read_to_eof_or_line(c: &mut std::net::TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 64];
+    loop {
+        let n = c.read(&mut b).expect("read");
+        if n == 0 {
+            return (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into_owned());
+        }
+        got.extend_from_slice(&b[..n]);
+        if got.ends_with(b"\n") {
+            return Some(String::from_utf8_lossy(&got).into_owned());
+        }
+    }
+}
