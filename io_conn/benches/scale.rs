@@ -124,7 +124,7 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn hog(full: bool) {
+fn hog(full: bool, mds: u32) {
     let n: u64 = if full { 100_000_000 } else { 2_000_000 };
     let hogs = if full { 40 } else { 4 };
     let rounds = if full { 3 } else { 1 };
@@ -133,8 +133,8 @@ fn hog(full: bool) {
         util::Server::start_with(
             name,
             util::Setup {
-                spawn_md: 1,
-                max_instances: 1,
+                spawn_md: mds,
+                max_instances: mds,
                 dispatch: Some("request"),
                 md_extra: &md_extra,
                 ..util::Setup::default()
@@ -143,7 +143,9 @@ fn hog(full: bool) {
     };
     let sides =
         [("slice=1ms", server("bench_hog_on", "1ms")), ("slice=0s", server("bench_hog_off", "0s"))];
-    println!("PING beside {hogs} x BURN {n} pipelined on one connection, 1 md, {rounds} rounds");
+    println!(
+        "PING beside {hogs} x BURN {n} pipelined on one connection, {mds} md, {rounds} rounds"
+    );
     let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let reply = burn_reply(n);
     for r in 0..rounds {
@@ -194,8 +196,50 @@ fn hog(full: bool) {
     }
 }
 
+/// BURN-only throughput with slices on and off: two servers (1 md each, `md.slice` 1ms and 0s)
+/// side by side, 8 connections each keeping one `BURN n` in flight, phases alternating.
+fn slice_cost(full: bool) {
+    let n: u64 = if full { 3_000_000 } else { 10_000 };
+    let phases = if full { 6 } else { 2 };
+    let dur = if full { Duration::from_secs(5) } else { Duration::from_millis(300) };
+    let server = |name: &str, slice: &str| {
+        let md_extra = format!("slice = \"{slice}\"\n[md.dumb]\nburn_max = 1000000000");
+        util::Server::start_with(
+            name,
+            util::Setup {
+                spawn_md: 1,
+                max_instances: 1,
+                dispatch: Some("request"),
+                md_extra: &md_extra,
+                ..util::Setup::default()
+            },
+        )
+    };
+    let sides = [server("bench_cost_on", "1ms"), server("bench_cost_off", "0s")];
+    let mut conns: Vec<Vec<TcpStream>> =
+        sides.iter().map(|s| (0..8).map(|_| s.connect("dumb/line")).collect()).collect();
+    let req = format!("BURN {n}\n").into_bytes();
+    let reply = burn_reply(n);
+    println!("BURN {n} only, 8 connections, 1 md, slice 1ms against 0s, {dur:?} per phase");
+    let mut rates = [Vec::new(), Vec::new()];
+    for phase in 0..phases {
+        let k = if (phase / 2) % 2 == 0 { phase % 2 } else { 1 - phase % 2 };
+        let r = burn_phase(&mut conns[k], &req, &reply, dur);
+        println!("  phase {phase}: slice={}  {r:>10.1} burns/s", ["1ms", "0s"][k]);
+        rates[k].push(r);
+    }
+    let (on, off) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!("  median: slice=1ms {on:.1}, slice=0s {off:.1} burns/s, ratio {:.3}", on / off);
+    drop(conns);
+    for s in sides {
+        s.stop();
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     burns(full);
-    hog(full);
+    hog(full, 1);
+    hog(full, 2);
+    slice_cost(full);
 }
