@@ -373,6 +373,19 @@ impl Clients {
         }
     }
 
+    /// md `i` is gone, for a `request`-dispatched flow: the flow forgets it (no CLOSE to a dead
+    /// md), and if a request was still in flight there the connection's order is broken: it is
+    /// closed (`closed_md_gone`). True if it closed.
+    pub(super) fn forget_md(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, i: u32) -> bool {
+        let f = self.flows.get_mut(slot);
+        f.rq.peers.retain(|p| p.md != i);
+        if f.rq.q.iter().any(|r| r.md == i && !r.done) {
+            self.close_flow(cx, links, slot, Io::ClosedMdGone);
+            return true;
+        }
+        false
+    }
+
     /// Closes every flow bound to md `i` (it is gone) and frees the slots of flows waiting to
     /// push it a CLOSE.
     pub(super) fn close_md_flows(&mut self, cx: &mut Cx, links: &mut Links, i: u32) {
@@ -384,12 +397,7 @@ impl Clients {
                 continue;
             }
             if f.rq.on {
-                // `request` dispatch: only connections with a request in flight there lose it;
-                // the others just forget that md (no CLOSE to a dead md).
-                f.rq.peers.retain(|p| p.md != i);
-                if f.rq.q.iter().any(|r| r.md == i && !r.done) {
-                    self.close_flow(cx, links, slot, Io::ClosedMdGone);
-                }
+                self.forget_md(cx, links, slot, i);
             } else if f.md == i {
                 self.close_flow(cx, links, slot, Io::ClosedMdGone);
             }

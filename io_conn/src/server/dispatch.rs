@@ -174,30 +174,8 @@ impl Clients {
         payload: &[u8],
         owner: u32,
     ) -> bool {
-        use std::io::Write;
-        let f = self.flows.get_mut(slot);
-        let Some(sock) = f.sock.as_ref() else { return false };
-        let mut sock: &std::net::TcpStream = sock;
-        let mut written = 0;
-        if f.output_len() == 0 {
-            match sock.write(payload) {
-                Ok(n) => written = n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => {
-                    self.close_flow(cx, links, slot, Io::ClosedError);
-                    return false;
-                }
-            }
-            if written > 0 {
-                cx.c[Io::BytesOut] += written as u64;
-                self.credit_flushed(cx, slot, owner, written as u64);
-                self.touch(cx, slot);
-            }
-        }
+        let Some(written) = self.write_now(cx, links, slot, payload) else { return false };
+        self.credit_flushed(cx, slot, owner, written as u64);
         if written < payload.len() {
             let rest = (payload.len() - written) as u64;
             let f = self.flows.get_mut(slot);

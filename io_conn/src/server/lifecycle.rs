@@ -177,14 +177,9 @@ impl Server<'_> {
                 continue;
             }
             if f.rq.on {
-                // `request` dispatch: the replies it left were delivered above; a request still
-                // in flight there is lost, and so is its connection's order: close it. The other
-                // connections just forget that md (no CLOSE to a dead md).
-                f.rq.peers.retain(|p| p.md != i);
-                if f.rq.q.iter().any(|r| r.md == i && !r.done) {
-                    ended += 1;
-                    cl.close_flow(cx, links, slot, Io::ClosedMdGone);
-                }
+                // `request` dispatch: the replies it left were delivered above; what was still in
+                // flight there closes its connection, the others forget that md.
+                ended += u32::from(cl.forget_md(cx, links, slot, i));
                 continue;
             }
             if f.md != i {

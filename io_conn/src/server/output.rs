@@ -141,29 +141,10 @@ impl Clients {
         }
         let total = payload.len();
         let uncredited = if credited { 0 } else { total };
-        let f = self.flows.get_mut(slot);
-        let Some(sock) = f.sock.as_ref() else { return false };
-        let mut sock: &TcpStream = sock;
-        let mut written = 0;
-        if f.output_len() == 0 {
-            match sock.write(payload) {
-                Ok(n) => written = n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => {
-                    self.close_flow(cx, links, slot, Io::ClosedError);
-                    return false;
-                }
-            }
-            if written > 0 {
-                cx.c[Io::BytesOut] += written as u64;
-                let paid = written.saturating_sub(uncredited);
-                self.add_drained(cx, slot, paid as u64);
-                self.touch(cx, slot);
-            }
+        let Some(written) = self.write_now(cx, links, slot, payload) else { return false };
+        if written > 0 {
+            let paid = written.saturating_sub(uncredited);
+            self.add_drained(cx, slot, paid as u64);
         }
         if written < total {
             let f = self.flows.get_mut(slot);
@@ -179,6 +160,41 @@ impl Clients {
             self.update_interest(cx, slot);
         }
         true
+    }
+
+    /// Writes `payload` to the client at once if nothing is queued before it (one `write`; a
+    /// partial or refused write is the caller's to queue). Returns the bytes written (counted,
+    /// the flow touched), or `None` if the flow has no socket or the write failed (then it was
+    /// closed as an error).
+    pub(super) fn write_now(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+        slot: u32,
+        payload: &[u8],
+    ) -> Option<usize> {
+        let f = self.flows.get_mut(slot);
+        let mut sock: &TcpStream = f.sock.as_ref()?;
+        if f.output_len() > 0 {
+            return Some(0);
+        }
+        let written = match sock.write(payload) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) =>
+            {
+                0
+            }
+            Err(_) => {
+                self.close_flow(cx, links, slot, Io::ClosedError);
+                return None;
+            }
+        };
+        if written > 0 {
+            cx.c[Io::BytesOut] += written as u64;
+            self.touch(cx, slot);
+        }
+        Some(written)
     }
 
     /// The flow's socket is writable: flush its queued output; then close or linger if that was
