@@ -203,6 +203,9 @@ pub struct Flow {
     pub blocked: bool,
     /// OPEN still to be pushed.
     pub open_pending: bool,
+    /// `flow` dispatch: md sent DATA for it at least once (a CLOSE before that is a refusal,
+    /// which routing counts against the md).
+    pub md_answered: bool,
     /// Whether the client's input has ended.
     pub input_end: InputEnd,
     /// What to do once output is flushed.
@@ -237,6 +240,7 @@ impl Flow {
             md_paused: false,
             blocked: false,
             open_pending: false,
+            md_answered: false,
             input_end: InputEnd::Reading,
             after_flush: AfterFlush::Serve,
             close_id: FlowId(0),
@@ -354,6 +358,7 @@ impl FlowTable {
         f.md_paused = false;
         f.blocked = false;
         f.open_pending = false;
+        f.md_answered = false;
         f.input_end = InputEnd::Reading;
         f.after_flush = AfterFlush::Serve;
         debug_assert!(f.rq.q.iter().all(|r| r.held.is_none()), "held buffers go back to the pool");

@@ -30,8 +30,15 @@ use crate::stats::{SlotStats, Stats};
 
 /// Cap of an md's fast-failure score.
 const MAX_FAILS: u32 = 16;
-/// Requests in flight one fast failure counts as when routing.
-const FAIL_WEIGHT: u32 = 4;
+
+/// What an md's fast-failure score weighs in routing, in requests in flight (or flows): 2^fails
+/// - 1, so tries of an md that keeps failing get exponentially rarer (after k failures it is
+/// tried again only once the others carry 2^k - 1 more), yet one that recovers (answers) sheds
+/// the score one answer at a time.
+#[inline]
+fn fail_weight(fails: u32) -> u32 {
+    (1u32 << fails.min(MAX_FAILS)) - 1
+}
 
 /// Frames handled per md ring per iteration.
 const FRAMES_PER_RING: usize = 4096;
@@ -49,10 +56,10 @@ pub(crate) struct Md {
     inflight: u32,
     /// Requests dispatched to it since its pair was (re)created (`request` dispatch).
     dispatched: u64,
-    /// Recent fast failures (it closed a request-dispatched connection at a request instead of
-    /// answering): up one per failure, down one per answered request, at most
-    /// [`MAX_FAILS`]. Routing counts each as [`FAIL_WEIGHT`] requests in flight, so an md that
-    /// fails everything (and so always looks idle) stops attracting every request.
+    /// Recent fast failures (it closed a connection at a request, or a flow before any reply,
+    /// instead of answering): up one per failure, down one per answer, at most
+    /// [`MAX_FAILS`]. Routing adds [`fail_weight`] to its load, so an md that fails everything
+    /// (and so always looks idle) stops attracting every request.
     fails: u32,
     /// Flows with frames that did not fit `tx`, as (slot, generation), oldest first.
     blocked: VecDeque<(u32, u32)>,
@@ -239,12 +246,16 @@ impl Links {
     }
 
     /// The live md instance among `among` (the instances serving a service) with the fewest
-    /// flows, for a connection bound for life (`flow` dispatch).
+    /// flows, for a connection bound for life (`flow` dispatch); an md that refuses flows
+    /// (CLOSE before any reply) carries the same failure score as under `request` dispatch.
     pub(super) fn choose(&self, among: &[u32]) -> Option<u32> {
         among
             .iter()
             .filter(|&&i| self.mds.get(i as usize).is_some_and(Self::routable))
-            .min_by_key(|&&i| self.mds[i as usize].flows)
+            .min_by_key(|&&i| {
+                let m = &self.mds[i as usize];
+                m.flows.saturating_add(fail_weight(m.fails))
+            })
             .copied()
     }
 
@@ -259,7 +270,7 @@ impl Links {
             .filter(|&i| self.mds.get(i as usize).is_some_and(Self::routable))
             .min_by_key(|&i| {
                 let m = &self.mds[i as usize];
-                (m.inflight + FAIL_WEIGHT * m.fails, (i + n - rr) % n)
+                (m.inflight.saturating_add(fail_weight(m.fails)), (i + n - rr) % n)
             })?;
         self.rr = (i + 1) % n;
         Some(i)

@@ -23,6 +23,10 @@ impl Clients {
                     let end = fr.flags & frame::flags::DATA_END != 0;
                     return self.on_reply(cx, links, slot, i, fr.payload, end);
                 }
+                let f = self.flows.get_mut(slot);
+                if !std::mem::replace(&mut f.md_answered, true) {
+                    links.req_answered(i);
+                }
                 // md's output is a byte stream for every framing: a len32 service writes its own
                 // length prefixes, as it reads them (io_conn passes them through).
                 self.send_to_client(cx, links, slot, fr.payload, true);
@@ -33,6 +37,11 @@ impl Clients {
                     return self.on_req_close(cx, links, slot, i);
                 }
                 let f = self.flows.get_mut(slot);
+                if !f.md_answered {
+                    // Closed before a single reply: a refusal (a wrong service, a broken md). An md
+                    // that refuses everything keeps no flows and would attract every new one.
+                    links.req_failed(i);
+                }
                 if f.after_flush == AfterFlush::Linger {
                     return; // an error reply is in flight: it lingers as planned
                 }

@@ -261,3 +261,49 @@ fn emfile_pauses_accepting_and_keeps_serving() {
     drop((a, waiting));
     sut.stop();
 }
+
+/// Hardening finding 4: an md that refuses every connection (here md 1 runs the `upper` example,
+/// which serves only `upper`, so it closes each `dumb` flow at once) keeps zero flows and would
+/// win every "fewest flows" choice: it must not attract every new connection. 40 connections
+/// stay open one after another under `flow` dispatch; md 1 is tried again only each time md 0
+/// has twice as many more flows (an exponential back-off), so at most log2(40) + 1 reach it.
+#[test]
+fn a_broken_md_does_not_attract_every_new_connection() {
+    let sut =
+        Server::start_with("brokenmd", Setup { spawn_md: 1, max_instances: 2, ..Setup::default() });
+    let _md1 = KillOnDrop(
+        std::process::Command::new(util::example_bin("upper"))
+            .arg("--config")
+            .arg(&sut.config)
+            .arg("--instance")
+            .arg("1")
+            .spawn()
+            .expect("start the upper example as md 1"),
+    );
+    sut.wait_log("md instance 1 live", 1);
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let mut c = sut.connect("dumb/line");
+        c.write_all(b"PING\n").expect("write");
+        let mut got = Vec::new();
+        let mut b = [0u8; 16];
+        loop {
+            let n = c.read(&mut b).expect("read");
+            got.extend_from_slice(&b[..n]);
+            if n == 0 || got.ends_with(b"\n") {
+                break;
+            }
+        }
+        if got.is_empty() {
+            refused += 1;
+        } else {
+            assert_eq!(got, b"PONG\n");
+            kept.push(c); // stays open: md 0's flow count grows, md 1's stays 0
+        }
+    }
+    assert!(refused >= 1, "md 1 was never tried (the test shows nothing)");
+    assert!(refused <= 6, "{refused} of 40 connections went to the md that refuses them all");
+    drop(kept);
+    sut.stop();
+}
