@@ -31,10 +31,10 @@ use crate::stats::{SlotStats, Stats};
 /// Cap of an md's fast-failure score.
 const MAX_FAILS: u32 = 16;
 
-/// What an md's fast-failure score weighs in routing, in requests in flight (or flows): 2^fails
-/// - 1, so tries of an md that keeps failing get exponentially rarer (after k failures it is
-/// tried again only once the others carry 2^k - 1 more), yet one that recovers (answers) sheds
-/// the score one answer at a time.
+/// What an md's fast-failure score weighs in routing, in requests in flight (or flows):
+/// `2^fails − 1`, so tries of an md that keeps failing get exponentially rarer (after k failures
+/// it is tried again only once the others carry `2^k − 1` more), yet one that recovers (answers)
+/// sheds the score one answer at a time.
 #[inline]
 fn fail_weight(fails: u32) -> u32 {
     (1u32 << fails.min(MAX_FAILS)) - 1
