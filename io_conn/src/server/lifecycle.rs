@@ -277,6 +277,9 @@ impl Server<'_> {
         if std::mem::replace(&mut self.cleaned, true) {
             return;
         }
+        // Before the children get SIGTERM: they leave at once instead of waiting for an
+        // acknowledgement of their LEAVE that this loop, ended, could not send.
+        self.links.stop_routing();
         if let Some(ch) = self.children.as_mut() {
             log::info!("stopping {} md children", ch.count());
             ch.stop_all();

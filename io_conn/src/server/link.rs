@@ -495,6 +495,19 @@ impl Links {
         }
     }
 
+    /// io_conn stops: it routes nothing anywhere any more. Tells every md so now (the LEAVE
+    /// acknowledgement, unasked), so one told to stop next leaves as soon as its work is done
+    /// instead of waiting for an acknowledgement that cannot come.
+    pub(super) fn stop_routing(&mut self) {
+        for m in &mut self.mds {
+            if let Some(tx) = m.tx.as_mut() {
+                if tx.tx.try_push(FlowId(0), Kind::Leave, 0, &[]).is_ok() {
+                    tx.tx.flush();
+                }
+            }
+        }
+    }
+
     /// Drops every half and removes the pairs this process created.
     pub(super) fn remove_all(&mut self, inbound: &mut Inbound) {
         for m in &mut self.mds {

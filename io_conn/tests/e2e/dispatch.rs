@@ -333,3 +333,21 @@ fn read_to_eof_or_line(c: &mut std::net::TcpStream) -> Option<String> {
         }
     }
 }
+
+/// Stopping io_conn (SIGTERM) with md children that served request-dispatched connections: the
+/// children leave at once (io_conn tells them it routes nothing more) and exit 0, instead of
+/// waiting for an acknowledgement until io_conn gives up and kills them.
+#[test]
+fn stopping_io_conn_lets_its_md_children_leave_at_once() {
+    let sut = request_server("disp_stop", 2, 2);
+    let mut c = sut.connect("dumb/line");
+    for _ in 0..4 {
+        roundtrip(&mut c, b"PING\n", b"PONG\n");
+    }
+    drop(c);
+    let log = std::sync::Arc::clone(&sut.log);
+    sut.stop();
+    let log = log.lock().expect("log").clone();
+    assert!(!log.contains("ignored SIGTERM"), "an md child had to be killed:\n{log}");
+    assert_eq!(log.matches("stopped: exit status: 0").count(), 2, "both md exit 0:\n{log}");
+}
