@@ -1,13 +1,17 @@
-//! Steady state allocates nothing per message in md: a counting global allocator counts the
-//! allocations made on the md runner's thread while 100k pipelined PINGs (and their DRAINED
-//! frames) flow over existing flows, after a warm-up of the same shape; once without and once
-//! with a stats sink (mirroring into a stats segment once per batch).
+//! md's memory, seen by a counting global allocator on the md runner's thread.
+//!
+//! * Steady state allocates nothing per message: the allocations made while 100k pipelined PINGs
+//!   (and their DRAINED frames) flow over existing flows, after a warm-up of the same shape; once
+//!   without and once with a stats sink (mirroring into a stats segment once per batch).
+//! * Held requests cost memory bounded by `hold_max_bytes` (issue 14, finding 2): the largest
+//!   block md allocates while a client keeps its flow's held requests between the RESUME and
+//!   PAUSE thresholds for many thousand requests.
 
 mod util;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,17 +26,26 @@ use util::{Geometry, Io, WATCHDOG, flow, opts};
 /// Allocations (alloc, alloc_zeroed, realloc) made by threads that set `TRACKED`.
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 
+/// The largest block (alloc, alloc_zeroed, realloc's new size) asked for by threads that set
+/// `PEAK_TRACKED`.
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
-    // const-initialised: reading it never allocates (no lazy init inside the allocator).
+    // const-initialised: reading them never allocates (no lazy init inside the allocator).
     static TRACKED: Cell<bool> = const { Cell::new(false) };
+    static PEAK_TRACKED: Cell<bool> = const { Cell::new(false) };
 }
 
 struct Counting;
 
-fn note() {
+fn note(size: usize) {
     if TRACKED.with(Cell::get) {
         // Relaxed: a plain event counter; the reader synchronises through the rings/join.
         ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+    if PEAK_TRACKED.with(Cell::get) {
+        // Relaxed: a plain maximum, read after the runner thread is joined.
+        PEAK.fetch_max(size, Ordering::Relaxed);
     }
 }
 
@@ -40,17 +53,17 @@ fn note() {
 // guarantees (a valid block of `layout`, or null) are ours; counting touches no allocator state.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
+        note(layout.size());
         // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract (non-zero size).
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
+        note(layout.size());
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
+        note(new_size);
         // SAFETY: forwarded unchanged; `ptr` was allocated by this allocator (that is, by
         // `System`) with `layout`, as the caller guarantees.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -146,4 +159,112 @@ fn steady_state_pings_allocate_nothing_in_md_with_stats() {
     let seg = StatsSegment::create_in(mem, 4, 1, ProcId { pid: 1, start_time: 1 }).unwrap();
     let n = allocations_during_pings(Some(seg));
     assert_eq!(n, 0, "md allocated {n} times during 100k PINGs with a stats sink");
+}
+
+/// The replies of [`adversarial_request`]`(i)`.
+fn adversarial_reply(i: usize) -> String {
+    if i.is_multiple_of(41) {
+        "DONE\n".to_owned()
+    } else {
+        let k = (i % 1000) as u64;
+        format!("RESULT {}\n", k * (k + 1) / 2)
+    }
+}
+
+/// Request `i` of the adversarial pipeline: a `WAIT 1` at the head of every 41 (the flow is busy
+/// for a millisecond, its later requests are held), `BURN`s with distinct answers between them.
+fn adversarial_request(i: usize) -> String {
+    if i.is_multiple_of(41) { "WAIT 1\n".to_owned() } else { format!("BURN {}\n", i % 1000) }
+}
+
+/// Issue 14, finding 2. A client that never lets its flow's held requests run out: it sends as
+/// fast as md lets it, stops at PAUSE and starts again at RESUME, so the held requests stay
+/// between the thresholds (a `WAIT` at the head of every few dozen keeps md from catching up)
+/// for 30k requests, about 100 times the bytes `hold_max_bytes` allows. md's largest block
+/// stays within a small multiple of `hold_max_bytes` (before the fix the backlog buffer only
+/// grew, to hold every byte the flow ever sent: 256 KiB here), and every request is answered,
+/// in order.
+#[test]
+fn issue_14_held_requests_between_pause_and_resume_stay_bounded() {
+    const REQUESTS: usize = 30_000;
+    const HOLD_MAX_BYTES: usize = 4 << 10;
+    let mut o = opts();
+    o.hold_max_bytes = HOLD_MAX_BYTES;
+    o.resume_bytes = 1 << 10;
+    // Bytes decide; the request-count thresholds are out of the way.
+    o.hold_max_requests = 1 << 20;
+    o.resume_requests = 1 << 20;
+    // What io_conn pushed before it saw PAUSE is held too: at most an input ring's worth. A small
+    // ring keeps that within the bound asserted below.
+    let geo = Geometry { in_cap: 4 << 10, out_cap: 64 << 10, max_payload: 1 << 10 };
+    let mut io = Io::start_with("held-bounded", geo, move |ep, control| {
+        let dumb = Builtin::new(DumbOptions::default());
+        let mut r = Runner::new(dumb, o);
+        PEAK_TRACKED.with(|t| t.set(true));
+        let exit = r.run(ep, control).expect("runner failed");
+        PEAK_TRACKED.with(|t| t.set(false));
+        (exit, r.stats().clone())
+    });
+    io.expect_hello();
+    let f = flow(5);
+    io.open(f, "dumb", 1 << 20);
+    let want: Vec<u8> = (0..REQUESTS).flat_map(|i| adversarial_reply(i).into_bytes()).collect();
+    let (mut sent, mut got) = (0, 0);
+    let (mut paused, mut pauses, mut resumes) = (false, 0, 0);
+    let deadline = Instant::now() + WATCHDOG * 3;
+    while got < want.len() {
+        assert!(Instant::now() < deadline, "{got} of {} reply bytes, {sent} sent", want.len());
+        // As io_conn does: read the client (here: make up requests) until md says PAUSE.
+        while !paused && sent < REQUESTS {
+            let req = adversarial_request(sent);
+            if io.tx.try_push(f, Kind::Data, 0, req.as_bytes()).is_err() {
+                break; // input ring full: md is behind
+            }
+            sent += 1;
+            // Publish (and wake md) and look for PAUSE after every request, as soon as io_conn
+            // would see it.
+            io.tx.flush();
+            if io.rx.has_data() {
+                break;
+            }
+        }
+        let wait = if paused || sent == REQUESTS { 1 } else { 0 };
+        io.poll_into_pending(Duration::from_millis(wait));
+        while let Some(o) = io.pending.pop_front() {
+            assert_eq!(o.flow, f, "{o:?}");
+            match o.kind {
+                Kind::Pause => {
+                    assert!(!paused, "PAUSE twice");
+                    (paused, pauses) = (true, pauses + 1);
+                }
+                Kind::Resume => {
+                    assert!(paused, "RESUME without PAUSE");
+                    (paused, resumes) = (false, resumes + 1);
+                }
+                Kind::Data => {
+                    let end = got + o.payload.len();
+                    assert!(
+                        end <= want.len() && o.payload == want[got..end],
+                        "reply bytes {got}..{end} out of order: {:?}",
+                        String::from_utf8_lossy(&o.payload)
+                    );
+                    got = end;
+                    io.drained(f, o.payload.len() as u64);
+                }
+                k => panic!("unexpected {k:?}"),
+            }
+        }
+    }
+    let (exit, stats) = io.stop();
+    assert_eq!(exit, Exit::Shutdown);
+    assert_eq!(stats[Md::MessagesIn], REQUESTS as u64);
+    // The pipeline really went back and forth between the thresholds, and (nearly) every
+    // request waited in the backlog.
+    assert!(pauses >= 5 && resumes >= 5, "{pauses} PAUSE, {resumes} RESUME");
+    assert!(stats[Md::Held] >= REQUESTS as u64 * 9 / 10, "held: {}", stats[Md::Held]);
+    let peak = PEAK.load(Ordering::Relaxed);
+    assert!(
+        peak <= 8 * HOLD_MAX_BYTES,
+        "md allocated a block of {peak} bytes; hold_max_bytes is {HOLD_MAX_BYTES}"
+    );
 }

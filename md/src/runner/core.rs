@@ -329,16 +329,7 @@ impl<F: fmt::Debug> Core<F> {
     pub(super) fn run_held<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize) {
         let Self { flows, timers, stats, now, max_payload, opts, slice_end, .. } = self;
         let flow = &mut flows[idx];
-        let h = flow.backlog_head;
-        let len = u32::from_le_bytes([
-            flow.backlog[h],
-            flow.backlog[h + 1],
-            flow.backlog[h + 2],
-            flow.backlog[h + 3],
-        ]) as usize;
-        let range = h + 4..h + 4 + len;
-        flow.backlog_head = range.end;
-        flow.backlog_count -= 1;
+        let Some(range) = flow.next_held() else { return };
         let avail = flow.avail();
         if let Some(state) = flow.svc.as_mut() {
             let mut cx = Ctx {
@@ -356,14 +347,10 @@ impl<F: fmt::Debug> Core<F> {
                 slice_end: *slice_end,
             };
             let st = svc.message(state, &flow.backlog[range], &mut cx);
-            if flow.backlog_count == 0 {
-                flow.backlog.clear();
-                flow.backlog_head = 0;
-            }
+            flow.backlog_done();
             self.settle_work(idx, st);
-        } else if flow.backlog_count == 0 {
-            flow.backlog.clear();
-            flow.backlog_head = 0;
+        } else {
+            flow.backlog_done();
         }
     }
 

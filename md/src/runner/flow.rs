@@ -27,7 +27,11 @@ pub(super) struct Flow<F> {
     /// [`Ctx::broadcast`]).
     pub(super) bcast: Vec<u8>,
     pub(super) bcast_head: usize,
-    /// Held requests: records of `len: u32 LE` + bytes, consumed from `backlog_head`.
+    /// Held requests: records of `len: u32 LE` + bytes, consumed from `backlog_head`. Emptied
+    /// when the last one runs, and compacted ([`compact`]) when a new one would not fit: a flow
+    /// that always holds some requests (a client that keeps its pipeline between RESUME and
+    /// PAUSE) must not grow it with every byte it ever sent. Its capacity stays below four times
+    /// the most bytes the flow held at once (see [`compact`]).
     pub(super) backlog: Vec<u8>,
     pub(super) backlog_head: usize,
     pub(super) backlog_count: usize,
@@ -38,6 +42,7 @@ pub(super) struct Flow<F> {
     pub(super) mark_ends: bool,
     /// Output positions (absolute, like `out_base`) where a request's reply ended, oldest first
     /// from `ends_head`; each goes out as the `DATA_END` flag of the frame that reaches it.
+    /// Compacted like `backlog`, for the same reason (output that never quite catches up).
     pub(super) ends: Vec<u64>,
     pub(super) ends_head: usize,
     /// The request in progress yielded: it wants [`Service::resume`] (`busy` is set too).
@@ -139,6 +144,7 @@ impl<F> Flow<F> {
     pub(super) fn request_done(&mut self) {
         self.busy = false;
         if self.mark_ends {
+            compact(&mut self.ends, &mut self.ends_head, 1);
             self.ends.push(self.out_base + self.out.len() as u64);
         }
     }
@@ -163,10 +169,54 @@ impl<F> Flow<F> {
         Some((u64::from_le_bytes(mark), h + 12..h + 12 + len))
     }
 
+    /// Appends a request to the backlog (compacting it first if it would grow).
     pub(super) fn hold(&mut self, msg: &[u8]) {
+        compact(&mut self.backlog, &mut self.backlog_head, 4 + msg.len());
         self.backlog.extend_from_slice(&(msg.len() as u32).to_le_bytes());
         self.backlog.extend_from_slice(msg);
         self.backlog_count += 1;
+    }
+
+    /// Takes the oldest held request off the backlog: its bytes are `backlog[range]` until the
+    /// next [`Self::hold`] (which may move them). `None` if nothing is held.
+    pub(super) fn next_held(&mut self) -> Option<std::ops::Range<usize>> {
+        if self.backlog_count == 0 {
+            return None;
+        }
+        let h = self.backlog_head;
+        let b = &self.backlog;
+        let len = u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]) as usize;
+        let range = h + 4..h + 4 + len;
+        debug_assert!(range.end <= b.len(), "backlog record past its end");
+        self.backlog_head = range.end;
+        self.backlog_count -= 1;
+        Some(range)
+    }
+
+    /// Empties the backlog once its last request has run (no copy needed to reuse it).
+    pub(super) fn backlog_done(&mut self) {
+        if self.backlog_count == 0 {
+            self.backlog.clear();
+            self.backlog_head = 0;
+        }
+    }
+}
+
+/// Drops the consumed prefix `buf[..*head]` of a FIFO kept in a `Vec` (consumed from `*head`,
+/// appended at the end) before `need` more elements are appended, if the append would otherwise
+/// reallocate and the prefix is at least half of `buf`. Moves the live elements to the front (no
+/// allocation) and sets `*head` to 0.
+///
+/// Bounds: `buf` reallocates only while more than half of it is live, so its capacity stays below
+/// `4 * (live + need)` at the largest append, i.e. four times the most the FIFO held at once
+/// (`Vec` at most doubles). Cost: each compaction moves fewer elements than it drops, and each
+/// element is dropped once, so the copying is amortised O(1) per element appended.
+pub(super) fn compact<T: Copy>(buf: &mut Vec<T>, head: &mut usize, need: usize) {
+    debug_assert!(*head <= buf.len(), "head {} past len {}", *head, buf.len());
+    if *head > 0 && buf.len() + need > buf.capacity() && *head * 2 >= buf.len() {
+        buf.copy_within(*head.., 0);
+        buf.truncate(buf.len() - *head);
+        *head = 0;
     }
 }
 
@@ -190,3 +240,121 @@ impl Hasher for FlowHasher {
 }
 
 pub(super) type FlowMap = HashMap<u64, u32, BuildHasherDefault<FlowHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_drops_the_prefix_only_when_growing_and_at_least_half_consumed() {
+        let mut buf: Vec<u8> = Vec::with_capacity(8);
+        buf.extend_from_slice(b"abcdef");
+        // Room left: nothing moves, whatever was consumed.
+        let mut head = 5;
+        compact(&mut buf, &mut head, 2);
+        assert_eq!((head, &buf[..]), (5, &b"abcdef"[..]));
+        // Would grow, but less than half consumed: `Vec` grows as usual.
+        head = 2;
+        compact(&mut buf, &mut head, 3);
+        assert_eq!((head, &buf[..]), (2, &b"abcdef"[..]));
+        // Would grow, half consumed: the live part moves to the front, in place.
+        head = 3;
+        let ptr = buf.as_ptr();
+        compact(&mut buf, &mut head, 3);
+        assert_eq!((head, &buf[..], buf.capacity()), (0, &b"def"[..], 8));
+        assert_eq!(buf.as_ptr(), ptr, "no reallocation");
+        // Nothing consumed: nothing to do.
+        compact(&mut buf, &mut head, 100);
+        assert_eq!((head, &buf[..]), (0, &b"def"[..]));
+        // Everything consumed.
+        head = 3;
+        compact(&mut buf, &mut head, 100);
+        assert_eq!((head, buf.len()), (0, 0));
+    }
+
+    /// A backlog that never empties (requests held and run in turn, between two levels, for
+    /// 100k requests) keeps its capacity within four times the most it held, and hands the
+    /// requests back in order, byte for byte.
+    #[test]
+    fn backlog_that_never_empties_stays_bounded_and_in_order() {
+        let mut f = Flow::<()>::empty();
+        f.reset(FlowId(1), 0);
+        let (mut held_seq, mut run_seq) = (0u64, 0u64);
+        let mut most = 0;
+        let req = |n: u64| format!("request {n} {}", "x".repeat((n % 37) as usize));
+        for round in 0..2_000u64 {
+            // Fill up to between ~1 KiB and ~4 KiB, then run down to below ~1 KiB, never to 0.
+            let hi = 1024 + (round * 7919 % 3072) as usize;
+            while f.backlog_bytes() < hi {
+                f.hold(req(held_seq).as_bytes());
+                held_seq += 1;
+            }
+            most = most.max(f.backlog_bytes());
+            while f.backlog_bytes() > 512 && f.backlog_count > 1 {
+                let r = f.next_held().expect("held");
+                assert_eq!(&f.backlog[r], req(run_seq).as_bytes(), "request {run_seq}");
+                run_seq += 1;
+            }
+            assert!(f.backlog_count > 0);
+            f.backlog_done(); // not empty: no effect
+            assert!(
+                f.backlog.capacity() <= 4 * most,
+                "capacity {} after {held_seq} requests, at most {most} bytes held",
+                f.backlog.capacity()
+            );
+        }
+        assert!(held_seq > 50_000, "{held_seq}");
+        while let Some(r) = f.next_held() {
+            assert_eq!(&f.backlog[r], req(run_seq).as_bytes());
+            run_seq += 1;
+        }
+        f.backlog_done();
+        assert_eq!((run_seq, f.backlog.len(), f.backlog_head), (held_seq, 0, 0));
+    }
+
+    /// A request larger than anything held before (or than `hold_max_bytes`) is held whole,
+    /// between smaller ones, and comes back intact.
+    #[test]
+    fn a_request_larger_than_the_backlog_is_held_whole() {
+        let mut f = Flow::<()>::empty();
+        f.reset(FlowId(1), 0);
+        let big = vec![b'b'; 200 << 10];
+        for _ in 0..100 {
+            f.hold(b"small");
+        }
+        for _ in 0..60 {
+            let r = f.next_held().expect("held");
+            assert_eq!(&f.backlog[r], b"small");
+        }
+        f.hold(&big);
+        f.hold(b"after");
+        for _ in 0..40 {
+            let r = f.next_held().expect("held");
+            assert_eq!(&f.backlog[r], b"small");
+        }
+        let r = f.next_held().expect("held");
+        assert!(f.backlog[r] == big[..]);
+        let r = f.next_held().expect("held");
+        assert_eq!(&f.backlog[r], b"after");
+        assert_eq!(f.next_held(), None);
+    }
+
+    /// Reply ends of a flow whose output never catches up are compacted the same way.
+    #[test]
+    fn reply_ends_that_never_empty_stay_bounded() {
+        let mut f = Flow::<()>::empty();
+        f.reset(FlowId(1), 0);
+        f.mark_ends = true;
+        for n in 0..100_000u64 {
+            f.busy = true;
+            f.out.push(b'x');
+            f.request_done();
+            // The oldest end goes out; one always stays behind.
+            if f.ends.len() - f.ends_head > 8 {
+                assert_eq!(f.next_end(), Some(n - 7), "ends of requests n - 8 ..= n");
+                f.ends_head += 1;
+            }
+        }
+        assert!(f.ends.capacity() <= 4 * 10, "capacity {}", f.ends.capacity());
+    }
+}

@@ -40,6 +40,13 @@
 //!   the flow's backlog. When the backlog exceeds [`RunnerOptions::hold_max_requests`] or
 //!   [`RunnerOptions::hold_max_bytes`], md sends `PAUSE` (io_conn stops reading that client); when it
 //!   falls to [`RunnerOptions::resume_requests`] and [`RunnerOptions::resume_bytes`], `RESUME`.
+//! * **Memory per flow.** The held bytes are bounded by `hold_max_bytes` plus what io_conn pushed
+//!   before it saw `PAUSE` (at most the input ring's capacity); one request larger than that is
+//!   still held whole. The backlog is a FIFO in a `Vec` that is emptied when its last request runs
+//!   and compacted (the consumed prefix dropped) when an append would grow it while at least half
+//!   of it is consumed, so a client that keeps it between the thresholds and never lets it empty
+//!   does not make it grow: its capacity stays below four times the most the flow held at once
+//!   (issue 14; `md/tests/alloc.rs`). Buffers above 64 KiB shrink when their flow closes.
 //! * **Credit.** `OPEN` carries the flow's output credit: the most bytes md may have sent and not
 //!   seen `DRAINED`. Output beyond it waits in the flow's outbox (and so does output that finds the
 //!   ring full); it is sent as `DRAINED` returns credit, or on the next wake-up. Nothing is dropped
