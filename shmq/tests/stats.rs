@@ -14,7 +14,8 @@ use shmq::stats::{
     self, COMMAND_NAME_WORDS, COMMAND_SLOTS, CommandNameError, CounterKind, HIST_BUCKETS,
     IO_COUNTERS, Io, IoCounts, MD_COMMANDS_WORD, MD_COUNTERS, MD_NAMES_WORD, MD_OTHER_WORD,
     MD_WORDS, Md, MdCounts, MdState, QueueConsumer, QueueProducer, SEQLOCK_RETRIES, StatsError,
-    StatsReader, StatsSegment, bucket_index, bucket_upper_bound, quantile, required_len,
+    StatsReader, StatsSegment, bucket_index, bucket_upper_bound, histogram_count, quantile,
+    required_len,
 };
 use shmq::sync::{AtomicU64, Ordering};
 use shmq::sys::ProcId;
@@ -110,6 +111,36 @@ fn histogram_buckets_are_contiguous() {
     assert_eq!(quantile(&b, 0.98), Some(383));
     assert_eq!(quantile(&b, 0.99), Some((1 << 20) + (1 << 19) - 1));
     assert_eq!(quantile(&[], 0.5), None);
+}
+
+/// Issue 14 finding 12: a hostile writer can put any value in the buckets. Sums saturate: no
+/// overflow panic, and the quantiles stay bucket bounds in order.
+#[test]
+fn histogram_sums_saturate_on_hostile_buckets() {
+    let bounds: Vec<u64> = (0..HIST_BUCKETS).map(bucket_upper_bound).collect();
+    let hostile = |vals: &[(usize, u64)]| {
+        let mut b: Vec<(u64, u64)> = bounds.iter().map(|&ub| (ub, 0)).collect();
+        for &(i, v) in vals {
+            b[i].1 = v;
+        }
+        b
+    };
+    let b = hostile(&[(0, u64::MAX), (3, u64::MAX), (HIST_BUCKETS - 1, u64::MAX)]);
+    assert_eq!(histogram_count(&b), u64::MAX);
+    assert_eq!(quantile(&b, 0.0), Some(bounds[0]));
+    assert_eq!(quantile(&b, 0.5), Some(bounds[0]));
+    assert_eq!(quantile(&b, 1.0), Some(bounds[0]), "the first bucket already holds u64::MAX");
+    let b = hostile(&[(5, 1), (7, u64::MAX - 1), (9, u64::MAX)]);
+    assert_eq!(histogram_count(&b), u64::MAX);
+    assert_eq!(quantile(&b, 0.0), Some(bounds[5]));
+    assert_eq!(quantile(&b, 0.999), Some(bounds[7]));
+    assert_eq!(quantile(&b, 1.0), Some(bounds[7]));
+    // Every bucket at the maximum, every quantile: sane (a bucket bound), never a panic.
+    let b = hostile(&(0..HIST_BUCKETS).map(|i| (i, u64::MAX)).collect::<Vec<_>>());
+    for q in [0.0, 0.25, 0.5, 0.99, 1.0, f64::NAN, -1.0, 2.0] {
+        let v = quantile(&b, q).expect("not empty");
+        assert!(bounds.contains(&v) || v == bounds[HIST_BUCKETS - 2] + 1, "q {q}: {v}");
+    }
 }
 
 #[test]

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json as j};
-use shmq::stats::{BlockSnapshot, Counter, CounterKind, Descriptor, MdState, Snapshot, quantile};
+use shmq::stats::{
+    BlockSnapshot, Counter, CounterKind, Descriptor, MdState, Snapshot, histogram_count, quantile,
+};
 use shmq::sys::{Liveness, ProcId};
 
 use crate::Target;
@@ -90,8 +92,10 @@ pub(crate) struct Hist<'a> {
 }
 
 impl Hist<'_> {
+    /// Values in the histogram. Saturating: the buckets are shared memory a hostile writer may
+    /// fill with `u64::MAX`.
     pub(crate) fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.1).sum()
+        histogram_count(&self.buckets)
     }
 }
 
@@ -465,7 +469,8 @@ pub fn prometheus(t: &Target, s: &Snapshot, all: bool) -> String {
             let mut cum = 0u64;
             let mut lines = Vec::new();
             for &(bound, c) in &h.buckets {
-                cum += c;
+                // Saturating, as `Hist::count`: the counts are untrusted.
+                cum = cum.saturating_add(c);
                 let le = if bound == u64::MAX {
                     "+Inf".to_owned()
                 } else {
@@ -497,4 +502,31 @@ pub fn prometheus(t: &Target, s: &Snapshot, all: bool) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 finding 12: hostile bucket values (a writer may store `u64::MAX` anywhere) give
+    /// saturated counts and bucket-bound quantiles, never an overflow.
+    #[test]
+    fn hist_count_and_quantiles_saturate_on_hostile_buckets() {
+        let desc = Descriptor {
+            name: "wait_ns".into(),
+            unit: "ns".into(),
+            help: String::new(),
+            kind: CounterKind::Bucket,
+            word: 1,
+            bound: 0,
+            name_word: 0,
+        };
+        let buckets = vec![(255, u64::MAX), (383, u64::MAX), (u64::MAX, u64::MAX)];
+        let h = Hist { name: "wait_ns", desc: &desc, buckets, sum: u64::MAX };
+        assert_eq!(h.count(), u64::MAX);
+        assert_eq!(quantiles(&h), "p50<=255ns p99<=255ns p99.9<=255ns");
+        let h = Hist { buckets: vec![(255, 1), (u64::MAX, u64::MAX)], ..h };
+        assert_eq!(h.count(), u64::MAX);
+        assert_eq!(quantiles(&h), "p50<=256ns p99<=256ns p99.9<=256ns");
+    }
 }

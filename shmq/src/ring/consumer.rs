@@ -16,14 +16,16 @@ use crate::sync::{Ordering, spin_hint};
 #[derive(Debug)]
 pub struct Consumer {
     r: Attached,
-    /// Local: position of the next frame to read.
-    head: u64,
+    /// Local: position of the next frame to read. `pub(super)` (with `cached_tail` and
+    /// `pending`) for the unit tests, which check where a peeked frame lies.
+    pub(super) head: u64,
     /// Local: the last value stored to the shared `head`.
     published: u64,
-    /// Local cache of the producer's `tail`.
-    cached_tail: u64,
+    /// Local cache of the producer's `tail`. Only ever a value validated against this
+    /// consumer's own positions: `head <= cached_tail <= head + capacity`, a multiple of 8.
+    pub(super) cached_tail: u64,
     /// Bytes (skip + frame) the peeked frame occupies; 0 when nothing is peeked.
-    pending: u64,
+    pub(super) pending: u64,
     /// Payload bytes of the peeked frame.
     pending_bytes: u64,
     /// First corruption seen; the ring is dead for this consumer after it.
@@ -47,7 +49,8 @@ impl Consumer {
         // stopped); Acquire for the producer's tail (pairs with its Release store).
         let head = h.head.0.load(Ordering::Relaxed);
         let tail = h.tail.0.load(Ordering::Acquire);
-        if !head.is_multiple_of(8) || head > tail || tail - head > r.cap {
+        if !head.is_multiple_of(8) || !tail.is_multiple_of(8) || head > tail || tail - head > r.cap
+        {
             return Err(RingAttachError::BadGeometry);
         }
         // Relaxed: only this consumer writes its counters line.
@@ -157,10 +160,11 @@ impl Consumer {
                 // Acquire pairs with the producer's Release store of `tail`: the frame bytes
                 // below the new tail are visible.
                 let t = self.r.hdr().tail.0.load(Ordering::Acquire);
-                if t < self.head || t - self.head > cap || !t.is_multiple_of(8) {
-                    return Err(
-                        self.fail(self.head, Corruption::Positions { head: self.head, tail: t })
-                    );
+                // Checked against `pos` (where we stand, possibly past padding), not `head`: a
+                // tail between the two moved backwards, and `t - pos` below would underflow.
+                // `pos >= head`, so `t - head` cannot underflow once `t >= pos` holds.
+                if t < pos || t - self.head > cap || !t.is_multiple_of(8) {
+                    return Err(self.fail(pos, Corruption::Positions { head: pos, tail: t }));
                 }
                 self.cached_tail = t;
                 if pos == t {
@@ -273,11 +277,19 @@ impl Consumer {
     }
 
     /// Stores the local `head` (Release) so the producer may reuse the space, and the counters.
+    ///
+    /// A consumer whose ring was reset since it attached (`generation` moved on) stores nothing:
+    /// its `head` belongs to the old generation, and written into the new one it would make the
+    /// next attach fail (issue 14, finding 7).
     pub fn publish(&mut self) {
+        if !self.r.same_generation() {
+            return;
+        }
         if self.head != self.published {
             self.published = self.head;
             // Release pairs with the producer's Acquire load of `head`: our reads of the frames
-            // below head happen before the producer overwrites them.
+            // below head happen before the producer overwrites them. It also keeps the
+            // generation load in `same_generation` before this store.
             self.r.hdr().head.0.store(self.head, Ordering::Release);
         }
         if self.counters_dirty {

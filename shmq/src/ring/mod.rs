@@ -328,15 +328,19 @@ pub fn reset_releasing(
 pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -> bool {
     // Relaxed: the fence below orders it before the zeroing stores; nothing is published by it.
     h.ready.store(0, Ordering::Relaxed);
+    // The new generation first, positions last: a stale side checks the generation before it
+    // publishes a position (`Attached::same_generation`), so once this store is visible it
+    // writes nothing, and a stale store that raced past the check is most likely overwritten by
+    // the zeroing below. One that lands even later is an impossible position the next attach
+    // refuses (and the creator, which validates by attaching after a reset, resets again).
+    // Relaxed: ordered before the zeroing stores by the fence below, published by `ready`.
+    h.generation.store(new_generation, Ordering::Relaxed);
     // SeqCst fence (a Release fence would do; SeqCst keeps it obviously strong): orders the
-    // `ready = 0` store before the zeroing stores below, as a seqlock writer does. A side that
-    // observes a zeroed position and then loads `ready`/`generation` with Acquire (as
-    // `is_current` does) sees `ready = 0` or the new generation, never the old state with new
-    // positions. The creator still must not reset while a side is mid-attach (see above).
+    // `ready = 0` and `generation` stores before the zeroing stores below, as a seqlock writer
+    // does. A side that observes a zeroed position and then loads `ready`/`generation` with
+    // Acquire (as `is_current` does) sees `ready = 0` or the new generation, never the old
+    // state with new positions. The creator still must not reset while a side is mid-attach.
     fence(Ordering::SeqCst);
-    h.tail.0.store(0, Ordering::Relaxed);
-    h.head.0.store(0, Ordering::Relaxed);
-    h.armed.0.store(0, Ordering::Relaxed);
     let released = release.is_some_and(|dead| {
         // Release pairs with md's Acquire claim (`holder::claim`): an md that takes the word
         // after this sees `ready = 0` (stored above), so it cannot attach to the old
@@ -344,7 +348,9 @@ pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -
         // Relaxed on failure: nothing is read through the value.
         h.holder.compare_exchange(dead, 0, Ordering::Release, Ordering::Relaxed).is_ok()
     });
-    h.generation.store(new_generation, Ordering::Relaxed);
+    h.armed.0.store(0, Ordering::Relaxed);
+    h.tail.0.store(0, Ordering::Relaxed);
+    h.head.0.store(0, Ordering::Relaxed);
     // Release pairs with the sides' Acquire loads of `ready`/`generation`.
     h.ready.store(1, Ordering::Release);
     released
@@ -486,6 +492,19 @@ impl Attached {
 
     fn is_current(&self) -> bool {
         is_current(self.hdr(), self.generation)
+    }
+
+    /// The publish guard: true while the ring's generation is still the one this side attached
+    /// under. One load and one compare, per publish (not per frame).
+    ///
+    /// Relaxed: the caller's position store that follows is a Release store, which keeps this
+    /// load before it. A reset that stores the new generation before this load is seen, and the
+    /// stale side stores nothing; one that stores it after may still meet a stale position
+    /// store (the load and the store are not one atomic step), which is why `reset_header`
+    /// rewrites the positions after the generation and every attach validates them.
+    #[inline]
+    fn same_generation(&self) -> bool {
+        self.hdr().generation.load(Ordering::Relaxed) == self.generation
     }
 }
 

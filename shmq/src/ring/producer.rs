@@ -59,7 +59,8 @@ impl Producer {
         // overwrite those bytes.
         let tail = h.tail.0.load(Ordering::Relaxed);
         let head = h.head.0.load(Ordering::Acquire);
-        if !tail.is_multiple_of(8) || head > tail || tail - head > r.cap {
+        if !tail.is_multiple_of(8) || !head.is_multiple_of(8) || head > tail || tail - head > r.cap
+        {
             return Err(RingAttachError::BadGeometry);
         }
         // Relaxed: only this producer writes its counters line; readers tolerate staleness.
@@ -236,9 +237,15 @@ impl Producer {
 
     /// Publishes every committed frame (one Release store) and rings the consumer's doorbell if
     /// it is armed. Returns true if it rang. Call once per batch.
+    ///
+    /// A producer whose ring was reset since it attached (`generation` moved on) stores nothing:
+    /// its `tail` belongs to the old generation (issue 14, finding 7).
     pub fn flush(&mut self) -> bool {
         if self.tail == self.published {
             self.store_counters();
+            return false;
+        }
+        if !self.r.same_generation() {
             return false;
         }
         self.published = self.tail;

@@ -8,6 +8,8 @@ use super::*;
 use crate::doorbell::Doorbell;
 use crate::frame::{ALIGN, FlowId, FrameHeader, HEADER_SIZE, Hello, Kind};
 
+mod hostile;
+
 /// Smallest ring: 256 data bytes, so every offset near the end is a few pushes away.
 const CAP: u64 = MIN_CAPACITY;
 /// Largest payload that still fits twice in CAP: frame_size(112) = 128 = CAP / 2.

@@ -50,20 +50,33 @@ pub const fn bucket_upper_bound(i: usize) -> u64 {
 /// The `q` quantile (0..=1) of a histogram given as `(inclusive upper bound, count)` pairs in
 /// bound order: the upper bound of the bucket holding it (for the open last bucket, the previous
 /// bound + 1, i.e. "at least"). `None` when empty.
+///
+/// The counts come from a segment other processes write: any value is possible, so every sum
+/// saturates (a hostile `u64::MAX` bucket gives a skewed quantile, never an overflow).
 pub fn quantile(buckets: &[(u64, u64)], q: f64) -> Option<u64> {
-    let total: u64 = buckets.iter().map(|b| b.1).sum();
+    let total = histogram_count(buckets);
     if total == 0 {
         return None;
     }
-    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    // `q` NaN is read as 0. The float-to-int cast saturates; the clamp keeps the rank in
+    // `1..=total` whatever the rounding of `total as f64`.
+    let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
     let mut seen = 0u64;
     let mut prev_bound = 0u64;
     for &(bound, count) in buckets {
-        seen += count;
+        seen = seen.saturating_add(count);
         if seen >= rank {
             return Some(if bound == u64::MAX { prev_bound.saturating_add(1) } else { bound });
         }
         prev_bound = bound;
     }
     buckets.last().map(|b| b.0)
+}
+
+/// The number of values in a histogram given as `(bound, count)` pairs: the saturating sum of
+/// the counts (the counts are read from shared memory, so a hostile writer may make them add up
+/// past `u64::MAX`).
+pub fn histogram_count(buckets: &[(u64, u64)]) -> u64 {
+    buckets.iter().fold(0u64, |n, b| n.saturating_add(b.1))
 }

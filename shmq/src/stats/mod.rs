@@ -135,7 +135,8 @@ pub use abi::{
     required_len,
 };
 pub use histogram::{
-    CONSUMER_WORDS, HIST_BUCKETS, WAIT_HISTOGRAM, bucket_index, bucket_upper_bound, quantile,
+    CONSUMER_WORDS, HIST_BUCKETS, WAIT_HISTOGRAM, bucket_index, bucket_upper_bound,
+    histogram_count, quantile,
 };
 pub use mapping::{Descriptor, Section, SegmentInfo, StatsError};
 pub use names::{

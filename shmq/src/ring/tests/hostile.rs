@@ -1,0 +1,234 @@
+//! A hostile peer moving the shared positions (issue 14, findings 3 and 7): every impossible
+//! position is `Corrupt`, never a panic or a read past the published tail, and a handle left over
+//! from an older generation never writes its position into a newer one.
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// The peer's positions as a hostile process could write them, straight into the header.
+fn hdr(mem: &HeapMemory) -> &RingHeader {
+    header_at(mem, 0).unwrap()
+}
+
+#[test]
+fn tail_moved_backwards_after_a_pad_is_corrupt() {
+    let start = CAP - 64;
+    let (mem, mut tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
+    tx.try_push(FlowId(1), Kind::Data, 0, b"a").unwrap(); // 24 bytes: CAP-64 .. CAP-40
+    tx.flush();
+    poke(&mem, (CAP - 40) as usize, 24, Kind::Pad as u16, 0); // reaches exactly CAP
+    set_tail(&rx, CAP);
+    assert_eq!(rx.peek().unwrap().unwrap().payload, b"a");
+    rx.release();
+    // The producer moves tail back between the consumer's reloads: behind the padding the
+    // consumer is about to step over, but not behind its head.
+    set_tail(&rx, CAP - 32);
+    let what = Corruption::Positions { head: CAP, tail: CAP - 32 };
+    assert_corrupt(&mut rx, CAP, what);
+    assert_eq!(shared_head(&rx), CAP - 40, "the padding was not consumed");
+}
+
+#[test]
+fn tail_moved_backwards_mid_batch_is_corrupt() {
+    let (mem, mut tx, mut rx) = ring(Direction::ToMd);
+    for i in 0..3u64 {
+        tx.try_push(FlowId(i), Kind::Data, 0, b"abc").unwrap();
+    }
+    tx.flush();
+    let h = hdr(&mem);
+    let mut seen = vec![];
+    let r = rx.drain(usize::MAX, |f| {
+        seen.push(f.flowid.0);
+        h.tail.0.store(24, Ordering::Release); // back to the end of the first frame
+    });
+    // The three frames were published before the tail moved: delivering them reads nothing
+    // past what the producer published. The next reload finds tail behind the consumer.
+    assert_eq!(seen, [0, 1, 2]);
+    let what = Corruption::Positions { head: 72, tail: 24 };
+    assert_eq!(r, Err(RingError::Corrupt { at: 72, what }));
+    assert_corrupt(&mut rx, 72, what);
+}
+
+#[test]
+fn producer_rejects_head_moved_past_tail() {
+    for head in [8 * CAP, !7u64, 16 * CAP + 8] {
+        let (mem, mut tx, _rx) = ring(Direction::ToMd);
+        // Committed but unpublished frames, then the ring fills (which flushes).
+        tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]).unwrap();
+        while tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]).is_ok() {}
+        hdr(&mem).head.0.store(head, Ordering::Release);
+        assert_eq!(tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]), Err(PushError::Corrupt));
+        assert_eq!(tx.reserve(8).err(), Some(PushError::Corrupt));
+        assert!(!tx.has_room(8), "an impossible head frees nothing");
+        assert!(tx.depth() <= CAP);
+        tx.flush();
+    }
+}
+
+#[test]
+fn attach_rejects_unaligned_positions() {
+    let mem = Arc::new(HeapMemory::new_ring(CAP, MAXP, Direction::ToMd));
+    hdr(&mem).tail.0.store(20, Ordering::Relaxed);
+    assert_eq!(Consumer::attach(mem.clone(), 0).err(), Some(RingAttachError::BadGeometry));
+    hdr(&mem).tail.0.store(24, Ordering::Relaxed);
+    hdr(&mem).head.0.store(12, Ordering::Relaxed);
+    assert_eq!(Producer::attach(mem.clone(), 0, None).err(), Some(RingAttachError::BadGeometry));
+}
+
+/// Issue 14 finding 7: the pair is reset while its md lives. md's stale consumer drains (and
+/// fails on the moved positions), publishes, finds the ring empty; its stale producer flushes.
+/// None of that may reach the new generation: a fresh attach of both sides works.
+#[test]
+fn stale_handles_never_write_into_a_new_generation() {
+    let (mem, mut tx, mut rx) = ring(Direction::ToMd);
+    for i in 0..3u64 {
+        tx.try_push(FlowId(i), Kind::Data, 0, b"old").unwrap();
+    }
+    tx.flush();
+    for _ in 0..2 {
+        rx.peek().unwrap().unwrap();
+        rx.release(); // 48 bytes consumed, below the publish cadence: not published yet
+    }
+    assert_eq!(shared_head(&rx), 0);
+    reset(&*mem, 0, 2).unwrap();
+    assert!(!rx.is_current() && !tx.is_current());
+
+    // The stale consumer: the drain's error path, an explicit publish, an empty peek.
+    let _ = rx.drain(usize::MAX, |_| {});
+    rx.publish();
+    let _ = rx.peek();
+    let _ = rx.has_data();
+    // The stale producer: pushes and flushes (and a full ring flushes too).
+    let _ = tx.try_push(FlowId(9), Kind::Data, 0, b"stale");
+    tx.flush();
+    while tx.try_push(FlowId(9), Kind::Data, 0, &[0; 8]).is_ok() {}
+    assert_eq!((shared_head(&rx), shared_tail(&rx)), (0, 0), "nothing written into generation 2");
+
+    let mut tx2 = Producer::attach(mem.clone(), 0, None).expect("fresh producer attaches");
+    let mut rx2 = Consumer::attach(mem.clone(), 0).expect("fresh consumer attaches");
+    assert_eq!((tx2.generation(), rx2.generation()), (2, 2));
+    tx2.try_push(FlowId(2), Kind::Data, 0, b"new").unwrap();
+    tx2.flush();
+    assert_eq!(rx2.drain(usize::MAX, |f| assert_eq!(f.payload, b"new")), Ok(1));
+}
+
+/// A stale position that lands anyway (the stale side read the old generation just before the
+/// reset and stored just after it) is caught by the attach, never trusted.
+#[test]
+fn attach_after_reset_refuses_a_stale_position() {
+    let (mem, _tx, _rx) = ring(Direction::ToMd);
+    reset(&*mem, 0, 2).unwrap();
+    hdr(&mem).head.0.store(72, Ordering::Release);
+    assert_eq!(Consumer::attach(mem.clone(), 0).err(), Some(RingAttachError::BadGeometry));
+    assert_eq!(Producer::attach(mem.clone(), 0, None).err(), Some(RingAttachError::BadGeometry));
+    reset(&*mem, 0, 3).unwrap();
+    assert!(Consumer::attach(mem.clone(), 0).is_ok() && Producer::attach(mem, 0, None).is_ok());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Push(usize),
+    Flush,
+    Peek,
+    Release,
+    Drain(usize),
+    Publish,
+    HasData,
+    /// Hostile: tail moved by `8 * delta` from its shared value.
+    TailBy(i64),
+    /// Hostile: tail set to any value.
+    TailTo(u64),
+    /// Hostile: head moved by `8 * delta`.
+    HeadBy(i64),
+    /// Hostile: head set to any value.
+    HeadTo(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..=MAXP as usize).prop_map(Op::Push),
+        3 => Just(Op::Flush),
+        4 => Just(Op::Peek),
+        3 => Just(Op::Release),
+        2 => (0usize..5).prop_map(Op::Drain),
+        1 => Just(Op::Publish),
+        1 => Just(Op::HasData),
+        3 => (-12i64..4).prop_map(Op::TailBy),
+        1 => (-80i64..80).prop_map(Op::TailBy),
+        1 => any::<u64>().prop_map(Op::TailTo),
+        1 => (-80i64..80).prop_map(Op::HeadBy),
+        1 => any::<u64>().prop_map(Op::HeadTo),
+    ]
+}
+
+/// What a peeked frame must satisfy: it ends at or below the tail the consumer loaded, which is
+/// a value somebody stored (`max_tail` is the largest ever stored), it starts at or past `head`,
+/// and its bytes are the data-area bytes of its position.
+fn check_frame(mem: &HeapMemory, rx: &Consumer, (ptr, len): (usize, usize), max_tail: u64) {
+    let size = frame_size(len) as u64;
+    let end = rx.head + rx.pending;
+    assert!(rx.pending >= size, "pending covers the frame");
+    let start = end - size;
+    assert!(end <= rx.cached_tail && rx.cached_tail <= max_tail, "frame past the published tail");
+    assert!(rx.cached_tail - rx.head <= CAP);
+    let off = (start & (CAP - 1)) as usize;
+    assert!(off as u64 + size <= CAP, "frame past the end of the data area");
+    let data = mem.as_ptr().wrapping_add(RING_HEADER_SIZE + off + HEADER_SIZE);
+    assert_eq!(ptr, data as usize, "payload where its position says");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Hostile position writes between operations: no panic, every frame inside the published
+    /// region, consumer errors `Corrupt`, producer errors `Full` or `Corrupt`.
+    #[test]
+    fn hostile_positions_between_operations(
+        start in (0u64..4 * CAP / 8).prop_map(|s| s * 8),
+        ops in proptest::collection::vec(op(), 1..120),
+    ) {
+        let (mem, mut tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
+        let h = hdr(&mem);
+        let mut max_tail = start;
+        let by = |v: u64, d: i64| v.wrapping_add_signed(d * 8);
+        for op in ops {
+            match op {
+                Op::Push(len) => match tx.try_push(FlowId(len as u64), Kind::Data, 0, &pattern(1, len)) {
+                    Ok(()) | Err(PushError::Full | PushError::Corrupt) => {}
+                    Err(e) => panic!("unexpected push error {e:?}"),
+                },
+                Op::Flush => {
+                    tx.flush();
+                }
+                Op::Peek => {
+                    max_tail = max_tail.max(h.tail.0.load(Ordering::Relaxed));
+                    let got = rx.peek().ok().flatten().map(|f| (f.payload.as_ptr() as usize, f.payload.len()));
+                    if let Some(got) = got {
+                        check_frame(&mem, &rx, got, max_tail);
+                    }
+                }
+                Op::Release => rx.release(),
+                Op::Drain(n) => {
+                    max_tail = max_tail.max(h.tail.0.load(Ordering::Relaxed));
+                    let base = mem.as_ptr() as usize + RING_HEADER_SIZE;
+                    let r = rx.drain(n, |f| {
+                        let p = f.payload.as_ptr() as usize;
+                        assert!(p >= base + HEADER_SIZE && p + f.payload.len() <= base + CAP as usize);
+                    });
+                    assert!(matches!(r, Ok(_) | Err(RingError::Corrupt { .. })));
+                }
+                Op::Publish => rx.publish(),
+                Op::HasData => {
+                    let _ = rx.has_data();
+                }
+                Op::TailBy(d) => h.tail.0.store(by(h.tail.0.load(Ordering::Relaxed), d), Ordering::Release),
+                Op::TailTo(v) => h.tail.0.store(v, Ordering::Release),
+                Op::HeadBy(d) => h.head.0.store(by(h.head.0.load(Ordering::Relaxed), d), Ordering::Release),
+                Op::HeadTo(v) => h.head.0.store(v, Ordering::Release),
+            }
+            max_tail = max_tail.max(h.tail.0.load(Ordering::Relaxed));
+            let _ = tx.depth();
+        }
+    }
+}
