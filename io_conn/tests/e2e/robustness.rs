@@ -261,3 +261,47 @@ fn emfile_pauses_accepting_and_keeps_serving() {
     drop((a, waiting));
     sut.stop();
 }
+
+/// Issue 14, finding 8: a file squatting one of io_conn's names in /dev/shm (a queue segment, or
+/// the stats segment), owned by another uid, makes io_conn refuse to start with a message naming
+/// the file and its owner, and the file is left alone (not removed, not changed).
+#[test]
+fn issue_14_squatted_dev_shm_name_is_refused_and_left() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a file to another uid");
+        return;
+    }
+    let name = util::unique_name("squat");
+    let dir = util::test_dir(&name);
+    let config = dir.join("shmsrv.toml");
+    std::fs::write(&config, util::config_text(&name, &dir.join("run"), 1, "", "")).unwrap();
+    for seg in [format!("{name}.in.0"), format!("{name}.stats")] {
+        let path = format!("/dev/shm/{seg}");
+        std::fs::write(&path, b"squatter").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let out = std::process::Command::new(util::io_conn_bin())
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run io_conn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let kept = std::fs::read(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(kept.ok().as_deref(), Some(&b"squatter"[..]), "{path} was not left alone");
+        assert!(!out.status.success(), "io_conn started over {path}");
+        assert!(
+            err.contains(&format!(
+                "{path} is owned by uid 65534, not us: remove it or choose another shared.name"
+            )),
+            "unclear error: {err}"
+        );
+        // What io_conn made before it gave up is gone again.
+        for own in [format!("{name}.in.0"), format!("{name}.out.0")] {
+            if own != seg {
+                assert!(!std::path::Path::new(&format!("/dev/shm/{own}")).exists(), "{own}");
+            }
+        }
+    }
+}
