@@ -305,3 +305,38 @@ fn issue_14_squatted_dev_shm_name_is_refused_and_left() {
         }
     }
 }
+
+/// Issue 14, finding 6: an md without a pidfd of io_conn (test hook `SHMSRV_MD_NO_PIDFD`, as on a
+/// kernel without `pidfd_open`) notices that io_conn was restarted by the segments' identity
+/// (the new io_conn removed and re-created them) and re-attaches to the new epoch by itself.
+#[test]
+fn issue_14_md_without_pidfd_reattaches_after_io_conn_restart() {
+    let mut sut =
+        Server::start_with("nopidfd", Setup { spawn_md: 0, max_instances: 1, ..Setup::default() });
+    // Killed (and reaped) on drop, also when an assertion fails.
+    let _md = KillOnDrop(
+        std::process::Command::new(util::md_bin())
+            .arg("--config")
+            .arg(&sut.config)
+            .arg("--instance")
+            .arg("0")
+            .env("SHMSRV_MD_NO_PIDFD", "1")
+            .spawn()
+            .expect("start md"),
+    );
+    sut.wait_md_live(1);
+    let mut a = sut.connect("dumb/line");
+    roundtrip(&mut a, b"PING\n", b"PONG\n");
+    drop(a);
+
+    sut.kill9();
+    sut.relaunch(0);
+    // Within the watchdog: md notices the replaced segment (checked every second), detaches
+    // and attaches to the new io_conn, which then serves through it (the log keeps the first
+    // io_conn's lines: the second "live" is the new one's).
+    sut.wait_log("md instance 0 live", 2);
+    let mut b = sut.connect("dumb/line");
+    roundtrip(&mut b, b"PING\n", b"PONG\n");
+    drop(b);
+    sut.stop();
+}
