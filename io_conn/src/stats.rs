@@ -23,7 +23,7 @@
 
 use anyhow::Context;
 use shmq::layout::Direction;
-use shmq::region::Backend;
+use shmq::region::{Backend, Segment};
 use shmq::stats::{IoStats, QueueConsumerStats, QueueProducerStats, StatsReader, StatsSegment};
 use shmq::sys::{Liveness, ProcId};
 
@@ -113,8 +113,17 @@ impl Stats {
 
 /// Removes a leftover `{name}.stats` whose creator is dead. Refuses (error) if its creator still
 /// runs: the queue pairs' check should have caught that already, so this is a second line of
-/// defence, not the main one.
+/// defence, not the main one. Never removes a segment another uid owns, or one of ours that is
+/// not a stats segment (nonzero foreign magic): this program did not make it.
 fn remove_stale(backend: Backend, name: &str, seg_name: &str) -> anyhow::Result<()> {
+    let what = Segment::location_of(backend, seg_name);
+    match Segment::owner(backend, seg_name).with_context(|| format!("looking at {what}"))? {
+        None => return Ok(()),
+        Some(uid) if uid != nix::unistd::geteuid().as_raw() => anyhow::bail!(
+            "{what} is owned by uid {uid}, not us: remove it or choose another shared.name"
+        ),
+        Some(_) => {}
+    }
     match StatsReader::attach(backend, name) {
         Ok(r) => {
             let info = r.info();
@@ -133,7 +142,11 @@ fn remove_stale(backend: Backend, name: &str, seg_name: &str) -> anyhow::Result<
             );
         }
         Err(shmq::stats::StatsError::NotFound { .. }) => return Ok(()),
-        // Half-written, foreign or of another layout: nobody can use it; replace it.
+        Err(shmq::stats::StatsError::BadMagic(m)) if m != 0 => anyhow::bail!(
+            "{what} is not a shmsrv stats segment (magic {m:#018x}); not removing it: remove it \
+             or choose another shared.name"
+        ),
+        // Half-written (ours) or of another layout: nobody can use it; replace it.
         Err(e) => log::warn!("replacing unusable stats segment {seg_name} ({e})"),
     }
     StatsSegment::remove(backend, name)

@@ -1,12 +1,27 @@
 //! Attaching to io_conn's queue pair (and its stats segment), and re-attaching after io_conn
 //! restarts or resets the pair.
+//!
+//! # Noticing a restart of io_conn
+//!
+//! md learns that io_conn exited from a pidfd of it (readable when it exits). Without one (a
+//! kernel without `pidfd_open`, io_conn in another pid namespace, or the test hook
+//! `SHMSRV_MD_NO_PIDFD`) the generation alone cannot tell: a restarted io_conn removes and
+//! re-creates the segments, and the old mapping keeps `ready = 1` and its generation forever. So a watcher
+//! thread compares, every check interval, what the `in` segment's name refers to now with the
+//! segment md mapped ([`shmq::region::Segment::is_replaced`]: dev + inode of the /dev/shm file,
+//! or the SysV shmid), and makes a pipe readable when they differ; the runner watches that pipe
+//! where it would watch the pidfd.
 
 use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rt::notify::{self, NotifyState, Watchdog};
 use shmq::pair::{MdSide, PairConfig, PairError};
-use shmq::stats::StatsSegment;
+use shmq::region::Segment;
+use shmq::stats::{StatsError, StatsSegment};
 use shmq::sys::ProcId;
 
 use crate::control::Control;
@@ -53,6 +68,19 @@ impl std::error::Error for ServeError {
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// How often md looks for a replaced segment when it has no pidfd of io_conn: the runner's
+/// default `check_interval`, the longest it sleeps without looking at its pair.
+const REPLACED_CHECK: Duration = Duration::from_secs(1);
+
+/// How long md keeps retrying the stats segment of a freshly attached epoch while it is missing,
+/// not ready or still the dead predecessor's. io_conn creates it right after the queue pairs and
+/// before its event loop reads anything from md, so it normally appears within milliseconds.
+const STATS_GRACE: Duration = Duration::from_secs(1);
+
+/// Test hook: with this variable set (to anything), md opens no pidfd of io_conn, as on a kernel
+/// without `pidfd_open`; it then notices a restart by the segments' identity (module docs).
+pub(crate) const NO_PIDFD_ENV: &str = "SHMSRV_MD_NO_PIDFD";
+
 /// Attaches to instance `instance` of `pair` (waiting with backoff while io_conn is not there),
 /// runs `runner` on it, and re-attaches whenever io_conn goes away or resets the pair, until
 /// shutdown is requested. Returns `Ok(())` after a requested shutdown.
@@ -63,8 +91,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 ///
 /// After each attach to a new io_conn (a new epoch) it also attaches io_conn's stats segment
 /// (`{pair.name}.stats`), takes slot `instance` in it and gives the runner the sink
-/// ([`Runner::set_stats_sink`]). Without a usable segment (io_conn has none, or it belongs to
-/// another epoch) md logs a warning and serves without stats; it tries again at the next attach.
+/// ([`Runner::set_stats_sink`]). While the segment is missing, not ready or still of another
+/// epoch (io_conn creates or replaces it right after the pairs, before its loop reads anything
+/// from md), md retries for up to a second before it serves. Without a usable segment after that
+/// md logs a warning and serves without stats; it tries again at the next attach.
+///
+/// Without a pidfd of io_conn, a watcher thread notices a restart by the `in` segment's identity
+/// (see the module docs).
 /// A reset of the pair by the same io_conn keeps the sink (and its counts).
 ///
 /// Under systemd (`Type=notify`, see [`rt::notify`]) it sends `READY=1` after the first
@@ -106,20 +139,43 @@ where
         }
         ready_sent = true;
         if runner.stats_sink().is_none_or(|s| s.epoch() != side.epoch) {
-            runner.set_stats_sink(attach_stats(pair, instance, side.epoch, &mut stats_problem));
+            let sink = attach_stats(pair, instance, &side, control, &mut stats_problem);
+            runner.set_stats_sink(sink);
         }
-        let io_pidfd = match side.creator.pidfd() {
+        let pidfd = if std::env::var_os(NO_PIDFD_ENV).is_some() {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("disabled by {NO_PIDFD_ENV}"),
+            ))
+        } else {
+            side.creator.pidfd()
+        };
+        // Keeps the watcher (if any) running while the runner serves; dropped after it returns.
+        let mut _watch = None;
+        let io_pidfd = match pidfd {
             Ok(fd) => Some(fd),
             Err(e) => {
                 log::warn!(
-                    "no pidfd for io_conn (pid {}): {e}; noticing its exit by generation only",
-                    side.creator.pid
+                    "no pidfd for io_conn (pid {}): {e}; watching its segment {} for a restart",
+                    side.creator.pid,
+                    pair.in_segment(instance)
                 );
-                None
+                match ReplacedWatch::start(pair, instance, &side) {
+                    Ok((fd, w)) => {
+                        _watch = Some(w);
+                        Some(fd)
+                    }
+                    Err(e) => {
+                        log::warn!("cannot watch the segment ({e}); noticing resets only");
+                        None
+                    }
+                }
             }
         };
         let mut ep = Endpoint { rx: side.rx, rx_bell: side.rx_bell, tx: side.tx, io_pidfd };
-        match runner.run(&mut ep, control).map_err(ServeError::Run)? {
+        let exit = runner.run(&mut ep, control);
+        drop(_watch.take());
+        match exit.map_err(ServeError::Run)? {
             Exit::Shutdown => {
                 let _ = notify::stopping();
                 return Ok(());
@@ -183,36 +239,136 @@ fn attach(
     }
 }
 
+/// Watches the name of a pair's `in` segment for a replacement (see the module docs): a thread
+/// that makes a pipe readable once the name refers to another segment, or to none. Dropping it
+/// stops the thread.
+#[derive(Debug)]
+struct ReplacedWatch {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReplacedWatch {
+    /// Starts watching; returns the pipe's read end (for [`Endpoint::io_pidfd`]) and the watch.
+    fn start(
+        pair: &PairConfig,
+        instance: u32,
+        side: &MdSide,
+    ) -> std::io::Result<(OwnedFd, ReplacedWatch)> {
+        let name = pair.in_segment(instance);
+        let seg = Segment::attach(pair.backend, &name, false).map_err(std::io::Error::other)?;
+        // The mapping we just made must be the segment md attached: the same creator and epoch
+        // (a restart in between already gives another one, which counts as replaced at once).
+        let same = seg
+            .ring_identity(0)
+            .is_some_and(|id| id.epoch == side.epoch && id.creator == side.creator);
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread =
+            std::thread::Builder::new().name("md-segment-watch".into()).spawn(move || {
+                loop {
+                    if !same || seg.is_replaced() {
+                        log::warn!(
+                            "segment {} was replaced or removed: io_conn restarted or stopped",
+                            seg.location().display()
+                        );
+                        // Readable from now on: the runner detaches as when the pidfd fires.
+                        let _ = nix::unistd::write(&wr, &[1]);
+                        return;
+                    }
+                    match stopped.recv_timeout(REPLACED_CHECK) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        // Stopped (the sender was dropped) or told to stop.
+                        _ => return,
+                    }
+                }
+            })?;
+        Ok((rd, ReplacedWatch { stop: Some(stop), thread: Some(thread) }))
+    }
+}
+
+impl Drop for ReplacedWatch {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Attaches the stats segment of `pair` and takes slot `instance`, if the segment belongs to the
-/// io_conn of `epoch`. `None` (with a warning when the reason is new): run without stats.
+/// io_conn of `side`'s epoch. While it is missing, not ready or of another epoch (io_conn has not
+/// created or replaced it yet: it does that right after the pairs, before it reads anything from
+/// md), it retries with backoff for [`STATS_GRACE`], as long as io_conn and the pair stay.
+/// `None` (with a warning when the reason is new): run without stats.
 fn attach_stats(
     pair: &PairConfig,
     instance: u32,
-    epoch: u64,
+    side: &MdSide,
+    control: &Control,
     last_problem: &mut Option<String>,
 ) -> Option<MdStatsSink> {
-    let name = shmq::stats::segment_name(&pair.name);
-    let problem = match StatsSegment::attach(pair.backend, &pair.name) {
-        Ok(seg) if seg.epoch() != epoch => format!(
-            "stats segment {name} is from io_conn epoch {}, the queue pair from epoch {epoch} \
-             (a stale segment?)",
-            seg.epoch()
-        ),
-        Ok(seg) => match MdStatsSink::attach(&seg, instance, ProcId::current()) {
+    let until = std::time::Instant::now() + STATS_GRACE;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let (problem, retry) = match try_attach_stats(pair, instance, side.epoch) {
             Ok(sink) => {
-                log::info!("writing stats to slot {instance} of {name} (epoch {epoch})");
                 *last_problem = None;
                 return Some(sink);
             }
-            Err(e) => format!("cannot take slot {instance} of stats segment {name}: {e}"),
-        },
-        Err(e) => format!("cannot attach stats segment {name}: {e}"),
-    };
-    if last_problem.as_deref() != Some(problem.as_str()) {
-        log::warn!("{problem}; running without stats");
-        *last_problem = Some(problem);
-    } else {
-        log::debug!("{problem}; running without stats");
+            Err(p) => p,
+        };
+        let waiting = retry
+            && std::time::Instant::now() < until
+            && !control.shutdown_requested()
+            && side.rx.is_current()
+            && side.creator.liveness() == shmq::sys::Liveness::Alive;
+        if waiting {
+            log::debug!("{problem}; retrying");
+            if control.sleep(backoff) {
+                return None;
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+            continue;
+        }
+        if last_problem.as_deref() != Some(problem.as_str()) {
+            log::warn!("{problem}; running without stats");
+            *last_problem = Some(problem);
+        } else {
+            log::debug!("{problem}; running without stats");
+        }
+        return None;
     }
-    None
+}
+
+/// One attempt of [`attach_stats`]. `Err((why, worth_retrying))`.
+fn try_attach_stats(
+    pair: &PairConfig,
+    instance: u32,
+    epoch: u64,
+) -> Result<MdStatsSink, (String, bool)> {
+    let name = shmq::stats::segment_name(&pair.name);
+    match StatsSegment::attach(pair.backend, &pair.name) {
+        Ok(seg) if seg.epoch() != epoch => Err((
+            format!(
+                "stats segment {name} is from io_conn epoch {}, the queue pair from epoch \
+                 {epoch} (a stale segment?)",
+                seg.epoch()
+            ),
+            true,
+        )),
+        Ok(seg) => match MdStatsSink::attach(&seg, instance, ProcId::current()) {
+            Ok(sink) => {
+                log::info!("writing stats to slot {instance} of {name} (epoch {epoch})");
+                Ok(sink)
+            }
+            Err(e) => {
+                Err((format!("cannot take slot {instance} of stats segment {name}: {e}"), false))
+            }
+        },
+        Err(e @ (StatsError::NotFound { .. } | StatsError::NotReady)) => {
+            Err((format!("cannot attach stats segment {name}: {e}"), true))
+        }
+        Err(e) => Err((format!("cannot attach stats segment {name}: {e}"), false)),
+    }
 }

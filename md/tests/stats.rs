@@ -392,3 +392,30 @@ fn every_md_counter_reaches_viewstats_json_with_its_help() {
     let (r, _) = md.join().unwrap();
     assert_eq!(r, Ok(()));
 }
+
+/// Issue 14, finding 11: an md that attaches its pair before io_conn has created the stats
+/// segment (io_conn makes it right after the pairs) retries and writes stats in the same epoch,
+/// instead of running the whole epoch without them.
+#[test]
+fn issue_14_stats_segment_created_after_the_pair_is_picked_up() {
+    let dir = TempDir::new("stats-late");
+    let pair = pair_config("stats-late", &dir);
+    let _cleanup = Cleanup(pair.clone(), vec![0]);
+    let mut io = pair.create(0, 1).unwrap();
+    let (shutdown, md) = start_md(&pair, 0);
+    // md attaches the pair at once and finds no stats segment yet.
+    std::thread::sleep(Duration::from_millis(150));
+    StatsSegment::create(pair.backend, &pair.name, 1, 1).unwrap();
+    let reader = StatsReader::attach(pair.backend, &pair.name).unwrap();
+    assert_eq!(recv(&mut io).1, Kind::Hello);
+    let f = flow(9);
+    open(&mut io, f);
+    ping_pong(&mut io, None, f, 2);
+    wait_for(&reader, &[("md", 0, "messages_in", 2), ("md", 0, "epoch", 1)]);
+    assert_eq!(reader.snapshot().get("md", 0, "pid"), Some(u64::from(std::process::id())));
+
+    shutdown.trigger();
+    let (r, stats) = md.join().unwrap();
+    assert_eq!(r, Ok(()));
+    assert_eq!((stats[Md::MessagesIn], stats[Md::Attaches]), (2, 1));
+}

@@ -19,8 +19,12 @@
 //!
 //! io_conn ([`PairConfig::create`]) owns both segments and both FIFOs; each segment holds one ring
 //! at offset 0 whose header names io_conn (pid + start time) and its epoch. A create that finds
-//! leftovers checks the recorded creator: alive → [`PairError::InUse`]; dead or replaced (or the
-//! header is not a ring at all) → the leftovers are removed and made afresh. md
+//! leftovers first checks who owns them: a segment owned by another uid is never touched
+//! ([`PairError::NotOurs`]; names are predictable and /dev/shm is shared by every user), nor is
+//! one of ours that holds something else than a ring ([`PairError::Foreign`], e.g. a SysV key
+//! collision). Then the recorded creator: alive → [`PairError::InUse`]; dead or replaced (or a
+//! half-made segment of ours: empty, or a header never written) → the leftovers are removed and
+//! made afresh. md
 //! ([`PairConfig::attach`]) only attaches. io_conn resets a pair (new generation) when md died or
 //! a ring is corrupt ([`PairConfig::reset`]) and removes it on a clean exit
 //! ([`PairConfig::remove`]).
@@ -199,6 +203,21 @@ pub enum PairError {
         /// Its creator's pid.
         owner: u32,
     },
+    /// A segment of that name is owned by another uid: not ours to use or remove.
+    NotOurs {
+        /// Where it is (`/dev/shm/NAME` or the SysV key).
+        what: String,
+        /// Its owner.
+        uid: u32,
+    },
+    /// A segment of ours by that name (SysV: that key) holds something else than a ring: not
+    /// removed, since this program did not make it.
+    Foreign {
+        /// Where it is.
+        what: String,
+        /// The magic found.
+        magic: u64,
+    },
     /// Not created yet (or io_conn not running): retry later.
     NotFound {
         /// The segment or FIFO.
@@ -237,6 +256,15 @@ impl fmt::Display for PairError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InUse { what, owner } => write!(f, "{what} is in use by live pid {owner}"),
+            Self::NotOurs { what, uid } => write!(
+                f,
+                "{what} is owned by uid {uid}, not us: remove it or choose another shared.name"
+            ),
+            Self::Foreign { what, magic } => write!(
+                f,
+                "{what} is not a shmsrv queue segment (magic {magic:#018x}); not removing it: \
+                 remove it or choose another shared.name"
+            ),
             Self::NotFound { what } => write!(f, "{what} does not exist"),
             Self::NotReady { what } => write!(f, "{what} is not ready"),
             Self::Held { instance, holder } => write!(
@@ -348,32 +376,48 @@ impl PairConfig {
         Ok(())
     }
 
-    /// Checks an existing segment's recorded creator: `Err(InUse)` if it is alive.
+    /// Checks an existing segment before anything replaces it: `Err(NotOurs)` if another uid
+    /// owns it, `Err(Foreign)` if it is ours but not a ring, `Err(InUse)` if its recorded
+    /// creator is alive. `Ok` for nothing there, a dead creator's ring, or a half-made one.
     fn check_leftover(&self, name: &str) -> Result<(), PairError> {
+        let what = Segment::location_of(self.backend, name);
+        match Segment::owner(self.backend, name) {
+            Ok(None) => return Ok(()),
+            Ok(Some(uid)) if uid != nix::unistd::geteuid().as_raw() => {
+                return Err(PairError::NotOurs { what, uid });
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return Err(other(what, e)),
+        }
         let seg = match Segment::attach(self.backend, name, false) {
             Ok(s) => s,
             Err(region::AttachError::NotFound { .. }) => return Ok(()),
-            // Empty or unmappable: not a ring anybody uses.
+            // Ours, but empty or unmappable: a creator died before sizing it.
             Err(e) => {
                 log::debug!("leftover segment {name} cannot be attached ({e}); replacing it");
                 return Ok(());
             }
         };
-        if let Some(id) = seg.ring_identity(0) {
-            if id.magic == RING_MAGIC && id.creator.pid != 0 {
-                match id.creator.liveness() {
-                    Liveness::Alive => {
-                        return Err(PairError::InUse {
-                            what: seg.location().display().to_string(),
-                            owner: id.creator.pid,
-                        });
-                    }
-                    l => log::warn!(
-                        "replacing stale segment {} left by pid {} ({l:?})",
-                        seg.location().display(),
-                        id.creator.pid
-                    ),
+        let Some(id) = seg.ring_identity(0) else {
+            log::debug!("leftover segment {what} is too short for a ring; replacing it");
+            return Ok(());
+        };
+        if id.magic == 0 {
+            // Ours and never initialised (a creator died before `ring::init`).
+            return Ok(());
+        }
+        if id.magic != RING_MAGIC {
+            return Err(PairError::Foreign { what, magic: id.magic });
+        }
+        if id.creator.pid != 0 {
+            match id.creator.liveness() {
+                Liveness::Alive => {
+                    return Err(PairError::InUse { what, owner: id.creator.pid });
                 }
+                l => log::warn!(
+                    "replacing stale segment {what} left by pid {} ({l:?})",
+                    id.creator.pid
+                ),
             }
         }
         Ok(())
@@ -390,8 +434,20 @@ impl PairConfig {
 
     fn remove_counted(&self, instance: u32) -> Result<usize, PairError> {
         let mut n = 0;
+        let me = nix::unistd::geteuid().as_raw();
         for d in [Dir::In, Dir::Out] {
             let seg = self.segment(d, instance);
+            // Never remove what another uid owns (root could: refuse instead).
+            match Segment::owner(self.backend, &seg) {
+                Ok(Some(uid)) if uid != me => {
+                    return Err(PairError::NotOurs {
+                        what: Segment::location_of(self.backend, &seg),
+                        uid,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return Err(other(seg, e)),
+            }
             if Segment::remove(self.backend, &seg).map_err(|e| other(seg, e))? {
                 n += 1;
             }

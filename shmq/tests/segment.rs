@@ -428,3 +428,182 @@ fn reset_repairs_a_scribbled_header() {
         assert_eq!(io.rx.peek().unwrap().unwrap().payload, b"ok");
     }
 }
+
+/// Root can hand a file or a SysV segment to another uid; the ownership tests need that.
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Gives SysV segment `name` to `uid` (IPC_SET), as if that user had created it.
+fn sysv_chown(name: &str, uid: u32) {
+    // SAFETY: test: integer arguments only.
+    let id = unsafe { libc::shmget(sysv_key(name), 0, 0) };
+    assert!(id >= 0);
+    // SAFETY: test: shmid_ds is plain integers; IPC_STAT fills it.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: test: valid id and buffer.
+    assert_eq!(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) }, 0);
+    ds.shm_perm.uid = uid;
+    // SAFETY: test: valid id and buffer; IPC_SET reads uid, gid and mode from it.
+    assert_eq!(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) }, 0);
+}
+
+fn chown_segment(backend: Backend, name: &str, uid: u32) {
+    match backend {
+        Backend::Posix => std::os::unix::fs::chown(format!("/dev/shm/{name}"), Some(uid), None)
+            .expect("chown /dev/shm file"),
+        Backend::Sysv => sysv_chown(name, uid),
+    }
+}
+
+/// Issue 14, finding 5: the stats segment is group-readable (0640, the creator's effective gid),
+/// the queue segments and FIFOs stay owner-only.
+#[test]
+fn issue_14_stats_segment_is_0640_with_our_group_queues_stay_0600() {
+    use shmq::stats::{SEGMENT_MODE, StatsSegment, segment_name};
+    assert_eq!(SEGMENT_MODE, 0o640);
+    for backend in BACKENDS {
+        let name = unique(&format!("i14mode-{backend}"));
+        let seg_name = segment_name(&name);
+        let _g = Cleanup::segment(backend, &seg_name);
+        let _sut = StatsSegment::create(backend, &name, 2, 1).unwrap();
+        let (mode, gid) = match backend {
+            Backend::Posix => {
+                let m = std::fs::metadata(format!("/dev/shm/{seg_name}")).unwrap();
+                (m.mode() & 0o777, m.gid())
+            }
+            Backend::Sysv => {
+                let view = Segment::attach(backend, &seg_name, false).unwrap();
+                // SAFETY: test: integer arguments only.
+                let id = unsafe { libc::shmget(sysv_key(view.name()), 0, 0) };
+                // SAFETY: test: shmid_ds is plain integers; IPC_STAT fills it.
+                let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+                // SAFETY: test: valid id and buffer.
+                assert_eq!(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) }, 0);
+                (u32::from(ds.shm_perm.mode) & 0o777, ds.shm_perm.gid)
+            }
+        };
+        assert_eq!(mode, 0o640, "{backend}");
+        assert_eq!(gid, nix::unistd::getegid().as_raw(), "{backend}: the creator's egid");
+    }
+    // The queues: still 0600 (also checked by pair_create_attach_exchange_reset_remove).
+    let cfg = pair_cfg("i14mode-pair", Backend::Posix);
+    let _g = Cleanup::pair(&cfg, 1);
+    let _io = cfg.create(0, 1).unwrap();
+    for f in [cfg.in_fifo(0), cfg.out_fifo(0)] {
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+    }
+    let seg = Segment::attach(Backend::Posix, &cfg.in_segment(0), false).unwrap();
+    assert_eq!(segment_mode(Backend::Posix, &seg), 0o600);
+}
+
+/// Issue 14, finding 8: a segment of our name owned by another uid (a squatter in /dev/shm, or a
+/// SysV segment of another user at our key), even with a ring header naming a live process, makes
+/// `create` refuse with a message naming the owner, and is left where it is.
+#[test]
+fn issue_14_squatted_segment_is_refused_by_owner_and_left_alone() {
+    if !is_root() {
+        eprintln!("skipped: needs root to give a segment to another uid");
+        return;
+    }
+    for backend in BACKENDS {
+        let cfg = pair_cfg(&format!("i14squat-{backend}"), backend);
+        let mut g = Cleanup::pair(&cfg, 1);
+        g.segments.push((backend, cfg.in_segment(0)));
+        // A ring whose header names a live process (us), then handed to uid 65534: what a
+        // squatter copying a header would leave.
+        drop(cfg.create(0, 7).unwrap());
+        chown_segment(backend, &cfg.in_segment(0), 65534);
+        let err = cfg.create(0, 8).unwrap_err();
+        assert!(matches!(err, PairError::NotOurs { uid: 65534, .. }), "{backend}: {err:?}");
+        let msg = err.to_string();
+        let loc = Segment::location_of(backend, &cfg.in_segment(0));
+        assert_eq!(
+            msg,
+            format!("{loc} is owned by uid 65534, not us: remove it or choose another shared.name"),
+            "{backend}"
+        );
+        assert!(Segment::exists(backend, &cfg.in_segment(0)).unwrap(), "{backend}: kept");
+        assert_eq!(Segment::owner(backend, &cfg.in_segment(0)).unwrap(), Some(65534));
+        // Not removed at a clean exit either.
+        assert!(matches!(cfg.remove(0), Err(PairError::NotOurs { .. })));
+        assert!(Segment::exists(backend, &cfg.in_segment(0)).unwrap(), "{backend}: kept");
+    }
+    // A plain squatting file (no ring at all) in /dev/shm.
+    let cfg = pair_cfg("i14squat-file", Backend::Posix);
+    let mut g = Cleanup::pair(&cfg, 1);
+    g.segments.push((Backend::Posix, cfg.out_segment(0)));
+    let path = format!("/dev/shm/{}", cfg.out_segment(0));
+    std::fs::write(&path, b"squatter").unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let err = cfg.create(0, 1).unwrap_err();
+    assert!(err.to_string().starts_with(&format!("{path} is owned by uid 65534, not us")), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"squatter");
+    // And a writable attach (md) refuses it, naming the owner.
+    match Segment::attach(Backend::Posix, &cfg.out_segment(0), true) {
+        Err(AttachError::NotOwner { uid: 65534, .. }) => {}
+        r => panic!("{r:?}"),
+    }
+}
+
+/// Issue 14, finding 8: a read-only attach (viewstats) refuses a segment owned by a uid that is
+/// neither ours, root's nor the server user's, naming the owner.
+#[test]
+fn issue_14_read_only_attach_checks_the_owner() {
+    if !is_root() {
+        eprintln!("skipped: needs root to give a segment to another uid");
+        return;
+    }
+    for backend in BACKENDS {
+        let name = unique(&format!("i14ro-{backend}"));
+        let _g = Cleanup::segment(backend, &name);
+        let _seg = Segment::create(backend, &name, 4096, 0o644).unwrap();
+        assert!(Segment::attach(backend, &name, false).is_ok(), "{backend}: ours");
+        chown_segment(backend, &name, 65533);
+        match Segment::attach(backend, &name, false) {
+            Err(e @ AttachError::NotOwner { uid: 65533, .. }) => {
+                assert!(e.to_string().contains("is owned by uid 65533"), "{e}")
+            }
+            r => panic!("{backend}: {r:?}"),
+        }
+    }
+}
+
+/// Issue 14, finding 8: a SysV key collision with a segment of ours that is not a ring (a
+/// foreign magic) is refused, not removed as "not a ring".
+#[test]
+fn issue_14_sysv_key_collision_with_foreign_magic_is_not_removed() {
+    let cfg = pair_cfg("i14foreign", Backend::Sysv);
+    let mut g = Cleanup::pair(&cfg, 1);
+    g.segments.push((Backend::Sysv, cfg.in_segment(0)));
+    let other = Segment::create(Backend::Sysv, &cfg.in_segment(0), 8192, 0o600).unwrap();
+    poke64(&other, 0, 0x0123_4567_89ab_cdef);
+    let err = cfg.create(0, 1).unwrap_err();
+    assert!(matches!(err, PairError::Foreign { magic: 0x0123_4567_89ab_cdef, .. }), "{err:?}");
+    assert!(err.to_string().contains("not removing it"), "{err}");
+    assert!(Segment::exists(Backend::Sysv, &cfg.in_segment(0)).unwrap());
+    // A half-made segment of ours (all zero: a creator died before writing the header) is
+    // still replaced.
+    poke64(&other, 0, 0);
+    drop(other);
+    let io = cfg.create(0, 2).unwrap();
+    assert_eq!(io.epoch, 2);
+}
+
+/// The identity of a mapped segment tells a re-created name apart (md's restart detection).
+#[test]
+fn segment_identity_changes_when_the_name_is_recreated() {
+    for backend in BACKENDS {
+        let name = unique(&format!("ident-{backend}"));
+        let _g = Cleanup::segment(backend, &name);
+        let first = Segment::create(backend, &name, 4096, 0o600).unwrap();
+        let view = Segment::attach(backend, &name, false).unwrap();
+        assert_eq!(view.id(), first.id(), "{backend}");
+        assert!(!view.is_replaced(), "{backend}");
+        assert!(Segment::remove(backend, &name).unwrap());
+        assert!(view.is_replaced(), "{backend}: removed");
+        let second = Segment::create(backend, &name, 4096, 0o600).unwrap();
+        assert_ne!(second.id(), first.id(), "{backend}");
+        assert!(view.is_replaced(), "{backend}: re-created");
+    }
+}

@@ -178,6 +178,25 @@ pub fn open(t: &Target, wait: Option<Duration>) -> Result<StatsReader, OpenError
     }
 }
 
+/// What to do about `e`, if there is something an operator can do: the segment is readable by
+/// the server's group only (mode 0640).
+fn hint(e: &StatsError) -> String {
+    use std::error::Error;
+    let denied = e
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied);
+    if denied {
+        format!(
+            " (permission denied: the segment is readable by the {0} group; add your user to it, \
+             e.g. `usermod -aG {0} $USER`, and log in again)",
+            shmq::region::SERVER_USER
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Runs viewstats; returns the exit code. Errors and "no server" go to stderr.
 pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
     if args.check_config {
@@ -202,7 +221,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
             return Ok(1);
         }
         Err(OpenError::Other(e)) => {
-            eprintln!("viewstats: {}: {e}", t.location());
+            eprintln!("viewstats: {}: {e}{}", t.location(), hint(&e));
             return Ok(2);
         }
     };

@@ -305,5 +305,82 @@ fn a_broken_md_does_not_attract_every_new_connection() {
     assert!(refused >= 1, "md 1 was never tried (the test shows nothing)");
     assert!(refused <= 6, "{refused} of 40 connections went to the md that refuses them all");
     drop(kept);
+
+/// Issue 14, finding 8: a file squatting one of io_conn's names in /dev/shm (a queue segment, or
+/// the stats segment), owned by another uid, makes io_conn refuse to start with a message naming
+/// the file and its owner, and the file is left alone (not removed, not changed).
+#[test]
+fn issue_14_squatted_dev_shm_name_is_refused_and_left() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a file to another uid");
+        return;
+    }
+    let name = util::unique_name("squat");
+    let dir = util::test_dir(&name);
+    let config = dir.join("shmsrv.toml");
+    std::fs::write(&config, util::config_text(&name, &dir.join("run"), 1, "", "")).unwrap();
+    for seg in [format!("{name}.in.0"), format!("{name}.stats")] {
+        let path = format!("/dev/shm/{seg}");
+        std::fs::write(&path, b"squatter").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let out = std::process::Command::new(util::io_conn_bin())
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run io_conn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let kept = std::fs::read(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(kept.ok().as_deref(), Some(&b"squatter"[..]), "{path} was not left alone");
+        assert!(!out.status.success(), "io_conn started over {path}");
+        assert!(
+            err.contains(&format!(
+                "{path} is owned by uid 65534, not us: remove it or choose another shared.name"
+            )),
+            "unclear error: {err}"
+        );
+        // What io_conn made before it gave up is gone again.
+        for own in [format!("{name}.in.0"), format!("{name}.out.0")] {
+            if own != seg {
+                assert!(!std::path::Path::new(&format!("/dev/shm/{own}")).exists(), "{own}");
+            }
+        }
+    }
+}
+
+/// Issue 14, finding 6: an md without a pidfd of io_conn (test hook `SHMSRV_MD_NO_PIDFD`, as on a
+/// kernel without `pidfd_open`) notices that io_conn was restarted by the segments' identity
+/// (the new io_conn removed and re-created them) and re-attaches to the new epoch by itself.
+#[test]
+fn issue_14_md_without_pidfd_reattaches_after_io_conn_restart() {
+    let mut sut =
+        Server::start_with("nopidfd", Setup { spawn_md: 0, max_instances: 1, ..Setup::default() });
+    // Killed (and reaped) on drop, also when an assertion fails.
+    let _md = KillOnDrop(
+        std::process::Command::new(util::md_bin())
+            .arg("--config")
+            .arg(&sut.config)
+            .arg("--instance")
+            .arg("0")
+            .env("SHMSRV_MD_NO_PIDFD", "1")
+            .spawn()
+            .expect("start md"),
+    );
+    sut.wait_md_live(1);
+    let mut a = sut.connect("dumb/line");
+    roundtrip(&mut a, b"PING\n", b"PONG\n");
+    drop(a);
+
+    sut.kill9();
+    sut.relaunch(0);
+    // Within the watchdog: md notices the replaced segment (checked every second), detaches
+    // and attaches to the new io_conn, which then serves through it (the log keeps the first
+    // io_conn's lines: the second "live" is the new one's).
+    sut.wait_log("md instance 0 live", 2);
+    let mut b = sut.connect("dumb/line");
+    roundtrip(&mut b, b"PING\n", b"PONG\n");
+    drop(b);
     sut.stop();
 }

@@ -26,6 +26,21 @@
 //!   [`CreateError::Exists`], never attaches to the other one silently (attach checks the size
 //!   and the ring header checks the rest).
 //!
+//! # Owners
+//!
+//! Segment names are predictable, and /dev/shm (like the SysV key space) is shared by every user.
+//! So every attach checks who owns the segment: a writable attach only a segment owned by our
+//! effective uid ([`AttachError::NotOwner`]); a read-only attach (viewstats, run by an operator
+//! in the server's group) a segment owned by our euid, by root, or by the server user
+//! [`SERVER_USER`]. [`Segment::owner`] tells a creator whether a leftover is its own before it
+//! touches it (see [`crate::pair`]: nothing owned by another uid is ever removed).
+//!
+//! # Identity
+//!
+//! A name can be removed and created again while a process keeps the old mapping. [`SegmentId`]
+//! (POSIX: device and inode of the file; SysV: the shmid) tells the two apart:
+//! [`Segment::is_replaced`] compares the mapped segment's id with what the name refers to now.
+//!
 //! # Read-only segments
 //!
 //! `attach(…, writable = false)` opens `O_RDONLY` and maps `PROT_READ` (SysV: `SHM_RDONLY`): a
@@ -149,7 +164,8 @@ pub enum AttachError {
         /// The segment name.
         name: String,
     },
-    /// A writable attach of a segment owned by another user: refused, since its owner (not us)
+    /// A writable attach of a segment owned by another user, or a read-only attach of one owned
+    /// by neither us, root nor [`SERVER_USER`]: refused, since its owner (not the server)
     /// controls what is in it.
     NotOwner {
         /// The segment name.
@@ -165,9 +181,11 @@ impl fmt::Display for AttachError {
             Self::NotFound { name } => write!(f, "shared-memory segment {name} does not exist"),
             Self::Io { name, .. } => write!(f, "cannot attach shared-memory segment {name}"),
             Self::Empty { name } => write!(f, "shared-memory segment {name} has not been sized"),
-            Self::NotOwner { name, uid } => {
-                write!(f, "shared-memory segment {name} belongs to uid {uid}, not to us")
-            }
+            Self::NotOwner { name, uid } => write!(
+                f,
+                "shared-memory segment {name} is owned by uid {uid}, not by us or the server user \
+                 {SERVER_USER}: refusing it"
+            ),
         }
     }
 }
@@ -213,6 +231,42 @@ fn nix_err(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// The system user the server runs as under systemd (`systemd/sysusers.d/shmsrv.conf`). Its
+/// segments are trusted by read-only attaches of other users (operators in its group).
+pub const SERVER_USER: &str = "shmsrv";
+
+/// The uid of [`SERVER_USER`], looked up once; `None` if there is no such user.
+fn server_uid() -> Option<u32> {
+    static UID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UID.get_or_init(|| {
+        nix::unistd::User::from_name(SERVER_USER).ok().flatten().map(|u| u.uid.as_raw())
+    })
+}
+
+/// True if a read-only attach may trust a segment owned by `uid`: ours, root's or the server
+/// user's.
+fn trusted_reader_owner(uid: u32) -> bool {
+    uid == euid() || uid == 0 || server_uid() == Some(uid)
+}
+
+/// Which kernel object a segment name referred to when it was mapped. Names are reused (a
+/// restarted io_conn removes and re-creates them); ids are not, while the old object lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SegmentId {
+    /// The /dev/shm file: device and inode.
+    Posix {
+        /// `st_dev`.
+        dev: u64,
+        /// `st_ino`.
+        ino: u64,
+    },
+    /// The SysV shmid the key resolved to.
+    Sysv {
+        /// The shmid.
+        shmid: i32,
+    },
+}
+
 /// Copy of a ring header's identity fields, read with relaxed atomic loads (so it works on
 /// read-only and on garbage segments alike; nothing is validated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +301,8 @@ pub struct Segment {
     name: String,
     /// SysV key (0 for POSIX).
     key: i32,
+    /// The kernel object mapped (see [`SegmentId`]).
+    id: SegmentId,
 }
 
 impl Segment {
@@ -349,6 +405,75 @@ impl Segment {
                 Err(e) if e.raw_os_error() == Some(libc::EACCES) => Ok(true),
                 Err(e) => Err(e),
             },
+        }
+    }
+
+    /// The uid owning segment `name` (POSIX: the /dev/shm entry itself, a symlink's own owner;
+    /// SysV: `shm_perm.uid`), or `None` if there is none. SysV segments we may not stat
+    /// (`EACCES`) are an error.
+    pub fn owner(backend: Backend, name: &str) -> io::Result<Option<u32>> {
+        use std::os::unix::fs::MetadataExt;
+        let n = check_name(name)?;
+        match backend {
+            Backend::Posix => match std::fs::symlink_metadata(format!("/dev/shm/{n}")) {
+                Ok(m) => Ok(Some(m.uid())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+            Backend::Sysv => match sysv::stat_key(sysv_key(n)) {
+                Ok(Some((_, ds))) => Ok(Some(ds.shm_perm.uid)),
+                Ok(None) => Ok(None),
+                // Not readable by us (IPC_STAT needs read permission): /proc lists every owner.
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    sysv::proc_owner(sysv_key(n))?.map(Some).ok_or(e)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Where an operator finds segment `name`: `/dev/shm/NAME` or `SysV key 0x…`.
+    pub fn location_of(backend: Backend, name: &str) -> String {
+        let n = name.strip_prefix('/').unwrap_or(name);
+        match backend {
+            Backend::Posix => format!("/dev/shm/{n}"),
+            Backend::Sysv => format!("SysV key {:#010x} ({n})", sysv_key(n)),
+        }
+    }
+
+    /// What the name `name` refers to now (`None`: nothing).
+    pub fn current_id(backend: Backend, name: &str) -> io::Result<Option<SegmentId>> {
+        use std::os::unix::fs::MetadataExt;
+        let n = check_name(name)?;
+        match backend {
+            Backend::Posix => match std::fs::symlink_metadata(format!("/dev/shm/{n}")) {
+                Ok(m) => Ok(Some(SegmentId::Posix { dev: m.dev(), ino: m.ino() })),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+            Backend::Sysv => match syscall!(shmget(sysv_key(n), 0, 0)) {
+                Ok(shmid) => Ok(Some(SegmentId::Sysv { shmid })),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// The kernel object this segment maps.
+    pub fn id(&self) -> SegmentId {
+        self.id
+    }
+
+    /// True if our name now refers to another object than the one mapped, or to none: the
+    /// creator removed the segment (and maybe made a new one). An error to look it up counts as
+    /// not replaced.
+    pub fn is_replaced(&self) -> bool {
+        match Self::current_id(self.backend, &self.name) {
+            Ok(id) => id != Some(self.id),
+            Err(e) => {
+                log::debug!("cannot look up segment {}: {e}", self.name);
+                false
+            }
         }
     }
 

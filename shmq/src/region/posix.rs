@@ -11,7 +11,9 @@ use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags};
 use nix::sys::stat::Mode;
 
-use super::{Attach, Backend, Segment, euid, nix_err, populate_write};
+use super::{
+    Attach, Backend, Segment, SegmentId, euid, nix_err, populate_write, trusted_reader_owner,
+};
 
 /// # Safety
 ///
@@ -43,6 +45,7 @@ pub(super) fn posix_create(n: &str, len: NonZeroUsize, mode: u32) -> io::Result<
             Err(Errno::EOPNOTSUPP | Errno::EINVAL) => true,
             Err(e) => return Err(nix_err(e)),
         };
+        let st = nix::sys::stat::fstat(&fd).map_err(nix_err)?;
         let ptr = map_fd(&fd, len.get(), true)?;
         let seg = Segment {
             ptr,
@@ -51,6 +54,7 @@ pub(super) fn posix_create(n: &str, len: NonZeroUsize, mode: u32) -> io::Result<
             backend: Backend::Posix,
             name: n.to_string(),
             key: 0,
+            id: file_id(&st),
         };
         if populate {
             populate_write(ptr, len.get())?;
@@ -78,7 +82,8 @@ pub(super) fn posix_attach(n: &str, writable: bool) -> Result<Segment, Attach> {
     let flags = if writable { OFlag::O_RDWR } else { OFlag::O_RDONLY };
     let fd = nix::sys::mman::shm_open(format!("/{n}").as_str(), flags, Mode::empty())?;
     let st = nix::sys::stat::fstat(&fd)?;
-    if writable && st.st_uid != euid() {
+    let trusted = if writable { st.st_uid == euid() } else { trusted_reader_owner(st.st_uid) };
+    if !trusted {
         return Err(Attach::NotOwner(st.st_uid));
     }
     let len = usize::try_from(st.st_size).map_err(|_| Attach::Empty)?;
@@ -93,5 +98,10 @@ pub(super) fn posix_attach(n: &str, writable: bool) -> Result<Segment, Attach> {
         backend: Backend::Posix,
         name: n.to_string(),
         key: 0,
+        id: file_id(&st),
     })
+}
+
+fn file_id(st: &libc::stat) -> SegmentId {
+    SegmentId::Posix { dev: st.st_dev, ino: st.st_ino }
 }

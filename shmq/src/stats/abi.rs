@@ -40,8 +40,10 @@ pub const HELP_BYTES: usize = 160;
 pub const SECTION_NAME_BYTES: usize = 16;
 /// Largest md slot count a segment may describe.
 pub const MAX_MD_SLOTS: u32 = 4096;
-/// Mode of the created segment: owner-only, like every segment of shmsrv.
-pub const SEGMENT_MODE: u32 = 0o600;
+/// Mode of the created segment: the owner (io_conn; md attaches writable as the same user) reads
+/// and writes, its group reads. The group is the creator's effective gid, `shmsrv` under systemd,
+/// so operators in that group can run viewstats. The queue segments and FIFOs stay 0600.
+pub const SEGMENT_MODE: u32 = 0o640;
 
 // ---------------------------------------------------------------------------------------------
 // ABI structs

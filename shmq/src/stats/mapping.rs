@@ -42,6 +42,13 @@ pub enum StatsError {
         /// What the kernel said.
         source: io::Error,
     },
+    /// The segment is owned by a uid we do not trust (see [`crate::region`], "Owners").
+    NotOwner {
+        /// The segment name.
+        name: String,
+        /// Its owner.
+        uid: u32,
+    },
     /// The creator has not set `ready` yet; retry.
     NotReady,
     /// Not a stats segment.
@@ -79,6 +86,12 @@ impl fmt::Display for StatsError {
             Self::NotFound { name } => write!(f, "no stats segment {name}"),
             Self::Exists { name } => write!(f, "stats segment {name} exists already"),
             Self::Io { name, .. } => write!(f, "cannot map stats segment {name}"),
+            Self::NotOwner { name, uid } => write!(
+                f,
+                "stats segment {name} is owned by uid {uid}, not by us or the server user {}: \
+                 refusing it",
+                region::SERVER_USER
+            ),
             Self::NotReady => f.write_str("stats segment is still being initialised"),
             Self::BadMagic(m) => write!(f, "not a stats segment (magic {m:#018x})"),
             Self::VersionMismatch { found, expected } => {
@@ -118,6 +131,7 @@ pub(super) fn from_attach(e: region::AttachError, name: &str) -> StatsError {
     match e {
         region::AttachError::NotFound { name } => StatsError::NotFound { name },
         region::AttachError::Io { name, source } => StatsError::Io { name, source },
+        region::AttachError::NotOwner { name, uid } => StatsError::NotOwner { name, uid },
         #[allow(unreachable_patterns)]
         _ => StatsError::Io { name: name.to_owned(), source: io::Error::other("attach failed") },
     }

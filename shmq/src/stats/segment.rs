@@ -40,7 +40,8 @@ pub struct StatsSegment {
 }
 
 impl StatsSegment {
-    /// io_conn: creates `{name}.stats` exclusively (mode 0600) for `md_slots` slots under
+    /// io_conn: creates `{name}.stats` exclusively (mode [`SEGMENT_MODE`], 0640: group-readable;
+    /// the group is our effective gid) for `md_slots` slots under
     /// `epoch`. Fails with [`StatsError::Exists`] if it is there already: remove a dead
     /// predecessor's with [`StatsSegment::remove`] first.
     pub fn create(
