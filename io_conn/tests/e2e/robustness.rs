@@ -305,6 +305,8 @@ fn a_broken_md_does_not_attract_every_new_connection() {
     assert!(refused >= 1, "md 1 was never tried (the test shows nothing)");
     assert!(refused <= 6, "{refused} of 40 connections went to the md that refuses them all");
     drop(kept);
+    sut.stop();
+}
 
 /// Issue 14, finding 8: a file squatting one of io_conn's names in /dev/shm (a queue segment, or
 /// the stats segment), owned by another uid, makes io_conn refuse to start with a message naming
