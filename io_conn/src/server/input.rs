@@ -405,19 +405,27 @@ impl Clients {
                     }
                 }
             }
+            let restarted = frames > 0 && !buf.is_empty();
             if buf.is_empty() {
                 pool.put(buf);
             } else {
-                if failed.is_none() {
-                    // A message left the front: the incomplete one behind it starts now.
+                if restarted {
+                    // A message left the front: the incomplete one behind it starts now. Only
+                    // then: more bytes of the same message do not restart its clock (slowloris).
                     f.since = cx.now;
                 }
                 f.input = Some(buf);
+            }
+            if restarted && flows.is_linked(ListId::Deadline, slot) {
+                // `since` moved: to the back, so the list stays ordered by deadline (the timer
+                // looks only at its front).
+                flows.move_to_back(ListId::Deadline, slot);
             }
             if let Some(r) = failed {
                 return r;
             }
         }
+        let f = flows.get_mut(slot);
         if let InputEnd::Eof { by_peer, sent: false } = f.input_end {
             if f.rq.on {
                 // `request` dispatch: io_conn owns the EOF; it closes once every reply it owes

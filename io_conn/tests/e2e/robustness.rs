@@ -261,3 +261,41 @@ fn emfile_pauses_accepting_and_keeps_serving() {
     drop((a, waiting));
     sut.stop();
 }
+
+/// Slowloris (issue 14, finding 1): a line trickled one byte every 0.5 s must still be complete
+/// within `message_deadline` of its first byte; more bytes of the same line do not restart the
+/// clock. The server closes it (EOF, no reply), counted as a deadline close.
+#[test]
+fn slowloris_trickle_closed_at_message_deadline() {
+    let sut = Server::start_with(
+        "trickle",
+        Setup { spawn_md: 1, io_extra: "message_deadline = \"1500ms\"", ..Setup::default() },
+    );
+    let mut c = sut.connect("dumb/line");
+    let mut w = c.try_clone().expect("clone");
+    // Trickles until the server closes (a write fails) or the watchdog's worth of bytes is out.
+    let writer = thread::spawn(move || {
+        let until = Instant::now() + WATCHDOG;
+        while Instant::now() < until {
+            if w.write_all(b"x").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    });
+    // EOF from the server; with the bug the read times out (watchdog) and this panics.
+    let got = read_to_eof(&mut c);
+    assert_eq!(String::from_utf8_lossy(&got), "", "no reply to an incomplete line");
+    sut.wait_io(
+        "trickled line closed",
+        &[
+            ("connections_current", 0),
+            ("closed_deadline", 1),
+            ("closed_by_peer", 0),
+            ("messages_in", 0),
+        ],
+    );
+    drop(c);
+    writer.join().expect("writer");
+    sut.stop();
+}
