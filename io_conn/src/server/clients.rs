@@ -16,7 +16,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::{Cx, K_LISTENER, Links, UNASSIGNED_HOLD, flow_token, token};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, FlowTable, InputEnd, ListId, State};
+use crate::flows::{AfterFlush, FlowTable, InputEnd, ListId, State, TooLong};
 use crate::pool::Pool;
 
 /// One listening socket and what its connections speak.
@@ -237,7 +237,8 @@ impl Clients {
         }
         f.rq.segs.clear();
         let md = f.md;
-        let md_closed = f.after_flush == AfterFlush::Close;
+        // Under `flow` dispatch a queued error line of an oversized line means md CLOSEd first.
+        let md_closed = f.after_flush == AfterFlush::Close || f.too_long == TooLong::Queued;
         let request = f.rq.on;
         let peers = !f.rq.peers.is_empty();
         self.flows.remove(ListId::Idle, slot);

@@ -299,3 +299,39 @@ fn slowloris_trickle_closed_at_message_deadline() {
     writer.join().expect("writer");
     sut.stop();
 }
+
+/// `ERR message too long` (issue 14, finding 10) comes after the replies to the requests
+/// pipelined before the oversized line, under both dispatch modes, then EOF.
+#[test]
+fn too_long_error_follows_earlier_replies() {
+    for dispatch in ["flow", "request"] {
+        let sut = Server::start_with(
+            &format!("toolong_{dispatch}"),
+            Setup {
+                spawn_md: 1,
+                max_message: Some("1KiB"),
+                md_extra: "[md.dumb]\nstream_chunk = \"512B\"",
+                dispatch: Some(dispatch),
+                ..Setup::default()
+            },
+        );
+        let mut c = sut.connect("dumb/line");
+        let mut req = b"PING\nWAIT 200\n".to_vec();
+        req.extend(std::iter::repeat_n(b'x', 2000));
+        req.push(b'\n');
+        // The server stops reading at the oversized line: the write may fail after it.
+        let _ = c.write_all(&req);
+        let got = read_to_eof(&mut c);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "PONG\nDONE\nERR message too long\n",
+            "dispatch = {dispatch}"
+        );
+        drop(c);
+        sut.wait_io(
+            &format!("oversized after a pipeline ({dispatch})"),
+            &[("connections_current", 0), ("closed_oversized", 1), ("framing_errors", 1)],
+        );
+        sut.stop();
+    }
+}
