@@ -69,6 +69,11 @@ pub const MAX_NAME_LEN: usize = 32;
 /// Largest `md.max_instances`.
 pub const MAX_MD_INSTANCES: u32 = 256;
 
+/// Smallest `shared.max_message`: io_conn's OPEN frame must fit one frame (32 bytes of fixed
+/// fields and a service name of up to 64 bytes, `shmq::frame::MAX_SERVICE_NAME`; io_conn checks
+/// the two agree at compile time).
+pub const MIN_MAX_MESSAGE: u64 = 96;
+
 /// Default listener `pipeline_depth`.
 pub const DEFAULT_PIPELINE_DEPTH: u32 = 16;
 
