@@ -876,3 +876,12 @@ fn max_message_below_open_frame_rejected() {
     let cfg = Config::from_toml_str(ok, "t.toml").expect("96B is enough");
     assert_eq!(cfg.shared.max_message, config::MIN_MAX_MESSAGE);
 }
+
+/// `io_conn.max_connections_per_ip` is read; its default is 0 (no limit).
+#[test]
+fn max_connections_per_ip_read_and_off_by_default() {
+    assert_eq!(Config::default().io_conn.max_connections_per_ip, 0);
+    let cfg =
+        Config::from_toml_str("[io_conn]\nmax_connections_per_ip = 8\n", "t.toml").expect("valid");
+    assert_eq!(cfg.io_conn.max_connections_per_ip, 8);
+}

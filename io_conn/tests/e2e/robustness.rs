@@ -335,3 +335,66 @@ fn too_long_error_follows_earlier_replies() {
         sut.stop();
     }
 }
+
+/// `io_conn.max_connections_per_ip` (issue 14, finding 15): one address gets at most that many
+/// connections (the next one gets an error line and is closed, counted); another address is not
+/// affected; a closed connection frees its place.
+#[test]
+fn per_ip_limit_refuses_beyond_it() {
+    let sut = Server::start_with(
+        "perip",
+        Setup { spawn_md: 1, io_extra: "max_connections_per_ip = 2", ..Setup::default() },
+    );
+    // A client socket bound to `ip` (all of 127/8 is loopback): a second source address.
+    let from = |ip: [u8; 4]| {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect};
+        use std::os::fd::AsRawFd;
+        let std::net::SocketAddr::V4(to) = sut.addr("dumb/line") else { panic!("not IPv4") };
+        let fd = nix::sys::socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let local = std::net::SocketAddrV4::new(ip.into(), 0);
+        bind(fd.as_raw_fd(), &SockaddrIn::from(local)).expect("bind client address");
+        connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
+        let s = std::net::TcpStream::from(fd);
+        s.set_read_timeout(Some(WATCHDOG)).expect("timeout");
+        s
+    };
+    let mut a = from([127, 0, 0, 1]);
+    let mut b = from([127, 0, 0, 1]);
+    roundtrip(&mut a, b"PING\n", b"PONG\n");
+    roundtrip(&mut b, b"PING\n", b"PONG\n");
+    let mut c = from([127, 0, 0, 1]);
+    assert_eq!(
+        String::from_utf8_lossy(&read_to_eof(&mut c)),
+        "ERR too many connections from your address\n"
+    );
+    // Another address is served.
+    let mut d = from([127, 0, 0, 2]);
+    let mut e = from([127, 0, 0, 2]);
+    roundtrip(&mut d, b"PING\n", b"PONG\n");
+    roundtrip(&mut e, b"PING\n", b"PONG\n");
+    sut.wait_io(
+        "one refused per address",
+        &[
+            ("connections_refused_per_ip", 1),
+            ("connections_refused", 0),
+            ("connections_current", 4),
+        ],
+    );
+    // A place frees up once io_conn has seen the close.
+    drop(a);
+    sut.wait_io("a closed", &[("connections_current", 3), ("closed_by_peer", 1)]);
+    let mut f = from([127, 0, 0, 1]);
+    roundtrip(&mut f, b"PING\n", b"PONG\n");
+    sut.wait_io(
+        "after the freed place",
+        &[("connections_refused_per_ip", 1), ("connections_current", 4)],
+    );
+    drop((b, d, e, f));
+    sut.stop();
+}
