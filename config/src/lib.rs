@@ -69,6 +69,11 @@ pub const MAX_NAME_LEN: usize = 32;
 /// Largest `md.max_instances`.
 pub const MAX_MD_INSTANCES: u32 = 256;
 
+/// Smallest `shared.max_message`: io_conn's OPEN frame must fit one frame (32 bytes of fixed
+/// fields and a service name of up to 64 bytes, `shmq::frame::MAX_SERVICE_NAME`; io_conn checks
+/// the two agree at compile time).
+pub const MIN_MAX_MESSAGE: u64 = 96;
+
 /// Default listener `pipeline_depth`.
 pub const DEFAULT_PIPELINE_DEPTH: u32 = 16;
 
@@ -163,6 +168,11 @@ pub struct IoConn {
     /// Size of the preallocated flow table: connections beyond this are accepted and closed at
     /// once. 1..=16777216. Default 10000.
     pub max_connections: u32,
+    /// Most connections open at once from one client IP address (like nginx's `limit_conn`);
+    /// further ones are accepted and closed at once (line services get an error line). 0 = no
+    /// limit, the default: one address may be a NAT or a proxy in front of many clients, so a
+    /// limit is the operator's call.
+    pub max_connections_per_ip: u32,
     /// Bytes read per `recv` into a pooled buffer; 1..=64MiB. Default 16KiB.
     #[serde(
         deserialize_with = "units::deserialize_size",
@@ -215,6 +225,7 @@ impl Default for IoConn {
         Self {
             backlog: 1024,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
             read_buffer: 16 << 10,
             idle_timeout: Duration::from_secs(300),
             message_deadline: Duration::from_secs(30),
@@ -567,7 +578,7 @@ impl Config {
             .collect();
         let mut line = format!(
             "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
-             io_conn: listeners=[{}] backlog={} max_connections={} read_buffer={} \
+             io_conn: listeners=[{}] backlog={} max_connections={} max_connections_per_ip={} read_buffer={} \
              idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={}; \
              md: max_instances={} spin={} slice={} drain_deadline={} dumb.burn_max={} dumb.wait_max={} \
              dumb.stream_max={} dumb.stream_chunk={}; viewstats: refresh={}",
@@ -579,6 +590,7 @@ impl Config {
             listeners.join(" "),
             io.backlog,
             io.max_connections,
+            io.max_connections_per_ip,
             b(io.read_buffer),
             d(io.idle_timeout),
             d(io.message_deadline),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::error::{ConfigError, ErrorKind};
 use crate::locate::{Locator, parent};
 use crate::units::{format_duration, format_size};
-use crate::{Config, MAX_MD_INSTANCES, MAX_NAME_LEN, MAX_PIPELINE_DEPTH, default_framing};
+use crate::{
+    Config, MAX_MD_INSTANCES, MAX_NAME_LEN, MAX_PIPELINE_DEPTH, MIN_MAX_MESSAGE, default_framing,
+};
 
 /// Bytes a frame adds to its payload, and its alignment. Mirrors the shmq frame header (16
 /// bytes, 8-aligned) so a bad combination is reported with its key here rather than by
@@ -152,8 +154,15 @@ impl Config {
                 format!("{} is outside 4KiB..=4GiB", format_size(q)),
             ));
         }
-        if s.max_message == 0 {
-            return Err(Invalid::new("shared.max_message", "must be at least 1 byte"));
+        if s.max_message < MIN_MAX_MESSAGE {
+            return Err(Invalid::new(
+                "shared.max_message",
+                format!(
+                    "{} is below {} (io_conn's OPEN frame, a service name included, must fit)",
+                    format_size(s.max_message),
+                    format_size(MIN_MAX_MESSAGE)
+                ),
+            ));
         }
         // Saturating: max_message can be anything up to u64::MAX here.
         let frame = s
@@ -342,6 +351,7 @@ mod tests {
             ("shared.queue_size", Box::new(|c| c.shared.max_message = 2 << 20)),
             ("shared.queue_size", Box::new(|c| c.shared.max_message = u64::MAX)),
             ("shared.max_message", Box::new(|c| c.shared.max_message = 0)),
+            ("shared.max_message", Box::new(|c| c.shared.max_message = MIN_MAX_MESSAGE - 1)),
             ("io_conn.backlog", Box::new(|c| c.io_conn.backlog = 0)),
             ("io_conn.backlog", Box::new(|c| c.io_conn.backlog = u32::MAX)),
             ("io_conn.max_connections", Box::new(|c| c.io_conn.max_connections = 0)),

@@ -865,3 +865,23 @@ fn missing_group_binary_is_found_by_check_binaries() {
     assert_eq!(cfg.check_binaries(None).unwrap_err().key(), Some("md.group[1].binary"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `shared.max_message` below an OPEN frame (96 B) is refused by the validation, so every
+/// program's `--check-config` says so with the key name (issue 14, finding 13); 96 B is accepted.
+#[test]
+fn max_message_below_open_frame_rejected() {
+    let text = "[shared]\nmax_message = \"95B\"\n[md.dumb]\nstream_chunk = \"64B\"\n";
+    expect(text, ErrorKind::Invalid, Some("shared.max_message"), 2, "below 96B");
+    let ok = "[shared]\nmax_message = \"96B\"\n[md.dumb]\nstream_chunk = \"64B\"\n";
+    let cfg = Config::from_toml_str(ok, "t.toml").expect("96B is enough");
+    assert_eq!(cfg.shared.max_message, config::MIN_MAX_MESSAGE);
+}
+
+/// `io_conn.max_connections_per_ip` is read; its default is 0 (no limit).
+#[test]
+fn max_connections_per_ip_read_and_off_by_default() {
+    assert_eq!(Config::default().io_conn.max_connections_per_ip, 0);
+    let cfg =
+        Config::from_toml_str("[io_conn]\nmax_connections_per_ip = 8\n", "t.toml").expect("valid");
+    assert_eq!(cfg.io_conn.max_connections_per_ip, 8);
+}

@@ -90,6 +90,21 @@ pub enum AfterFlush {
     Linger,
 }
 
+/// The `ERR message too long` line a line service owes its client after an oversized message.
+/// It goes out after the replies to the requests before it, never ahead of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooLong {
+    /// No oversized message.
+    No,
+    /// `flow` dispatch: md got EOF after the messages before it; the error line is written when
+    /// md's CLOSE comes (after md's replies), then the flow lingers.
+    AwaitMd,
+    /// The error line is written or queued behind the replies owed (`request` dispatch: as the
+    /// reply of a pseudo-request at the end of the pipeline). Under `flow` dispatch md has
+    /// closed the flow (it gets no CLOSE back).
+    Queued,
+}
+
 /// Which intrusive list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListId {
@@ -210,6 +225,8 @@ pub struct Flow {
     pub input_end: InputEnd,
     /// What to do once output is flushed.
     pub after_flush: AfterFlush,
+    /// An oversized message's error line is owed (see [`TooLong`]).
+    pub too_long: TooLong,
     /// The id the flow had while open (the CLOSE to push while Closing).
     pub close_id: FlowId,
     /// `request` dispatch state.
@@ -243,6 +260,7 @@ impl Flow {
             md_answered: false,
             input_end: InputEnd::Reading,
             after_flush: AfterFlush::Serve,
+            too_long: TooLong::No,
             close_id: FlowId(0),
             rq: ReqFlow::default(),
             last_active: now,
@@ -361,6 +379,7 @@ impl FlowTable {
         f.md_answered = false;
         f.input_end = InputEnd::Reading;
         f.after_flush = AfterFlush::Serve;
+        f.too_long = TooLong::No;
         debug_assert!(f.rq.q.iter().all(|r| r.held.is_none()), "held buffers go back to the pool");
         f.rq.on = false;
         f.rq.q.clear();

@@ -18,6 +18,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const ACCEPTS_PER_EVENT: usize = 64;
 /// The reply a line service gets when the flow table is full.
 const ERR_TOO_MANY: &[u8] = b"ERR too many connections\n";
+/// The reply a line service gets when its address has `max_connections_per_ip` open.
+const ERR_TOO_MANY_FROM_IP: &[u8] = b"ERR too many connections from your address\n";
 
 impl Clients {
     /// Listener `idx` is readable: accept up to [`ACCEPTS_PER_EVENT`] connections.
@@ -77,7 +79,16 @@ impl Clients {
         peer: SocketAddr,
     ) {
         let framing = self.listeners[idx].framing;
+        if !self.per_ip.admit(peer.ip()) {
+            cx.c[Io::ConnectionsRefusedPerIp] += 1;
+            if framing == Framing::Line {
+                let _ = s.set_nonblocking(true);
+                let _ = (&s).write(ERR_TOO_MANY_FROM_IP);
+            }
+            return; // dropping `s` closes it
+        }
         let Some(slot) = self.flows.alloc() else {
+            self.per_ip.release(peer.ip());
             cx.c[Io::ConnectionsRefused] += 1;
             if framing == Framing::Line {
                 let _ = s.set_nonblocking(true);
@@ -86,6 +97,7 @@ impl Clients {
             return; // dropping `s` closes it
         };
         if s.set_nonblocking(true).is_err() || s.set_nodelay(true).is_err() {
+            self.per_ip.release(peer.ip());
             self.flows.release(slot);
             return;
         }
@@ -94,6 +106,7 @@ impl Clients {
         let interest = if md.is_some() { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
         if let Err(e) = cx.epoll.add(&s, EpollEvent::new(interest, flow_token(slot, generation))) {
             log::warn!("epoll add client socket: {e}");
+            self.per_ip.release(peer.ip());
             self.flows.release(slot);
             return;
         }

@@ -6,8 +6,9 @@
 //! ([`Links`]); the inbound half is never needed here, which is what lets `Inbound::poll` hand
 //! frames to these methods while it drains a ring in place.
 
-use std::collections::VecDeque;
-use std::net::TcpListener;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::{Cx, K_LISTENER, Links, UNASSIGNED_HOLD, flow_token, token};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, FlowTable, InputEnd, ListId, State};
+use crate::flows::{AfterFlush, FlowTable, InputEnd, ListId, State, TooLong};
 use crate::pool::Pool;
 
 /// One listening socket and what its connections speak.
@@ -52,6 +53,51 @@ pub(super) struct Limits {
     pub(super) deadline: Option<Duration>,
 }
 
+/// Open connections per client IP address, for `io_conn.max_connections_per_ip` (nginx's
+/// `limit_conn`). Holds only addresses with connections open: an entry goes when its count drops
+/// to 0, so it never holds more than `max_connections` entries, whatever the clients do.
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+#[derive(Debug)]
+pub(super) struct PerIp {
+    /// 0: no limit (nothing is counted).
+    limit: u32,
+    open: HashMap<IpAddr, u32>,
+}
+
+impl PerIp {
+    fn new(limit: u32, max_conn: u32) -> Self {
+        // Sized up front for a typical spread of addresses: no allocation per accept.
+        let cap = if limit == 0 { 0 } else { (max_conn as usize).min(4096) };
+        Self { limit, open: HashMap::with_capacity(cap) }
+    }
+
+    /// Counts one more connection from `ip`, unless `ip` has `limit` open already (false).
+    pub(super) fn admit(&mut self, ip: IpAddr) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        let n = self.open.entry(ip.to_canonical()).or_insert(0);
+        if *n >= self.limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// One connection from `ip` (admitted before) ended.
+    pub(super) fn release(&mut self, ip: IpAddr) {
+        if self.limit == 0 {
+            return;
+        }
+        if let Entry::Occupied(mut e) = self.open.entry(ip.to_canonical()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 /// Everything on the client side of the loop.
 #[derive(Debug)]
 pub(crate) struct Clients {
@@ -69,6 +115,8 @@ pub(crate) struct Clients {
     /// Accepting is paused (EMFILE/ENFILE) until then.
     pub(super) accept_paused_until: Option<Instant>,
     pub(super) lim: Limits,
+    /// Connections open per client address (`max_connections_per_ip`).
+    pub(super) per_ip: PerIp,
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {
@@ -119,6 +167,7 @@ impl Clients {
                 idle: nonzero(io.idle_timeout),
                 deadline: nonzero(io.message_deadline),
             },
+            per_ip: PerIp::new(io.max_connections_per_ip, max_conn),
         })
     }
 
@@ -215,6 +264,7 @@ impl Clients {
         }
         cx.c[why] += 1;
         cx.c[Io::ConnectionsCurrent] -= 1;
+        self.per_ip.release(f.peer.ip());
         if let Some(sock) = f.sock.take() {
             let _ = cx.epoll.delete(&sock);
             drop(sock);
@@ -237,7 +287,8 @@ impl Clients {
         }
         f.rq.segs.clear();
         let md = f.md;
-        let md_closed = f.after_flush == AfterFlush::Close;
+        // Under `flow` dispatch a queued error line of an oversized line means md CLOSEd first.
+        let md_closed = f.after_flush == AfterFlush::Close || f.too_long == TooLong::Queued;
         let request = f.rq.on;
         let peers = !f.rq.peers.is_empty();
         self.flows.remove(ListId::Idle, slot);

@@ -23,7 +23,7 @@
 
 use super::{Clients, Cx, Links, SHORT_TICK};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, InputEnd, NO_MD, State};
+use crate::flows::{AfterFlush, InputEnd, NO_MD, State, TooLong};
 
 impl Clients {
     /// A DATA frame of md `i` for `request`-dispatched flow `slot`.
@@ -147,11 +147,21 @@ impl Clients {
     }
 
     /// A `request`-dispatched connection whose input ended and whose every reply was handed to
-    /// the socket: close it now, or once the output is flushed. False if it closed.
+    /// the socket: close it now, or once the output is flushed (or linger, after the error line
+    /// of an oversized line). False if it closed or lingers.
     pub(super) fn finish_if_done(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) -> bool {
         let f = self.flows.get_mut(slot);
         if !f.rq.on || !f.input_ended() || !f.rq.q.is_empty() || f.input.is_some() {
             return true;
+        }
+        if f.too_long == TooLong::Queued {
+            // The error line of an oversized line was the last reply: linger once it is out.
+            f.after_flush = AfterFlush::Linger;
+            if f.output_len() > 0 {
+                return true;
+            }
+            self.linger(cx, slot);
+            return false;
         }
         if f.output_len() > 0 {
             f.after_flush = AfterFlush::Close;

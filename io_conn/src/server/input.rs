@@ -15,7 +15,7 @@ use shmq::ring::PushError;
 use super::clients::Lst;
 use super::{Clients, Cx, Links};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, Flow, InputEnd, ListId, Peer, Req, State};
+use crate::flows::{AfterFlush, Flow, InputEnd, ListId, NO_MD, Peer, Req, State, TooLong};
 use crate::framing::{self, Next};
 
 /// Reads per readiness event of one socket before moving on (fairness; level-triggered epoll
@@ -295,6 +295,10 @@ impl Clients {
     }
 
     /// A message over the limit: line services get an error line, then the connection closes.
+    /// The error line goes out after the replies owed for the messages before it: under `flow`
+    /// dispatch md gets EOF and the line is written when its CLOSE comes (`output`); under
+    /// `request` dispatch it is queued as the reply of a pseudo-request at the end of the
+    /// pipeline (`dispatch`).
     fn oversized(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, framing: Framing) {
         cx.c[Io::FramingErrors] += 1;
         let f = self.flows.get_mut(slot);
@@ -307,9 +311,33 @@ impl Clients {
             return;
         }
         let f = self.flows.get_mut(slot);
-        // Read no more, and owe md no EOF: the flow ends with a CLOSE.
+        if !f.rq.on {
+            // Read no more; md gets EOF after what it has, answers it, then CLOSEs.
+            f.too_long = TooLong::AwaitMd;
+            f.input_end = InputEnd::Eof { by_peer: false, sent: false };
+            let r = self.pump(cx, links, slot);
+            if self.settle(cx, links, slot, r) {
+                self.update_interest(cx, slot);
+            }
+            return;
+        }
+        // `request` dispatch: io_conn owns the EOF; nothing more goes to md.
+        f.too_long = TooLong::Queued;
         f.input_end = InputEnd::Eof { by_peer: false, sent: true };
-        f.after_flush = AfterFlush::Linger;
+        if !f.rq.q.is_empty() {
+            let mut b = self.pool.get();
+            b.extend(ERR_TOO_LONG);
+            f.rq.q.push_back(Req { md: NO_MD, done: true, held: Some(b) });
+            self.update_interest(cx, slot);
+            return;
+        }
+        self.send_error_then_linger(cx, links, slot);
+    }
+
+    /// Writes the `ERR message too long` line (queued behind output already queued) and lingers
+    /// once it is flushed.
+    pub(super) fn send_error_then_linger(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        self.flows.get_mut(slot).after_flush = AfterFlush::Linger;
         if !self.send_to_client(cx, links, slot, ERR_TOO_LONG, false) {
             return; // the write failed and closed the flow
         }
@@ -405,19 +433,27 @@ impl Clients {
                     }
                 }
             }
+            let restarted = frames > 0 && !buf.is_empty();
             if buf.is_empty() {
                 pool.put(buf);
             } else {
-                if failed.is_none() {
-                    // A message left the front: the incomplete one behind it starts now.
+                if restarted {
+                    // A message left the front: the incomplete one behind it starts now. Only
+                    // then: more bytes of the same message do not restart its clock (slowloris).
                     f.since = cx.now;
                 }
                 f.input = Some(buf);
+            }
+            if restarted && flows.is_linked(ListId::Deadline, slot) {
+                // `since` moved: to the back, so the list stays ordered by deadline (the timer
+                // looks only at its front).
+                flows.move_to_back(ListId::Deadline, slot);
             }
             if let Some(r) = failed {
                 return r;
             }
         }
+        let f = flows.get_mut(slot);
         if let InputEnd::Eof { by_peer, sent: false } = f.input_end {
             if f.rq.on {
                 // `request` dispatch: io_conn owns the EOF; it closes once every reply it owes

@@ -84,6 +84,9 @@ pub(crate) const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 /// Longest sleep while flows wait for ring space or DRAINED frames are deferred.
 const SHORT_TICK: Duration = Duration::from_millis(1);
 
+// The config's smallest `shared.max_message` is an OPEN frame: 32 bytes and a service name.
+const _: () = assert!(config::MIN_MAX_MESSAGE == 32 + frame::MAX_SERVICE_NAME as u64);
+
 // epoll tokens: kind in the top byte; flows also carry 24 bits of their generation so an event
 // queued for a closed flow is not applied to the slot's next occupant.
 const K_LISTENER: u64 = 1;
@@ -174,10 +177,12 @@ impl<'c> Server<'c> {
                 .context("epoll add shutdown eventfd")?;
         }
         let clients = Clients::new(cfg, listeners, &epoll)?;
-        let min_msg = 32 + frame::MAX_SERVICE_NAME;
+        // The config's validation enforces it (so `--check-config` does); kept for a `Config`
+        // built by hand.
         anyhow::ensure!(
-            cfg.shared.max_message >= min_msg as u64,
-            "shared.max_message must be at least {min_msg} bytes (an OPEN frame)"
+            cfg.shared.max_message >= config::MIN_MAX_MESSAGE,
+            "shared.max_message must be at least {} bytes (an OPEN frame)",
+            config::MIN_MAX_MESSAGE
         );
 
         // The pairs: created before md children start (they attach to them).

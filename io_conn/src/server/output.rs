@@ -10,7 +10,7 @@ use shmq::frame::{self, FlowId, Frame, Hello, Kind};
 
 use super::{Clients, Cx, Links, SHORT_TICK};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, ListId, NO_MD, State};
+use crate::flows::{AfterFlush, ListId, NO_MD, State, TooLong};
 
 impl Clients {
     /// One frame from md instance `i`'s ring, handled in place.
@@ -37,10 +37,17 @@ impl Clients {
                     return self.on_req_close(cx, links, slot, i);
                 }
                 let f = self.flows.get_mut(slot);
-                if !f.md_answered {
-                    // Closed before a single reply: a refusal (a wrong service, a broken md). An md
+                if !f.md_answered && !f.input_ended() {
+                    // Closed before a single reply while the client was still sending: a refusal
+                    // (a wrong service, a broken md), not an answer to EOF. An md
                     // that refuses everything keeps no flows and would attract every new one.
                     links.req_failed(i);
+                }
+                if f.too_long == TooLong::AwaitMd {
+                    // md answered what came before the oversized line and forgot the flow: now
+                    // the error line, then linger (md gets no CLOSE back).
+                    f.too_long = TooLong::Queued;
+                    return self.send_error_then_linger(cx, links, slot);
                 }
                 if f.after_flush == AfterFlush::Linger {
                     return; // an error reply is in flight: it lingers as planned

@@ -386,3 +386,140 @@ fn issue_14_md_without_pidfd_reattaches_after_io_conn_restart() {
     drop(b);
     sut.stop();
 }
+
+/// Slowloris (issue 14, finding 1): a line trickled one byte every 0.5 s must still be complete
+/// within `message_deadline` of its first byte; more bytes of the same line do not restart the
+/// clock. The server closes it (EOF, no reply), counted as a deadline close.
+#[test]
+fn slowloris_trickle_closed_at_message_deadline() {
+    let sut = Server::start_with(
+        "trickle",
+        Setup { spawn_md: 1, io_extra: "message_deadline = \"1500ms\"", ..Setup::default() },
+    );
+    let mut c = sut.connect("dumb/line");
+    let mut w = c.try_clone().expect("clone");
+    // Trickles until the server closes (a write fails) or the watchdog's worth of bytes is out.
+    let writer = thread::spawn(move || {
+        let until = Instant::now() + WATCHDOG;
+        while Instant::now() < until {
+            if w.write_all(b"x").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    });
+    // EOF from the server; with the bug the read times out (watchdog) and this panics.
+    let got = read_to_eof(&mut c);
+    assert_eq!(String::from_utf8_lossy(&got), "", "no reply to an incomplete line");
+    sut.wait_io(
+        "trickled line closed",
+        &[
+            ("connections_current", 0),
+            ("closed_deadline", 1),
+            ("closed_by_peer", 0),
+            ("messages_in", 0),
+        ],
+    );
+    drop(c);
+    writer.join().expect("writer");
+    sut.stop();
+}
+
+/// `ERR message too long` (issue 14, finding 10) comes after the replies to the requests
+/// pipelined before the oversized line, under both dispatch modes, then EOF.
+#[test]
+fn too_long_error_follows_earlier_replies() {
+    for dispatch in ["flow", "request"] {
+        let sut = Server::start_with(
+            &format!("toolong_{dispatch}"),
+            Setup {
+                spawn_md: 1,
+                max_message: Some("1KiB"),
+                md_extra: "[md.dumb]\nstream_chunk = \"512B\"",
+                dispatch: Some(dispatch),
+                ..Setup::default()
+            },
+        );
+        let mut c = sut.connect("dumb/line");
+        let mut req = b"PING\nWAIT 200\n".to_vec();
+        req.extend(std::iter::repeat_n(b'x', 2000));
+        req.push(b'\n');
+        // The server stops reading at the oversized line: the write may fail after it.
+        let _ = c.write_all(&req);
+        let got = read_to_eof(&mut c);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "PONG\nDONE\nERR message too long\n",
+            "dispatch = {dispatch}"
+        );
+        drop(c);
+        sut.wait_io(
+            &format!("oversized after a pipeline ({dispatch})"),
+            &[("connections_current", 0), ("closed_oversized", 1), ("framing_errors", 1)],
+        );
+        sut.stop();
+    }
+}
+
+/// `io_conn.max_connections_per_ip` (issue 14, finding 15): one address gets at most that many
+/// connections (the next one gets an error line and is closed, counted); another address is not
+/// affected; a closed connection frees its place.
+#[test]
+fn per_ip_limit_refuses_beyond_it() {
+    let sut = Server::start_with(
+        "perip",
+        Setup { spawn_md: 1, io_extra: "max_connections_per_ip = 2", ..Setup::default() },
+    );
+    // A client socket bound to `ip` (all of 127/8 is loopback): a second source address.
+    let from = |ip: [u8; 4]| {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect};
+        use std::os::fd::AsRawFd;
+        let std::net::SocketAddr::V4(to) = sut.addr("dumb/line") else { panic!("not IPv4") };
+        let fd = nix::sys::socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let local = std::net::SocketAddrV4::new(ip.into(), 0);
+        bind(fd.as_raw_fd(), &SockaddrIn::from(local)).expect("bind client address");
+        connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
+        let s = std::net::TcpStream::from(fd);
+        s.set_read_timeout(Some(WATCHDOG)).expect("timeout");
+        s
+    };
+    let mut a = from([127, 0, 0, 1]);
+    let mut b = from([127, 0, 0, 1]);
+    roundtrip(&mut a, b"PING\n", b"PONG\n");
+    roundtrip(&mut b, b"PING\n", b"PONG\n");
+    let mut c = from([127, 0, 0, 1]);
+    assert_eq!(
+        String::from_utf8_lossy(&read_to_eof(&mut c)),
+        "ERR too many connections from your address\n"
+    );
+    // Another address is served.
+    let mut d = from([127, 0, 0, 2]);
+    let mut e = from([127, 0, 0, 2]);
+    roundtrip(&mut d, b"PING\n", b"PONG\n");
+    roundtrip(&mut e, b"PING\n", b"PONG\n");
+    sut.wait_io(
+        "one refused per address",
+        &[
+            ("connections_refused_per_ip", 1),
+            ("connections_refused", 0),
+            ("connections_current", 4),
+        ],
+    );
+    // A place frees up once io_conn has seen the close.
+    drop(a);
+    sut.wait_io("a closed", &[("connections_current", 3), ("closed_by_peer", 1)]);
+    let mut f = from([127, 0, 0, 1]);
+    roundtrip(&mut f, b"PING\n", b"PONG\n");
+    sut.wait_io(
+        "after the freed place",
+        &[("connections_refused_per_ip", 1), ("connections_current", 4)],
+    );
+    drop((b, d, e, f));
+    sut.stop();
+}

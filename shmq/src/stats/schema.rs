@@ -251,6 +251,7 @@ counter_set! {
         MdDeaths => Counter "md_deaths" "events" "md instances seen dying (pidfd readable)";
         MdAttaches => Counter "md_attaches" "events" "md instances that attached (said HELLO)";
         RequestsDropped => Counter "requests_dropped" "requests" "Requests dropped because md closed their connection at an earlier request (request dispatch)";
+        ConnectionsRefusedPerIp => Counter "connections_refused_per_ip" "connections" "Connections closed at once because their IP address had max_connections_per_ip open";
         HeartbeatNs => Gauge "heartbeat_mono_ns" "mono_ns" "CLOCK_MONOTONIC of io_conn's last loop iteration";
     }
 }
