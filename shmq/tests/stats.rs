@@ -143,6 +143,40 @@ fn histogram_sums_saturate_on_hostile_buckets() {
     }
 }
 
+/// Found by the `stats` fuzz target (fuzz/crashes/stats, issue 14): a writer that sets every
+/// word of every block (histogram buckets included) to `u64::MAX` made the reader's path
+/// (snapshot, histogram, quantile) overflow. Reads now saturate; this walks that whole path.
+#[test]
+fn issue_14_fuzz_stats_all_words_max_reads_without_overflow() {
+    let (mem, sut) = heap(2);
+    let reader = sut.reader();
+    for (si, s) in reader.sections().iter().enumerate() {
+        for i in 0..s.instances {
+            let off = reader.block_offset(si, i);
+            // Word 0 (the sequence) stays even so the read is consistent; the rest is hostile.
+            for w in 1..s.words {
+                let at = off + w * 8;
+                assert!(at + 8 <= mem.len());
+                // SAFETY: in bounds (checked above), 8-aligned (blocks are 128-aligned, words 8
+                // bytes). A single-threaded test: no other reference to these bytes exists, and
+                // the reader reads them only after this loop.
+                unsafe { mem.as_ptr().add(at).cast::<u64>().write(u64::MAX) };
+            }
+        }
+    }
+    let snap = reader.snapshot();
+    for b in &snap.blocks {
+        let names: Vec<String> = snap.counters(b).map(|c| c.name.to_owned()).collect();
+        for name in names {
+            let (buckets, _sum) = snap.histogram(b, &name);
+            let _ = histogram_count(&buckets);
+            for q in [0.0, 0.5, 0.99, 1.0] {
+                let _ = quantile(&buckets, q);
+            }
+        }
+    }
+}
+
 #[test]
 fn counters_round_trip_through_a_reader() {
     let (mem, sut) = heap(2);
