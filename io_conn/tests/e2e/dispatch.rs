@@ -135,15 +135,7 @@ fn a_new_md_serves_requests_of_connections_opened_before_it() {
     for c in &mut conns {
         roundtrip(c, burn, result);
     }
-    let _md1 = KillOnDrop(
-        std::process::Command::new(util::md_bin())
-            .arg("--config")
-            .arg(&sut.config)
-            .arg("--instance")
-            .arg("1")
-            .spawn()
-            .expect("start md 1"),
-    );
+    let _md1 = sut.hand_md(&util::md_bin(), 1);
     sut.wait_log("md instance 1 live", 1);
     let before = sut.stats();
     let md1_before = stat(&before, "md", 1, "messages_in").unwrap_or(0);
@@ -230,17 +222,7 @@ fn an_md_leaving_finishes_its_requests_and_the_connections_carry_on() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let sut = request_server("disp_leave", 0, 2);
-    let start = |i: u32| {
-        KillOnDrop(
-            std::process::Command::new(util::md_bin())
-                .arg("--config")
-                .arg(&sut.config)
-                .arg("--instance")
-                .arg(i.to_string())
-                .spawn()
-                .expect("start md"),
-        )
-    };
+    let start = |i: u32| sut.hand_md(&util::md_bin(), i);
     let _md0 = start(0);
     sut.wait_log("md instance 0 live", 1);
     let mut md1 = start(1);
@@ -291,15 +273,7 @@ fn an_md_leaving_finishes_its_requests_and_the_connections_carry_on() {
 #[test]
 fn an_md_that_fails_fast_stops_attracting_requests() {
     let sut = request_server("disp_failfast", 1, 2);
-    let _md1 = KillOnDrop(
-        std::process::Command::new(util::example_bin("upper"))
-            .arg("--config")
-            .arg(&sut.config)
-            .arg("--instance")
-            .arg("1")
-            .spawn()
-            .expect("start the upper example as md 1"),
-    );
+    let _md1 = sut.hand_md(&util::example_bin("upper"), 1);
     sut.wait_log("md instance 1 live", 1);
     let mut failed = 0;
     for _ in 0..100 {

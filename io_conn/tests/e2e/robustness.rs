@@ -166,15 +166,7 @@ fn held_until_md_attaches_by_hand_and_live_predecessor_refused() {
     assert!(err.contains("running"), "unclear error: {err}");
 
     // Killed (and reaped) on drop, also when an assertion fails.
-    let _md = KillOnDrop(
-        std::process::Command::new(util::md_bin())
-            .arg("--config")
-            .arg(&sut.config)
-            .arg("--instance")
-            .arg("0")
-            .spawn()
-            .expect("start md"),
-    );
+    let _md = sut.hand_md(&util::md_bin(), 0);
     assert_eq!(read_line(&mut a), "PONG\n");
     drop(a);
     sut.stop();
@@ -271,15 +263,7 @@ fn emfile_pauses_accepting_and_keeps_serving() {
 fn a_broken_md_does_not_attract_every_new_connection() {
     let sut =
         Server::start_with("brokenmd", Setup { spawn_md: 1, max_instances: 2, ..Setup::default() });
-    let _md1 = KillOnDrop(
-        std::process::Command::new(util::example_bin("upper"))
-            .arg("--config")
-            .arg(&sut.config)
-            .arg("--instance")
-            .arg("1")
-            .spawn()
-            .expect("start the upper example as md 1"),
-    );
+    let _md1 = sut.hand_md(&util::example_bin("upper"), 1);
     sut.wait_log("md instance 1 live", 1);
     let mut kept = Vec::new();
     let mut refused = 0;

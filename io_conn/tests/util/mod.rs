@@ -300,6 +300,20 @@ impl Server {
         server
     }
 
+    /// Starts `bin` (md, or an md example) by hand as `BIN --config CONFIG --instance i`, as an
+    /// operator or systemd's `md@i` would; killed (and reaped) on drop, also when a test fails.
+    pub fn hand_md(&self, bin: &Path, instance: u32) -> KillOnDrop {
+        KillOnDrop(
+            Command::new(bin)
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--instance")
+                .arg(instance.to_string())
+                .spawn()
+                .expect("start md by hand"),
+        )
+    }
+
     /// Address of a listener: "echo/raw", "reverse/line", "dumb/line", "echo/len32".
     pub fn addr(&self, key: &str) -> SocketAddr {
         *self.addrs.get(key).unwrap_or_else(|| panic!("no listener {key}: {:?}", self.addrs))
