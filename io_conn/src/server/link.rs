@@ -77,6 +77,27 @@ pub(crate) struct Md {
     stats_fresh: bool,
 }
 
+impl Md {
+    /// A fresh outbound half: no md live yet, nothing bound or in flight. A new pair's stats
+    /// halves are mirrored once even before an md attaches (`stats_fresh`).
+    fn new(tx: Option<IoTx>) -> Self {
+        Self {
+            stats_fresh: tx.is_some(),
+            tx,
+            live: None,
+            flows: 0,
+            inflight: 0,
+            dispatched: 0,
+            fails: 0,
+            blocked: VecDeque::new(),
+            pushed: false,
+            lost: false,
+            leaving: false,
+            leave_ack: false,
+        }
+    }
+}
+
 /// Every md instance's outbound half, and the pairs' configuration.
 #[derive(Debug)]
 pub(crate) struct Links {
@@ -150,20 +171,7 @@ fn install(
         .context("epoll add doorbell")?;
     let (tx, rx) = side.split();
     let idx = i as usize;
-    let md = Md {
-        tx: Some(tx),
-        live: None,
-        flows: 0,
-        inflight: 0,
-        dispatched: 0,
-        fails: 0,
-        blocked: VecDeque::new(),
-        pushed: false,
-        lost: false,
-        leaving: false,
-        leave_ack: false,
-        stats_fresh: true,
-    };
+    let md = Md::new(Some(tx));
     let rx = Some(Rx { half: rx, armed: false });
     if idx < links.mds.len() {
         let old = std::mem::replace(&mut links.mds[idx], md);
@@ -628,22 +636,7 @@ pub(super) fn publish_halves(st: &mut Stats, links: &mut Links, inbound: &Inboun
 impl Links {
     /// `n` instances without a ring and without a live md (unit tests of the client side).
     pub(super) fn without_rings(n: usize) -> Self {
-        let mds = (0..n)
-            .map(|_| Md {
-                tx: None,
-                live: None,
-                flows: 0,
-                inflight: 0,
-                dispatched: 0,
-                fails: 0,
-                blocked: VecDeque::new(),
-                pushed: false,
-                lost: false,
-                leaving: false,
-                leave_ack: false,
-                stats_fresh: false,
-            })
-            .collect();
+        let mds = (0..n).map(|_| Md::new(None)).collect();
         let pairs = PairConfig {
             name: "unit".into(),
             runtime_dir: std::env::temp_dir(),
