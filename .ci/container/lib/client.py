@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Small TCP clients and a stats reader for the container scenarios (.ci/container/run).
 
-  client.py ping [--port P] [--count N]      N PINGs on one connection, each must get PONG
+  client.py ping [--port P] [--count N] [--fresh]
+        N PINGs on one connection (--fresh: each on a new one), each must get PONG
   client.py say --port P --send TEXT --expect TEXT   one exchange, byte-exact
   client.py waits [--port P] --clients N --ms MS [--sent FILE]
         N connections, one `WAIT MS` each; touches FILE once all are written; then every
@@ -44,13 +45,17 @@ def read_line(s):
 
 
 def cmd_ping(a):
-    with connect(a.port) as s:
-        for _ in range(a.count):
-            s.sendall(b"PING\n")
-            got = read_line(s)
-            if got != b"PONG\n":
-                print(f"PING on port {a.port}: got {got!r}", file=sys.stderr)
-                return 1
+    # --fresh: each PING on a new connection (request dispatch spreads them over idle md).
+    conns = a.count if a.fresh else 1
+    per = 1 if a.fresh else a.count
+    for _ in range(conns):
+        with connect(a.port) as s:
+            for _ in range(per):
+                s.sendall(b"PING\n")
+                got = read_line(s)
+                if got != b"PONG\n":
+                    print(f"PING on port {a.port}: got {got!r}", file=sys.stderr)
+                    return 1
     return 0
 
 
@@ -166,6 +171,7 @@ def main():
     q = sub.add_parser("ping")
     q.add_argument("--port", type=int, default=8090)
     q.add_argument("--count", type=int, default=1)
+    q.add_argument("--fresh", action="store_true")
     q = sub.add_parser("say")
     q.add_argument("--port", type=int, required=True)
     q.add_argument("--send", required=True)

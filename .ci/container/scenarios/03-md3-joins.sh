@@ -10,9 +10,7 @@ echo "md@3: $(status_text md@3)"
 test "$(md_epoch 3)" = "$(md_epoch 0)"
 before=$(md_stat 3 commands.dumb.ping)
 # Ties among idle md go round robin: 30 PINGs on fresh connections reach every instance.
-for _ in $(seq 30); do
-    $CLIENT ping --port "$DUMB_PORT"
-done
+$CLIENT ping --port "$DUMB_PORT" --count 30 --fresh
 after=$(md_stat 3 commands.dumb.ping)
 echo "md@3 answered $((after - before)) of 30 PINGs"
 test "$after" -gt "$before"

@@ -19,6 +19,6 @@ $CLIENT ping --port "$DUMB_PORT" --count 20
 # Both md serve again: PINGs on fresh connections (round robin among idle md) reach each.
 p0=$(md_stat 0 commands.dumb.ping)
 p1=$(md_stat 1 commands.dumb.ping)
-for _ in $(seq 10); do $CLIENT ping --port "$DUMB_PORT"; done
+$CLIENT ping --port "$DUMB_PORT" --count 10 --fresh
 test "$(md_stat 0 commands.dumb.ping)" -gt "$p0"
 test "$(md_stat 1 commands.dumb.ping)" -gt "$p1"
