@@ -264,10 +264,12 @@ fn ready_while_waiting(test: &str, no_pidfd: bool) {
     sut.terminate();
     let status = sut.child.take().expect("io_conn").wait().expect("wait io_conn");
     assert!(status.success(), "io_conn exited with {status}");
-    while !no_pidfd {
-        match next_state() {
-            msg if msg.starts_with("STATUS=waiting for io_conn") => break,
-            msg => assert!(!msg.contains("READY=1"), "a second READY=1: {msg:?}"),
+    if !no_pidfd {
+        loop {
+            match next_state() {
+                msg if msg.starts_with("STATUS=waiting for io_conn") => break,
+                msg => assert!(!msg.contains("READY=1"), "a second READY=1: {msg:?}"),
+            }
         }
     }
     let pid = nix::unistd::Pid::from_raw(md.0.id() as i32);
