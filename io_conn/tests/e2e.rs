@@ -21,6 +21,8 @@ mod scenarios;
 mod services;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/stop_order.rs"]
+mod stop_order;
 mod util;
 
 use std::io::{Read, Write};

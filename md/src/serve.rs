@@ -100,9 +100,21 @@ pub(crate) const NO_PIDFD_ENV: &str = "SHMSRV_MD_NO_PIDFD";
 /// (see the module docs).
 /// A reset of the pair by the same io_conn keeps the sink (and its counts).
 ///
-/// Under systemd (`Type=notify`, see [`rt::notify`]) it sends `READY=1` after the first
-/// attach, a `STATUS=` line on each attach and detach, `STOPPING=1` when shutdown is requested,
+/// Under systemd (`Type=notify`, see [`rt::notify`]) it sends `READY=1` at its first attach, or
+/// as soon as it has to wait for io_conn (with `STATUS=waiting for io_conn ...`), whichever comes
+/// first; a `STATUS=` line on each attach and detach, `STOPPING=1` when shutdown is requested,
 /// and pings the watchdog while it waits for io_conn (the runner pings it while it serves).
+///
+/// Why ready while waiting: `md@.service` is ordered *before* `io_conn.service`, so that
+/// stopping the set stops io_conn first (it drains with every md still serving) and md after
+/// (docs/ARCHITECTURE.md, "Stop order"). Starting the set then starts md first, and systemd
+/// starts io_conn only once md is ready: an md that waited for io_conn before saying READY=1
+/// would deadlock the start. An md started while io_conn runs attaches at once and says READY=1
+/// attached, as before.
+///
+/// When io_conn goes away after shutdown was requested (a clean stop of the set: io_conn
+/// stopped first, then md gets SIGTERM), `serve` returns at once: there is nobody left to hand
+/// replies to, so waiting for `md.drain_deadline` would only delay the stop.
 pub fn serve<S: Service>(
     runner: &mut Runner<S>,
     pair: &PairConfig,
@@ -119,7 +131,8 @@ where
     let mut watchdog = Watchdog::from_env();
     let mut ready_sent = false;
     loop {
-        let Some(side) = attach(pair, instance, control, stale, &mut watchdog)? else {
+        let Some(side) = attach(pair, instance, control, stale, &mut watchdog, &mut ready_sent)?
+        else {
             let _ = notify::stopping();
             return Ok(());
         };
@@ -181,6 +194,12 @@ where
                 return Ok(());
             }
             Exit::Detached(why @ Detach::Corrupt(_)) => return Err(ServeError::Corrupt(why)),
+            // Told to stop, and io_conn is gone or reset the pair: nothing is left to drain.
+            Exit::Detached(why) if control.shutdown_requested() => {
+                log::info!("instance {instance}: {why} while stopping; exiting now");
+                let _ = notify::stopping();
+                return Ok(());
+            }
             Exit::Detached(why) => {
                 log::warn!("instance {instance}: {why}; waiting for io_conn to re-create the pair")
             }
@@ -188,13 +207,15 @@ where
     }
 }
 
-/// One attach with backoff. `None`: shutdown was requested while waiting.
+/// One attach with backoff. `None`: shutdown was requested while waiting. The first time it has
+/// to wait (`ready_sent` false) it says `READY=1` with the reason as `STATUS=` (see [`serve`]).
 fn attach(
     pair: &PairConfig,
     instance: u32,
     control: &Control,
     stale: Option<(u64, u64)>,
     watchdog: &mut Watchdog,
+    ready_sent: &mut bool,
 ) -> Result<Option<MdSide>, ServeError> {
     let mut backoff = BACKOFF_MIN;
     let mut last_reason = String::new();
@@ -227,7 +248,18 @@ fn attach(
             Err(e @ PairError::HeldByDead { .. }) => e.to_string(),
             Err(e) => format!("cannot attach instance {instance} yet: {e}"),
         };
-        if reason != last_reason {
+        // Every status while here says what md waits for.
+        let reason =
+            if reason.starts_with("waiting") { reason } else { format!("waiting: {reason}") };
+        if !*ready_sent {
+            // Ready while waiting: io_conn.service is ordered after md@.service (see `serve`).
+            log::info!("{reason}; ready (io_conn may start after us)");
+            if let Err(e) = notify::send(&[NotifyState::Ready, NotifyState::Status(&reason)]) {
+                log::warn!("systemd notification failed: {e}");
+            }
+            *ready_sent = true;
+            last_reason = reason;
+        } else if reason != last_reason {
             log::info!("{reason}");
             let _ = notify::status(&reason);
             last_reason = reason;

@@ -5,6 +5,7 @@
 //! systemd splits a datagram into lines, and `rt::notify` (through the sd-notify crate) ends each
 //! line with `\n` while libsystemd's callers usually do not.
 
+use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -129,10 +130,10 @@ fn md_ready_watchdog_reattach_stopping() {
             .expect("start md"),
     );
 
+    // io_conn is ready before md starts: md attaches at its first look and says READY=1 then.
     let ready = loop {
         match notify.next() {
-            // While it looks for the pair (the first look may come before io_conn's is ready).
-            msg if msg == "WATCHDOG=1" || msg.starts_with("STATUS=waiting") => continue,
+            msg if msg == "WATCHDOG=1" => continue,
             msg => break msg,
         }
     };
@@ -184,4 +185,110 @@ fn epoch(status: &str) -> u64 {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|e| e.parse().ok())
         .unwrap_or_else(|| panic!("no epoch in {status:?}"))
+}
+
+/// md started before io_conn (what `md@.service`, ordered Before= `io_conn.service`, does when the
+/// set starts): md says READY=1 at once with `STATUS=waiting for io_conn ...` (so systemd goes on
+/// and starts io_conn), then `STATUS=... attached ...` when io_conn is up, without a second
+/// READY=1. When io_conn then stops cleanly (first, as the stop order wants) and md gets SIGTERM,
+/// md exits 0 at once: with `md.drain_deadline = "60s"` and a 30 s watchdog here, an md that waited
+/// for its drain deadline fails the test.
+#[test]
+fn md_ready_while_waiting_for_io_conn_and_prompt_exit_after_it() {
+    ready_while_waiting("sdnotify_before", false);
+}
+
+/// The same without a pidfd of io_conn (`SHMSRV_MD_NO_PIDFD`: md notices io_conn's exit by its
+/// segment, within a second), and SIGTERM sent to md right after io_conn exited, so md may still be
+/// serving (it then starts a leave that nobody acknowledges): it still exits 0 long before its
+/// 60 s `md.drain_deadline`.
+#[test]
+fn md_without_pidfd_exits_promptly_when_io_conn_stopped_first() {
+    ready_while_waiting("sdnotify_nopidfd", true);
+}
+
+fn ready_while_waiting(test: &str, no_pidfd: bool) {
+    let notify = NotifySocket::bind(test);
+    let mut sut = Server::start_with(
+        test,
+        Setup {
+            spawn_md: 0,
+            max_instances: 1,
+            md_extra: "drain_deadline = \"60s\"",
+            ..Setup::default()
+        },
+    );
+    // A config and no io_conn: stop the one start_with started (it removes its segments).
+    sut.terminate();
+    let status = sut.child.take().expect("io_conn").wait().expect("wait io_conn");
+    assert!(status.success(), "io_conn exited with {status}");
+    let mut md = KillOnDrop(
+        Command::new(util::md_bin())
+            .arg("--config")
+            .arg(&sut.config)
+            .args(["--instance", "0"])
+            .env_remove("WATCHDOG_PID")
+            .envs(notify.env())
+            .envs(no_pidfd.then_some(("SHMSRV_MD_NO_PIDFD", "1")))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start md"),
+    );
+    let next_state = || loop {
+        match notify.next() {
+            msg if msg == "WATCHDOG=1" => continue,
+            msg => break msg,
+        }
+    };
+    let ready = next_state();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=waiting for io_conn (segment ")
+            && ready.ends_with(" not found)"),
+        "md's first state without io_conn: {ready:?}"
+    );
+    notify.expect_pings(2);
+
+    sut.relaunch(0);
+    sut.wait_md_live(1);
+    let attached = next_state();
+    assert!(
+        attached.starts_with("STATUS=instance 0 attached to io_conn epoch "),
+        "after io_conn started: {attached:?}"
+    );
+    let mut c = sut.connect("dumb/line");
+    c.write_all(b"PING\n").expect("write");
+    assert_eq!(util::read_line(&mut c), "PONG\n");
+    drop(c);
+
+    // The stop order: io_conn first (it drains and exits), then md.
+    sut.terminate();
+    let status = sut.child.take().expect("io_conn").wait().expect("wait io_conn");
+    assert!(status.success(), "io_conn exited with {status}");
+    if !no_pidfd {
+        loop {
+            match next_state() {
+                msg if msg.starts_with("STATUS=waiting for io_conn") => break,
+                msg => assert!(!msg.contains("READY=1"), "a second READY=1: {msg:?}"),
+            }
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(md.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM md");
+    loop {
+        match next_state() {
+            msg if msg == "STOPPING=1" => break,
+            // Without a pidfd md may notice io_conn's exit only now.
+            msg if no_pidfd && msg.starts_with("STATUS=") => continue,
+            msg => panic!("after SIGTERM: {msg:?}"),
+        }
+    }
+    let until = std::time::Instant::now() + WATCHDOG;
+    let status = loop {
+        if let Some(st) = md.0.try_wait().expect("wait md") {
+            break st;
+        }
+        assert!(std::time::Instant::now() < until, "md did not exit after io_conn was gone");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "md exited with {status}");
 }
