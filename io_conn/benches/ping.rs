@@ -39,15 +39,9 @@ fn run_point(
     dur: Duration,
 ) -> (u64, f64, loadgen::Report) {
     let text = |b: &[u8]| String::from_utf8_lossy(b.strip_suffix(b"\n").unwrap_or(b)).into_owned();
-    let w = loadgen::Workload::new(
-        loadgen::Proto::Line,
-        &[text(req)],
-        &[text(reply)],
-        0,
-        200,
-        "bench",
-    )
-    .expect("workload");
+    let w =
+        loadgen::Workload::new(loadgen::Proto::Line, &[text(req)], &[text(reply)], 0, 200, "bench")
+            .expect("workload");
     let plan = loadgen::Plan {
         addr,
         workload: w,
@@ -218,7 +212,8 @@ fn main() {
     for conns in [1usize, 10, 100] {
         let (n, secs, ro) = run_point(sut.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
         let ours = n as f64 / secs;
-        let lat = |r: &loadgen::Report| format!("p50 {:>6.1} p99 {:>7.1} us", r.us(0.5), r.us(0.99));
+        let lat =
+            |r: &loadgen::Report| format!("p50 {:>6.1} p99 {:>7.1} us", r.us(0.5), r.us(0.99));
         match &redis {
             Some(r) => {
                 let (n, secs, rr) = run_point(r.addr, b"PING\n", b"+PONG\r\n", conns, dur);
