@@ -274,6 +274,9 @@ fn point(
     Ok(r)
 }
 
+/// One server's open-loop sweep: its name and (offered/s, achieved/s, p99 ms) per point.
+type Series = (String, Vec<(f64, f64, f64)>);
+
 struct Row {
     test: String,
     conns: usize,
@@ -355,7 +358,7 @@ fn main() -> anyhow::Result<()> {
         targets.push(("Redis".into(), r, r"+PONG\r"));
     }
     targets.push(("onecore".into(), s.one_line, "PONG"));
-    let mut series: Vec<(String, Vec<(f64, f64, f64)>)> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
     for (name, addr, exp) in &targets {
         let mut pts = Vec::new();
         for &rate in &ladder {
@@ -388,13 +391,7 @@ const BEGIN: &str =
     "<!-- bench-table:begin (written by scripts/bench-table.sh; do not edit by hand) -->";
 const END: &str = "<!-- bench-table:end -->";
 
-fn render(
-    a: &Args,
-    s: &Servers,
-    rows: &[Row],
-    series: &[(String, Vec<(f64, f64, f64)>)],
-    sweep_c: usize,
-) -> String {
+fn render(a: &Args, s: &Servers, rows: &[Row], series: &[Series], sweep_c: usize) -> String {
     let mut m = String::new();
     m += &format!("{BEGIN}\n## Comparison table (bench-table)\n\n");
     m += &format!(
@@ -457,11 +454,7 @@ fn write_section(out: &Path, md: &str) -> anyhow::Result<()> {
     std::fs::write(out, new).with_context(|| format!("writing {}", out.display()))
 }
 
-fn chart(
-    a: &Args,
-    series: &[(String, Vec<(f64, f64, f64)>)],
-    sweep_c: usize,
-) -> anyhow::Result<()> {
+fn chart(a: &Args, series: &[Series], sweep_c: usize) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let font = std::fs::read(&a.font).with_context(|| {
         format!("reading the chart font {} (apt-get install fonts-dejavu-core)", a.font.display())
