@@ -2,9 +2,10 @@
 //!
 //! `cargo bench -p io_conn --bench ping` (build md in release first: `cargo build --release
 //! --bins`) runs 5 s per point and prints msgs/s; `cargo test --benches` runs a < 5 s smoke
-//! version (debug builds) so the bench keeps compiling and working. The client is one thread
-//! that writes `PING\n` on every connection, then reads every `PONG\n` (so `c` requests are in
-//! flight); it shares the machine's vCPUs with the server, as in `../shared/bench/`.
+//! version (debug builds) so the bench keeps compiling and working. The client is the repo's
+//! load generator (`loadgen`, closed loop, one thread, one request in flight per connection,
+//! every reply checked); it shares the machine's vCPUs with the server, as in `../shared/bench/`.
+//! Each point prints the p50 and p99 latency beside the rate.
 //!
 //! Same-run baseline: if `redis-server` is installed (`apt-get install redis-server`), the same
 //! client runs against it right after each of our points (redis answers an inline `PING\n` with
@@ -22,50 +23,40 @@
 #[path = "../tests/util/mod.rs"]
 mod util;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One request/response loop point: `conns` connections, each with one request in flight;
-/// returns the replies and the seconds they took. Every reply is checked byte for byte.
+/// One closed-loop point with the repo's load generator (`loadgen`): `conns` connections, each
+/// with one request in flight, every reply checked byte for byte (a wrong reply or an error
+/// fails the bench); returns the replies, the seconds they took and the report (latency
+/// percentiles).
 fn run_point(
     addr: SocketAddr,
     req: &[u8],
     reply: &[u8],
     conns: usize,
     dur: Duration,
-) -> (u64, f64) {
-    let mut cs: Vec<TcpStream> = (0..conns)
-        .map(|_| {
-            let s = TcpStream::connect(addr).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-            s.set_nodelay(true).expect("nodelay");
-            s
-        })
-        .collect();
-    let mut buf = vec![0u8; reply.len()];
-    let mut round = |cs: &mut [TcpStream]| {
-        for c in cs.iter_mut() {
-            c.write_all(req).expect("write");
-        }
-        for c in cs.iter_mut() {
-            c.read_exact(&mut buf).expect("read");
-            assert_eq!(buf, reply);
-        }
+) -> (u64, f64, loadgen::Report) {
+    let text = |b: &[u8]| String::from_utf8_lossy(b.strip_suffix(b"\n").unwrap_or(b)).into_owned();
+    let w =
+        loadgen::Workload::new(loadgen::Proto::Line, &[text(req)], &[text(reply)], 0, 200, "bench")
+            .expect("workload");
+    let plan = loadgen::Plan {
+        addr,
+        workload: w,
+        conns,
+        depth: 1,
+        rate: None,
+        duration: dur,
+        warmup: dur / 10,
+        sources: Vec::new(),
+        threads: 1,
+        timeout: Duration::from_secs(30),
     };
-    // Warm-up.
-    let warm = Instant::now();
-    while warm.elapsed() < dur / 10 {
-        round(&mut cs);
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < dur {
-        round(&mut cs);
-        n += conns as u64;
-    }
-    (n, start.elapsed().as_secs_f64())
+    let r = loadgen::run(&plan).expect("loadgen");
+    assert!(r.clean(), "PING bench against {addr}: {}", r.summary());
+    (r.replies, r.secs, r)
 }
 
 /// redis-server on a free loopback port, killed (by pid) on drop. `None` if it is not installed.
@@ -158,7 +149,7 @@ fn ab(
             for side in order {
                 let s = if side == 0 { &a } else { &b };
                 let t0 = server_ticks(s);
-                let (n, secs) = run_point(s.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
+                let (n, secs, _) = run_point(s.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
                 cpu[side] += server_ticks(s) - t0;
                 replies[side] += n;
                 if side == 0 { va.push(n as f64 / secs) } else { vb.push(n as f64 / secs) }
@@ -219,18 +210,22 @@ fn main() {
         println!("  (redis-server not found or not started: no same-run baseline)");
     }
     for conns in [1usize, 10, 100] {
-        let (n, secs) = run_point(sut.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
+        let (n, secs, ro) = run_point(sut.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
         let ours = n as f64 / secs;
+        let lat =
+            |r: &loadgen::Report| format!("p50 {:>6.1} p99 {:>7.1} us", r.us(0.5), r.us(0.99));
         match &redis {
             Some(r) => {
-                let (n, secs) = run_point(r.addr, b"PING\n", b"+PONG\r\n", conns, dur);
+                let (n, secs, rr) = run_point(r.addr, b"PING\n", b"+PONG\r\n", conns, dur);
                 let base = n as f64 / secs;
                 println!(
-                    "  c{conns:<4} ours {ours:>10.0} msgs/s   redis {base:>10.0} msgs/s   ratio {:.2}",
+                    "  c{conns:<4} ours {ours:>10.0} msgs/s ({})   redis {base:>10.0} msgs/s ({})   ratio {:.2}",
+                    lat(&ro),
+                    lat(&rr),
                     ours / base
                 );
             }
-            None => println!("  c{conns:<4} ours {ours:>10.0} msgs/s"),
+            None => println!("  c{conns:<4} ours {ours:>10.0} msgs/s ({})", lat(&ro)),
         }
     }
     drop(redis);
