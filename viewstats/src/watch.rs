@@ -14,7 +14,7 @@
 //!   ever used, and a total), `3` requests by command, `4` queue halves of the live md only;
 //!   `0` all of them one after another. Up/Down (`k`/`j`) scroll a line, PgUp/PgDn (space) a
 //!   page, Home/End (`g`/`G`) to the ends, Left/Right (`h`/`l`) sideways for wide rows, Tab and
-//!   Shift-Tab cycle the sections, `q`, Esc or Ctrl-C quits; SIGTERM, SIGINT and SIGHUP too.
+//!   Shift-Tab cycle the sections, `q` or Ctrl-C quits; SIGTERM, SIGINT and SIGHUP too.
 //!
 //! `--all` shows every md slot, also never-used ones and their queues; `-f GLOB` keeps the
 //! counter rows whose key matches, and md and queue rows with at least one matching counter (the
@@ -220,7 +220,8 @@ impl Ui {
     fn key(&mut self, k: KeyEvent) -> bool {
         let page = self.page.saturating_sub(1).max(1);
         match k.code {
-            KeyCode::Char('q') | KeyCode::Esc => return false,
+            // Not Esc: a key's escape sequence split by a slow pty would read as Esc and quit.
+            KeyCode::Char('q') => return false,
             KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return false,
             KeyCode::Up | KeyCode::Char('k') => self.scroll = self.scroll.saturating_sub(1),
             KeyCode::Down | KeyCode::Char('j') => self.scroll += 1,
