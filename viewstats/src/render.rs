@@ -31,13 +31,22 @@ fn md_section(s: &Snapshot) -> Option<usize> {
     s.sections.iter().position(|x| x.name == "md")
 }
 
-/// Per slot: shown or not. A slot is shown if its md state is not absent or any value of any of
-/// its blocks is non-zero (or `all`).
+/// Per slot: shown or not. A slot is shown once an md has used it: its `md` block has a
+/// non-zero value (an md writes its pid and state when it takes the slot), or `all`. io_conn
+/// writes every slot's queue halves (their generation) whether an md ever came or not, so those
+/// do not count; only a segment without an `md` section falls back to any non-zero value of any
+/// per-slot block.
 pub(crate) fn shown_slots(s: &Snapshot, all: bool) -> Vec<bool> {
     let n = s.info.md_slots as usize;
     let mut shown = vec![all; n];
+    let md = md_section(s);
     for b in &s.blocks {
-        if s.sections[b.section].instances > 1 || s.sections[b.section].name != "io" {
+        let sec = &s.sections[b.section];
+        let counts = match md {
+            Some(m) => b.section == m,
+            None => sec.instances > 1 || sec.name != "io",
+        };
+        if counts {
             if let Some(x) = shown.get_mut(b.instance as usize) {
                 *x |= b.values.iter().any(|&v| v != 0);
             }

@@ -602,11 +602,27 @@ fn live_view_scrolls_in_an_80x24_terminal() {
     assert!(s.contains("instances 1 live md, 1 exited or dead, of 4 slots"), "{s}");
     assert!(s.contains("load   md1 running"), "{s}");
     assert!(s.contains("lines 1-"), "{s}");
-    // The end of the io section is below the fold; PageDown brings it up.
+    // The end of the io section is below the fold; PageDown scrolls a page: the first rows go,
+    // rows that were below come up.
     assert!(!s.contains("connections_refused_per_ip"), "{s}");
+    let io_rows = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with("io_conn"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let before = io_rows(&s);
     pane.keys(&["PageDown"]);
+    let s = pane.until("the next page", &|s| !s.contains("connections_current"));
+    let new: Vec<String> = io_rows(&s).into_iter().filter(|r| !before.contains(r)).collect();
+    assert!(!new.is_empty(), "rows from below the fold:\n{s}");
+    assert!(!s.contains(" lines 1-"), "{s}");
+    // `1` shows the io section alone, End goes to its end.
+    pane.keys(&["1"]);
+    pane.until("the io section from its top", &|s| s.contains("connections_current"));
+    pane.keys(&["End"]);
     let s = pane.until("connections_refused_per_ip", &|s| s.contains("connections_refused_per_ip"));
-    assert!(!s.contains("connections_current"), "scrolled past the first rows: {s}");
+    assert!(!s.contains("connections_current"), "{s}");
     // Home goes back; `4` shows the queue section alone, Tab wraps to all.
     pane.keys(&["Home"]);
     pane.until("connections_current", &|s| s.contains("connections_current"));
@@ -1209,4 +1225,38 @@ fn filter_applies_in_every_mode() {
     let o = run(&["-1", "--name", &name, "-f", "[io"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("-f \"[io\": not a glob"), "{}", text(&o.stderr));
+}
+
+/// Issue 16: io_conn writes every slot's queue halves, so "any non-zero value" showed every
+/// slot; a slot is shown once an md used it (its md block), in the table, JSON and Prometheus.
+#[test]
+fn slots_no_md_ever_used_are_hidden_in_every_mode() {
+    let name = unique("unused");
+    let srv = Server::new(&name, 65);
+    fill_like_io_conn(&srv);
+    let o = run(&["-1", "--name", &name]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    for unused in ["md.0.", "md.3.", "in.0.", "out.3."] {
+        assert!(!out.contains(unused), "{unused} in\n{out}");
+    }
+    assert!(out.contains("md.2.state") && out.contains("in.2.producer.generation"), "{out}");
+    let o = run(&["--json", "--name", &name]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let slots = |sec: &str| -> Vec<u64> {
+        v["sections"][sec]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["instance"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(slots("md"), [1, 2]);
+    assert_eq!(slots("in.producer"), [1, 2]);
+    let o = run(&["--prometheus", "--name", &name]);
+    let out = text(&o.stdout);
+    assert!(!out.contains("slot=\"0\"") && !out.contains("slot=\"3\""), "{out}");
+    assert!(out.contains("shmsrv_queue_producer_generation{slot=\"2\",queue=\"in\"} 1"), "{out}");
+    let o = run(&["--prometheus", "--all", "--name", &name]);
+    assert!(text(&o.stdout).contains("slot=\"3\""), "--all shows them");
 }
