@@ -450,14 +450,22 @@ impl Pane {
             );
             return None;
         }
-        let cmd = format!("{BIN} {args}");
+        // exec: the pane's process is viewstats itself (for signals).
+        let cmd = format!("exec {BIN} {args}");
         let (x, y) = (cols.to_string(), rows.to_string());
         let st = Command::new("tmux")
             .args(["new-session", "-d", "-s", session, "-x", &x, "-y", &y, &cmd])
             .status()
             .unwrap();
         assert!(st.success());
-        Some(Self { session: session.to_owned() })
+        let sut = Self { session: session.to_owned() };
+        // Keep the pane after viewstats exits, to read its exit status and screen.
+        let st = Command::new("tmux")
+            .args(["set-option", "-t", session, "remain-on-exit", "on"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Some(sut)
     }
 
     fn capture(&self) -> String {
@@ -493,8 +501,33 @@ impl Pane {
         assert!(st.success());
     }
 
-    fn alive(&self) -> bool {
-        Command::new("tmux").args(["has-session", "-t", &self.session]).status().unwrap().success()
+    /// The pid of the pane's process (viewstats).
+    fn pid(&self) -> i32 {
+        let o = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.session, "#{pane_pid}"])
+            .output()
+            .unwrap();
+        text(&o.stdout).trim().parse().expect("pane pid")
+    }
+
+    /// Waits (watchdog 30 s) for the program in the pane to end (the pane stays:
+    /// remain-on-exit) and returns its exit status (`None`: killed by a signal).
+    fn wait_exit(&self, why: &str) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = Command::new("tmux")
+                .args(["display-message", "-p", "-t", &self.session])
+                .arg("#{pane_dead} #{pane_dead_status} #{pane_dead_signal}")
+                .output()
+                .unwrap();
+            let t = text(&o.stdout);
+            let w: Vec<&str> = t.split_whitespace().collect();
+            if w.first() == Some(&"1") {
+                return w.get(1).and_then(|s| s.parse().ok());
+            }
+            assert!(Instant::now() < deadline, "watchdog: {why} did not end viewstats");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -575,12 +608,12 @@ fn live_view_fits_a_160x50_terminal() {
     let spark = lines_starting(&s, "req/s in");
     assert_eq!(spark.len(), 1, "{s}");
     assert!(spark[0].chars().any(|c| ('▁'..='█').contains(&c)), "a sparkline bar: {s}");
-    pane.keys(&["q"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pane.alive() {
-        assert!(Instant::now() < deadline, "watchdog: q did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // SIGTERM ends it cleanly: exit 0 and the terminal restored (the alternate screen left).
+    let pid = nix::unistd::Pid::from_raw(pane.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(pane.wait_exit("SIGTERM"), Some(0), "handled, not killed by the signal");
+    let s = pane.capture();
+    assert!(!s.contains("connections_accepted"), "the view is gone: {s}");
 }
 
 /// The live view in an 80×24 terminal: the summary fits, the rest is reached by keys.
@@ -633,11 +666,8 @@ fn live_view_scrolls_in_an_80x24_terminal() {
     pane.keys(&["Tab"]);
     pane.until("connections_current", &|s| s.contains("connections_current"));
     pane.keys(&["q"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pane.alive() {
-        assert!(Instant::now() < deadline, "watchdog: q did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_eq!(pane.wait_exit("q"), Some(0));
+    assert!(!pane.capture().contains("connections_current"), "the terminal is restored");
 }
 
 /// Each md slot's service group, from the config given with --config: table, JSON, Prometheus
