@@ -16,9 +16,13 @@
 //! `md.1.commands.dumb.ping`, `in.1.consumer.wait_ns`, `md.1.group` (see [`Filter`]). Every mode
 //! applies it, the same way.
 //!
-//! **One Prometheus renderer.** [`prometheus`] is the only place the exposition text is made;
-//! [`metrics_text`] maps the segment and calls it (or says `shmsrv_up 0`), for `--serve` and for
-//! any other HTTP front (md's http service) that serves `/metrics`.
+//! **Slots.** md slots that no md ever used (their `md` block is all zero) are left out of every
+//! mode; `--all` shows them.
+//!
+//! **One Prometheus renderer.** [`prometheus`] makes the exposition text of a segment, and
+//! [`prometheus_no_server`] (through the same family writer) the `shmsrv_up 0` answer without
+//! one; [`metrics_text`] maps the segment and calls the right one, for `--serve` and for any
+//! other HTTP front (md's http service) that serves `/metrics`.
 //!
 //! **Groups.** Each md slot is shown with its service group (`[[md.group]]`), taken from the
 //! config given with `--config` (the file io_conn and md run with): the segment does not carry
