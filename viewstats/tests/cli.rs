@@ -1290,3 +1290,24 @@ fn slots_no_md_ever_used_are_hidden_in_every_mode() {
     let o = run(&["--prometheus", "--all", "--name", &name]);
     assert!(text(&o.stdout).contains("slot=\"3\""), "--all shows them");
 }
+
+/// The library entry point another `/metrics` route uses: `Target::from_config` +
+/// `metrics_text`, the same text as `viewstats --prometheus`, and `shmsrv_up 0` without a server.
+#[test]
+fn metrics_text_is_the_prometheus_text() {
+    let name = unique("lib");
+    let mut cfg = config::Config::default();
+    cfg.shared.name = name.clone();
+    cfg.shared.shm_backend = config::ShmBackend::Posix;
+    let t = viewstats::Target::from_config(&cfg);
+    assert_eq!((t.name.as_str(), t.backend), (name.as_str(), Backend::Posix));
+    let _ = StatsSegment::remove(Backend::Posix, &name);
+    let down = viewstats::metrics_text(&t);
+    assert_eq!(plain_sample(&down, "shmsrv_up"), Some(0.0), "{down}");
+    assert!(down.contains(&format!("no server running under {name}")), "{down}");
+    let srv = Server::new(&name, 66);
+    srv.fill();
+    let up = viewstats::metrics_text(&t);
+    assert_eq!(plain_sample(&up, "shmsrv_up"), Some(1.0), "{up}");
+    assert_eq!(up, text(&run(&["--prometheus", "--name", &name]).stdout));
+}
