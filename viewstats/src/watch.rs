@@ -108,7 +108,7 @@ impl Model {
             line(&l.join("   "));
         }
         if !self.load.is_empty() {
-            line(&format!("load  {}", self.load.join("   ")));
+            line(&format!("load   {}", self.load.join("   ")));
         }
         for sec in &self.sections {
             line("");

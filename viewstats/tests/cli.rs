@@ -439,6 +439,8 @@ fn watch_resets_rate_baselines_on_restart_and_slot_reuse() {
 /// session is killed on drop. `None` (and a loud note) if tmux is not installed.
 struct Pane {
     session: String,
+    /// Where the pane's shell writes viewstats' exit status.
+    status: std::path::PathBuf,
 }
 
 impl Pane {
@@ -450,15 +452,18 @@ impl Pane {
             );
             return None;
         }
-        // exec: the pane's process is viewstats itself (for signals).
-        let cmd = format!("exec {BIN} {args}");
+        // The shell writes viewstats' exit status to a file once it is gone (tmux's own
+        // pane_dead_status is not always recorded).
+        let status = std::env::temp_dir().join(format!("{session}.exit"));
+        let _ = std::fs::remove_file(&status);
+        let cmd = format!("{BIN} {args}; echo $? > {}", status.display());
         let (x, y) = (cols.to_string(), rows.to_string());
         let st = Command::new("tmux")
             .args(["new-session", "-d", "-s", session, "-x", &x, "-y", &y, &cmd])
             .status()
             .unwrap();
         assert!(st.success());
-        let sut = Self { session: session.to_owned() };
+        let sut = Self { session: session.to_owned(), status };
         // Keep the pane after viewstats exits, to read its exit status and screen.
         let st = Command::new("tmux")
             .args(["set-option", "-t", session, "remain-on-exit", "on"])
@@ -501,31 +506,30 @@ impl Pane {
         assert!(st.success());
     }
 
-    /// The pid of the pane's process (viewstats).
+    /// The pid of viewstats: the only child of the pane's shell.
     fn pid(&self) -> i32 {
         let o = Command::new("tmux")
             .args(["display-message", "-p", "-t", &self.session, "#{pane_pid}"])
             .output()
             .unwrap();
-        text(&o.stdout).trim().parse().expect("pane pid")
+        let sh = text(&o.stdout).trim().to_owned();
+        let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
+            .expect("the pane's shell");
+        let pids: Vec<i32> = children.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(pids.len(), 1, "one child of the pane's shell: {children}");
+        pids[0]
     }
 
-    /// Waits (watchdog 30 s) for the program in the pane to end (the pane stays:
-    /// remain-on-exit) and returns its exit status (`None`: killed by a signal).
-    fn wait_exit(&self, why: &str) -> Option<i32> {
+    /// Waits (watchdog 30 s) for viewstats to end and returns its exit status as the pane's
+    /// shell saw it (128 + N: killed by signal N), and the screen then.
+    fn wait_exit(&self, why: &str) -> (i32, String) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let o = Command::new("tmux")
-                .args(["display-message", "-p", "-t", &self.session])
-                .arg("#{pane_dead} #{pane_dead_status} #{pane_dead_signal}")
-                .output()
-                .unwrap();
-            let t = text(&o.stdout);
-            let w: Vec<&str> = t.split_whitespace().collect();
-            if w.first() == Some(&"1") {
-                return w.get(1).and_then(|s| s.parse().ok());
+            let st = std::fs::read_to_string(&self.status).unwrap_or_default();
+            if st.ends_with('\n') {
+                return (st.trim().parse().expect("a status"), self.capture());
             }
-            assert!(Instant::now() < deadline, "watchdog: {why} did not end viewstats");
+            assert!(Instant::now() < deadline, "watchdog: {why}:\n{}", self.capture());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -533,6 +537,7 @@ impl Pane {
 
 impl Drop for Pane {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.status);
         let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).output();
     }
 }
@@ -611,8 +616,8 @@ fn live_view_fits_a_160x50_terminal() {
     // SIGTERM ends it cleanly: exit 0 and the terminal restored (the alternate screen left).
     let pid = nix::unistd::Pid::from_raw(pane.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert_eq!(pane.wait_exit("SIGTERM"), Some(0), "handled, not killed by the signal");
-    let s = pane.capture();
+    let (code, s) = pane.wait_exit("the end after SIGTERM");
+    assert_eq!(code, 0, "handled, not killed by the signal: {s}");
     assert!(!s.contains("connections_accepted"), "the view is gone: {s}");
 }
 
@@ -666,8 +671,9 @@ fn live_view_scrolls_in_an_80x24_terminal() {
     pane.keys(&["Tab"]);
     pane.until("connections_current", &|s| s.contains("connections_current"));
     pane.keys(&["q"]);
-    assert_eq!(pane.wait_exit("q"), Some(0));
-    assert!(!pane.capture().contains("connections_current"), "the terminal is restored");
+    let (code, s) = pane.wait_exit("the end after q");
+    assert_eq!(code, 0, "{s}");
+    assert!(!s.contains("connections_current"), "the terminal is restored: {s}");
 }
 
 /// Each md slot's service group, from the config given with --config: table, JSON, Prometheus
