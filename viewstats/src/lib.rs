@@ -5,9 +5,24 @@
 //! descriptor table: a viewer of another build reads any segment of the same layout version.
 //!
 //! Modes: `-1` one-shot table (value, per-second rate since start, description), `--watch` live
-//! view (value and change per second, per-md rows and a total), `--json`, `--prometheus` (text
-//! exposition format). `--wait SECONDS` waits for a segment that is not there yet; otherwise a
-//! missing segment is "no server running under NAME" and exit code 1.
+//! view in the terminal (a summary, rate sparklines, then the io, md, command and queue sections,
+//! scrolled and switched by keys; see [`Watch`]), `--json`, `--prometheus` (text exposition
+//! format) and `--serve ADDR` (that text over HTTP at `/metrics`, see [`serve`]). `--wait SECONDS`
+//! waits for a segment that is not there yet; otherwise a missing segment is "no server running
+//! under NAME" and exit code 1 (`--serve` instead answers `shmsrv_up 0`).
+//!
+//! **Filters.** `-f GLOB` (repeatable; `^GLOB` excludes, as in varnishstat) keeps the counters
+//! whose display key matches: `io.connections_current`, `md.1.messages_in`,
+//! `md.1.commands.dumb.ping`, `in.1.consumer.wait_ns`, `md.1.group` (see [`Filter`]). Every mode
+//! applies it, the same way.
+//!
+//! **Slots.** md slots that no md ever used (their `md` block is all zero) are left out of every
+//! mode; `--all` shows them.
+//!
+//! **One Prometheus renderer.** [`prometheus`] makes the exposition text of a segment, and
+//! [`prometheus_no_server`] (through the same family writer) the `shmsrv_up 0` answer without
+//! one; [`metrics_text`] maps the segment and calls the right one, for `--serve` and for any
+//! other HTTP front (md's http service) that serves `/metrics`.
 //!
 //! **Groups.** Each md slot is shown with its service group (`[[md.group]]`), taken from the
 //! config given with `--config` (the file io_conn and md run with): the segment does not carry
@@ -25,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod render;
+pub mod serve;
 mod watch;
 
 use std::io::Write;
@@ -36,7 +52,7 @@ use clap::{Parser, ValueEnum};
 use shmq::region::Backend;
 use shmq::stats::{StatsError, StatsReader};
 
-pub use render::{json, prometheus, table};
+pub use render::{json, prometheus, prometheus_no_server, table};
 pub use watch::{DISPATCHED_COUNTER, IN_FLIGHT_COUNTER, Watch};
 
 /// Command line.
@@ -47,8 +63,16 @@ pub struct Args {
     #[arg(short = '1', long = "once")]
     pub once: bool,
     /// Live view, redrawn every interval (the default on a terminal).
-    #[arg(long, conflicts_with_all = ["once", "json", "prometheus"])]
+    #[arg(long, conflicts_with_all = ["once", "json", "prometheus", "serve"])]
     pub watch: bool,
+    /// Serve the Prometheus text at http://ADDR/metrics (e.g. `127.0.0.1:9464`), reading the
+    /// segment on each scrape, until SIGTERM or SIGINT.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["once", "json", "prometheus"])]
+    pub serve: Option<String>,
+    /// Show only counters whose key (`io.bytes_in`, `md.1.messages_in`, ...) matches GLOB;
+    /// `^GLOB` hides them instead. Repeatable; every mode.
+    #[arg(short = 'f', long = "filter", value_name = "GLOB")]
+    pub filter: Vec<String>,
     /// One JSON document.
     #[arg(long, conflicts_with_all = ["once", "prometheus"])]
     pub json: bool,
@@ -90,7 +114,46 @@ pub enum BackendArg {
     Sysv,
 }
 
-/// Where the segment is, resolved from the arguments and the config.
+/// `-f GLOB` patterns: which counters every mode shows, by display key
+/// (`io.connections_current`, `md.1.messages_in`, `in.1.consumer.wait_ns`).
+///
+/// A key is kept if it matches any include pattern (or there is none) and no exclude pattern
+/// (`^GLOB`). Patterns are shell globs (`*` also matches dots: `md.*.errors`, `*commands*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    include: Vec<glob::Pattern>,
+    exclude: Vec<glob::Pattern>,
+}
+
+impl Filter {
+    /// Parses `-f` arguments; an invalid pattern is an error naming it.
+    pub fn new<S: AsRef<str>>(globs: &[S]) -> anyhow::Result<Self> {
+        let mut f = Self::default();
+        for g in globs {
+            let g = g.as_ref();
+            let (list, pat) = match g.strip_prefix('^') {
+                Some(rest) => (&mut f.exclude, rest),
+                None => (&mut f.include, g),
+            };
+            let p = glob::Pattern::new(pat).with_context(|| format!("-f {g:?}: not a glob"))?;
+            list.push(p);
+        }
+        Ok(f)
+    }
+
+    /// Whether there is no pattern at all.
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Whether the counter with display key `key` is shown.
+    pub fn matches(&self, key: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| p.matches(key)))
+            && !self.exclude.iter().any(|p| p.matches(key))
+    }
+}
+
+/// Where the segment is, resolved from the arguments and the config, and which counters to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// Server name.
@@ -101,9 +164,27 @@ pub struct Target {
     pub interval: Duration,
     /// The config's `[[md.group]]` tables (empty: every instance serves every service).
     pub groups: Vec<config::Group>,
+    /// `-f`: which counters to show (empty: all).
+    pub filter: Filter,
 }
 
 impl Target {
+    /// The segment a server running with `cfg` writes, every counter shown: what a `/metrics`
+    /// route inside the server's own processes passes to [`metrics_text`].
+    pub fn from_config(cfg: &config::Config) -> Self {
+        let backend = match cfg.shared.shm_backend {
+            config::ShmBackend::Posix => Backend::Posix,
+            config::ShmBackend::Sysv => Backend::Sysv,
+        };
+        Self {
+            name: cfg.shared.name.clone(),
+            backend,
+            interval: cfg.viewstats.refresh,
+            groups: cfg.md.groups.clone(),
+            filter: Filter::default(),
+        }
+    }
+
     /// Where an operator finds the segment: `/dev/shm/NAME.stats` or the SysV key.
     pub fn location(&self) -> String {
         let seg = shmq::stats::segment_name(&self.name);
@@ -136,21 +217,46 @@ impl Target {
 pub fn resolve(args: &Args) -> anyhow::Result<Target> {
     let cfg = config::Config::load_or_default(args.config.as_deref())
         .with_context(|| "reading the config".to_owned())?;
-    let name = args.name.clone().unwrap_or_else(|| cfg.shared.name.clone());
-    let backend = match args.backend {
-        Some(BackendArg::Posix) => Backend::Posix,
-        Some(BackendArg::Sysv) => Backend::Sysv,
-        None => match cfg.shared.shm_backend {
-            config::ShmBackend::Posix => Backend::Posix,
-            config::ShmBackend::Sysv => Backend::Sysv,
-        },
-    };
-    let interval = match args.interval {
-        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+    let mut t = Target::from_config(&cfg);
+    if let Some(name) = &args.name {
+        t.name = name.clone();
+    }
+    match args.backend {
+        Some(BackendArg::Posix) => t.backend = Backend::Posix,
+        Some(BackendArg::Sysv) => t.backend = Backend::Sysv,
+        None => {}
+    }
+    match args.interval {
+        Some(s) if s.is_finite() && s > 0.0 => t.interval = Duration::from_secs_f64(s),
         Some(s) => anyhow::bail!("--interval {s}: must be a positive number of seconds"),
-        None => cfg.viewstats.refresh,
-    };
-    Ok(Target { name, backend, interval, groups: cfg.md.groups })
+        None => {}
+    }
+    t.filter = Filter::new(&args.filter)?;
+    Ok(t)
+}
+
+/// The Prometheus text of the server `t` names, read now: the segment is mapped read-only,
+/// rendered by [`prometheus`] (never-used md slots left out, `t.filter` applied) and unmapped.
+/// Never an error: with no segment, or one this process may not read, the text says
+/// `shmsrv_up 0` and, in a comment, why. For `viewstats --serve` and any other `/metrics` route.
+pub fn metrics_text(target: &Target) -> String {
+    metrics_text_with(target, false)
+}
+
+/// [`metrics_text`], with `all` = also the never-used md slots (`--all`).
+pub(crate) fn metrics_text_with(t: &Target, all: bool) -> String {
+    match StatsReader::attach(t.backend, &t.name) {
+        Ok(r) => prometheus(t, &r.snapshot(), all),
+        Err(StatsError::NotFound { .. }) => prometheus_no_server(&format!(
+            "no server running under {} (no segment {})",
+            t.name,
+            t.location()
+        )),
+        Err(e) => {
+            log::debug!("scrape: {}: {e}", t.location());
+            prometheus_no_server(&format!("{}: {e}{}", t.location(), hint(&e)))
+        }
+    }
 }
 
 /// Why the segment could not be read.
@@ -205,6 +311,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let t = resolve(args)?;
+    if let Some(addr) = &args.serve {
+        return serve::serve(&t, addr, args.all, serve::Limits::default());
+    }
     let wait = match args.wait {
         Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
         Some(s) => anyhow::bail!("--wait {s}: must be a non-negative number of seconds"),

@@ -31,13 +31,22 @@ fn md_section(s: &Snapshot) -> Option<usize> {
     s.sections.iter().position(|x| x.name == "md")
 }
 
-/// Per slot: shown or not. A slot is shown if its md state is not absent or any value of any of
-/// its blocks is non-zero (or `all`).
+/// Per slot: shown or not. A slot is shown once an md has used it: its `md` block has a
+/// non-zero value (an md writes its pid and state when it takes the slot), or `all`. io_conn
+/// writes every slot's queue halves (their generation) whether an md ever came or not, so those
+/// do not count; only a segment without an `md` section falls back to any non-zero value of any
+/// per-slot block.
 pub(crate) fn shown_slots(s: &Snapshot, all: bool) -> Vec<bool> {
     let n = s.info.md_slots as usize;
     let mut shown = vec![all; n];
+    let md = md_section(s);
     for b in &s.blocks {
-        if s.sections[b.section].instances > 1 || s.sections[b.section].name != "io" {
+        let sec = &s.sections[b.section];
+        let counts = match md {
+            Some(m) => b.section == m,
+            None => sec.instances > 1 || sec.name != "io",
+        };
+        if counts {
             if let Some(x) = shown.get_mut(b.instance as usize) {
                 *x |= b.values.iter().any(|&v| v != 0);
             }
@@ -175,7 +184,7 @@ pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
             if secs > 0.0 { format!("{:.2}", v as f64 / secs) } else { "-".to_owned() }
         };
         let (scalars, hists) = split(s, b);
-        if s.sections[b.section].name == "md" {
+        if s.sections[b.section].name == "md" && t.filter.matches(&key(s, b, "group")) {
             let index = t.group_index(b.instance).map_or("-".to_owned(), |k| k.to_string());
             let _ = writeln!(
                 o,
@@ -186,7 +195,7 @@ pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
                 group_help(t, b.instance)
             );
         }
-        for c in scalars {
+        for c in scalars.into_iter().filter(|c| t.filter.matches(&key(s, b, c.name))) {
             let (d, v) = (c.desc, c.value);
             let r = if d.kind == CounterKind::Counter { rate(v) } else { "-".to_owned() };
             let mut help = d.help.clone();
@@ -201,7 +210,7 @@ pub fn table(t: &Target, s: &Snapshot, all: bool) -> String {
             }
             let _ = writeln!(o, "{:<40} {:>16} {:>12}  {}", key(s, b, c.name), v, r, help);
         }
-        for h in hists {
+        for h in hists.into_iter().filter(|h| t.filter.matches(&key(s, b, h.name))) {
             let c = h.count();
             let _ = writeln!(
                 o,
@@ -265,7 +274,12 @@ pub fn json(t: &Target, s: &Snapshot, all: bool) -> Value {
         let mut blocks = Vec::new();
         let mut described = Map::new();
         for b in s.blocks.iter().filter(|b| b.section == si && is_shown(s, b, &shown)) {
-            let (scalars, hists) = split(s, b);
+            let (mut scalars, mut hists) = split(s, b);
+            scalars.retain(|c| t.filter.matches(&key(s, b, c.name)));
+            hists.retain(|h| t.filter.matches(&key(s, b, h.name)));
+            if !t.filter.is_empty() && scalars.is_empty() && hists.is_empty() {
+                continue;
+            }
             let mut values = Map::new();
             for c in scalars {
                 values.insert(c.name.to_owned(), j!(c.value));
@@ -385,25 +399,68 @@ fn ns_as_secs(ns: u64) -> String {
     format!("{}.{}", ns / 1_000_000_000, f.trim_end_matches('0'))
 }
 
+/// Metric families in first-seen order: `# HELP` / `# TYPE` once each, then their samples.
+#[derive(Default)]
+struct Families {
+    order: Vec<String>,
+    fams: HashMap<String, (String, &'static str, Vec<String>)>,
+}
+
+impl Families {
+    fn add(&mut self, name: &str, help: &str, typ: &'static str, line: String) {
+        let f = self.fams.entry(name.to_owned()).or_insert_with(|| {
+            self.order.push(name.to_owned());
+            (escape_help(help), typ, Vec::new())
+        });
+        f.2.push(line);
+    }
+
+    /// `shmsrv_up`: the one sample every scrape has, with or without a server.
+    fn up(&mut self, up: bool) {
+        self.add(
+            "shmsrv_up",
+            "1 if the io_conn that created the stats segment is running (0: no segment, \
+             one viewstats may not read, or its creator is gone)",
+            "gauge",
+            format!("shmsrv_up {}", u8::from(up)),
+        );
+    }
+
+    fn text(&self, o: &mut String) {
+        for name in &self.order {
+            let (help, typ, lines) = &self.fams[name];
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {typ}");
+            for l in lines {
+                let _ = writeln!(o, "{l}");
+            }
+        }
+    }
+}
+
+/// The exposition when there is no segment to read (or it cannot be read): a comment saying
+/// `why` and `shmsrv_up 0`, so a scraper records the outage instead of a failed scrape.
+pub fn prometheus_no_server(why: &str) -> String {
+    let mut f = Families::default();
+    f.up(false);
+    let mut o = format!("# viewstats: {}\n", why.replace(['\n', '\r'], " "));
+    f.text(&mut o);
+    o
+}
+
 /// Prometheus text exposition (version 0.0.4): `# HELP` / `# TYPE` once per family, names
 /// prefixed `shmsrv_`, counters suffixed `_total`, nanoseconds as seconds, labels `slot` and
-/// `queue`, histograms with cumulative `le` buckets, `shmsrv_start_time_seconds`, and
-/// `shmsrv_md_group_info{slot,group,services}` (1 per shown md slot; `group` is the
-/// `[[md.group]]` index, `all` or `-`, from the config).
+/// `queue`, histograms with cumulative `le` buckets; `shmsrv_up` (1 while io_conn runs),
+/// `shmsrv_epoch` (io_conn's epoch: a new value on every restart), `shmsrv_start_time_seconds`,
+/// and `shmsrv_md_group_info{slot,group,services}` (1 per shown md slot; `group` is the
+/// `[[md.group]]` index, `all` or `-`, from the config; filtered as the key `md.N.group`).
+/// `t.filter` selects the segment's counters by display key; the first three always appear.
+/// Generic over the descriptor table: a counter added to the schema appears with no change here.
 pub fn prometheus(t: &Target, s: &Snapshot, all: bool) -> String {
-    struct Family {
-        help: String,
-        typ: &'static str,
-        lines: Vec<String>,
-    }
-    let mut order: Vec<String> = Vec::new();
-    let mut fams: HashMap<String, Family> = HashMap::new();
+    let mut fams = Families::default();
+    fams.up(creator_alive(s));
     let mut add = |name: &str, help: &str, typ: &'static str, line: String| {
-        let f = fams.entry(name.to_owned()).or_insert_with(|| {
-            order.push(name.to_owned());
-            Family { help: escape_help(help), typ, lines: Vec::new() }
-        });
-        f.lines.push(line);
+        fams.add(name, help, typ, line);
     };
     let secs = ns_as_secs;
     add(
@@ -414,20 +471,16 @@ pub fn prometheus(t: &Target, s: &Snapshot, all: bool) -> String {
     );
     add(
         "shmsrv_epoch",
-        "Epoch of the running io_conn (changes on every restart)",
+        "Epoch of the running io_conn (a new value on every restart)",
         "gauge",
         format!("shmsrv_epoch {}", s.info.epoch),
     );
-    add(
-        "shmsrv_up",
-        "1 if the io_conn that created the stats segment is running",
-        "gauge",
-        format!("shmsrv_up {}", u8::from(creator_alive(s))),
-    );
     let shown = shown_slots(s, all);
-    for b in
-        s.blocks.iter().filter(|b| is_shown(s, b, &shown) && s.sections[b.section].name == "md")
-    {
+    for b in s.blocks.iter().filter(|b| {
+        is_shown(s, b, &shown)
+            && s.sections[b.section].name == "md"
+            && t.filter.matches(&key(s, b, "group"))
+    }) {
         let group = match (t.groups.is_empty(), t.group_index(b.instance)) {
             (true, _) => "all".to_owned(),
             (false, Some(k)) => k.to_string(),
@@ -444,7 +497,9 @@ pub fn prometheus(t: &Target, s: &Snapshot, all: bool) -> String {
     }
     for b in s.blocks.iter().filter(|b| is_shown(s, b, &shown)) {
         let (stem, lab) = prom_stem(s, b);
-        let (scalars, hists) = split(s, b);
+        let (mut scalars, mut hists) = split(s, b);
+        scalars.retain(|c| t.filter.matches(&key(s, b, c.name)));
+        hists.retain(|h| t.filter.matches(&key(s, b, h.name)));
         for c in scalars {
             let (d, v) = (c.desc, c.value);
             // `commands.dumb.ping`: family `commands`, label command="dumb.ping".
@@ -493,14 +548,7 @@ pub fn prometheus(t: &Target, s: &Snapshot, all: bool) -> String {
         }
     }
     let mut o = String::new();
-    for name in &order {
-        let f = &fams[name];
-        let _ = writeln!(o, "# HELP {name} {}", f.help);
-        let _ = writeln!(o, "# TYPE {name} {}", f.typ);
-        for l in &f.lines {
-            let _ = writeln!(o, "{l}");
-        }
-    }
+    fams.text(&mut o);
     o
 }
 

@@ -385,11 +385,12 @@ fn watch_resets_rate_baselines_on_restart_and_slot_reuse() {
         backend: Backend::Posix,
         interval: Duration::from_millis(100),
         groups: Vec::new(),
+        filter: viewstats::Filter::default(),
     };
     let reader = StatsReader::attach(Backend::Posix, &name).unwrap();
     let mut w = viewstats::Watch::new(t, reader, false);
     let first = w.frame();
-    assert!(first.starts_with("\x1b[H\x1b[2J"));
+    assert!(!first.contains('\x1b'), "plain text, no escape codes: {first}");
     assert!(first.contains("epoch 41"));
     let io = srv.seg().io();
     io.add(Io::ConnectionsAccepted, 1000);
@@ -434,59 +435,245 @@ fn watch_resets_rate_baselines_on_restart_and_slot_reuse() {
     assert!(row(&fifth, "connections_accepted")[2].parse::<f64>().unwrap() >= 0.0);
 }
 
-/// The live view in a real terminal: `viewstats --watch` inside tmux, read with capture-pane.
-#[test]
-fn live_view_in_tmux() {
-    if !Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "\n\n!!!!! SKIPPING live_view_in_tmux: tmux is not installed (apt-get install -y tmux) !!!!!\n"
-        );
-        return;
-    }
-    let name = unique("tmux");
-    let srv = Server::new(&name, 51);
-    srv.fill();
-    let session = name.clone();
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
+/// `viewstats ARGS` in a detached tmux pane of `cols`×`rows`, read with capture-pane; the
+/// session is killed on drop. `None` (and a loud note) if tmux is not installed.
+struct Pane {
+    session: String,
+    /// Where the pane's shell writes viewstats' exit status.
+    status: std::path::PathBuf,
+}
+
+impl Pane {
+    fn start(session: &str, cols: u32, rows: u32, args: &str) -> Option<Self> {
+        if !Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "\n\n!!!!! SKIPPING the terminal test: tmux is not installed \
+                 (apt-get install -y tmux) !!!!!\n"
+            );
+            return None;
         }
+        // The shell writes viewstats' exit status to a file once it is gone (tmux's own
+        // pane_dead_status is not always recorded).
+        let status = std::env::temp_dir().join(format!("{session}.exit"));
+        let _ = std::fs::remove_file(&status);
+        let cmd = format!("{BIN} {args}; echo $? > {}", status.display());
+        let (x, y) = (cols.to_string(), rows.to_string());
+        let st = Command::new("tmux")
+            .args(["new-session", "-d", "-s", session, "-x", &x, "-y", &y, &cmd])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let sut = Self { session: session.to_owned(), status };
+        // Keep the pane after viewstats exits, to read its exit status and screen.
+        let st = Command::new("tmux")
+            .args(["set-option", "-t", session, "remain-on-exit", "on"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Some(sut)
     }
-    let cmd = format!("{BIN} --watch --interval 0.1 --name {name}");
-    let st = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session, "-x", "160", "-y", "70", &cmd])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let _k = Kill(session.clone());
-    let capture = || {
-        let o = Command::new("tmux").args(["capture-pane", "-p", "-t", &session]).output().unwrap();
+
+    fn capture(&self) -> String {
+        let o = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
         text(&o.stdout)
-    };
-    let until = |what: &dyn Fn(&str) -> bool| {
+    }
+
+    /// The screen once `what` holds (watchdog 30 s; `label` says what was awaited).
+    fn until(&self, label: &str, what: &dyn Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let screen = capture();
+            let screen = self.capture();
             if what(&screen) {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "watchdog: the pane never showed it:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "watchdog: the pane never showed {label}:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-    };
-    let s = until(&|s| s.contains("connections_accepted") && s.contains("total"));
-    assert!(s.contains("epoch 51"), "{s}");
-    assert!(s.lines().any(|l| l.starts_with("1 ") && l.contains("running")), "{s}");
-    // The counters move on screen.
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let st = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// The pid of viewstats: the only child of the pane's shell.
+    fn pid(&self) -> i32 {
+        let o = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.session, "#{pane_pid}"])
+            .output()
+            .unwrap();
+        let sh = text(&o.stdout).trim().to_owned();
+        let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
+            .expect("the pane's shell");
+        let pids: Vec<i32> = children.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(pids.len(), 1, "one child of the pane's shell: {children}");
+        pids[0]
+    }
+
+    /// Waits (watchdog 30 s) for viewstats to end and returns its exit status as the pane's
+    /// shell saw it (128 + N: killed by signal N), and the screen then.
+    fn wait_exit(&self, why: &str) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = std::fs::read_to_string(&self.status).unwrap_or_default();
+            if st.ends_with('\n') {
+                return (st.trim().parse().expect("a status"), self.capture());
+            }
+            assert!(Instant::now() < deadline, "watchdog: {why}:\n{}", self.capture());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Pane {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.status);
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).output();
+    }
+}
+
+/// A segment as io_conn leaves it with 4 md slots of which only slot 1 runs: io_conn writes the
+/// generation of every slot's queue halves (so every slot has non-zero values), slot 2 held an
+/// md that exited.
+fn fill_like_io_conn(srv: &Server) {
+    srv.fill();
+    let s = srv.seg();
+    for i in 0..4 {
+        for d in [Direction::ToMd, Direction::ToIo] {
+            s.queue_producer(i, d).unwrap().set(QueueProducer::Generation, 1);
+        }
+    }
+    let md = s.attach_writer_md(2, ProcId { pid: 999_998, start_time: 7 }).unwrap();
+    md.set_state(MdState::Exited);
+}
+
+/// Lines of `screen` that start with `prefix` (after trimming).
+fn lines_starting<'a>(screen: &'a str, prefix: &str) -> Vec<&'a str> {
+    screen.lines().filter(|l| l.trim_start().starts_with(prefix)).collect()
+}
+
+/// The live view in a real terminal, 160×50 (issue 16: the io section scrolled off the top,
+/// absent md slots and their queues were drawn): `viewstats --watch` in tmux.
+#[test]
+fn live_view_fits_a_160x50_terminal() {
+    let name = unique("tmux");
+    let srv = Server::new(&name, 51);
+    fill_like_io_conn(&srv);
+    let args = format!("--watch --interval 0.1 --name {name}");
+    let Some(pane) = Pane::start(&name, 160, 50, &args) else { return };
+    let s = pane.until("the io and md sections", &|s| {
+        s.contains("connections_accepted") && s.contains("total")
+    });
+    let lines: Vec<&str> = s.lines().collect();
+    assert!(lines[0].contains("epoch 51") && lines[0].contains("running"), "{s}");
+    // The summary, then the io section at the top of the body, whole.
+    assert!(lines[1].starts_with("connections 2 open, 5 accepted"), "{s}");
+    assert!(s.contains("load   md1 running"), "per-md load of the live md only: {s}");
+    assert!(!s.contains("md2 exited"), "{s}");
+    let io = lines.iter().position(|l| l.starts_with("io_conn ")).expect("io section header");
+    assert!(io < 10, "the io section starts at the top:\n{s}");
+    for c in ["connections_current", "closed_by_peer", "bytes_in", "connections_refused_per_ip"] {
+        assert!(s.contains(c), "io counter {c} is visible:\n{s}");
+    }
+    // md rows: the running slot and the one that exited; never-used slots 0 and 3 are hidden.
+    assert!(lines.iter().any(|l| l.starts_with("1 ") && l.contains("running")), "{s}");
+    assert!(lines.iter().any(|l| l.starts_with("2 ") && l.contains("exited")), "{s}");
+    assert!(!lines.iter().any(|l| l.starts_with("0 ") || l.starts_with("3 ")), "{s}");
+    // Queue rows for the live md only, and all of them visible.
+    let queues: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.ends_with(".producer") || w.ends_with(".consumer"))
+        .collect();
+    assert_eq!(
+        queues,
+        ["in.1.producer", "in.1.consumer", "out.1.producer", "out.1.consumer"],
+        "{s}"
+    );
+    // The counters move on screen, and the rate history is drawn.
     srv.seg().io().add(Io::ConnectionsAccepted, 77_772);
-    let s = until(&|s| {
+    srv.seg().io().add(Io::MessagesIn, 50_000);
+    let s = pane.until("connections_accepted 77777", &|s| {
         s.lines().any(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
             w.first() == Some(&"connections_accepted") && w.get(1) == Some(&"77777")
         })
     });
     assert!(!s.contains("NOT RUNNING"), "{s}");
+    let spark = lines_starting(&s, "req/s in");
+    assert_eq!(spark.len(), 1, "{s}");
+    assert!(spark[0].chars().any(|c| ('▁'..='█').contains(&c)), "a sparkline bar: {s}");
+    // SIGTERM ends it cleanly: exit 0 and the terminal restored (the alternate screen left).
+    let pid = nix::unistd::Pid::from_raw(pane.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, s) = pane.wait_exit("the end after SIGTERM");
+    assert_eq!(code, 0, "handled, not killed by the signal: {s}");
+    assert!(!s.contains("connections_accepted"), "the view is gone: {s}");
+}
+
+/// The live view in an 80×24 terminal: the summary fits, the rest is reached by keys.
+#[test]
+fn live_view_scrolls_in_an_80x24_terminal() {
+    let name = unique("tmux80");
+    let srv = Server::new(&name, 52);
+    fill_like_io_conn(&srv);
+    let args = format!("--watch --interval 0.2 --name {name}");
+    let Some(pane) = Pane::start(&name, 80, 24, &args) else { return };
+    let s = pane.until("connections_current", &|s| s.contains("connections_current"));
+    assert!(s.lines().count() <= 24);
+    for l in s.lines() {
+        assert!(l.chars().count() <= 80, "fits the width: {l:?}");
+    }
+    assert!(s.contains("connections 2 open, 5 accepted"), "{s}");
+    assert!(s.contains("requests/s in"), "{s}");
+    assert!(s.contains("errors 0"), "{s}");
+    assert!(s.contains("instances 1 live md, 1 exited or dead, of 4 slots"), "{s}");
+    assert!(s.contains("load   md1 running"), "{s}");
+    assert!(s.contains("lines 1-"), "{s}");
+    // The end of the io section is below the fold; PageDown scrolls a page: the first rows go,
+    // rows that were below come up.
+    assert!(!s.contains("connections_refused_per_ip"), "{s}");
+    let io_rows = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with("io_conn"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let before = io_rows(&s);
+    pane.keys(&["PageDown"]);
+    let s = pane.until("the next page", &|s| !s.contains("connections_current"));
+    let new: Vec<String> = io_rows(&s).into_iter().filter(|r| !before.contains(r)).collect();
+    assert!(!new.is_empty(), "rows from below the fold:\n{s}");
+    assert!(!s.contains(" lines 1-"), "{s}");
+    // `1` shows the io section alone, End goes to its end.
+    pane.keys(&["1"]);
+    pane.until("the io section from its top", &|s| s.contains("connections_current"));
+    pane.keys(&["End"]);
+    let s = pane.until("connections_refused_per_ip", &|s| s.contains("connections_refused_per_ip"));
+    assert!(!s.contains("connections_current"), "{s}");
+    // Home goes back; `4` shows the queue section alone, Tab wraps to all.
+    pane.keys(&["Home"]);
+    pane.until("connections_current", &|s| s.contains("connections_current"));
+    pane.keys(&["4"]);
+    let s = pane.until("in.1.producer", &|s| s.contains("in.1.producer"));
+    assert!(!s.contains("connections_current"), "{s}");
+    assert!(!s.contains("in.0.") && !s.contains("in.2."), "live md only: {s}");
+    pane.keys(&["Tab"]);
+    pane.until("connections_current", &|s| s.contains("connections_current"));
+    pane.keys(&["q"]);
+    let (code, s) = pane.wait_exit("the end after q");
+    assert_eq!(code, 0, "{s}");
+    assert!(!s.contains("connections_current"), "the terminal is restored: {s}");
 }
 
 /// Each md slot's service group, from the config given with --config: table, JSON, Prometheus
@@ -628,4 +815,505 @@ fn issue_14_foreign_owned_stats_segment_is_refused() {
     assert_eq!(o.status.code(), Some(2));
     let err = text(&o.stderr);
     assert!(err.contains("is owned by uid 65533, not by us or the server user shmsrv"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// --serve, -f, and the terminal view (issue 16).
+
+/// `viewstats --serve 127.0.0.1:0 ARGS` running; killed on drop (also on failure).
+struct Serving {
+    child: Option<std::process::Child>,
+    addr: String,
+    /// Kept so the reader thread keeps draining the pipe.
+    _stderr: mpsc::Receiver<String>,
+}
+
+impl Serving {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .args(["--serve", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn viewstats --serve");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("watchdog: no `serving` line");
+        // viewstats: serving http://127.0.0.1:PORT/metrics for NAME (...)
+        let addr = line
+            .strip_prefix("viewstats: serving http://")
+            .and_then(|r| r.split_once("/metrics"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .0
+            .to_owned();
+        Self { child: Some(child), addr, _stderr: rx }
+    }
+
+    /// Sends `sig`, waits (under a watchdog) and returns the exit status.
+    fn stop(mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("watchdog: viewstats --serve ignored {sig:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HTTP exchange: sends `request` as is, reads to EOF (watchdog 60 s); status, head, body.
+fn http(addr: &str, request: &[u8]) -> (u16, String, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("watchdog: the answer never ended");
+    let t = text(&buf);
+    let (head, body) = t.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {t:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn get(addr: &str, path: &str) -> (u16, String, String) {
+    http(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n").as_bytes())
+}
+
+/// GET /metrics: 200 and the Prometheus content type; the body.
+fn scrape_text(addr: &str) -> String {
+    let (status, head, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    body
+}
+
+/// [`scrape_text`], and the body read by the real parser (`None` if it is not installed).
+fn scrape(addr: &str) -> (String, Option<Value>) {
+    let body = scrape_text(addr);
+    let parsed = parse_prometheus(&body);
+    (body, parsed)
+}
+
+/// The value of a sample without labels, from the text (for when the parser is not installed).
+fn plain_sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+}
+
+#[test]
+fn serve_says_up_0_without_a_server_and_follows_restarts() {
+    let name = unique("serve");
+    let _ = StatsSegment::remove(Backend::Posix, &name);
+    let sut = Serving::start(&["--name", &name]);
+
+    // No server: 200, shmsrv_up 0 and why, nothing else.
+    let (body, f) = scrape(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(0.0), "{body}");
+    assert!(body.starts_with(&format!("# viewstats: no server running under {name}")), "{body}");
+    assert!(!body.contains("shmsrv_epoch"), "{body}");
+    if let Some(f) = f {
+        assert_eq!(*sample(&f, "shmsrv_up", "shmsrv_up", &[]), 0.0);
+        assert_eq!(f.as_object().unwrap().len(), 1, "only shmsrv_up: {f}");
+    }
+
+    // A server: every counter, up 1, its epoch.
+    let srv = Server::new(&name, 61);
+    srv.fill();
+    let (body, f) = scrape(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(1.0), "{body}");
+    assert_eq!(plain_sample(&body, "shmsrv_epoch"), Some(61.0), "{body}");
+    if let Some(f) = f {
+        assert_eq!(f["shmsrv_epoch"]["type"], "gauge");
+        assert_eq!(*sample(&f, "shmsrv_up", "shmsrv_up", &[]), 1.0);
+        let acc = "shmsrv_io_connections_accepted";
+        assert_eq!(*sample(&f, acc, &format!("{acc}_total"), &[]), 5.0);
+        let slot1 = [("slot", "1")];
+        let mi = "shmsrv_md_messages_in";
+        assert_eq!(*sample(&f, mi, &format!("{mi}_total"), &slot1), 10.0);
+    }
+    // Each scrape reads the segment anew.
+    srv.seg().io().add(Io::ConnectionsAccepted, 10);
+    let body = scrape_text(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_io_connections_accepted_total"), Some(15.0));
+
+    // io_conn restarts: a new segment under the same name, a new epoch, counters from zero.
+    drop(srv);
+    let body = scrape_text(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(0.0), "between the two: {body}");
+    let srv2 = Server::new(&name, 62);
+    srv2.seg().io().add(Io::ConnectionsAccepted, 1);
+    let body = scrape_text(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_epoch"), Some(62.0), "{body}");
+    assert_eq!(plain_sample(&body, "shmsrv_io_connections_accepted_total"), Some(1.0));
+
+    // The other routes.
+    let (status, head, body) = get(&sut.addr, "/");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("Content-Type: text/html"), "{head}");
+    assert!(body.contains("href=\"/metrics\"") && body.contains(&name), "{body}");
+    let (status, _, body) = get(&sut.addr, "/metrics?x=1");
+    assert_eq!(status, 200, "a query string is ignored");
+    assert!(body.contains("shmsrv_up 1"));
+    assert_eq!(get(&sut.addr, "/nope").0, 404);
+    assert_eq!(get(&sut.addr, "/metrics/x").0, 404);
+    let (status, head, _) = http(&sut.addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: GET, HEAD"), "{head}");
+    let (status, head, body) = http(&sut.addr, b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(body.is_empty(), "HEAD has no body: {body:?}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .expect("Content-Length");
+    assert!(len > 100, "the length GET would send: {head}");
+    assert_eq!(http(&sut.addr, b"\x00\x01garbage\r\n\r\n").0, 400);
+
+    let st = sut.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(st.code(), Some(0), "SIGTERM is a clean exit");
+    drop(srv2);
+}
+
+#[test]
+fn serve_is_not_held_by_slow_or_hostile_scrapers() {
+    use std::io::Write;
+    let name = unique("slow");
+    let srv = Server::new(&name, 63);
+    srv.fill();
+    let sut = Serving::start(&["--name", &name]);
+    // A scraper that starts a request and never finishes it...
+    let mut slow = std::net::TcpStream::connect(&sut.addr).unwrap();
+    slow.write_all(b"GET /metr").unwrap();
+    // ...and one that connects and sends nothing at all.
+    let silent = std::net::TcpStream::connect(&sut.addr).unwrap();
+    // A well-behaved scrape behind them is answered (once their deadline has passed).
+    let body = scrape_text(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(1.0));
+    // The slow one was cut off with a 408.
+    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).expect("watchdog: the slow scraper was never cut off");
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    drop(silent);
+    // A request head above 8 KiB: 431, and the server goes on.
+    let mut big = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    for i in 0..20 {
+        big.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "x".repeat(500)).as_bytes());
+    }
+    big.extend_from_slice(b"\r\n");
+    assert_eq!(http(&sut.addr, &big).0, 431);
+    // Many connections opened and dropped at once, then a scrape.
+    let burst: Vec<_> = (0..50).map(|_| std::net::TcpStream::connect(&sut.addr).unwrap()).collect();
+    drop(burst);
+    assert_eq!(plain_sample(&scrape_text(&sut.addr), "shmsrv_epoch"), Some(63.0));
+    let st = sut.stop(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(st.code(), Some(0), "SIGINT is a clean exit");
+}
+
+/// The real io_conn binary, next to viewstats (`cargo build --workspace --bins` builds it;
+/// `SHMSRV_IO_CONN_BIN` overrides).
+fn io_conn_bin() -> std::path::PathBuf {
+    let p = std::env::var_os("SHMSRV_IO_CONN_BIN")
+        .map_or_else(|| std::path::Path::new(BIN).with_file_name("io_conn"), Into::into);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p io_conn; scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A real io_conn (no md) on loopback port 0 with its own name and runtime dir; killed on drop.
+struct IoConn {
+    child: Option<std::process::Child>,
+}
+
+impl IoConn {
+    fn start(config: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(io_conn_bin())
+            .arg("--config")
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn io_conn");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let sut = Self { child: Some(child) };
+        loop {
+            let l = rx.recv_timeout(Duration::from_secs(60)).expect("watchdog: io_conn not ready");
+            if l == "ready" {
+                return sut;
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(c.wait());
+        });
+        let st = rx.recv_timeout(Duration::from_secs(60)).expect("watchdog: io_conn hung");
+        assert!(st.unwrap().success());
+    }
+}
+
+impl Drop for IoConn {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The issue's scrape, end to end: `viewstats --serve` in front of a real io_conn that stops
+/// and starts again; `shmsrv_up` follows it and `shmsrv_epoch` changes.
+#[test]
+fn serve_follows_a_real_io_conn_restart() {
+    let name = unique("realio");
+    let dir = std::env::temp_dir().join(format!("{name}-dir"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let cfg = dir.join("shmsrv.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[shared]\nname = \"{name}\"\nruntime_dir = \"{}\"\nqueue_size = \"1MiB\"\n\
+             [[io_conn.listener]]\naddress = \"127.0.0.1:0\"\nservice = \"echo\"\n\
+             [md]\nmax_instances = 2\n",
+            dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let sut = Serving::start(&["--config", cfg_s]);
+    let body = scrape_text(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(0.0), "before io_conn: {body}");
+
+    let io = IoConn::start(&cfg);
+    let (body, f) = scrape(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(1.0), "{body}");
+    let e1 = plain_sample(&body, "shmsrv_epoch").expect("an epoch");
+    if let Some(f) = f {
+        assert_eq!(f["shmsrv_epoch"]["type"], "gauge");
+        assert_eq!(f["shmsrv_io_connections_accepted"]["type"], "counter");
+    }
+    io.stop();
+    let body = scrape_text(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(0.0), "io_conn stopped: {body}");
+
+    let io = IoConn::start(&cfg);
+    let body = scrape_text(&sut.addr);
+    assert_eq!(plain_sample(&body, "shmsrv_up"), Some(1.0), "{body}");
+    let e2 = plain_sample(&body, "shmsrv_epoch").expect("an epoch");
+    assert_ne!(e1, e2, "a restarted io_conn has a new epoch");
+    io.stop();
+    assert_eq!(sut.stop(nix::sys::signal::Signal::SIGTERM).code(), Some(0));
+}
+
+/// `-f GLOB` in every mode: table, JSON, Prometheus, the plain-text watch and --serve; `^GLOB`
+/// excludes; a bad pattern is a clear error.
+#[test]
+fn filter_applies_in_every_mode() {
+    let name = unique("filter");
+    let srv = Server::new(&name, 64);
+    srv.fill();
+    let f = ["-f", "io.conn*", "-f", "^io.connections_refused*", "-f", "md.*.commands.*"];
+    let args = |mode: &[&'static str]| {
+        let mut a: Vec<&str> = mode.to_vec();
+        a.extend(["--name", name.as_str()]);
+        a.extend(f);
+        a
+    };
+
+    let o = run(&args(&["-1"]));
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    let keys: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(
+        keys,
+        [
+            "io.connections_current",
+            "io.connections_accepted",
+            "md.1.commands.dumb.ping",
+            "md.1.commands.dumb.wait",
+            "md.1.commands.other"
+        ],
+        "{out}"
+    );
+
+    let o = run(&args(&["--json"]));
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let io = v["sections"]["io"][0]["values"].as_object().unwrap();
+    assert_eq!(io.keys().collect::<Vec<_>>(), ["connections_accepted", "connections_current"]);
+    assert_eq!(v["sections"]["md"][0]["values"]["commands.dumb.ping"], 10);
+    assert!(v["sections"]["md"][0]["values"].get("messages_in").is_none(), "{v}");
+    assert_eq!(v["sections"]["in.consumer"], serde_json::json!([]), "nothing left: no block");
+
+    let o = run(&args(&["--prometheus"]));
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    let families: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+    assert_eq!(
+        families,
+        [
+            "shmsrv_up gauge",
+            "shmsrv_start_time_seconds gauge",
+            "shmsrv_epoch gauge",
+            "shmsrv_io_connections_current gauge",
+            "shmsrv_io_connections_accepted_total counter",
+            "shmsrv_md_commands_total counter"
+        ],
+        "{out}"
+    );
+    if let Some(p) = parse_prometheus(&out) {
+        assert_eq!(
+            *sample(&p, "shmsrv_io_connections_current", "shmsrv_io_connections_current", &[]),
+            2.0
+        );
+    }
+
+    // --watch, not on a terminal: plain text screens.
+    let o = run(&args(&["--watch", "--count", "1"]));
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "connections_current",
+            "connections_accepted",
+            "md.1.commands.dumb.ping",
+            "md.1.commands.dumb.wait",
+            "md.1.commands.other"
+        ],
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("1 ") && l.contains("running")), "{out}");
+    assert!(!out.contains("in.1.producer"), "no queue counter matches: {out}");
+    let o = run(&["--watch", "--count", "1", "--name", &name, "-f", "in.1.*"]);
+    let out = text(&o.stdout);
+    assert!(out.contains("in.1.producer") && out.contains("in.1.consumer"), "{out}");
+    assert!(!out.contains("out.1.producer"), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("1 ")), "no md counter matches: {out}");
+
+    // --serve.
+    let sut = Serving::start(&args(&[]));
+    let body = scrape_text(&sut.addr);
+    assert_eq!(body, text(&run(&args(&["--prometheus"])).stdout), "one renderer");
+    drop(sut);
+
+    let o = run(&["-1", "--name", &name, "-f", "[io"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("-f \"[io\": not a glob"), "{}", text(&o.stderr));
+}
+
+/// Issue 16: io_conn writes every slot's queue halves, so "any non-zero value" showed every
+/// slot; a slot is shown once an md used it (its md block), in the table, JSON and Prometheus.
+#[test]
+fn slots_no_md_ever_used_are_hidden_in_every_mode() {
+    let name = unique("unused");
+    let srv = Server::new(&name, 65);
+    fill_like_io_conn(&srv);
+    let o = run(&["-1", "--name", &name]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    for unused in ["md.0.", "md.3.", "in.0.", "out.3."] {
+        assert!(!out.contains(unused), "{unused} in\n{out}");
+    }
+    assert!(out.contains("md.2.state") && out.contains("in.2.producer.generation"), "{out}");
+    let o = run(&["--json", "--name", &name]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let slots = |sec: &str| -> Vec<u64> {
+        v["sections"][sec]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["instance"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(slots("md"), [1, 2]);
+    assert_eq!(slots("in.producer"), [1, 2]);
+    let o = run(&["--prometheus", "--name", &name]);
+    let out = text(&o.stdout);
+    assert!(!out.contains("slot=\"0\"") && !out.contains("slot=\"3\""), "{out}");
+    assert!(out.contains("shmsrv_queue_producer_generation{slot=\"2\",queue=\"in\"} 1"), "{out}");
+    let o = run(&["--prometheus", "--all", "--name", &name]);
+    assert!(text(&o.stdout).contains("slot=\"3\""), "--all shows them");
+}
+
+/// The library entry point another `/metrics` route uses: `Target::from_config` +
+/// `metrics_text`, the same text as `viewstats --prometheus`, and `shmsrv_up 0` without a server.
+#[test]
+fn metrics_text_is_the_prometheus_text() {
+    let name = unique("lib");
+    let mut cfg = config::Config::default();
+    cfg.shared.name = name.clone();
+    cfg.shared.shm_backend = config::ShmBackend::Posix;
+    let t = viewstats::Target::from_config(&cfg);
+    assert_eq!((t.name.as_str(), t.backend), (name.as_str(), Backend::Posix));
+    let _ = StatsSegment::remove(Backend::Posix, &name);
+    let down = viewstats::metrics_text(&t);
+    assert_eq!(plain_sample(&down, "shmsrv_up"), Some(0.0), "{down}");
+    assert!(down.contains(&format!("no server running under {name}")), "{down}");
+    let srv = Server::new(&name, 66);
+    srv.fill();
+    let up = viewstats::metrics_text(&t);
+    assert_eq!(plain_sample(&up, "shmsrv_up"), Some(1.0), "{up}");
+    assert_eq!(up, text(&run(&["--prometheus", "--name", &name]).stdout));
 }
