@@ -225,6 +225,16 @@ fn attach(
             // cleared) once it has noticed and delivered the replies the dead md left; wait for
             // that instead of failing, so systemd's Restart= never ends in a failed unit.
             Err(e @ PairError::HeldByDead { .. }) => e.to_string(),
+            // An upgrade of one side only: never attach across protocols (frames would be
+            // misparsed). Nothing was claimed; wait, logged at error level once, for an io_conn
+            // of our version (a new epoch re-creates the pair).
+            Err(e @ PairError::ProtocolMismatch { .. }) => {
+                let why = e.to_string();
+                if why != last_reason {
+                    log::error!("{why}");
+                }
+                why
+            }
             Err(e) => format!("cannot attach instance {instance} yet: {e}"),
         };
         if reason != last_reason {

@@ -1,0 +1,300 @@
+//! The loop's side of a handover (SIGUSR2): quiesce, export the connections into a sealed
+//! record, hand them to the successor (systemd's fd store, or the handover socket), exit; and
+//! the successor's side: adopt the connections it was given.
+//!
+//! The protocol and its guarantees are in docs/ARCHITECTURE.md "Handover"; `crate::handover`
+//! has the record and the transports.
+//!
+//! # Quiescing
+//!
+//! [`Server::begin_handover`] stops accepting (the listeners leave the epoll set but stay open:
+//! connection attempts wait in their backlog) and stops reading every client socket
+//! (`Clients::paused`). Requests already read still go to md (a blocked flow's buffered
+//! messages too), and their replies are written as they come. Each iteration
+//! [`Server::poll_handover`] checks whether any reply is still owed ([`Clients::quiescent`]);
+//! once none is (or at `io_conn.drain_deadline`) the connections are exported and sent.
+
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use std::os::fd::OwnedFd;
+
+use super::{Clients, Cx, Links, Server, flow_token};
+use crate::counters::Io;
+use crate::flows::{AfterFlush, InputEnd, ListId, State, TooLong};
+use crate::handover::{self, Adopted, FlowRecord, ListenerRecord, Record};
+
+impl Server<'_> {
+    /// SIGUSR2: stop reading and accepting, and hand the connections over once no reply is
+    /// owed (see the module docs).
+    pub(super) fn begin_handover(&mut self, why: &str) {
+        if self.drain_until.is_some() || self.handover_until.is_some() {
+            log::warn!("{why}: already stopping or handing over; ignored");
+            return;
+        }
+        let deadline = self.cfg.io_conn.drain_deadline;
+        let open = self.clients.flows.in_use();
+        log::info!(
+            "{why}: handing over {open} connections: no longer reading or accepting; waiting up \
+             to {deadline:?} until no reply is owed"
+        );
+        let _ = rt::notify::status(&format!("handing over {open} connections"));
+        self.handover_until = Some(self.cx.now + deadline);
+        self.clients.pause_all(&mut self.cx);
+    }
+
+    /// Once no reply is owed (or at the deadline): export, send, and exit; or resume serving if
+    /// no successor took the connections.
+    pub(super) fn poll_handover(&mut self) {
+        let Some(until) = self.handover_until else { return };
+        let quiet = self.clients.quiescent();
+        if !quiet && self.cx.now < until {
+            return;
+        }
+        if !quiet {
+            log::warn!(
+                "handover: replies still owed at the drain deadline; those connections close"
+            );
+        }
+        self.handover_until = None;
+        let (rec, listeners, clients, closed) = self.clients.export(&mut self.cx, &mut self.links);
+        let n = rec.flows.len();
+        let bundle = match handover::bundle(&rec, listeners, clients) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("handover: writing the record: {e}; serving on");
+                self.clients.resume_all(&mut self.cx);
+                return;
+            }
+        };
+        let under_systemd =
+            std::env::var_os(rt::notify::NOTIFY_SOCKET).is_some_and(|s| !s.is_empty());
+        let sent = if under_systemd {
+            handover::store_in_systemd(&bundle).map(|()| true)
+        } else {
+            let path = handover::socket_path(&self.cfg.runtime_dir(), &self.cfg.shared.name);
+            handover::serve_successor(&path, &bundle)
+        };
+        match sent {
+            Ok(true) => {
+                log::info!(
+                    "handed {n} connections over ({}; {closed} closed that still owed replies \
+                     or were ending); exiting",
+                    if under_systemd { "systemd's fd store" } else { "successor" }
+                );
+                self.handed_over = true;
+                self.exit = true;
+            }
+            Ok(false) => {
+                log::warn!("handover: no successor took the connections; serving on");
+                self.clients.resume_all(&mut self.cx);
+            }
+            Err(e) => {
+                log::error!("handover failed: {e}; serving on");
+                self.clients.resume_all(&mut self.cx);
+            }
+        }
+    }
+}
+
+impl Clients {
+    /// Stops accepting and reading (listeners out of epoll but open).
+    pub(super) fn pause_all(&mut self, cx: &mut Cx) {
+        self.paused = true;
+        for l in &mut self.listeners {
+            if let (Some(s), true) = (&l.sock, l.in_epoll) {
+                let _ = cx.epoll.delete(s);
+                l.in_epoll = false;
+            }
+        }
+        self.accept_paused_until = None;
+        self.refresh_all(cx);
+    }
+
+    /// Serves on after a handover that did not happen.
+    pub(super) fn resume_all(&mut self, cx: &mut Cx) {
+        self.paused = false;
+        self.resume_accepting(cx);
+        self.refresh_all(cx);
+    }
+
+    fn refresh_all(&mut self, cx: &mut Cx) {
+        let mut cur = self.flows.front(ListId::Idle);
+        while let Some(slot) = cur {
+            cur = self.flows.next(ListId::Idle, slot);
+            self.update_interest(cx, slot);
+        }
+    }
+
+    /// A flow that can be handed over as it is: open, reading, nothing ending, no reply owed,
+    /// nothing read left to push. (Unassigned flows were never read: always.)
+    fn transferable(&self, slot: u32) -> bool {
+        let f = self.flows.get(slot);
+        match f.state {
+            State::Unassigned => true,
+            State::Open => {
+                f.input_end == InputEnd::Reading
+                    && f.after_flush == AfterFlush::Serve
+                    && f.too_long == TooLong::No
+                    && !f.blocked
+                    && if f.rq.on { f.rq.q.is_empty() } else { f.owed == 0 }
+            }
+            _ => false,
+        }
+    }
+
+    /// No reply is owed on any connection: every open flow is transferable, and flows that are
+    /// ending (EOF, md's CLOSE, an error line) have closed. Lingering flows (their error line is
+    /// out) do not hold it up.
+    pub(super) fn quiescent(&self) -> bool {
+        let mut cur = self.flows.front(ListId::Idle);
+        while let Some(slot) = cur {
+            cur = self.flows.next(ListId::Idle, slot);
+            let st = self.flows.get(slot).state;
+            if st != State::Lingering && !self.transferable(slot) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes every transferable flow and every listener into a record, with a duplicate of
+    /// each socket (the originals stay until the process exits, so a failed handover serves
+    /// on). Closes the flows that cannot be handed over (counted `closed_shutdown`). Returns the
+    /// record, the listener and client descriptors, and how many flows were closed.
+    pub(super) fn export(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+    ) -> (Record, Vec<OwnedFd>, Vec<OwnedFd>, usize) {
+        let mut rec = Record { writer_pid: std::process::id(), listeners: vec![], flows: vec![] };
+        let mut lfds = Vec::new();
+        // Record index of each of our listeners (None: not handed over).
+        let mut lidx = Vec::with_capacity(self.listeners.len());
+        for l in &self.listeners {
+            let entry = l.sock.as_ref().and_then(|s| {
+                let addr = s.local_addr().ok()?;
+                let fd = OwnedFd::from(s.try_clone().ok()?);
+                let inode = handover::inode(std::os::fd::AsFd::as_fd(&fd)).ok()?;
+                Some((ListenerRecord { inode, addr }, fd))
+            });
+            match entry {
+                Some((r, fd)) => {
+                    lidx.push(Some(rec.listeners.len() as u32));
+                    rec.listeners.push(r);
+                    lfds.push(fd);
+                }
+                None => lidx.push(None),
+            }
+        }
+        let mut cfds = Vec::new();
+        let mut closed = 0;
+        let mut cur = self.flows.front(ListId::Idle);
+        while let Some(slot) = cur {
+            cur = self.flows.next(ListId::Idle, slot);
+            let exported = self.transferable(slot) && {
+                let f = self.flows.get(slot);
+                let li = lidx.get(f.listener as usize).copied().flatten();
+                let dup = f.sock.as_ref().and_then(|s| s.try_clone().ok()).map(OwnedFd::from);
+                match (li, dup) {
+                    (Some(li), Some(fd)) => match handover::inode(std::os::fd::AsFd::as_fd(&fd)) {
+                        Ok(inode) => {
+                            rec.flows.push(FlowRecord {
+                                slot,
+                                generation: f.generation,
+                                inode,
+                                listener: li,
+                                request: f.rq.on,
+                                peer: f.peer,
+                                input: f
+                                    .input
+                                    .as_ref()
+                                    .map(|b| b.filled().to_vec())
+                                    .unwrap_or_default(),
+                                output: f
+                                    .output
+                                    .as_ref()
+                                    .map(|b| b.filled().to_vec())
+                                    .unwrap_or_default(),
+                            });
+                            cfds.push(fd);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    _ => false,
+                }
+            };
+            if !exported {
+                closed += 1;
+                self.close_flow(cx, links, slot, Io::ClosedShutdown);
+            }
+        }
+        (rec, lfds, cfds, closed)
+    }
+
+    /// Takes the connections a predecessor handed over: each becomes a flow held until an md
+    /// of its service is live (like a connection accepted while none is), with its buffered
+    /// input and output; then it is OPENed to md like a new one. Output the predecessor had not
+    /// written goes out first (uncredited: no md of this epoch paid for it).
+    pub(super) fn adopt(&mut self, cx: &mut Cx, adopted: Vec<Adopted>) {
+        let total = adopted.len();
+        let mut taken = 0;
+        for a in adopted {
+            let Adopted { sock, rec } = a;
+            let li = rec.listener as usize;
+            if li >= self.listeners.len() {
+                continue;
+            }
+            if !self.per_ip.admit(rec.peer.ip()) {
+                continue; // dropping the socket closes it
+            }
+            let Some(slot) = self.flows.alloc() else {
+                self.per_ip.release(rec.peer.ip());
+                continue;
+            };
+            let generation = self.flows.get(slot).generation;
+            // Nothing until it is bound (level-triggered EPOLLOUT would fire on a flow nobody
+            // writes yet): binding registers what it needs, output first.
+            let want = EpollFlags::empty();
+            if let Err(e) = cx.epoll.add(&sock, EpollEvent::new(want, flow_token(slot, generation)))
+            {
+                log::warn!("epoll add handed-over socket: {e}");
+                self.per_ip.release(rec.peer.ip());
+                self.flows.release(slot);
+                continue;
+            }
+            cx.c[Io::ConnectionsCurrent] += 1;
+            let input = (!rec.input.is_empty()).then(|| {
+                let mut b = self.pool.get();
+                b.extend(&rec.input);
+                b
+            });
+            let output = (!rec.output.is_empty()).then(|| {
+                let mut b = self.pool.get();
+                b.extend(&rec.output);
+                b
+            });
+            let f = self.flows.get_mut(slot);
+            f.sock = Some(sock);
+            f.listener = li as u16;
+            f.peer = rec.peer;
+            f.interest = want;
+            f.last_active = cx.now;
+            f.since = cx.now;
+            f.state = State::Unassigned;
+            f.input = input;
+            f.uncredited = rec.output.len() as u64;
+            if self.listeners[li].request && !rec.output.is_empty() {
+                f.rq.segs.push_back((crate::flows::NO_MD, rec.output.len() as u64));
+            }
+            f.output = output;
+            self.flows.push_back(ListId::Idle, slot);
+            self.unassigned.push_back((slot, generation));
+            taken += 1;
+        }
+        if total > 0 {
+            log::info!(
+                "adopted {taken} of {total} handed-over connections; they re-open to md as it attaches"
+            );
+        }
+    }
+}
