@@ -48,7 +48,7 @@
 //! ```
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -376,7 +376,7 @@ pub fn unseal(fd: OwnedFd) -> Result<Record, Box<dyn std::error::Error>> {
     if !SealFlag::from_bits_truncate(seals).contains(need) {
         return Err(RecordError::NotSealed.into());
     }
-    let mut f = std::fs::File::from(fd);
+    let f = std::fs::File::from(fd);
     let len = f.metadata()?.len();
     if len > MAX_RECORD {
         return Err(RecordError::Invalid("size").into());
@@ -386,7 +386,6 @@ pub fn unseal(fd: OwnedFd) -> Result<Record, Box<dyn std::error::Error>> {
     use std::os::unix::fs::FileExt;
     b.resize(len as usize, 0);
     f.read_exact_at(&mut b, 0)?;
-    let _ = f.read(&mut [])?;
     Ok(Record::decode(&b)?)
 }
 
@@ -705,22 +704,40 @@ pub struct Matched {
 /// descriptor no entry names is closed; an entry without its descriptor is dropped.
 pub fn match_record(r: Received) -> Matched {
     let total = r.listeners.len() + r.clients.len();
-    let rec = match r.record.map(unseal) {
-        Some(Ok(rec)) => rec,
-        Some(Err(e)) => {
-            log::error!("handover record invalid ({e}): closing the {total} sockets handed over");
-            return Matched::default();
-        }
-        None => {
-            if total > 0 {
-                log::error!("{total} sockets handed over without a record: closing them");
-            }
-            return Matched::default();
-        }
+    let why = match r.record.map(unseal) {
+        Some(Ok(rec)) => return match_valid(rec, r.listeners, r.clients),
+        Some(Err(e)) => format!("handover record invalid ({e})"),
+        None if total > 0 => "sockets handed over without a record".to_owned(),
+        None => return Matched::default(),
     };
+    // No record to trust: every client socket is closed (its state is unknown). A listening
+    // socket carries no client's state: it is kept if it is one (SO_ACCEPTCONN), matched to
+    // the config by its own address like any inherited listener, so connection attempts keep
+    // waiting in its backlog instead of being refused (and its port is not held by a copy
+    // systemd has not dropped yet).
+    let clients = r.clients.len();
+    let mut m = Matched::default();
+    for fd in r.listeners {
+        let sock = TcpListener::from(fd);
+        let listening = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::AcceptConn)
+            .unwrap_or(false);
+        if let (true, Ok(addr), Ok(())) = (listening, sock.local_addr(), sock.set_nonblocking(true))
+        {
+            m.listeners.push((addr, sock));
+        }
+    }
+    log::error!(
+        "{why}: closing the {clients} client sockets handed over ({total} sockets in all); \
+         keeping {} listening sockets",
+        m.listeners.len()
+    );
+    m
+}
+
+fn match_valid(rec: Record, listeners: Vec<OwnedFd>, clients: Vec<OwnedFd>) -> Matched {
     let mut by_inode: std::collections::HashMap<u64, OwnedFd> = std::collections::HashMap::new();
     let mut closed = 0usize;
-    for fd in r.listeners.into_iter().chain(r.clients) {
+    for fd in listeners.into_iter().chain(clients) {
         match inode(fd.as_fd()) {
             Ok(ino) => {
                 if let Some(dup) = by_inode.insert(ino, fd) {

@@ -22,7 +22,12 @@ struct Successor {
 
 impl Successor {
     fn start(old: &Server, spawn_md: u32) -> Successor {
-        let mut cmd = Command::new(io_conn_bin());
+        Self::start_bin(old, spawn_md, &io_conn_bin())
+    }
+
+    /// With another binary: an upgrade is a takeover by the new build.
+    fn start_bin(old: &Server, spawn_md: u32, bin: &std::path::Path) -> Successor {
+        let mut cmd = Command::new(bin);
         for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"] {
             cmd.env_remove(var);
         }
@@ -132,7 +137,7 @@ fn prober(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u
     })
 }
 
-fn takeover_keeps_connections(dispatch: &str) {
+fn takeover_keeps_connections(dispatch: &str, upgrade: bool) {
     const N: usize = 200;
     let old = Server::start_with(
         &format!("handover{dispatch}"),
@@ -152,7 +157,14 @@ fn takeover_keeps_connections(dispatch: &str) {
     let stop = Arc::new(AtomicBool::new(false));
     let probe = prober(addr, Arc::clone(&stop));
     let old_pid = old.pid();
-    let succ = Successor::start(&old, 2);
+    let succ = if upgrade {
+        // The "new release": the same build at another path, as a package upgrade leaves it.
+        let new = old.dir.join("io_conn-upgraded");
+        std::fs::copy(io_conn_bin(), &new).expect("copy the binary");
+        Successor::start_bin(&old, 2, &new)
+    } else {
+        Successor::start(&old, 2)
+    };
     succ.wait_log("md instance 1 live");
     // Sent while the old io_conn was leaving or gone: read by the successor.
     for c in &mut conns {
@@ -200,12 +212,13 @@ fn takeover_keeps_connections(dispatch: &str) {
 
 #[test]
 fn takeover_keeps_200_connections_request_dispatch() {
-    takeover_keeps_connections("request");
+    takeover_keeps_connections("request", false);
 }
 
+/// Flow dispatch, and the successor is another binary (an upgrade).
 #[test]
-fn takeover_keeps_200_connections_flow_dispatch() {
-    takeover_keeps_connections("flow");
+fn upgrade_keeps_200_connections_flow_dispatch() {
+    takeover_keeps_connections("flow", true);
 }
 
 /// A successor given a record that does not check out (here one flipped byte; the test hook
@@ -228,6 +241,7 @@ fn corrupt_or_absent_record_closes_the_sockets() {
         let succ = Successor::start(&old, 1);
         succ.wait_log("md instance 0 live");
         let why = if hook == "no-record" { "without a record" } else { "record invalid" };
+        succ.wait_log("keeping 4 listening sockets");
         assert!(succ.log_text().contains(why), "{hook}: {}", succ.log_text());
         for (i, c) in conns.iter_mut().enumerate() {
             let _ = c.write_all(b"PING\n");

@@ -298,3 +298,111 @@ impl Clients {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use nix::sys::epoll::{Epoll, EpollCreateFlags};
+    use std::os::fd::AsFd;
+
+    use shmq::frame::{self, FlowId, Frame, Kind};
+
+    use super::super::clients::Lst;
+    use super::*;
+    use crate::counters::Counters;
+
+    fn setup(request: bool) -> (Cx, Clients, Links) {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
+        let cfg = config::Config::default();
+        let mut clients = Clients::new(&cfg, Vec::new(), &epoll).expect("clients");
+        clients.listeners.push(Lst {
+            sock: None,
+            service: "dumb".into(),
+            framing: config::Framing::Line,
+            in_epoll: false,
+            mds: vec![0],
+            request,
+            depth: 16,
+        });
+        let cx = Cx { epoll, c: Counters::default(), now: Instant::now(), now_ns: 1 };
+        (cx, clients, Links::without_rings(1))
+    }
+
+    fn open_flow(cx: &mut Cx, cl: &mut Clients) -> FlowId {
+        let slot = cl.flows.alloc().expect("slot");
+        let f = cl.flows.get_mut(slot);
+        f.state = State::Open;
+        f.md = 0;
+        cl.flows.push_back(ListId::Idle, slot);
+        cx.c[Io::ConnectionsCurrent] += 1;
+        cl.flows.id(slot)
+    }
+
+    /// `flow` dispatch: a request pushed is a reply owed until md marks its end; only then may
+    /// the handover snapshot the connection.
+    #[test]
+    fn a_flow_with_a_reply_owed_holds_the_handover_until_its_end_mark() {
+        let (mut cx, mut cl, mut links) = setup(false);
+        assert!(cl.quiescent(), "no connection");
+        let id = open_flow(&mut cx, &mut cl);
+        assert!(cl.quiescent(), "an idle connection");
+        cl.flows.get_mut(id.slot()).owed = 2; // two requests pushed
+        assert!(!cl.quiescent());
+        let end = |payload| Frame {
+            flowid: id,
+            kind: Kind::Data,
+            flags: frame::flags::DATA_END,
+            payload,
+        };
+        // An empty frame is only a reply's end mark.
+        cl.on_md_frame(&mut cx, &mut links, 0, end(b""));
+        assert_eq!(cl.flows.get(id.slot()).owed, 1);
+        assert!(!cl.quiescent());
+        cl.on_md_frame(&mut cx, &mut links, 0, end(b""));
+        assert!(cl.quiescent(), "every reply ended");
+        // A connection that is ending holds it up until it closes.
+        cl.flows.get_mut(id.slot()).input_end = InputEnd::Eof { by_peer: true, sent: true };
+        assert!(!cl.quiescent());
+        cl.flows.get_mut(id.slot()).input_end = InputEnd::Reading;
+        cl.flows.get_mut(id.slot()).blocked = true;
+        assert!(!cl.quiescent(), "a message read and not yet pushed");
+    }
+
+    /// The record carries what the connection had buffered, the listener goes with it, and a
+    /// connection that still owes a reply at the deadline is closed, not exported.
+    #[test]
+    fn export_records_buffers_and_closes_what_cannot_move() {
+        let (mut cx, mut cl, mut links) = setup(false);
+        let l = crate::bind_listener("127.0.0.1:0".parse().unwrap(), 16).expect("listen");
+        let laddr = l.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(laddr).expect("connect");
+        let (server_side, peer) = l.accept().expect("accept");
+        cl.listeners[0].sock = Some(l);
+        let keep = open_flow(&mut cx, &mut cl);
+        let owing = open_flow(&mut cx, &mut cl);
+        let mut input = cl.pool.get();
+        input.extend(b"PI");
+        let mut output = cl.pool.get();
+        output.extend(b"PONG\n");
+        let f = cl.flows.get_mut(keep.slot());
+        f.sock = Some(server_side);
+        f.peer = peer;
+        f.input = Some(input);
+        f.output = Some(output);
+        cl.flows.get_mut(owing.slot()).owed = 1;
+        let (rec, lfds, cfds, closed) = cl.export(&mut cx, &mut links);
+        assert_eq!(rec.listeners.len(), 1);
+        assert_eq!(rec.listeners[0].addr, laddr);
+        assert_eq!(rec.listeners[0].inode, handover::inode(lfds[0].as_fd()).unwrap());
+        assert_eq!((rec.flows.len(), cfds.len(), closed), (1, 1, 1));
+        let fr = &rec.flows[0];
+        assert_eq!((fr.slot, fr.listener, fr.request), (keep.slot(), 0, false));
+        assert_eq!((fr.input.as_slice(), fr.output.as_slice()), (&b"PI"[..], &b"PONG\n"[..]));
+        assert_eq!(fr.peer, client.local_addr().unwrap());
+        assert_eq!(fr.inode, handover::inode(cfds[0].as_fd()).unwrap());
+        assert_eq!(cx.c[Io::ClosedShutdown], 1, "the one owing a reply");
+        // The originals stay with us (a failed handover serves on).
+        assert!(cl.flows.get(keep.slot()).sock.is_some());
+    }
+}

@@ -396,7 +396,7 @@ impl Clients {
             let Ok(len) = info.encode(&mut b) else { return Pump::MdGone };
             // Reply ends marked under `flow` dispatch too: `owed` counts the replies in flight,
             // which a handover waits for (docs/ARCHITECTURE.md "Handover").
-            match tx.try_push(id, Kind::Open, frame::flags::OPEN_MARK_ENDS, &b[..len]) {
+            match tx.try_push(id, Kind::Open, frame::flags::OPEN_FLOW_ENDS, &b[..len]) {
                 Ok(()) => {
                     *pushed = true;
                     f.open_pending = false;
