@@ -1,8 +1,9 @@
 //! Handing live connections to a successor io_conn: the sealed record, and the two ways the
 //! sockets travel (systemd's file descriptor store, or a Unix socket with `SCM_RIGHTS`).
 //!
-//! Used by `main` (the successor side: [`inherit`]) and by the loop's lifecycle (the leaving
-//! side: `Server::begin_handover` quiesces, then [`store_in_systemd`] or [`serve_successor`]).
+//! Used by `main` (the successor side: [`take_stored`] or [`receive_from`], then
+//! [`match_record`]) and by the loop's lifecycle (the leaving side: `Server::begin_handover`
+//! quiesces, then [`store_in_systemd`] or [`serve_successor`]).
 //! docs/ARCHITECTURE.md "Handover" has the protocol and why nothing is delivered twice or to the
 //! wrong client.
 //!

@@ -203,6 +203,7 @@ fn attach(
         if control.shutdown_requested() {
             return Ok(None);
         }
+        let mut level = log::Level::Info;
         let reason = match pair.attach(instance) {
             Ok(side) if Some((side.epoch, side.generation)) == stale => {
                 format!(
@@ -226,19 +227,16 @@ fn attach(
             // that instead of failing, so systemd's Restart= never ends in a failed unit.
             Err(e @ PairError::HeldByDead { .. }) => e.to_string(),
             // An upgrade of one side only: never attach across protocols (frames would be
-            // misparsed). Nothing was claimed; wait, logged at error level once, for an io_conn
+            // misparsed). Nothing was claimed; wait (logged once, at error level) for an io_conn
             // of our version (a new epoch re-creates the pair).
             Err(e @ PairError::ProtocolMismatch { .. }) => {
-                let why = e.to_string();
-                if why != last_reason {
-                    log::error!("{why}");
-                }
-                why
+                level = log::Level::Error;
+                e.to_string()
             }
             Err(e) => format!("cannot attach instance {instance} yet: {e}"),
         };
         if reason != last_reason {
-            log::info!("{reason}");
+            log::log!(level, "{reason}");
             let _ = notify::status(&reason);
             last_reason = reason;
         }
