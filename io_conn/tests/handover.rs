@@ -337,3 +337,30 @@ fn protocol_versions_mismatch_is_refused_by_name() {
     drop(side);
     server.stop();
 }
+
+/// SIGUSR2 with no successor: after waiting for one (10 s), io_conn serves on with every
+/// connection it had (nothing was closed: none owed a reply) and accepts again.
+#[test]
+fn sigusr2_without_a_successor_serves_on() {
+    let server = Server::start("handover-alone", 1);
+    let mut conns: Vec<TcpStream> = (0..10).map(|_| server.connect("dumb/line")).collect();
+    for c in &mut conns {
+        roundtrip(c, b"PING\n", b"PONG\n");
+    }
+    let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).expect("SIGUSR2");
+    server.wait_log("SIGUSR2: handing over 10 connections", 1);
+    // Sent while io_conn is not reading: answered once it serves on.
+    for c in &mut conns {
+        c.write_all(b"PING\n").unwrap();
+    }
+    server.wait_log("no successor took the connections; serving on", 1);
+    for c in &mut conns {
+        assert_eq!(read_line(c), "PONG\n");
+        roundtrip(c, b"PING\n", b"PONG\n");
+    }
+    let mut fresh = server.connect("dumb/line");
+    roundtrip(&mut fresh, b"PING\n", b"PONG\n");
+    drop((conns, fresh));
+    server.stop();
+}
