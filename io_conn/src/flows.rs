@@ -218,6 +218,9 @@ pub struct Flow {
     pub blocked: bool,
     /// OPEN still to be pushed.
     pub open_pending: bool,
+    /// `flow` dispatch: requests pushed to md whose reply has not ended (md marks reply ends,
+    /// OPEN flag `OPEN_MARK_ENDS`): 0 means no reply is owed, which a handover waits for.
+    pub owed: u32,
     /// `flow` dispatch: md sent DATA for it at least once (a CLOSE before that is a refusal,
     /// which routing counts against the md).
     pub md_answered: bool,
@@ -257,6 +260,7 @@ impl Flow {
             md_paused: false,
             blocked: false,
             open_pending: false,
+            owed: 0,
             md_answered: false,
             input_end: InputEnd::Reading,
             after_flush: AfterFlush::Serve,
@@ -376,6 +380,7 @@ impl FlowTable {
         f.md_paused = false;
         f.blocked = false;
         f.open_pending = false;
+        f.owed = 0;
         f.md_answered = false;
         f.input_end = InputEnd::Reading;
         f.after_flush = AfterFlush::Serve;

@@ -47,6 +47,7 @@ use nix::sys::socket::{
 pub mod counters;
 pub mod flows;
 pub mod framing;
+pub mod handover;
 pub mod pool;
 mod server;
 mod spawn;
@@ -69,12 +70,16 @@ pub use rt::{Shutdown, ShutdownHandle};
 pub struct Options {
     /// An in-process shutdown trigger.
     pub shutdown: Option<Shutdown>,
-    /// Handle SIGTERM, SIGINT (drain and exit), SIGHUP (ignored) and SIGCHLD through a signalfd.
+    /// Handle SIGTERM, SIGINT (drain and exit), SIGUSR2 (hand the connections to a successor),
+    /// SIGHUP (ignored) and SIGCHLD through a signalfd.
     /// The caller must have blocked [`handled_signals`] in every thread first (main does, before
     /// anything else).
     pub signals: bool,
     /// Start md children once the queue pairs exist (`--spawn-md N`).
     pub spawn: Option<SpawnMd>,
+    /// Connections handed over by a predecessor ([`handover`]), their listener indexes mapped
+    /// to `listeners`: adopted once the queue pairs exist and re-opened to md as md attaches.
+    pub adopt: Vec<handover::Adopted>,
 }
 
 impl fmt::Debug for Options {
@@ -83,6 +88,7 @@ impl fmt::Debug for Options {
             .field("shutdown", &self.shutdown)
             .field("signals", &self.signals)
             .field("spawn", &self.spawn)
+            .field("adopt", &self.adopt.len())
             .finish()
     }
 }
@@ -90,7 +96,7 @@ impl fmt::Debug for Options {
 /// The signals io_conn takes through its signalfd.
 pub fn handled_signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD, Signal::SIGUSR2] {
         s.add(sig);
     }
     s

@@ -27,6 +27,11 @@ struct Args {
     /// Development mode: start N md children (instances 0..N) and restart any that die.
     #[arg(long, value_name = "N")]
     spawn_md: Option<u32>,
+    /// Take over the live connections and listeners of the io_conn running with this config
+    /// (an upgrade or restart without systemd): it gets SIGUSR2, answers what it owes, and
+    /// hands everything over through a Unix socket in the runtime directory.
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn main() -> ExitCode {
@@ -80,12 +85,36 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.io_conn.max_connections = u32::try_from(clamped).unwrap_or(u32::MAX);
     }
 
+    // Connections handed over: by the io_conn we take over (--takeover), or stored in systemd's
+    // fd store by the one before us (always looked for; none outside systemd).
+    let (received, mut successor_of) = if args.takeover {
+        let (old, path) = running_io_conn(&cfg)?;
+        log::info!("taking over from io_conn pid {} ({})", old.pid, path.display());
+        let (sock, r) = io_conn::handover::receive_from(&path, old.pid, cfg.io_conn.drain_deadline)
+            .with_context(|| format!("taking over from io_conn pid {}", old.pid))?;
+        (r, Some((old, sock)))
+    } else {
+        let (r, others) = io_conn::handover::take_stored().context("reading LISTEN_FDS")?;
+        if !others.is_empty() {
+            log::warn!(
+                "closing {} descriptors systemd passed that are not a handover's (names {:?})",
+                others.len(),
+                others.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+            );
+        }
+        (r, None)
+    };
+    let mut matched = io_conn::handover::match_record(received);
+
     let mut listeners = Vec::with_capacity(cfg.io_conn.listeners.len());
     let mut out = std::io::stdout().lock();
     let mut status = String::from("listening on");
     for l in &cfg.io_conn.listeners {
-        let sock = io_conn::bind_listener(l.address, cfg.io_conn.backlog)
-            .with_context(|| format!("binding {} ({})", l.address, l.service))?;
+        let sock = match matched.take_listener(l.address) {
+            Some(sock) => sock,
+            None => io_conn::bind_listener(l.address, cfg.io_conn.backlog)
+                .with_context(|| format!("binding {} ({})", l.address, l.service))?,
+        };
         let local = sock.local_addr().context("getsockname")?;
         writeln!(out, "listening {local} {} {}", l.service, l.framing())?;
         status.push_str(&format!(" {local} ({})", l.service));
@@ -93,6 +122,20 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
+    let addrs: Vec<_> = listeners.iter().filter_map(|(s, _)| s.local_addr().ok()).collect();
+    matched.bind_listeners(&addrs);
+    if !matched.listeners.is_empty() {
+        log::warn!(
+            "closing {} handed-over listeners the config no longer has",
+            matched.listeners.len()
+        );
+    }
+    if let Some((old, sock)) = successor_of.as_mut() {
+        // We own the connections now: the old io_conn exits; its queue pairs go with it, and
+        // ours are created once it is gone (a live creator's segments are never replaced).
+        io_conn::handover::acknowledge(sock).context("acknowledging the handover")?;
+        io_conn::handover::wait_exit(*old).context("waiting for the old io_conn to exit")?;
+    }
 
     let spawn = match args.spawn_md {
         Some(count) => {
@@ -109,7 +152,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let opts = io_conn::Options { shutdown: None, signals: true, spawn };
+    let opts = io_conn::Options { shutdown: None, signals: true, spawn, adopt: matched.flows };
     let on_ready = || {
         println!("ready");
         // Not fatal: systemd would time the start out and say why.
@@ -120,4 +163,23 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     };
     io_conn::run_with_ready(&cfg, listeners, opts, on_ready)?;
     Ok(())
+}
+
+/// The io_conn running with this config (the creator of its instance 0 queue pair, alive) and
+/// its handover socket.
+fn running_io_conn(cfg: &config::Config) -> anyhow::Result<(shmq::sys::ProcId, PathBuf)> {
+    let pair = io_conn::pair_config(cfg);
+    let name = pair.in_segment(0);
+    let seg = shmq::region::Segment::attach(pair.backend, &name, false).with_context(|| {
+        format!("--takeover: no io_conn running with shared.name = {}", cfg.shared.name)
+    })?;
+    let id = seg
+        .ring_identity(0)
+        .with_context(|| format!("--takeover: {name} holds no queue header"))?;
+    anyhow::ensure!(
+        id.creator.liveness() == shmq::sys::Liveness::Alive,
+        "--takeover: the io_conn that created {name} (pid {}) is not running",
+        id.creator.pid
+    );
+    Ok((id.creator, io_conn::handover::socket_path(&cfg.runtime_dir(), &cfg.shared.name)))
 }

@@ -224,6 +224,7 @@ fn attach(
         if control.shutdown_requested() {
             return Ok(None);
         }
+        let mut level = log::Level::Info;
         let reason = match pair.attach(instance) {
             Ok(side) if Some((side.epoch, side.generation)) == stale => {
                 format!(
@@ -246,6 +247,13 @@ fn attach(
             // cleared) once it has noticed and delivered the replies the dead md left; wait for
             // that instead of failing, so systemd's Restart= never ends in a failed unit.
             Err(e @ PairError::HeldByDead { .. }) => e.to_string(),
+            // An upgrade of one side only: never attach across protocols (frames would be
+            // misparsed). Nothing was claimed; wait (logged once, at error level) for an io_conn
+            // of our version (a new epoch re-creates the pair).
+            Err(e @ PairError::ProtocolMismatch { .. }) => {
+                level = log::Level::Error;
+                e.to_string()
+            }
             Err(e) => format!("cannot attach instance {instance} yet: {e}"),
         };
         // Every status while here says what md waits for.
@@ -253,14 +261,14 @@ fn attach(
             if reason.starts_with("waiting") { reason } else { format!("waiting: {reason}") };
         if !*ready_sent {
             // Ready while waiting: io_conn.service is ordered after md@.service (see `serve`).
-            log::info!("{reason}; ready (io_conn may start after us)");
+            log::log!(level, "{reason}; ready (io_conn may start after us)");
             if let Err(e) = notify::send(&[NotifyState::Ready, NotifyState::Status(&reason)]) {
                 log::warn!("systemd notification failed: {e}");
             }
             *ready_sent = true;
             last_reason = reason;
         } else if reason != last_reason {
-            log::info!("{reason}");
+            log::log!(level, "{reason}");
             let _ = notify::status(&reason);
             last_reason = reason;
         }

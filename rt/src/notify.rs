@@ -83,6 +83,27 @@ pub fn send(states: &[NotifyState<'_>]) -> io::Result<()> {
     }
 }
 
+/// Sends `states` with file descriptors attached (`FDSTORE=1` and `FDNAME=`: systemd's file
+/// descriptor store); `Ok` without sending when `$NOTIFY_SOCKET` is unset or empty.
+pub fn send_with_fds(
+    states: &[NotifyState<'_>],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    let Some(socket) = std::env::var_os(NOTIFY_SOCKET).filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    // sd-notify's own `notify_with_fds` needs its `fdstore` feature and another crate (sendfd);
+    // shmq's SCM_RIGHTS sender does the same in one `sendmsg`.
+    let bytes = socket.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(&socket)?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.connect_addr(&addr)?;
+    shmq::fdpass::send_with_fds(&sock, message(states).as_bytes(), fds)
+}
+
 /// Sends `state` (one or more `KEY=VALUE` lines) to `$NOTIFY_SOCKET`; `Ok` without sending when
 /// the variable is unset or empty.
 pub fn notify(state: &str) -> io::Result<()> {

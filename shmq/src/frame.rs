@@ -40,6 +40,9 @@
 //!   then sets [`flags::DATA_END`] on the DATA frame whose last byte completes a request, and
 //!   sends an empty DATA frame with it when a request completes with no output since the last
 //!   frame. Without the flag (flow dispatch) md's output is a plain byte stream, as before.
+//! * `OPEN` with [`flags::OPEN_FLOW_ENDS`] (flow dispatch, since protocol version 1): the reply
+//!   ends are marked the same way, but the flow is bound to this md for life; io_conn uses the
+//!   marks only to know when no reply is owed (a handover waits for that).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -62,6 +65,10 @@ pub const fn frame_size(payload: usize) -> usize {
 pub mod flags {
     /// On `OPEN`: md marks the end of each request's reply with [`DATA_END`].
     pub const OPEN_MARK_ENDS: u16 = 1;
+    /// On `OPEN` (flow dispatch): md marks reply ends as with [`OPEN_MARK_ENDS`], but the flow
+    /// stays bound to this md for life (a leaving md CLOSEs it once done, as any flow-dispatched
+    /// one). io_conn counts the replies owed, which a handover waits for. Protocol version 1.
+    pub const OPEN_FLOW_ENDS: u16 = 2;
     /// On md's `DATA`: this frame's last byte ends the reply to one request (an empty frame: a
     /// request that ended with no output since the previous frame).
     pub const DATA_END: u16 = 1;

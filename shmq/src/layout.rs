@@ -27,6 +27,16 @@ use crate::sync::{AtomicU32, AtomicU64};
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// Bump on any change to [`RingHeader`], the counters or the frame format.
 pub const LAYOUT_VERSION: u32 = 2;
+/// The io_conn ↔ md frame protocol (frame kinds, flags, payload layouts, the HELLO/LEAVE
+/// exchange): bump it on any change an md or io_conn of another build would misparse, even when
+/// the header layout stays. io_conn writes its version into the pair, md checks it before it
+/// claims the pair and writes its own, io_conn checks that on md's HELLO (`shmq::pair`); a
+/// mismatch is refused with both versions named, never misparsed.
+///
+/// Not a [`LAYOUT_VERSION`] bump: the two words live in what layout 2 left as zeroed padding,
+/// so a build from before versions reads as protocol 0 and is refused by name across that
+/// boundary too, instead of by a bare layout mismatch.
+pub const PROTOCOL_VERSION: u32 = 1;
 /// Size of the cache line unit we pad to (x86 prefetches 64-byte lines in pairs).
 pub const LINE: usize = 128;
 
@@ -138,7 +148,18 @@ pub struct RingHeader {
     /// while it resets the pair, and only once the holder is dead
     /// ([`crate::ring::reset_releasing`]). The protocol is in [`crate::ring::holder`].
     pub holder: AtomicU64,
-    _pad2: [u32; 12],
+    /// The frame protocol io_conn speaks ([`PROTOCOL_VERSION`] of the build that created the
+    /// pair), `in` ring only: written by `shmq::pair` right after the `in` ring is initialised
+    /// and before the `out` ring is (md attaches only once both are ready, so it never reads the
+    /// 0 of a half-made pair). md checks it before it claims the pair. 0: a build from before
+    /// versions (this word was padding, zeroed by `ring::init`).
+    pub proto_io: AtomicU32,
+    /// The frame protocol the md holding the pair speaks, `in` ring only: written by md right
+    /// after its claim, before its HELLO (which io_conn reads through the ring, so the ring's
+    /// Release/Acquire chain orders it); io_conn checks it when the HELLO comes and clears it
+    /// while it releases a dead holder's claim. 0: an md from before versions.
+    pub proto_md: AtomicU32,
+    _pad2: [u32; 10],
     /// Producer-written only. Monotonic byte position one past the last committed frame.
     pub tail: Line<AtomicU64>,
     /// Consumer-written only. Monotonic byte position of the next frame to read.
@@ -170,6 +191,8 @@ const _: () = {
     assert!(offset_of!(RingHeader, generation) == 56);
     assert!(offset_of!(RingHeader, ready) == 64);
     assert!(offset_of!(RingHeader, holder) == 72);
+    assert!(offset_of!(RingHeader, proto_io) == 80);
+    assert!(offset_of!(RingHeader, proto_md) == 84);
     assert!(offset_of!(RingHeader, tail) == 128);
     assert!(offset_of!(RingHeader, head) == 256);
     assert!(offset_of!(RingHeader, armed) == 384);
@@ -222,7 +245,9 @@ impl RingHeader {
             ready: AtomicU32::new(1),
             _pad1: 0,
             holder: AtomicU64::new(0),
-            _pad2: [0; 12],
+            proto_io: AtomicU32::new(PROTOCOL_VERSION),
+            proto_md: AtomicU32::new(0),
+            _pad2: [0; 10],
             tail: Line(AtomicU64::new(0)),
             head: Line(AtomicU64::new(0)),
             armed: Line(AtomicU32::new(0)),

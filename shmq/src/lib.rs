@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod doorbell;
+pub mod fdpass;
 pub mod frame;
 pub mod layout;
 pub mod ring;

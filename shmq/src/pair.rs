@@ -72,7 +72,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::doorbell::Doorbell;
-use crate::layout::{Direction, RING_MAGIC, RingParams};
+use crate::layout::{Direction, PROTOCOL_VERSION, RING_MAGIC, RingParams};
 use crate::region::{self, Backend, Segment};
 use crate::ring::holder::{self, Claim};
 use crate::ring::{self, Consumer, Producer, RingAttachError};
@@ -140,6 +140,15 @@ impl IoTx {
     /// [`crate::ring::holder`].
     pub fn holder(&self) -> Option<ProcId> {
         holder::holder(self.tx.header())
+    }
+
+    /// The frame protocol version the holding md wrote when it claimed the pair (0: an md from
+    /// before versions, or none). io_conn compares it with [`PROTOCOL_VERSION`] when the
+    /// holder's HELLO comes.
+    pub fn md_protocol(&self) -> u32 {
+        // Acquire pairs with md's Release store in `PairConfig::claim`; the HELLO that made us
+        // look came through the ring after it, so this load sees it.
+        self.tx.header().proto_md.load(Ordering::Acquire)
     }
 }
 
@@ -243,6 +252,16 @@ pub enum PairError {
         /// Who held it.
         holder: ProcId,
     },
+    /// md only: io_conn speaks another frame protocol (an upgrade of one side without the
+    /// other). Nothing was claimed; retry (an io_conn of our version may replace it).
+    ProtocolMismatch {
+        /// The instance.
+        instance: u32,
+        /// io_conn's version, from the pair (0: a build from before versions).
+        io: u32,
+        /// Ours ([`PROTOCOL_VERSION`]).
+        md: u32,
+    },
     /// Something else; `what` names the segment or FIFO.
     Other {
         /// The segment, FIFO or directory.
@@ -277,6 +296,11 @@ impl fmt::Display for PairError {
                 "instance {instance} is still held by md pid {}, which has exited: waiting for \
                  io_conn to reset the pair",
                 holder.pid
+            ),
+            Self::ProtocolMismatch { instance, io, md } => write!(
+                f,
+                "instance {instance}: io_conn speaks frame protocol version {io}, this md speaks \
+                 version {md}: refusing to attach (upgrade both to one release)"
             ),
             Self::Other { what, source } => write!(f, "{what}: {source}"),
         }
@@ -494,6 +518,9 @@ impl PairConfig {
         // old one re-opens it when it re-attaches to the new epoch).
         self.remove_stale(instance)?;
         let in_seg = self.create_ring(Dir::In, instance, epoch)?;
+        // Before the `out` ring exists: md attaches only once both rings are ready, so it
+        // never sees this word before it is written.
+        write_protocol(&in_seg);
         let out_seg = match self.create_ring(Dir::Out, instance, epoch) {
             Ok(s) => s,
             Err(e) => {
@@ -565,6 +592,13 @@ impl PairConfig {
         let dead = holder::holder(tx.header())
             .filter(|h| h.liveness() != Liveness::Alive)
             .and_then(|h| holder::pack(h).map(|w| (h, w)));
+        if dead.is_some() {
+            // The dead holder's version goes with its claim. Cleared while the claim still
+            // stands (nobody else can claim until the release below), so a successor's own
+            // store, which follows its claim, is never wiped. Relaxed: the release in
+            // `reset_releasing` is a Release RMW that orders it before the claim can change.
+            tx.header().proto_md.store(0, Ordering::Relaxed);
+        }
         drop((tx, rx));
         let new_gen = generation + 1;
         for (d, seg) in [(Dir::In, &in_seg), (Dir::Out, &out_seg)] {
@@ -578,6 +612,8 @@ impl PairConfig {
                 }
             }
         }
+        // A damaged header is rewritten by `ring::init`, which zeroes it: write ours again.
+        write_protocol(&in_seg);
         let in_path = self.fifo(Dir::In, instance);
         let in_bell =
             Doorbell::open(&in_path).map_err(|e| other(in_path.display().to_string(), e))?;
@@ -713,6 +749,13 @@ impl PairConfig {
             // Caught between the resets of the two rings, or a mix of two epochs.
             return Err(PairError::NotReady { what: in_name.to_string() });
         }
+        // Before the claim: an md of another protocol leaves no trace in the pair.
+        // Relaxed: io_conn wrote it before the `out` ring's Release store of `ready`, which our
+        // `checked_header` above loaded with Acquire.
+        let io = in_h.proto_io.load(Ordering::Relaxed);
+        if io != PROTOCOL_VERSION {
+            return Err(PairError::ProtocolMismatch { instance, io, md: PROTOCOL_VERSION });
+        }
         let me = ProcId::current();
         let word = holder::pack(me).ok_or_else(|| {
             other(
@@ -734,6 +777,9 @@ impl PairConfig {
             }
             Claim::HeldBy(h) => return Err(PairError::HeldByDead { instance, holder: h }),
         }
+        // Ours now: say which protocol we speak. Release pairs with io_conn's Acquire load in
+        // `IoTx::md_protocol` (our HELLO, pushed after this, is what makes it look).
+        in_h.proto_md.store(PROTOCOL_VERSION, Ordering::Release);
         // SYNC POINT with io_conn's release in `ring::reset_releasing`: a claim taken during a
         // reset must not attach to the generation being replaced. The claim stays ours; the
         // retry finds it so.
@@ -760,6 +806,15 @@ impl PairConfig {
     /// not an error.
     pub fn remove(&self, instance: u32) -> Result<(), PairError> {
         self.remove_counted(instance).map(drop)
+    }
+}
+
+/// Writes [`PROTOCOL_VERSION`] into the `in` ring's header (io_conn, at create and reset).
+fn write_protocol(in_seg: &Segment) {
+    if let Ok(h) = ring::checked_header(in_seg, 0) {
+        // Release: an md that loads the `out` ring's `ready` (stored after this) with Acquire,
+        // or this word itself, sees the version.
+        h.proto_io.store(PROTOCOL_VERSION, Ordering::Release);
     }
 }
 

@@ -24,6 +24,9 @@ const ERR_TOO_MANY_FROM_IP: &[u8] = b"ERR too many connections from your address
 impl Clients {
     /// Listener `idx` is readable: accept up to [`ACCEPTS_PER_EVENT`] connections.
     pub(super) fn accept_loop(&mut self, cx: &mut Cx, links: &mut Links, idx: usize) {
+        if self.paused {
+            return; // a handover: connection attempts wait in the backlog for the successor
+        }
         for _ in 0..ACCEPTS_PER_EVENT {
             let Some(l) = self.listeners.get(idx).and_then(|l| l.sock.as_ref()) else { return };
             match l.accept() {
@@ -139,6 +142,10 @@ impl Clients {
             // `request` dispatch: bound to no md; each request picks one (`dispatch`).
             f.rq.on = true;
             f.rq.depth = l.depth;
+            if f.input.is_some() {
+                // Handed over with a partial request: complete it as soon as more comes.
+                self.after_input(cx, links, slot);
+            }
             self.update_interest(cx, slot);
             return;
         }

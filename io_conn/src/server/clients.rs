@@ -117,6 +117,9 @@ pub(crate) struct Clients {
     pub(super) lim: Limits,
     /// Connections open per client address (`max_connections_per_ip`).
     pub(super) per_ip: PerIp,
+    /// A handover is under way: no socket is read and no connection accepted
+    /// (`server::handover`).
+    pub(super) paused: bool,
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {
@@ -168,6 +171,7 @@ impl Clients {
                 deadline: nonzero(io.message_deadline),
             },
             per_ip: PerIp::new(io.max_connections_per_ip, max_conn),
+            paused: false,
         })
     }
 
@@ -205,7 +209,11 @@ impl Clients {
                 self.discard_input(cx, links, slot);
                 return;
             }
-            self.on_readable(cx, links, slot);
+            // During a handover an event queued before the pause is not acted on: what the
+            // client sends now is read by the successor.
+            if !self.paused {
+                self.on_readable(cx, links, slot);
+            }
         }
         if ev.contains(EpollFlags::EPOLLOUT) && self.flows.get(slot).state == State::Open {
             self.on_writable(cx, links, slot);
@@ -225,7 +233,7 @@ impl Clients {
         let f = self.flows.get_mut(slot);
         let Some(sock) = f.sock.as_ref() else { return };
         let mut want = EpollFlags::empty();
-        if f.wants_input() {
+        if f.wants_input() && !(self.paused && f.state != State::Lingering) {
             want |= EpollFlags::EPOLLIN;
         }
         if f.output_len() > 0 {

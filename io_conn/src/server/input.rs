@@ -76,6 +76,7 @@ fn push_one(
         let Some((tx, pushed)) = links.tx(f.md) else { return Err(Pump::MdGone) };
         tx.try_push(id, Kind::Data, 0, msg).map_err(|e| push_failed(e, f.md))?;
         *pushed = true;
+        f.owed += 1;
         return Ok(());
     }
     if f.rq.full() {
@@ -393,7 +394,9 @@ impl Clients {
             let info = OpenInfo { credit: lim.credit, peer: f.peer, service: &lst.service };
             let mut b = [0u8; 32 + frame::MAX_SERVICE_NAME];
             let Ok(len) = info.encode(&mut b) else { return Pump::MdGone };
-            match tx.try_push(id, Kind::Open, 0, &b[..len]) {
+            // Reply ends marked under `flow` dispatch too: `owed` counts the replies in flight,
+            // which a handover waits for (docs/ARCHITECTURE.md "Handover").
+            match tx.try_push(id, Kind::Open, frame::flags::OPEN_FLOW_ENDS, &b[..len]) {
                 Ok(()) => {
                     *pushed = true;
                     f.open_pending = false;

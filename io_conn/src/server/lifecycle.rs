@@ -37,6 +37,7 @@ impl Server<'_> {
                 Ok(Some(si)) => match Signal::try_from(si.ssi_signo as i32) {
                     Ok(Signal::SIGTERM) => self.begin_drain("SIGTERM"),
                     Ok(Signal::SIGINT) => self.begin_drain("SIGINT"),
+                    Ok(Signal::SIGUSR2) => self.begin_handover("SIGUSR2"),
                     Ok(Signal::SIGHUP) => {
                         log::info!("SIGHUP ignored: restart to change the config")
                     }
@@ -251,6 +252,10 @@ impl Server<'_> {
     }
 
     pub(super) fn begin_drain(&mut self, why: &str) {
+        if self.handover_until.take().is_some() {
+            // A stop during a handover: the stop wins; serve on as a drain would.
+            self.clients.resume_all(&mut self.cx);
+        }
         if self.drain_until.is_some() {
             log::warn!("{why} again: exiting now");
             self.clients.close_all(&mut self.cx, &mut self.links, Io::ClosedShutdown);

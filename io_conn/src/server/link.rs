@@ -426,6 +426,20 @@ impl Links {
                 return false;
             }
         };
+        let proto = m.tx.as_ref().map_or(0, IoTx::md_protocol);
+        if proto != shmq::layout::PROTOCOL_VERSION {
+            // An md of another release (an upgrade of one side only): its frames would be
+            // misparsed. Not live, and its pair is not reset (it would only claim it again);
+            // the timer's holder check resets the pair once that md has exited.
+            cx.c[Io::BadFrames] += 1;
+            log::error!(
+                "md instance {i} (pid {}) speaks frame protocol version {proto}, this io_conn \
+                 speaks version {}: refused (upgrade both to one release)",
+                h.pid,
+                shmq::layout::PROTOCOL_VERSION
+            );
+            return false;
+        }
         match proc_id.pidfd() {
             Ok(fd) => {
                 let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(K_MDPID, u64::from(i)));

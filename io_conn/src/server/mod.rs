@@ -48,6 +48,7 @@
 mod accept;
 mod clients;
 mod dispatch;
+mod handover;
 mod input;
 mod lifecycle;
 mod link;
@@ -133,6 +134,10 @@ pub(crate) struct Server<'c> {
     /// The stats segment (created right after the queue pairs; None only before that).
     stats: Option<Stats>,
     drain_until: Option<Instant>,
+    /// A handover (SIGUSR2) waits until then at most for the replies owed (`handover`).
+    handover_until: Option<Instant>,
+    /// The connections were handed to a successor: exit without touching them.
+    handed_over: bool,
     exit: bool,
     /// Frames went to md this iteration: worth spinning for the answer.
     spin_wanted: bool,
@@ -212,6 +217,8 @@ impl<'c> Server<'c> {
             children: None,
             stats: None,
             drain_until: None,
+            handover_until: None,
+            handed_over: false,
             exit: false,
             spin_wanted: false,
             spin: SpinGate::new(cfg.io_conn.spin),
@@ -228,6 +235,8 @@ impl<'c> Server<'c> {
             epoch,
         )?);
         server.publish_stats();
+        let adopt = std::mem::take(&mut opts.adopt);
+        server.clients.adopt(&mut server.cx, adopt);
         if let Some(spec) = opts.spawn.take() {
             anyhow::ensure!(
                 spec.count <= cfg.md.max_instances,
@@ -272,6 +281,7 @@ impl<'c> Server<'c> {
             self.clients.flush_drained(&mut self.cx, &mut self.links, force);
             self.spin_wanted |= self.links.flush(self.stats.as_mut());
             self.publish_stats();
+            self.poll_handover();
             self.rearm_timer();
             if self.drain_until.is_some() && self.clients.flows.in_use() == 0 {
                 log::info!("all connections closed");
@@ -307,7 +317,7 @@ impl<'c> Server<'c> {
         let mut due: Option<Instant> = None;
         let mut add = |t: Instant| due = Some(due.map_or(t, |d: Instant| d.min(t)));
         self.clients.next_due(&mut add);
-        if let Some(t) = self.drain_until {
+        if let Some(t) = self.drain_until.or(self.handover_until) {
             add(t);
         }
         if let Some(t) = self.children.as_ref().and_then(Children::next_due) {

@@ -27,6 +27,12 @@ impl Clients {
                 if !std::mem::replace(&mut f.md_answered, true) {
                     links.req_answered(i);
                 }
+                if fr.flags & frame::flags::DATA_END != 0 {
+                    f.owed = f.owed.saturating_sub(1);
+                }
+                if fr.payload.is_empty() {
+                    return; // only a reply's end
+                }
                 // md's output is a byte stream for every framing: a len32 service writes its own
                 // length prefixes, as it reads them (io_conn passes them through).
                 self.send_to_client(cx, links, slot, fr.payload, true);

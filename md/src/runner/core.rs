@@ -144,8 +144,11 @@ impl<F: fmt::Debug> Core<F> {
             }
         };
         self.flows[idx].reset(f.flowid, credit);
-        self.flows[idx].mark_ends = f.flags & flags::OPEN_MARK_ENDS != 0;
-        self.requests_routed |= self.flows[idx].mark_ends;
+        // Reply ends marked for request dispatch (MARK_ENDS: io_conn routes this flow's requests
+        // one by one) and for flow dispatch (FLOW_ENDS: only counted by io_conn).
+        self.flows[idx].mark_ends = f.flags & (flags::OPEN_MARK_ENDS | flags::OPEN_FLOW_ENDS) != 0;
+        self.flows[idx].routed = f.flags & flags::OPEN_MARK_ENDS != 0;
+        self.requests_routed |= self.flows[idx].routed;
         self.index.insert(f.flowid.0, idx as u32);
         let state = match info {
             Some(info) => {
@@ -629,8 +632,8 @@ impl<F: fmt::Debug> Core<F> {
                 done = false;
                 continue;
             }
-            if f.mark_ends {
-                continue;
+            if f.routed {
+                continue; // request dispatch: the connection carries on with the other md
             }
             let id = f.id;
             if self.control(tx, id, Kind::Close) {

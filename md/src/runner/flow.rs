@@ -40,6 +40,9 @@ pub(super) struct Flow<F> {
     /// io_conn asked (OPEN flag [`shmq::frame::flags::OPEN_MARK_ENDS`]) for the end of each
     /// request's reply to be marked: see [`Flow::request_done`].
     pub(super) mark_ends: bool,
+    /// A request-dispatched flow (OPEN flag `OPEN_MARK_ENDS`): io_conn routes its requests one by
+    /// one, so leaving does not CLOSE it (it carries on with the other md instances).
+    pub(super) routed: bool,
     /// Output positions (absolute, like `out_base`) where a request's reply ended, oldest first
     /// from `ends_head`; each goes out as the `DATA_END` flag of the frame that reaches it.
     /// Compacted like `backlog`, for the same reason (output that never quite catches up).
@@ -79,6 +82,7 @@ impl<F> Flow<F> {
             backlog_count: 0,
             busy: false,
             mark_ends: false,
+            routed: false,
             ends: Vec::new(),
             ends_head: 0,
             yielded: false,
@@ -106,6 +110,7 @@ impl<F> Flow<F> {
         self.backlog_count = 0;
         self.busy = false;
         self.mark_ends = false;
+        self.routed = false;
         self.ends.clear();
         self.ends_head = 0;
         self.yielded = false;
