@@ -27,7 +27,7 @@
 //! let c = diff_for(&old, &new, Program::IoConn);
 //! assert_eq!(c.live[0].key, "io_conn.max_connections");
 //! assert_eq!(c.restart_only[0].key, "shared.queue_size");
-//! assert_eq!(config::classify("md.dumb.burn_max").unwrap().1, Apply::Live);
+//! assert_eq!(config::classify("md.dumb.burn_max"), Some(Apply::Live));
 //! ```
 
 use std::collections::BTreeMap;
@@ -72,7 +72,7 @@ impl Program {
 /// Every key of the schema: (key with `[]` for an array element, the programs it concerns, how
 /// a change applies). `io_conn.listener[]` and `md.group[]` stand for an element added or
 /// removed.
-pub const KEYS: &[(&str, u8, Apply)] = &[
+pub(crate) const KEYS: &[(&str, u8, Apply)] = &[
     // The segments, FIFOs and rings exist with these: only a new io_conn (and md attaching to
     // it) can change them.
     ("shared.name", IO | MD | VS, Apply::Restart),
@@ -122,9 +122,14 @@ pub const KEYS: &[(&str, u8, Apply)] = &[
     ("viewstats.refresh", VS, Apply::Live),
 ];
 
-/// The programs and the class of `key` (a dotted key as in [`Change::key`], array elements
-/// written with or without their identity), or None for a key the table does not know.
-pub fn classify(key: &str) -> Option<(u8, Apply)> {
+/// How a change of `key` applies (a dotted key as in [`Change::key`]; array elements written
+/// with or without their identity), or None for a key the schema does not have.
+pub fn classify(key: &str) -> Option<Apply> {
+    lookup(key).map(|(_, a)| a)
+}
+
+/// The programs `key` concerns (a mask) and how a change applies.
+fn lookup(key: &str) -> Option<(u8, Apply)> {
     let general = generalize(key);
     KEYS.iter().find(|(k, _, _)| *k == general).map(|&(_, p, a)| (p, a))
 }
@@ -221,7 +226,7 @@ pub fn diff_for(old: &Config, new: &Config, program: Program) -> Changes {
     let (a, b) = (flatten(old), flatten(new));
     let mut out = Changes::default();
     let mut push = |key: &str, kind: ChangeKind, old: &str, new: &str| {
-        let (progs, apply) = classify(key).unwrap_or((IO | MD | VS, Apply::Restart));
+        let (progs, apply) = lookup(key).unwrap_or((IO | MD | VS, Apply::Restart));
         if progs & program.mask() == 0 {
             return;
         }
