@@ -302,9 +302,10 @@ fn element_of(key: &str) -> Option<&str> {
     None
 }
 
-/// The listener's identity in keys: its `name` if set, else its address (with `#n` for the
-/// n-th listener of an address used twice, e.g. two port-0 listeners).
-pub(crate) fn listener_ids(listeners: &[crate::Listener]) -> Vec<String> {
+/// Each listener's identity in keys: its `name` if set, else its address (with `#n` for the
+/// n-th listener of an address used twice, e.g. two port-0 listeners). io_conn finds a running
+/// listener in a reloaded file by it.
+pub fn listener_ids(listeners: &[crate::Listener]) -> Vec<String> {
     let mut ids: Vec<String> = Vec::with_capacity(listeners.len());
     for l in listeners {
         let base = if l.name.is_empty() { l.address.to_string() } else { l.name.clone() };

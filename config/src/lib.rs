@@ -53,7 +53,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::diff::{Apply, Change, ChangeKind, Changes, Program, classify, diff, diff_for};
+pub use crate::diff::{
+    Apply, Change, ChangeKind, Changes, Program, classify, diff, diff_for, listener_ids,
+};
 pub use crate::error::{ConfigError, ErrorKind};
 pub use crate::group::{Group, Instances, parse_instances};
 use crate::locate::Locator;

@@ -44,10 +44,12 @@ use nix::sys::socket::{
     self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
 };
 
+pub mod activation;
 pub mod counters;
 pub mod flows;
 pub mod framing;
 pub mod pool;
+pub mod reload;
 mod server;
 mod spawn;
 mod stats;
@@ -69,12 +71,20 @@ pub use rt::{Shutdown, ShutdownHandle};
 pub struct Options {
     /// An in-process shutdown trigger.
     pub shutdown: Option<Shutdown>,
-    /// Handle SIGTERM, SIGINT (drain and exit), SIGHUP (ignored) and SIGCHLD through a signalfd.
+    /// Handle SIGTERM, SIGINT (drain and exit), SIGHUP (reload) and SIGCHLD through a signalfd.
     /// The caller must have blocked [`handled_signals`] in every thread first (main does, before
     /// anything else).
     pub signals: bool,
     /// Start md children once the queue pairs exist (`--spawn-md N`).
     pub spawn: Option<SpawnMd>,
+    /// The file the config came from: a reload (SIGHUP, the control socket) reads it again
+    /// (None: the built-in defaults).
+    pub config_path: Option<PathBuf>,
+    /// The listeners came from systemd (socket activation, [`activation`]): a reload refuses
+    /// to add, remove or move one.
+    pub activated: bool,
+    /// Open the control socket `io_conn --reload` talks to ([`reload::control_path`]).
+    pub control: bool,
 }
 
 impl fmt::Debug for Options {
@@ -83,6 +93,9 @@ impl fmt::Debug for Options {
             .field("shutdown", &self.shutdown)
             .field("signals", &self.signals)
             .field("spawn", &self.spawn)
+            .field("config_path", &self.config_path)
+            .field("activated", &self.activated)
+            .field("control", &self.control)
             .finish()
     }
 }
@@ -117,6 +130,12 @@ pub fn run_with_ready(
     let mut server = server::Server::new(cfg, listeners, opts)?;
     ready();
     server.run()
+}
+
+/// Sets the log level of `io_conn.log_level` (at start and on a reload), unless `RUST_LOG` is
+/// set: then the logger's own filter decides and this changes nothing.
+pub fn set_log_level(level: config::LogLevel) {
+    server::set_log_level(level);
 }
 
 /// The queue-pair parameters of the config's `[shared]` section (the same mapping md uses).

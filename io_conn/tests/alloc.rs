@@ -88,6 +88,7 @@ fn steady_state_ping_allocates_nothing_per_message() {
         shutdown: Some(shutdown),
         signals: false,
         spawn: Some(io_conn::SpawnMd::new(&cfg, util::md_bin(), Some(cfg_path.clone()), 1)),
+        ..io_conn::Options::default()
     };
     let io = std::thread::spawn(move || {
         COUNT_ME.with(|c| c.set(true));

@@ -38,7 +38,7 @@ impl Server<'_> {
                     Ok(Signal::SIGTERM) => self.begin_drain("SIGTERM"),
                     Ok(Signal::SIGINT) => self.begin_drain("SIGINT"),
                     Ok(Signal::SIGHUP) => {
-                        log::info!("SIGHUP ignored: restart to change the config")
+                        let _ = self.reload("SIGHUP");
                     }
                     _ => {} // SIGCHLD: children are watched through pidfds.
                 },
@@ -293,6 +293,7 @@ impl Server<'_> {
             st.remove();
         }
         self.links.remove_all(&mut self.inbound);
+        self.close_control();
         log::info!("io_conn stopped; counters: {:?}", self.cx.c);
     }
 }
