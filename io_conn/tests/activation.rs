@@ -18,7 +18,7 @@ use util::{Server, WATCHDOG, roundtrip};
 
 /// What [`launch`] got: a ready server, or the exit status and log of one that refused to start.
 enum Started {
-    Ready(Server),
+    Ready(Box<Server>),
     Failed(std::process::ExitStatus, String),
 }
 
@@ -150,7 +150,7 @@ fn launch(test: &str, listeners: &str, socks: &[(&TcpListener, &str)]) -> Starte
         bin,
     };
     server.wait_md_live(1);
-    Started::Ready(server)
+    Started::Ready(Box::new(server))
 }
 
 fn bind() -> (TcpListener, SocketAddr) {
