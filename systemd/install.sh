@@ -102,7 +102,7 @@ Start io_conn and two md instances:
 or enable the set at boot (the md instances you enable join shmsrv.target):
     systemctl enable --now shmsrv.target io_conn md@0 md@1
 Socket activation (restarts refuse no connection attempt):
-    systemctl enable --now io_conn.socket && systemctl restart io_conn
+    systemctl stop io_conn; systemctl enable --now io_conn.socket; systemctl start io_conn
 Reload the config (fails, naming the keys, if one needs a restart):
     systemctl reload io_conn 'md@*'
 Add an instance (below md.max_instances):  systemctl start md@3

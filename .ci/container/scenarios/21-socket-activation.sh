@@ -29,8 +29,10 @@ wait_ping() { # waits (20 s at most) until dumb answers PING on a fresh connecti
 }
 
 since=$(date '+%Y-%m-%d %H:%M:%S')
+# io_conn holds the ports while it binds them itself: stop it, let systemd bind them, start it.
+systemctl stop io_conn
 systemctl enable --now io_conn.socket
-systemctl restart io_conn # takes the sockets over from systemd
+systemctl start io_conn
 journalctl -u io_conn --since "$since" --no-pager | grep -q 'socket activation: 3 sockets from systemd'
 wait_ping
 
