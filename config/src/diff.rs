@@ -11,7 +11,7 @@
 //! set, else the address (`io_conn.listener[127.0.0.1:8090]`), so adding one listener does not
 //! make every later one look changed; groups by their position (`md.group[1].instances`).
 //!
-//! Every key of the schema is listed once in [`KEYS`], with the programs it concerns and how it
+//! Every key of the schema is listed once in `KEYS`, with the programs it concerns and how it
 //! applies; a key missing from the table is treated as restart-only, and the unit test
 //! `every_key_is_classified` fails when a new key is added to the schema without a line here.
 //!
@@ -220,8 +220,8 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     diff_for(old, new, Program::All)
 }
 
-/// The changes between `old` and `new` that concern `program`, each classified by [`KEYS`] (a
-/// key the table does not know is restart-only). In key order.
+/// The changes between `old` and `new` that concern `program`, each classified by the key
+/// table (`KEYS` in this module; a key the table does not know is restart-only). In key order.
 pub fn diff_for(old: &Config, new: &Config, program: Program) -> Changes {
     let (a, b) = (flatten(old), flatten(new));
     let mut out = Changes::default();

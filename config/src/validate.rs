@@ -378,6 +378,14 @@ mod tests {
             ("io_conn.output_credit", Box::new(|c| c.io_conn.output_credit = 0)),
             ("io_conn.spin", Box::new(|c| c.io_conn.spin = Duration::from_secs(2))),
             ("io_conn.listener", Box::new(|c| c.io_conn.listeners.clear())),
+            ("io_conn.listener[0].name", Box::new(|c| c.io_conn.listeners[0].name = "a b".into())),
+            (
+                "io_conn.listener[1].name",
+                Box::new(|c| {
+                    c.io_conn.listeners[0].name = "same".into();
+                    c.io_conn.listeners[1].name = "same".into();
+                }),
+            ),
             (
                 "io_conn.listener[1].service",
                 Box::new(|c| c.io_conn.listeners[1].service = "".into()),

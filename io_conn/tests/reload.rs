@@ -243,3 +243,44 @@ fn md_reload_changes_burn_max() {
     drop(c);
     server.stop();
 }
+
+/// A listener whose service and framing change keeps its socket: connections accepted from then
+/// on get the new service, the ones open keep theirs; a lower `max_connections` refuses new
+/// connections beyond it (with the error line of a line service) and keeps the open ones.
+#[test]
+fn changed_listener_keeps_open_connections_on_their_service() {
+    let port = free_port();
+    let server = Server::start_with(
+        "reloadretarget",
+        Setup {
+            spawn_md: 1,
+            max_instances: 1,
+            listeners: &dumb_listener(port),
+            ..Setup::default()
+        },
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut old = connect(addr);
+    roundtrip(&mut old, b"PING\n", b"PONG\n");
+    let dumb = dumb_listener(port);
+    let reverse = dumb.replace("service = \"dumb\"", "service = \"reverse\"");
+    rewrite(&server, |t| t.replace(&dumb, &reverse));
+    let out = io_conn_reload(&server);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("io_conn.listener[127.0.0.1:{port}].service")), "{stdout}");
+    let mut new = connect(addr);
+    roundtrip(&mut new, b"PING\n", b"GNIP\n"); // reverse now
+    roundtrip(&mut old, b"PING\n", b"PONG\n"); // still dumb
+    // Open now: the two above plus nothing else on this server. Allow one: new ones are refused.
+    rewrite(&server, |t| t.replace("[io_conn]\n", "[io_conn]\nmax_connections = 2\n"));
+    let out = io_conn_reload(&server);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let mut third = connect(addr);
+    assert_eq!(read_line(&mut third), "ERR too many connections\n");
+    roundtrip(&mut old, b"PING\n", b"PONG\n");
+    roundtrip(&mut new, b"abc\n", b"cba\n");
+    server.wait_io("one refused", &[("connections_refused", 1), ("reloads_ok", 2)]);
+    drop((old, new, third));
+    server.stop();
+}
