@@ -284,3 +284,25 @@ fn changed_listener_keeps_open_connections_on_their_service() {
     drop((old, new, third));
     server.stop();
 }
+
+/// Turning `max_connections_per_ip` on counts the connections already open: with one open from
+/// 127.0.0.1 and a limit of 1, the next one is refused; closing the first lets one in again.
+#[test]
+fn per_ip_limit_counts_open_connections() {
+    let server = Server::start("reloadperip", 1);
+    let mut first = server.connect("dumb/line");
+    roundtrip(&mut first, b"PING\n", b"PONG\n");
+    rewrite(&server, |t| t.replace("[io_conn]\n", "[io_conn]\nmax_connections_per_ip = 1\n"));
+    let out = io_conn_reload(&server);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let mut second = server.connect("dumb/line");
+    assert_eq!(read_line(&mut second), "ERR too many connections from your address\n");
+    roundtrip(&mut first, b"PING\n", b"PONG\n");
+    drop(first);
+    server
+        .wait_io("first closed", &[("connections_current", 0), ("connections_refused_per_ip", 1)]);
+    let mut third = server.connect("dumb/line");
+    roundtrip(&mut third, b"PING\n", b"PONG\n");
+    drop((second, third));
+    server.stop();
+}
