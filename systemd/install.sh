@@ -81,8 +81,8 @@ if [[ $dry_run == 0 ]]; then
     run "$bindir/io_conn" --config "$confdir/shmsrv.toml" --check-config
 fi
 
-run install -m 0644 "$repo/systemd/io_conn.service" "$repo/systemd/md@.service" \
-    "$repo/systemd/shmsrv.target" "$unitdir/"
+run install -m 0644 "$repo/systemd/io_conn.service" "$repo/systemd/io_conn.socket" \
+    "$repo/systemd/md@.service" "$repo/systemd/shmsrv.target" "$unitdir/"
 run install -m 0644 "$repo/systemd/sysusers.d/shmsrv.conf" "$sysusersdir/shmsrv.conf"
 run install -m 0644 "$repo/README.md" "$docdir/README.md"
 
@@ -101,6 +101,10 @@ Start io_conn and two md instances:
     systemctl start io_conn md@0 md@1
 or enable the set at boot (the md instances you enable join shmsrv.target):
     systemctl enable --now shmsrv.target io_conn md@0 md@1
+Socket activation (restarts refuse no connection attempt):
+    systemctl stop io_conn; systemctl enable --now io_conn.socket; systemctl start io_conn
+Reload the config (fails, naming the keys, if one needs a restart):
+    systemctl reload io_conn 'md@*'
 Add an instance (below md.max_instances):  systemctl start md@3
 Logs:                                      journalctl -u io_conn -u 'md@*' -f
 Live counters:                             viewstats --config /etc/shmsrv/shmsrv.toml --watch

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod diff;
 mod error;
 mod group;
 mod locate;
@@ -52,6 +53,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::diff::{
+    Apply, Change, ChangeKind, Changes, Program, classify, diff, diff_for, listener_ids,
+};
 pub use crate::error::{ConfigError, ErrorKind};
 pub use crate::group::{Group, Instances, parse_instances};
 use crate::locate::Locator;
@@ -214,6 +218,9 @@ pub struct IoConn {
         serialize_with = "units::serialize_duration"
     )]
     pub spin: Duration,
+    /// Most detailed log messages io_conn writes (`RUST_LOG`, when set, decides instead).
+    /// Default [`LogLevel::Info`].
+    pub log_level: LogLevel,
     /// The listening sockets (`[[io_conn.listener]]` in the file; at least one). A file that
     /// has any `[[io_conn.listener]]` table replaces the whole default list.
     #[serde(rename = "listener")]
@@ -232,6 +239,7 @@ impl Default for IoConn {
             output_credit: 256 << 10,
             drain_deadline: Duration::from_secs(5),
             spin: Duration::from_micros(50),
+            log_level: LogLevel::Info,
             listeners: vec![
                 Listener::new(4680, "echo"),
                 Listener::new(9090, "reverse"),
@@ -243,11 +251,16 @@ impl Default for IoConn {
 
 /// One `[[io_conn.listener]]`: a TCP address and the service its connections get.
 ///
-/// `address` and `service` are required in each table; `framing`, `dispatch` and
+/// `address` and `service` are required in each table; `name`, `framing`, `dispatch` and
 /// `pipeline_depth` are optional.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
+    /// Optional name: under systemd socket activation, the `FileDescriptorName=` of the socket
+    /// this listener takes (else the socket is matched by its address). Empty (the default) or
+    /// 1..=[`MAX_NAME_LEN`] characters of `[A-Za-z0-9_-]`, unique among the listeners.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// `IP:port` to bind, e.g. `"127.0.0.1:4680"` or `"[::1]:4680"`; host names are not
     /// resolved. Port 0 = any free port. No two listeners may overlap.
     #[serde(deserialize_with = "deserialize_addr")]
@@ -284,6 +297,7 @@ impl Listener {
     /// request (the shipped listeners: stateless built-ins).
     fn new(port: u16, service: &str) -> Self {
         Self {
+            name: String::new(),
             address: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
             service: service.to_owned(),
             framing: None,
@@ -377,6 +391,53 @@ pub fn default_framing(service: &str) -> Option<Framing> {
     }
 }
 
+/// How much a program logs (`io_conn.log_level`, `md.log_level`): this level and the more
+/// severe ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Only errors. `"error"`.
+    Error,
+    /// Errors and warnings. `"warn"`.
+    Warn,
+    /// Lifecycle too (start, attach, reload, stop): the default. `"info"`.
+    Info,
+    /// Setup details. `"debug"`.
+    Debug,
+    /// Everything. `"trace"`.
+    Trace,
+}
+
+impl LogLevel {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+
+    /// The `log` crate's filter for this level.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            Self::Error => log::LevelFilter::Error,
+            Self::Warn => log::LevelFilter::Warn,
+            Self::Info => log::LevelFilter::Info,
+            Self::Debug => log::LevelFilter::Debug,
+            Self::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[md]`: the logic processes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -407,6 +468,9 @@ pub struct Md {
         serialize_with = "units::serialize_duration"
     )]
     pub drain_deadline: Duration,
+    /// Most detailed log messages md writes (`RUST_LOG`, when set, decides instead). Default
+    /// [`LogLevel::Info`].
+    pub log_level: LogLevel,
     /// `[md.dumb]`: limits of the built-in `dumb` service.
     pub dumb: Dumb,
     /// `[[md.group]]`: which instances serve which services with which binary (see [`Group`]).
@@ -422,6 +486,7 @@ impl Default for Md {
             spin: Duration::from_micros(50),
             slice: Duration::from_millis(1),
             drain_deadline: Duration::from_secs(8),
+            log_level: LogLevel::Info,
             dumb: Dumb::default(),
             groups: Vec::new(),
         }
@@ -565,22 +630,16 @@ impl Config {
         let listeners: Vec<String> = io
             .listeners
             .iter()
-            .map(|l| match l.dispatch {
-                Dispatch::Request => format!(
-                    "{}={}/{}/request:{}",
-                    l.address,
-                    l.service,
-                    l.framing(),
-                    l.pipeline_depth
-                ),
-                Dispatch::Flow => format!("{}={}/{}/flow", l.address, l.service, l.framing()),
+            .map(|l| {
+                let name = if l.name.is_empty() { String::new() } else { format!("{}@", l.name) };
+                name + &listener_summary(l)
             })
             .collect();
         let mut line = format!(
             "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
              io_conn: listeners=[{}] backlog={} max_connections={} max_connections_per_ip={} read_buffer={} \
-             idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={}; \
-             md: max_instances={} spin={} slice={} drain_deadline={} dumb.burn_max={} dumb.wait_max={} \
+             idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={} log_level={}; \
+             md: max_instances={} spin={} slice={} drain_deadline={} log_level={} dumb.burn_max={} dumb.wait_max={} \
              dumb.stream_max={} dumb.stream_chunk={}; viewstats: refresh={}",
             s.name,
             self.runtime_dir().display(),
@@ -597,10 +656,12 @@ impl Config {
             b(io.output_credit),
             d(io.drain_deadline),
             d(io.spin),
+            io.log_level,
             md.max_instances,
             d(md.spin),
             d(md.slice),
             d(md.drain_deadline),
+            md.log_level,
             md.dumb.burn_max,
             d(md.dumb.wait_max),
             md.dumb.stream_max,
@@ -617,6 +678,16 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Every field is a string, integer, table or array of tables: nothing toml rejects.
         toml::to_string(self).expect("the schema only has types TOML can represent")
+    }
+}
+
+/// One listener in [`Config::summary`]: `ADDR=SERVICE/FRAMING/DISPATCH[:DEPTH]`.
+pub(crate) fn listener_summary(l: &Listener) -> String {
+    match l.dispatch {
+        Dispatch::Request => {
+            format!("{}={}/{}/request:{}", l.address, l.service, l.framing(), l.pipeline_depth)
+        }
+        Dispatch::Flow => format!("{}={}/{}/flow", l.address, l.service, l.framing()),
     }
 }
 

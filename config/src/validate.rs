@@ -241,6 +241,24 @@ impl Config {
                 )
                 .also(key("service")));
             }
+            if !l.name.is_empty() && !name_ok(&l.name) {
+                return Err(Invalid::new(
+                    key("name"),
+                    format!(
+                        "{:?} is not a valid listener name (empty, or 1..={MAX_NAME_LEN} \
+                         characters of A-Z a-z 0-9 _ -)",
+                        l.name
+                    ),
+                ));
+            }
+            if let Some(j) =
+                io.listeners[..i].iter().position(|o| !l.name.is_empty() && o.name == l.name)
+            {
+                return Err(Invalid::new(
+                    key("name"),
+                    format!("{:?} is also io_conn.listener[{j}].name", l.name),
+                ));
+            }
             if let Some(j) = io.listeners[..i].iter().position(|o| overlaps(&o.address, &l.address))
             {
                 return Err(Invalid::new(
@@ -360,6 +378,14 @@ mod tests {
             ("io_conn.output_credit", Box::new(|c| c.io_conn.output_credit = 0)),
             ("io_conn.spin", Box::new(|c| c.io_conn.spin = Duration::from_secs(2))),
             ("io_conn.listener", Box::new(|c| c.io_conn.listeners.clear())),
+            ("io_conn.listener[0].name", Box::new(|c| c.io_conn.listeners[0].name = "a b".into())),
+            (
+                "io_conn.listener[1].name",
+                Box::new(|c| {
+                    c.io_conn.listeners[0].name = "same".into();
+                    c.io_conn.listeners[1].name = "same".into();
+                }),
+            ),
             (
                 "io_conn.listener[1].service",
                 Box::new(|c| c.io_conn.listeners[1].service = "".into()),
@@ -442,6 +468,7 @@ mod tests {
         cfg.shared.runtime_dir = "/tmp/shmsrv-test".into();
         cfg.io_conn.listeners = vec![
             Listener {
+                name: String::new(),
                 address: "127.0.0.1:0".parse().unwrap(),
                 service: "x".into(),
                 framing: Some(Framing::Len32),
@@ -449,6 +476,7 @@ mod tests {
                 pipeline_depth: 1,
             },
             Listener {
+                name: String::new(),
                 address: "127.0.0.1:0".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
@@ -456,6 +484,7 @@ mod tests {
                 pipeline_depth: 1,
             },
             Listener {
+                name: String::new(),
                 address: "[::]:4680".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
@@ -463,6 +492,7 @@ mod tests {
                 pipeline_depth: 1,
             },
             Listener {
+                name: String::new(),
                 address: "127.0.0.1:4680".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,

@@ -347,6 +347,21 @@ impl FlowTable {
         Self { flows, free, lists: [empty; 2] }
     }
 
+    /// Grows the table to `n` slots (a reload that raises `io_conn.max_connections`); never
+    /// shrinks it. The new slots are handed out after the free ones.
+    pub fn grow(&mut self, n: u32) {
+        let old = self.flows.len() as u32;
+        if n <= old {
+            return;
+        }
+        let now = Instant::now();
+        self.flows.extend((old..n).map(|_| Flow::new(now)));
+        // Under the free ones: the free stack pops from the end.
+        let mut free: Vec<u32> = (old..n).rev().collect();
+        free.append(&mut self.free);
+        self.free = free;
+    }
+
     /// Number of slots.
     pub fn capacity(&self) -> usize {
         self.flows.len()

@@ -647,20 +647,23 @@ pub fn wait_exit(old: shmq::sys::ProcId) -> io::Result<()> {
     Ok(())
 }
 
-/// The successor's side under systemd: takes the descriptors of our fd store names from
-/// `LISTEN_FDS` and removes them from the store at once (we hold them now; a crash from here on
-/// must not hand them to the next start with a record that no longer describes them). Returns
-/// the others (socket activation's) untouched, for the caller to use.
-pub fn take_stored() -> io::Result<(Received, Vec<(String, OwnedFd)>)> {
+/// The successor's side under systemd: picks the descriptors of our fd store names out of what
+/// systemd passed in `LISTEN_FDS` (taken once at start by [`rt::activation::take_listen_fds`])
+/// and removes them from the store at once (we hold them now; a crash from here on must not
+/// hand them to the next start with a record that no longer describes them). Returns the others
+/// (socket activation's) untouched, for the caller to match to listeners.
+pub fn take_stored(
+    inherited: Vec<rt::activation::Inherited>,
+) -> io::Result<(Received, Vec<rt::activation::Inherited>)> {
     let mut r = Received::default();
     let mut others = Vec::new();
     let mut records = Vec::new();
-    for (name, fd) in fdpass::take_listen_fds()? {
-        match name.as_str() {
-            NAME_RECORD => records.push(fd),
-            NAME_LISTENER => r.listeners.push(fd),
-            NAME_CLIENT => r.clients.push(fd),
-            _ => others.push((name, fd)),
+    for inh in inherited {
+        match inh.name.as_str() {
+            NAME_RECORD => records.push(inh.fd),
+            NAME_LISTENER => r.listeners.push(inh.fd),
+            NAME_CLIENT => r.clients.push(inh.fd),
+            _ => others.push(inh),
         }
     }
     if !records.is_empty() || !r.listeners.is_empty() || !r.clients.is_empty() {

@@ -44,11 +44,13 @@ use nix::sys::socket::{
     self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
 };
 
+pub mod activation;
 pub mod counters;
 pub mod flows;
 pub mod framing;
 pub mod handover;
 pub mod pool;
+pub mod reload;
 mod server;
 mod spawn;
 mod stats;
@@ -71,7 +73,7 @@ pub struct Options {
     /// An in-process shutdown trigger.
     pub shutdown: Option<Shutdown>,
     /// Handle SIGTERM, SIGINT (drain and exit), SIGUSR2 (hand the connections to a successor),
-    /// SIGHUP (ignored) and SIGCHLD through a signalfd.
+    /// SIGHUP (reload) and SIGCHLD through a signalfd.
     /// The caller must have blocked [`handled_signals`] in every thread first (main does, before
     /// anything else).
     pub signals: bool,
@@ -80,6 +82,14 @@ pub struct Options {
     /// Connections handed over by a predecessor ([`handover`]), their listener indexes mapped
     /// to `listeners`: adopted once the queue pairs exist and re-opened to md as md attaches.
     pub adopt: Vec<handover::Adopted>,
+    /// The file the config came from: a reload (SIGHUP, the control socket) reads it again
+    /// (None: the built-in defaults).
+    pub config_path: Option<PathBuf>,
+    /// The listeners came from systemd (socket activation, [`activation`]): a reload refuses
+    /// to add, remove or move one.
+    pub activated: bool,
+    /// Open the control socket `io_conn --reload` talks to ([`reload::control_path`]).
+    pub control: bool,
 }
 
 impl fmt::Debug for Options {
@@ -89,6 +99,9 @@ impl fmt::Debug for Options {
             .field("signals", &self.signals)
             .field("spawn", &self.spawn)
             .field("adopt", &self.adopt.len())
+            .field("config_path", &self.config_path)
+            .field("activated", &self.activated)
+            .field("control", &self.control)
             .finish()
     }
 }
@@ -123,6 +136,12 @@ pub fn run_with_ready(
     let mut server = server::Server::new(cfg, listeners, opts)?;
     ready();
     server.run()
+}
+
+/// Sets the log level of `io_conn.log_level` (at start and on a reload), unless `RUST_LOG` is
+/// set: then the logger's own filter decides and this changes nothing.
+pub fn set_log_level(level: config::LogLevel) {
+    server::set_log_level(level);
 }
 
 /// The queue-pair parameters of the config's `[shared]` section (the same mapping md uses).

@@ -2,7 +2,7 @@
 //! [`ShutdownHandle`] (tests, embedders). Built on `rt`'s [`Shutdown`] eventfd and
 //! [`rt::signals`], which io_conn uses too.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
@@ -12,8 +12,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use rt::{Shutdown, ShutdownHandle};
 
-/// The signals md handles through its signalfd: SIGTERM and SIGINT stop it, SIGHUP is logged
-/// and ignored (md has nothing to reload: restart it to apply a new config).
+use crate::reload::{ReloadOutcome, Reloader};
+
+/// The signals md handles through its signalfd: SIGTERM and SIGINT stop it, SIGHUP reloads the
+/// config (with a [`crate::reload::Reloader`], see [`Control::with_reload`]).
 pub fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -38,6 +40,10 @@ pub struct Control {
     shutdown: Shutdown,
     signals: Option<SignalFd>,
     requested: Cell<bool>,
+    /// SIGHUP arrived and the runner has not reloaded yet.
+    reload_requested: Cell<bool>,
+    /// What a SIGHUP reloads; None: SIGHUP is logged and ignored.
+    reloader: Option<RefCell<Reloader>>,
 }
 
 impl Control {
@@ -45,13 +51,36 @@ impl Control {
     pub fn new() -> io::Result<(Self, ShutdownHandle)> {
         let shutdown = Shutdown::new()?;
         let handle = shutdown.handle();
-        Ok((Self { shutdown, signals: None, requested: Cell::new(false) }, handle))
+        let c = Self {
+            shutdown,
+            signals: None,
+            requested: Cell::new(false),
+            reload_requested: Cell::new(false),
+            reloader: None,
+        };
+        Ok((c, handle))
     }
 
     /// Adds a signalfd for `mask` (which the caller blocked with [`block_signals`]).
     pub fn with_signals(mut self, mask: &SigSet) -> io::Result<Self> {
         self.signals = Some(rt::signals::signalfd(mask)?);
         Ok(self)
+    }
+
+    /// Makes SIGHUP reload the config with `reloader` (the runner applies it at its next pass).
+    pub fn with_reload(mut self, reloader: Reloader) -> Self {
+        self.reloader = Some(RefCell::new(reloader));
+        self
+    }
+
+    /// A SIGHUP asked for a reload (cleared by this call).
+    pub(crate) fn take_reload(&self) -> bool {
+        self.reload_requested.replace(false)
+    }
+
+    /// Reloads (see [`Reloader::reload`]); None without a reloader.
+    pub(crate) fn reload(&self) -> Option<ReloadOutcome> {
+        self.reloader.as_ref().map(|r| r.borrow_mut().reload())
     }
 
     /// True once shutdown was requested (sticky). Reads pending signals/triggers first.
@@ -88,7 +117,10 @@ impl Control {
                         log::info!("{sig} received: finishing and exiting");
                         self.requested.set(true);
                     }
-                    _ => log::info!("signal {} ignored (md has nothing to reload)", info.ssi_signo),
+                    Ok(Signal::SIGHUP) if self.reloader.is_some() => {
+                        self.reload_requested.set(true);
+                    }
+                    _ => log::info!("signal {} ignored", info.ssi_signo),
                 }
             }
         }

@@ -62,6 +62,7 @@
 #![deny(missing_docs)]
 
 mod control;
+pub mod reload;
 mod runner;
 mod serve;
 mod service;

@@ -16,6 +16,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use clap::Parser;
 use md::services::{Builtin, DumbOptions};
@@ -34,6 +35,11 @@ struct Args {
     /// Validate the config, print the effective settings and exit.
     #[arg(long)]
     check_config: bool,
+    /// Ask the md serving --instance N to reload the config (SIGHUP), wait for the outcome and
+    /// exit: 0 when it was applied, 1 when it was refused (the md's log names the keys) or the
+    /// file does not validate. `systemctl reload md@N` runs this.
+    #[arg(long, conflicts_with = "check_config")]
+    reload: bool,
 }
 
 /// Exit status when another live md holds the instance.
@@ -50,7 +56,12 @@ fn main() -> ExitCode {
         }
     };
     let args = Args::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Everything passes the logger's own filter unless RUST_LOG says otherwise; `md.log_level`
+    // sets the global maximum (and a reload changes it).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(log::LevelFilter::Info); // until the config is read
+    }
 
     let cfg = match config::Config::load_or_default(args.config.as_deref()) {
         Ok(c) => c,
@@ -68,6 +79,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    md::reload::set_log_level(cfg.md.log_level);
+    if args.reload {
+        return reload_client(&cfg, args.instance);
+    }
     if args.check_config {
         // md execs group binaries: they must exist here.
         if let Err(e) = cfg.check_binaries(args.config.as_deref()) {
@@ -84,7 +99,7 @@ fn main() -> ExitCode {
     }
 
     let control = match Control::new().and_then(|(c, _handle)| c.with_signals(&mask)) {
-        Ok(c) => c,
+        Ok(c) => c.with_reload(md::reload::Reloader::new(args.config.clone(), cfg.clone())),
         Err(e) => {
             log::error!("cannot set up signal handling: {e}");
             return ExitCode::from(1);
@@ -107,6 +122,64 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// How long `--reload` waits for the md to count the outcome.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `md --reload`: the file was validated above (a bad one fails here, whatever md runs); finds
+/// the md of `instance` in the stats segment, sends it SIGHUP and waits until its
+/// `reloads_ok` or `reloads_refused` counter moves.
+fn reload_client(cfg: &config::Config, instance: u32) -> ExitCode {
+    use shmq::stats::StatsReader;
+    let backend = md::pair_config(cfg).backend;
+    let reader = match StatsReader::attach(backend, &cfg.shared.name) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "md --reload: stats segment of {}: {e} (is io_conn running?)",
+                cfg.shared.name
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let read = |name: &str| reader.snapshot().get("md", instance, name).unwrap_or(0);
+    let pid = read("pid");
+    // 2 = running, 3 = leaving (see shmq::stats::MdState).
+    if pid == 0 || !matches!(read("state"), 2 | 3) {
+        eprintln!("md --reload: md instance {instance} is not attached (no running md to reload)");
+        return ExitCode::from(1);
+    }
+    let (ok0, refused0) = (read("reloads_ok"), read("reloads_refused"));
+    let Ok(pid) = i32::try_from(pid) else { return ExitCode::from(1) };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP) {
+        eprintln!("md --reload: SIGHUP to md instance {instance} (pid {pid}): {e}");
+        return ExitCode::from(1);
+    }
+    let until = std::time::Instant::now() + RELOAD_TIMEOUT;
+    while std::time::Instant::now() < until {
+        let (ok, refused) = (read("reloads_ok"), read("reloads_refused"));
+        if refused != refused0 {
+            eprintln!(
+                "md --reload: md instance {instance} (pid {pid}) refused the reload and keeps its \
+                 config: its log names each key that needs a restart (journalctl -u md@{instance})"
+            );
+            return ExitCode::from(1);
+        }
+        if ok != ok0 {
+            println!(
+                "md instance {instance} (pid {pid}): reload applied (config generation {})",
+                read("config_generation")
+            );
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "md --reload: md instance {instance} (pid {pid}) did not answer within {RELOAD_TIMEOUT:?}"
+    );
+    ExitCode::from(1)
 }
 
 /// Env var set on a group binary md execs: the md executable that exec'd it.

@@ -140,6 +140,12 @@ pub trait Service {
         let _ = flow;
     }
 
+    /// The config was reloaded (SIGHUP, `systemctl reload md@N`): take the new settings that
+    /// apply to this service (the built-ins: `md.dumb.*`). Open flows stay. Default: nothing.
+    fn reload(&mut self, cfg: &config::Config) {
+        let _ = cfg;
+    }
+
     /// Names of the request kinds this service counts with [`Ctx::count`], in index order; for
     /// stats. md registers them in its stats block when it takes its slot, and viewstats shows
     /// kind `i` as `commands.<names[i]>`. At most [`crate::stats::MAX_COMMANDS`] names of 1 to

@@ -206,7 +206,10 @@ impl MdStatsSink {
     /// Copies `s` (relative to the bound baseline), the heartbeat and both rings' counters into
     /// the segment. Once per batch, and before sleeping.
     pub(crate) fn mirror(&mut self, s: &Stats, rx: &Consumer, tx: &Producer) {
-        self.md.publish(&s.counts.since(&self.base.counts));
+        let mut counts = s.counts.since(&self.base.counts);
+        // A gauge, not a count: its value, not what it gained since the bind.
+        counts[Md::ConfigGeneration] = s.counts[Md::ConfigGeneration];
+        self.md.publish(&counts);
         let mut named = [0u64; MAX_COMMANDS];
         let mut other = 0u64;
         for (i, (now, then)) in s.commands.iter().zip(&self.base.commands).enumerate() {

@@ -11,10 +11,12 @@
 //! * [`signals`]: blocking a signal set in the calling thread and reading it from a signalfd;
 //! * [`SpinGate`]: whether and how long a loop busy-polls before it arms its doorbells;
 //! * [`timer::OneShotTimer`]: a timerfd armed for the earliest deadline of a loop;
-//! * [`pair_config`]: the queue-pair parameters of the config's `[shared]` section.
+//! * [`pair_config`]: the queue-pair parameters of the config's `[shared]` section;
+//! * [`activation`]: the sockets systemd passes in (socket activation).
 //!
-//! Nothing here touches shared memory or knows about flows or frames; it has no `unsafe` (nix
-//! and sd-notify wrap the system calls).
+//! Nothing here touches shared memory or knows about flows or frames. The only `unsafe` is in
+//! [`activation`] (adopting inherited descriptors, removing `LISTEN_*` from the environment);
+//! nix and sd-notify wrap the other system calls.
 //!
 //! # Example
 //!
@@ -52,9 +54,10 @@
 //! rt::notify::stopping()?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod activation;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;

@@ -4,7 +4,8 @@
 //! Used by md (`md::serve` says `READY=1` at the first attach and `STOPPING=1` on shutdown; the
 //! runner pings the watchdog once per loop iteration through a [`Watchdog`]) and by io_conn (its
 //! main says `READY=1` once the listeners, queue pairs and stats segment exist; its loop pings the
-//! watchdog and says `STOPPING=1` when it starts draining).
+//! watchdog and says `STOPPING=1` when it starts draining). Both say [`reloading`] when a
+//! config reload begins and [`reloaded`] (`READY=1` and a status) when it is over.
 //!
 //! Every function reads `$NOTIFY_SOCKET` when called and is a no-op returning `Ok` when it is
 //! unset or empty (not started by systemd, or a test). One datagram per call; a datagram may
@@ -144,6 +145,19 @@ fn message(states: &[NotifyState<'_>]) -> String {
 /// `READY=1`: start-up is complete (systemd then considers the unit started).
 pub fn ready() -> io::Result<()> {
     send(&[NotifyState::Ready])
+}
+
+/// `RELOADING=1` with `MONOTONIC_USEC=` (now): a reload of the configuration has begun;
+/// systemd shows the unit as "reloading" until the next `READY=1` ([`reloaded`]). systemd 253+
+/// requires the timestamp with `Type=notify-reload`; 252 accepts and ignores it.
+pub fn reloading() -> io::Result<()> {
+    send(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?])
+}
+
+/// `READY=1` with a `STATUS=` line: a reload is over (applied or refused), the service is ready
+/// again. Newlines in `status` are replaced by spaces.
+pub fn reloaded(status: &str) -> io::Result<()> {
+    send(&[NotifyState::Ready, NotifyState::Status(&status.replace('\n', " "))])
 }
 
 /// `STOPPING=1`: shutdown has begun.

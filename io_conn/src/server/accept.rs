@@ -90,7 +90,9 @@ impl Clients {
             }
             return; // dropping `s` closes it
         }
-        let Some(slot) = self.flows.alloc() else {
+        let slot =
+            if self.flows.in_use() < self.max_conn as usize { self.flows.alloc() } else { None };
+        let Some(slot) = slot else {
             self.per_ip.release(peer.ip());
             cx.c[Io::ConnectionsRefused] += 1;
             if framing == Framing::Line {

@@ -23,8 +23,17 @@ use crate::pool::Pool;
 /// One listening socket and what its connections speak.
 #[derive(Debug)]
 pub(super) struct Lst {
-    /// None once draining began (closed).
+    /// None once draining began, or once a reload removed (or replaced) it: then it only
+    /// describes the connections it accepted before.
     pub(super) sock: Option<TcpListener>,
+    /// Its identity in the config (`config::listener_ids`: the name, else the address), by
+    /// which a reload finds it in the new file.
+    pub(super) id: String,
+    /// The address the config gave it (port 0 stays 0: the bound port is the socket's).
+    pub(super) address: std::net::SocketAddr,
+    /// Bound by io_conn (not inherited from systemd): a reload may `listen` it again with a new
+    /// backlog.
+    pub(super) own: bool,
     pub(super) service: String,
     pub(super) framing: Framing,
     /// Registered in epoll (accepting is paused after EMFILE by taking it out).
@@ -47,6 +56,9 @@ pub(super) struct Limits {
     pub(super) read_size: usize,
     /// `io_conn.output_credit` (sent in OPEN).
     pub(super) credit: u64,
+    /// The largest credit any OPEN of this process carried (a reload may lower `credit`; a
+    /// connection opened before keeps the credit md was given): what an md may have in flight.
+    pub(super) credit_limit: u64,
     /// `io_conn.idle_timeout` (None: off).
     pub(super) idle: Option<Duration>,
     /// `io_conn.message_deadline` (None: off).
@@ -65,7 +77,7 @@ pub(super) struct PerIp {
 }
 
 impl PerIp {
-    fn new(limit: u32, max_conn: u32) -> Self {
+    pub(super) fn new(limit: u32, max_conn: u32) -> Self {
         // Sized up front for a typical spread of addresses: no allocation per accept.
         let cap = if limit == 0 { 0 } else { (max_conn as usize).min(4096) };
         Self { limit, open: HashMap::with_capacity(cap) }
@@ -82,6 +94,14 @@ impl PerIp {
         }
         *n += 1;
         true
+    }
+
+    /// Counts one more connection from `ip` even above the limit (a reload that lowers or sets
+    /// the limit counts the connections already open: they stay).
+    pub(super) fn admit_anyway(&mut self, ip: IpAddr) {
+        if self.limit != 0 {
+            *self.open.entry(ip.to_canonical()).or_insert(0) += 1;
+        }
     }
 
     /// One connection from `ip` (admitted before) ended.
@@ -120,9 +140,12 @@ pub(crate) struct Clients {
     /// A handover is under way: no socket is read and no connection accepted
     /// (`server::handover`).
     pub(super) paused: bool,
+    /// `io_conn.max_connections`: accepts beyond this many slots in use are refused. The flow
+    /// table has at least this many slots (a reload grows it, never shrinks it).
+    pub(super) max_conn: u32,
 }
 
-fn nonzero(d: Duration) -> Option<Duration> {
+pub(super) fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
@@ -135,13 +158,18 @@ impl Clients {
     ) -> anyhow::Result<Self> {
         let io = &cfg.io_conn;
         let mut lst = Vec::with_capacity(listeners.len());
-        for (idx, (sock, l)) in listeners.into_iter().enumerate() {
+        let ids =
+            config::listener_ids(&listeners.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>());
+        for (idx, ((sock, l), id)) in listeners.into_iter().zip(ids).enumerate() {
             sock.set_nonblocking(true).context("listener O_NONBLOCK")?;
             epoll
                 .add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, token(K_LISTENER, idx as u64)))
                 .context("epoll add listener")?;
             lst.push(Lst {
                 sock: Some(sock),
+                id,
+                address: l.address,
+                own: true,
                 framing: l.framing(),
                 mds: cfg.instances_for(&l.service),
                 request: l.dispatch() == config::Dispatch::Request,
@@ -167,11 +195,13 @@ impl Clients {
                 max_msg,
                 read_size,
                 credit: io.output_credit,
+                credit_limit: io.output_credit,
                 idle: nonzero(io.idle_timeout),
                 deadline: nonzero(io.message_deadline),
             },
             per_ip: PerIp::new(io.max_connections_per_ip, max_conn),
             paused: false,
+            max_conn,
         })
     }
 

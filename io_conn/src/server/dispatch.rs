@@ -36,7 +36,8 @@ impl Clients {
         payload: &[u8],
         end: bool,
     ) {
-        let credit = self.lim.credit;
+        // Overrun: above the largest credit an OPEN carried (a reload may have lowered it).
+        let credit = self.lim.credit_limit;
         let f = self.flows.get_mut(slot);
         let Some(k) = f.rq.open_req(i) else {
             // A reply for a request dropped after an md CLOSE: stale.

@@ -318,6 +318,9 @@ mod tests {
         let mut clients = Clients::new(&cfg, Vec::new(), &epoll).expect("clients");
         clients.listeners.push(Lst {
             sock: None,
+            id: "test".into(),
+            address: "127.0.0.1:0".parse().expect("address"),
+            own: true,
             service: "dumb".into(),
             framing: config::Framing::Line,
             in_epoll: false,

@@ -39,7 +39,7 @@ impl Server<'_> {
                     Ok(Signal::SIGINT) => self.begin_drain("SIGINT"),
                     Ok(Signal::SIGUSR2) => self.begin_handover("SIGUSR2"),
                     Ok(Signal::SIGHUP) => {
-                        log::info!("SIGHUP ignored: restart to change the config")
+                        let _ = self.reload("SIGHUP");
                     }
                     _ => {} // SIGCHLD: children are watched through pidfds.
                 },
@@ -298,6 +298,7 @@ impl Server<'_> {
             st.remove();
         }
         self.links.remove_all(&mut self.inbound);
+        self.close_control();
         log::info!("io_conn stopped; counters: {:?}", self.cx.c);
     }
 }

@@ -53,9 +53,11 @@ mod input;
 mod lifecycle;
 mod link;
 mod output;
+mod reload;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -77,6 +79,7 @@ use crate::{Options, Shutdown};
 
 pub(crate) use clients::Clients;
 pub(crate) use link::{Inbound, Links};
+pub(crate) use reload::set_log_level;
 
 /// How long a connection accepted while no md is live is held (not read) waiting for one.
 pub(crate) const UNASSIGNED_HOLD: Duration = Duration::from_secs(10);
@@ -98,6 +101,7 @@ const K_CHILD: u64 = 5;
 const K_TIMER: u64 = 6;
 const K_SIGNAL: u64 = 7;
 const K_SHUTDOWN: u64 = 8;
+const K_CONTROL: u64 = 9;
 
 #[inline]
 fn token(kind: u64, idx: u64) -> u64 {
@@ -121,7 +125,10 @@ pub(crate) struct Cx {
 }
 
 pub(crate) struct Server<'c> {
-    cfg: &'c Config,
+    /// The config in effect: the caller's until a reload replaces it.
+    cfg: Cow<'c, Config>,
+    /// Reloading: the file, the generation, the control socket (`reload`).
+    reload: reload::ReloadState,
     cx: Cx,
     clients: Clients,
     links: Links,
@@ -205,7 +212,12 @@ impl<'c> Server<'c> {
             cfg.shared.shm_backend
         );
         let mut server = Self {
-            cfg,
+            cfg: Cow::Borrowed(cfg),
+            reload: reload::ReloadState {
+                path: opts.config_path.take(),
+                activated: opts.activated,
+                ..reload::ReloadState::default()
+            },
             cx,
             clients,
             links,
@@ -237,6 +249,14 @@ impl<'c> Server<'c> {
         server.publish_stats();
         let adopt = std::mem::take(&mut opts.adopt);
         server.clients.adopt(&mut server.cx, adopt);
+        if opts.activated {
+            for l in &mut server.clients.listeners {
+                l.own = false;
+            }
+        }
+        if opts.control {
+            server.open_control();
+        }
         if let Some(spec) = opts.spawn.take() {
             anyhow::ensure!(
                 spec.count <= cfg.md.max_instances,
@@ -350,6 +370,7 @@ impl<'c> Server<'c> {
                 self.on_timer();
             }
             K_SIGNAL => self.on_signal(),
+            K_CONTROL => self.on_control(),
             K_SHUTDOWN => {
                 if let Some(s) = &self.shutdown {
                     s.read();

@@ -174,7 +174,7 @@ impl Clients {
             buf.extend(&payload[written..]);
             f.uncredited += (uncredited - written.min(uncredited)) as u64;
             let queued = f.output_len() as u64;
-            let credit = self.lim.credit;
+            let credit = self.lim.credit_limit;
             if queued - f.uncredited.min(queued) > credit || f.uncredited > credit {
                 self.close_flow(cx, links, slot, Io::ClosedCreditOverrun);
                 return false;

@@ -18,6 +18,9 @@ fn setup(mds: usize) -> (Cx, Clients, Links) {
     // One listener (its socket is not needed): every test flow came from it.
     clients.listeners.push(Lst {
         sock: None,
+        id: "test".into(),
+        address: "127.0.0.1:0".parse().expect("address"),
+        own: true,
         service: "echo".into(),
         framing: config::Framing::Line,
         in_epoll: false,

@@ -396,6 +396,35 @@ where
         exit
     }
 
+    /// SIGHUP: reloads the config through `control` and applies md's live settings (spin, slice,
+    /// drain deadline, log level) and the service's ([`Service::reload`]); counts the outcome.
+    fn reload(&mut self, control: &Control, gate: &mut SpinGate) {
+        let _ = rt::notify::reloading();
+        let status = match control.reload() {
+            Some(crate::reload::ReloadOutcome::Applied { config, generation }) => {
+                let o = &mut self.core.opts;
+                o.spin = config.md.spin;
+                o.slice = config.md.slice;
+                o.drain_deadline = config.md.drain_deadline;
+                *gate = SpinGate::new(o.spin);
+                crate::reload::set_log_level(config.md.log_level);
+                self.service.reload(&config);
+                self.core.stats[Md::ReloadsOk] += 1;
+                self.core.stats[Md::ConfigGeneration] = generation;
+                format!("serving; config generation {generation}")
+            }
+            Some(crate::reload::ReloadOutcome::Refused) => {
+                self.core.stats[Md::ReloadsRefused] += 1;
+                format!(
+                    "serving; config generation {}; last reload refused (see the log)",
+                    self.core.stats[Md::ConfigGeneration]
+                )
+            }
+            None => return,
+        };
+        let _ = rt::notify::reloaded(&status);
+    }
+
     fn serve(
         &mut self,
         ep: &mut Endpoint,
@@ -583,6 +612,9 @@ where
                     }
                     _ => {}
                 }
+            }
+            if control.take_reload() {
+                self.reload(control, &mut gate);
             }
             if control.requested() && leaving.is_none() {
                 let until = Instant::now() + self.core.opts.drain_deadline;

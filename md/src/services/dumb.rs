@@ -224,6 +224,12 @@ impl Dumb {
         Self { opts: DumbOptions { stream_chunk, ..opts } }
     }
 
+    /// New limits (a reload): requests from now on are checked against them; a request already
+    /// running keeps going.
+    pub fn reload(&mut self, cfg: &config::Config) {
+        *self = Self::new(DumbOptions::from(&cfg.md.dumb));
+    }
+
     /// Its limits.
     pub fn options(&self) -> &DumbOptions {
         &self.opts

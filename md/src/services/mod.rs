@@ -118,6 +118,10 @@ impl Service for Builtin {
         }
     }
 
+    fn reload(&mut self, cfg: &config::Config) {
+        self.dumb.reload(cfg);
+    }
+
     fn command_names(&self) -> &'static [&'static str] {
         COMMANDS
     }

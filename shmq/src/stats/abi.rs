@@ -23,7 +23,7 @@ pub const STATS_LAYOUT_VERSION: u32 = 2;
 ///
 /// 2: the io_conn set gained `accept_fd_exhausted`, `stale_frames`, `bad_frames`,
 /// `drained_frames`; the md set lost its service-specific request counters (now command slots).
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 /// Entries in [`StatsHeader::sections`].
 pub const MAX_SECTIONS: usize = 8;
 /// Size of [`StatsHeader`]; the descriptor table starts here.
@@ -172,17 +172,17 @@ const _: () = {
     assert!(size_of::<DescEntry>() == 256);
     assert!(size_of::<AtomicU64>() == 8 && align_of::<AtomicU64>() == 8);
     // Every typed block fits the stride the creator gives it.
-    assert!(block_stride(Io::COUNT) == 256);
-    assert!(block_stride(MD_WORDS) == 896);
+    assert!(block_stride(Io::COUNT) == 384);
+    assert!(block_stride(MD_WORDS) == 1024);
     // The md block: counters, command counts, the "other" count, then the names area, which
     // ends the block; each name is a whole number of words.
     assert!(MD_COMMANDS_WORD == 1 + Md::COUNT);
-    assert!(MD_COMMANDS_WORD == 30);
-    assert!(MD_OTHER_WORD == 46);
-    assert!(MD_NAMES_WORD == 47);
+    assert!(MD_COMMANDS_WORD == 33);
+    assert!(MD_OTHER_WORD == 49);
+    assert!(MD_NAMES_WORD == 50);
     assert!(COMMAND_NAME_BYTES == COMMAND_NAME_WORDS * 8);
     assert!(MD_NAMES_WORD + COMMAND_SLOTS * COMMAND_NAME_WORDS == MD_WORDS + 1);
-    assert!(MD_WORDS == 110);
+    assert!(MD_WORDS == 113);
     assert!(block_stride(QueueProducer::COUNT) == 128);
     assert!(block_stride(CONSUMER_WORDS) == 512);
 };

@@ -252,6 +252,9 @@ counter_set! {
         MdAttaches => Counter "md_attaches" "events" "md instances that attached (said HELLO)";
         RequestsDropped => Counter "requests_dropped" "requests" "Requests dropped because md closed their connection at an earlier request (request dispatch)";
         ConnectionsRefusedPerIp => Counter "connections_refused_per_ip" "connections" "Connections closed at once because their IP address had max_connections_per_ip open";
+        ReloadsOk => Counter "reloads_ok" "reloads" "Config reloads applied (SIGHUP, io_conn --reload)";
+        ReloadsRefused => Counter "reloads_refused" "reloads" "Config reloads refused (a file that does not validate, or a key that needs a restart); the old config is kept";
+        ConfigGeneration => Gauge "config_generation" "generation" "Config in effect: 0 the one read at start, +1 per reload applied";
         HeartbeatNs => Gauge "heartbeat_mono_ns" "mono_ns" "CLOCK_MONOTONIC of io_conn's last loop iteration";
     }
 }
@@ -292,6 +295,9 @@ counter_set! {
         Attaches => Counter "attaches" "events" "Queue pair attaches (including the first)";
         Wakeups => Counter "wakeups" "wakeups" "Doorbell wake-ups";
         BusyNs => Counter "busy_ns" "ns" "Time spent working, from a wake-up to the next idle check";
+        ReloadsOk => Counter "reloads_ok" "reloads" "Config reloads applied (SIGHUP, md --reload)";
+        ReloadsRefused => Counter "reloads_refused" "reloads" "Config reloads refused (a file that does not validate, or a key that needs a restart); the old config is kept";
+        ConfigGeneration => Gauge "config_generation" "generation" "Config in effect: 0 the one read at start, +1 per reload applied";
     }
 }
 
