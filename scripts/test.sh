@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit, integration (real processes on loopback, real shared
-# memory) and doc tests.
+# The README's test command: every test of the workspace, unit, integration (real processes on
+# loopback, real shared memory) and doc tests. Installs what the tests need first
+# (scripts/deps.sh: cargo-nextest, Python's prometheus_client, tmux, strace); without
+# cargo-nextest (SHMSRV_NO_INSTALL=1, or no crates.io) it runs `cargo test` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 # The end-to-end tests start the real io_conn, md and viewstats binaries (and md's examples).
 cargo build --workspace --bins --examples
 cargo test --workspace --doc
-cargo nextest run --workspace --no-fail-fast
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    echo "test.sh: cargo-nextest is not installed: running the tests with cargo test instead" >&2
+    cargo test --workspace --no-fail-fast --lib --bins --tests --examples
+fi
