@@ -119,6 +119,8 @@ pub struct Harness {
     runner: Option<JoinHandle<(Exit, Stats)>>,
     flows: HashMap<FlowId, FlowLog>,
     broadcasts: Vec<(String, Vec<u8>)>,
+    /// The client of every reply frame, in arrival order (runs of one client merged).
+    order: Vec<Client>,
     next_slot: u32,
     credit: u64,
     _dir: TempDir,
@@ -177,6 +179,7 @@ impl Harness {
             runner: Some(runner),
             flows: HashMap::new(),
             broadcasts: Vec::new(),
+            order: Vec::new(),
             next_slot: 1,
             credit: config::Config::default().io_conn.output_credit,
             _dir: dir,
@@ -261,6 +264,14 @@ impl Harness {
         self.log(c).closed
     }
 
+    /// Which clients md answered, in the order the replies arrived (a run of replies to one
+    /// client counts once), since the last call: how a test shows that one client was answered
+    /// before another (e.g. between the time slices of a long request).
+    pub fn take_reply_order(&mut self) -> Vec<Client> {
+        self.poll(Duration::ZERO);
+        std::mem::take(&mut self.order)
+    }
+
     /// The broadcasts md sent so far ([`crate::Ctx::broadcast`]): (service, bytes), in order.
     /// The harness does not deliver them to its clients (io_conn would).
     pub fn take_broadcasts(&mut self) -> Vec<(String, Vec<u8>)> {
@@ -336,6 +347,9 @@ impl Harness {
                 Kind::Data => {
                     if let Some(log) = self.flows.get_mut(&f.flowid) {
                         log.bytes.extend(f.payload);
+                    }
+                    if self.order.last() != Some(&Client(f.flowid)) {
+                        self.order.push(Client(f.flowid));
                     }
                     drained.push((f.flowid, f.payload.len() as u64));
                 }
