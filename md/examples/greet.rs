@@ -107,7 +107,7 @@ impl Service for Greet {
             }
             s.next += 1;
             // Look at the clock every 1024 candidates, not every one.
-            if s.next % 1024 == 0 && cx.slice_over() {
+            if s.next.is_multiple_of(1024) && cx.slice_over() {
                 return Status::Yield; // the others' turn; md calls resume again
             }
         }
@@ -134,7 +134,7 @@ fn error(cx: &mut Ctx<'_>, what: &str) -> Status {
 }
 
 fn is_prime(k: u64) -> bool {
-    k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| k % d != 0)
+    k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| !k.is_multiple_of(d))
 }
 // ANCHOR_END: impl
 
