@@ -5,6 +5,8 @@
 # cargo-nextest (SHMSRV_NO_INSTALL=1, or no crates.io) it runs `cargo test` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where `cargo install` puts cargo-nextest, should this shell's PATH lack it.
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 scripts/deps.sh
 # The end-to-end tests start the real io_conn, md and viewstats binaries (and md's examples).
 cargo build --workspace --bins --examples
