@@ -34,7 +34,8 @@ if $build; then
 fi
 scripts/deb-units.sh target/deb-units
 rm -rf target/debian
-cargo deb -p io_conn --no-build --quiet
+# Stripped: the release profile keeps debuginfo (backtraces in development), 15 MB a binary.
+cargo deb -p io_conn --no-build --strip --quiet
 deb=$(ls target/debian/shmsrv_*.deb)
 echo "built $deb"
 
