@@ -9,20 +9,21 @@
 //! #   framing = "line"
 //! cargo build -p md --example chat
 //! SHMSRV_MD_BIN=target/debug/examples/chat io_conn --config shmsrv.toml --spawn-md 1
+//! # or, beside the built-ins: a [[md.group]] with services = ["chat"] and
+//! # binary = "/abs/path/target/debug/examples/chat" (see the README)
 //! ```
 //!
 //! What it shows: [`Ctx::broadcast`] (io_conn does the fan-out to every client of the service,
 //! whichever md instance serves them), and per-service state in the [`Service`] value. The head
-//! count is this md instance's: run one instance (`--spawn-md 1`) for an exact `/who`. The `main`
-//! is the one from `upper.rs`, shortened.
+//! count is this md instance's: run one instance (`--spawn-md 1`) for an exact `/who`. `main` is
+//! one line, as in `upper.rs`.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use md::{Control, Ctx, Runner, RunnerOptions, Service, Status};
+use md::{Ctx, Service, Status};
 use shmq::frame::OpenInfo;
 
 /// Open flows per room.
@@ -82,55 +83,5 @@ impl Service for Chat {
 }
 
 fn main() -> ExitCode {
-    let mask = match md::block_signals() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("chat: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    // io_conn --spawn-md runs `<md> --config PATH --instance N`.
-    let (mut config, mut instance) = (None::<PathBuf>, 0u32);
-    let usage = || {
-        eprintln!("usage: chat [--config PATH] [--instance N]");
-        ExitCode::from(2)
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--config", Some(p)) => config = Some(p.into()),
-            ("--instance", Some(n)) => match n.parse() {
-                Ok(n) => instance = n,
-                Err(_) => return usage(),
-            },
-            _ => return usage(),
-        }
-    }
-    let cfg = match config::Config::load_or_default(config.as_deref()) {
-        Ok(c) if instance < c.md.max_instances => c,
-        Ok(c) => {
-            log::error!("--instance {instance}: md.max_instances is {}", c.md.max_instances);
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let control = match Control::new().and_then(|(c, _)| c.with_signals(&mask)) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut runner = Runner::new(Chat::default(), RunnerOptions::from_config(&cfg, instance, 0));
-    match md::serve(&mut runner, &md::pair_config(&cfg), instance, &control) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    md::main(Chat::default())
 }

@@ -12,16 +12,15 @@
 //! What it shows:
 //! * a [`Service`] with per-flow state (a line counter), output written through [`Ctx`], errors
 //!   counted with [`Ctx::error`], and a goodbye on EOF;
-//! * the `main` every md binary has: block signals first, load the config, build the runner,
-//!   and hand it to [`md::serve`], which attaches to io_conn's queue pair for the instance and
-//!   re-attaches when io_conn restarts.
+//! * the `main` every md binary has: one line, [`md::main`], which gives it md's command line
+//!   (`--config`, `--instance`, `--check-config`, `--help`, `--version`) and runs it the way md
+//!   runs (signals, logging, systemd notifications, attach and re-attach to io_conn).
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use md::{Control, Ctx, Runner, RunnerOptions, Service, Status};
+use md::{Ctx, Service, Status};
 use shmq::frame::OpenInfo;
 
 /// The service: stateless itself; each flow counts its lines.
@@ -62,67 +61,7 @@ impl Service for Upper {
 }
 
 fn main() -> ExitCode {
-    // 1. Before any thread exists: SIGTERM/SIGINT/SIGHUP go to the runner's signalfd.
-    let mask = match md::block_signals() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("upper: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-
-    // 2. Arguments (kept minimal here; the md binary uses clap): --config PATH --instance N.
-    let mut config: Option<PathBuf> = None;
-    let mut instance = 0u32;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--config", Some(p)) => config = Some(p.into()),
-            ("--instance", Some(n)) => match n.parse() {
-                Ok(n) => instance = n,
-                Err(e) => {
-                    eprintln!("upper: --instance {n}: {e}");
-                    return ExitCode::from(2);
-                }
-            },
-            _ => {
-                eprintln!("usage: upper [--config PATH] [--instance N]");
-                return ExitCode::from(2);
-            }
-        }
-    }
-
-    // 3. The shared config: where io_conn's queue pairs are, and md's spin budget.
-    let cfg = match config::Config::load_or_default(config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    if instance >= cfg.md.max_instances {
-        log::error!("--instance {instance}: md.max_instances is {}", cfg.md.max_instances);
-        return ExitCode::from(2);
-    }
-
-    // 4. Run until SIGTERM.
-    let control = match Control::new().and_then(|(c, _)| c.with_signals(&mask)) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let opts = RunnerOptions::from_config(&cfg, instance, 0);
-    let mut runner = Runner::new(Upper, opts);
-    match md::serve(&mut runner, &md::pair_config(&cfg), instance, &control) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    md::main(Upper)
 }
 
 #[cfg(test)]

@@ -19,11 +19,11 @@
 //!
 //! # Writing your own md
 //!
-//! Implement [`Service`], then do in `main` what the `md` binary does (see
-//! `md/examples/upper.rs` for a complete program):
+//! Implement [`Service`], then give it md's command line in one line of `main` ([`main`], or
+//! [`run_main`] to build the service from the config; see [`cli`]):
 //!
 //! ```no_run
-//! use md::{Control, Ctx, Runner, RunnerOptions, Service, Status};
+//! use md::{Ctx, Service, Status};
 //! use shmq::frame::OpenInfo;
 //!
 //! /// Answers every line with its length.
@@ -41,17 +41,13 @@
 //!     }
 //! }
 //!
-//! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let mask = md::block_signals()?; // first, before any thread exists
-//!     let cfg = config::Config::load_or_default(None)?;
-//!     let pair = md::pair_config(&cfg);
-//!     let (control, _handle) = Control::new()?;
-//!     let control = control.with_signals(&mask)?;
-//!     let mut runner = Runner::new(LineLength, RunnerOptions::from_config(&cfg, 0, 0));
-//!     md::serve(&mut runner, &pair, 0, &control)?;
-//!     Ok(())
+//! fn main() -> std::process::ExitCode {
+//!     md::main(LineLength)
 //! }
 //! ```
+//!
+//! Test it in-process with [`testing::Harness`]; `docs/SERVICES.md` is the tutorial (write, test,
+//! run under io_conn and systemd, watch), `md/examples/` has complete programs.
 //!
 //! # Allocation
 //!
@@ -61,6 +57,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cli;
 mod control;
 pub mod reload;
 mod runner;
@@ -68,8 +65,10 @@ mod serve;
 mod service;
 pub mod services;
 pub mod stats;
+pub mod testing;
 mod timer;
 
+pub use cli::{Failure, Program, Setup, main, run_main};
 pub use control::{Control, block_signals, handled_signals};
 /// Asks a runner to stop (`rt`'s, the same type io_conn's `Shutdown` hands out).
 pub use rt::ShutdownHandle;

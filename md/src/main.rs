@@ -1,6 +1,6 @@
 //! `md --config PATH --instance N [--check-config]`: the built-in services (`echo`, `reverse`,
-//! `dumb`) on instance N's queue pair. Thin: parses arguments and config, sets up logging and
-//! signals, and calls [`md::serve`].
+//! `dumb`) on instance N's queue pair. Thin: the command line, config, logging, signals
+//! and serving are [`md::cli`]'s, shared with every custom md binary ([`md::Program`]).
 //!
 //! **Group binaries.** When instance N's `[[md.group]]` names another `binary`, md does not serve
 //! the built-ins: it execs `BINARY [--config PATH] --instance N` (the arguments `io_conn
@@ -16,191 +16,21 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
-use clap::Parser;
 use md::services::{Builtin, DumbOptions};
-use md::{Control, Runner, RunnerOptions};
-
-/// shmsrv logic process: serves the built-in services on one md instance's queue pair.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// Config file (TOML). Without it: the built-in defaults (identical to the shipped file).
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// The md instance to serve (`md@N.service`); must be below `md.max_instances`.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    instance: u32,
-    /// Validate the config, print the effective settings and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Ask the md serving --instance N to reload the config (SIGHUP), wait for the outcome and
-    /// exit: 0 when it was applied, 1 when it was refused (the md's log names the keys) or the
-    /// file does not validate. `systemctl reload md@N` runs this.
-    #[arg(long, conflicts_with = "check_config")]
-    reload: bool,
-}
-
-/// Exit status when another live md holds the instance.
-const HELD: u8 = 3;
+use md::{Failure, Setup};
 
 fn main() -> ExitCode {
-    // Before anything else (no thread exists yet): every later thread inherits the mask, and the
-    // signals wait for our signalfd.
-    let mask = match md::block_signals() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("md: cannot block signals: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let args = Args::parse();
-    // Everything passes the logger's own filter unless RUST_LOG says otherwise; `md.log_level`
-    // sets the global maximum (and a reload changes it).
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
-    if std::env::var_os("RUST_LOG").is_none() {
-        log::set_max_level(log::LevelFilter::Info); // until the config is read
-    }
-
-    let cfg = match config::Config::load_or_default(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.instance >= cfg.md.max_instances {
-        log::error!(
-            "--instance {} is out of range: md.max_instances is {} (instances 0..{})",
-            args.instance,
-            cfg.md.max_instances,
-            cfg.md.max_instances
-        );
-        return ExitCode::from(2);
-    }
-    md::reload::set_log_level(cfg.md.log_level);
-    if args.reload {
-        return reload_client(&cfg, args.instance);
-    }
-    if args.check_config {
-        // md execs group binaries: they must exist here.
-        if let Err(e) = cfg.check_binaries(args.config.as_deref()) {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-        println!("config ok: {}", cfg.summary());
-        println!("instance {}: {}", args.instance, describe_group(&cfg, args.instance));
-        return ExitCode::SUCCESS;
-    }
-    log::info!("md instance {} starting; config: {}", args.instance, cfg.summary());
-    if let Some(code) = exec_group_binary(&cfg, &args, &mask) {
-        return code;
-    }
-
-    let control = match Control::new().and_then(|(c, _handle)| c.with_signals(&mask)) {
-        Ok(c) => c.with_reload(md::reload::Reloader::new(args.config.clone(), cfg.clone())),
-        Err(e) => {
-            log::error!("cannot set up signal handling: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let start_time = shmq::sys::ProcId::current().start_time;
-    let opts = RunnerOptions::from_config(&cfg, args.instance, start_time);
-    let mut runner = Runner::new(Builtin::new(DumbOptions::from(&cfg.md.dumb)), opts);
-    match md::serve(&mut runner, &md::pair_config(&cfg), args.instance, &control) {
-        Ok(()) => {
-            log::info!("md instance {} exiting: {:?}", args.instance, runner.stats());
-            ExitCode::SUCCESS
-        }
-        Err(e @ md::ServeError::Held(_)) => {
-            log::error!("md instance {}: {e}", args.instance);
-            ExitCode::from(HELD)
-        }
-        Err(e) => {
-            log::error!("md instance {}: {e}", args.instance);
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// How long `--reload` waits for the md to count the outcome.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `md --reload`: the file was validated above (a bad one fails here, whatever md runs); finds
-/// the md of `instance` in the stats segment, sends it SIGHUP and waits until its
-/// `reloads_ok` or `reloads_refused` counter moves.
-fn reload_client(cfg: &config::Config, instance: u32) -> ExitCode {
-    use shmq::stats::StatsReader;
-    let backend = md::pair_config(cfg).backend;
-    let reader = match StatsReader::attach(backend, &cfg.shared.name) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "md --reload: stats segment of {}: {e} (is io_conn running?)",
-                cfg.shared.name
-            );
-            return ExitCode::from(1);
-        }
-    };
-    let read = |name: &str| reader.snapshot().get("md", instance, name).unwrap_or(0);
-    let pid = read("pid");
-    // 2 = running, 3 = leaving (see shmq::stats::MdState).
-    if pid == 0 || !matches!(read("state"), 2 | 3) {
-        eprintln!("md --reload: md instance {instance} is not attached (no running md to reload)");
-        return ExitCode::from(1);
-    }
-    let (ok0, refused0) = (read("reloads_ok"), read("reloads_refused"));
-    let Ok(pid) = i32::try_from(pid) else { return ExitCode::from(1) };
-    let pid = nix::unistd::Pid::from_raw(pid);
-    if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP) {
-        eprintln!("md --reload: SIGHUP to md instance {instance} (pid {pid}): {e}");
-        return ExitCode::from(1);
-    }
-    let until = std::time::Instant::now() + RELOAD_TIMEOUT;
-    while std::time::Instant::now() < until {
-        let (ok, refused) = (read("reloads_ok"), read("reloads_refused"));
-        if refused != refused0 {
-            eprintln!(
-                "md --reload: md instance {instance} (pid {pid}) refused the reload and keeps its \
-                 config: its log names each key that needs a restart (journalctl -u md@{instance})"
-            );
-            return ExitCode::from(1);
-        }
-        if ok != ok0 {
-            println!(
-                "md instance {instance} (pid {pid}): reload applied (config generation {})",
-                read("config_generation")
-            );
-            return ExitCode::SUCCESS;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!(
-        "md --reload: md instance {instance} (pid {pid}) did not answer within {RELOAD_TIMEOUT:?}"
-    );
-    ExitCode::from(1)
+    md::Program::new()
+        .about("shmsrv logic process: serves the built-in services on one md instance's queue pair")
+        .run(|setup| {
+            exec_group_binary(setup)?;
+            Ok(Builtin::new(DumbOptions::from(&setup.config().md.dumb)))
+        })
 }
 
 /// Env var set on a group binary md execs: the md executable that exec'd it.
 const EXEC_FROM: &str = "SHMSRV_MD_EXEC_FROM";
-
-/// One line about instance `i`'s group, for `--check-config` and the log.
-fn describe_group(cfg: &config::Config, i: u32) -> String {
-    match (cfg.groups().is_empty(), cfg.group_index_of(i)) {
-        (true, _) => "no [[md.group]]: serves every service with the md binary".to_owned(),
-        (false, None) => {
-            "in no [[md.group]]: serves nothing (io_conn routes nothing to it)".to_owned()
-        }
-        (false, Some(k)) => {
-            let g = &cfg.groups()[k];
-            match g.binary() {
-                Some(b) => format!("md.group[{k}] ({}), binary {}", g.label(), b.display()),
-                None => format!("md.group[{k}] ({}), the md binary", g.label()),
-            }
-        }
-    }
-}
 
 /// Whether `a` and `b` name the same file (both resolved; false if either cannot be).
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -211,18 +41,18 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Execs instance N's group binary if its group names one that is not this executable. Returns
-/// `None` to go on serving the built-ins here, or the exit code if the exec failed.
-fn exec_group_binary(
-    cfg: &config::Config,
-    args: &Args,
-    mask: &nix::sys::signal::SigSet,
-) -> Option<ExitCode> {
-    let i = args.instance;
-    log::info!("md instance {i}: {}", describe_group(cfg, i));
+/// `Ok(())` to go on serving the built-ins here (always under `--check-config`, which only checks
+/// that the group binaries exist), or the failure if the exec failed.
+fn exec_group_binary(setup: &Setup<'_>) -> Result<(), Failure> {
+    let (cfg, i) = (setup.config(), setup.instance());
+    if setup.check_only() {
+        // md execs group binaries: they must exist here.
+        return cfg.check_binaries(setup.config_path()).map_err(Failure::config);
+    }
     if cfg.group_of(i).is_none() && !cfg.groups().is_empty() {
         log::warn!("md instance {i} is in no [[md.group]]: io_conn will route nothing to it");
     }
-    let k = cfg.group_index_of(i)?;
+    let Some(k) = cfg.group_index_of(i) else { return Ok(()) };
     let group = &cfg.groups()[k];
     let Some(bin) = group.binary() else {
         // The md binary serves the group: warn about services it does not have.
@@ -232,11 +62,11 @@ fn exec_group_binary(
                  flows will be closed); set md.group[{k}].binary to a binary that serves it"
             );
         }
-        return None;
+        return Ok(());
     };
     let me = std::env::current_exe().ok();
     if me.as_deref().is_some_and(|me| same_file(me, bin)) {
-        return None;
+        return Ok(());
     }
     if let Some(from) = std::env::var_os(EXEC_FROM) {
         log::warn!(
@@ -246,25 +76,20 @@ fn exec_group_binary(
             PathBuf::from(from).display(),
             bin.display()
         );
-        return None;
+        return Ok(());
     }
-    if let Err(e) = cfg.check_binaries(args.config.as_deref()) {
-        log::error!("{e}");
-        return Some(ExitCode::from(2));
-    }
+    cfg.check_binaries(setup.config_path()).map_err(Failure::config)?;
     let mut cmd = Command::new(bin);
-    if let Some(c) = &args.config {
+    if let Some(c) = setup.config_path() {
         cmd.arg("--config").arg(c);
     }
     cmd.arg("--instance").arg(i.to_string());
     cmd.env(EXEC_FROM, me.unwrap_or_default());
     log::info!("md instance {i}: exec {:?} (md.group[{k}].binary)", cmd);
     // The signal mask survives exec: give the new program the mask md started with.
-    if let Err(e) = mask.thread_unblock() {
-        log::error!("md instance {i}: unblocking signals before exec: {e}");
-        return Some(ExitCode::from(1));
-    }
+    setup.signal_mask().thread_unblock().map_err(|e| {
+        Failure::error(format!("md instance {i}: unblocking signals before exec: {e}"))
+    })?;
     let e = cmd.exec();
-    log::error!("md instance {i}: exec {} failed: {e}", bin.display());
-    Some(ExitCode::from(1))
+    Err(Failure::error(format!("md instance {i}: exec {} failed: {e}", bin.display())))
 }
