@@ -369,7 +369,7 @@ const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 fn reload_client(cfg: &config::Config, instance: u32) -> Result<(), Failure> {
     use shmq::stats::StatsReader;
     use std::time::Duration;
-    let backend = md::pair_config(cfg).backend;
+    let backend = crate::pair_config(cfg).backend;
     let reader = match StatsReader::attach(backend, &cfg.shared.name) {
         Ok(r) => r,
         Err(e) => {
