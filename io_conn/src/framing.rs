@@ -23,6 +23,9 @@
 //! assert_eq!(next_message(Framing::Line, &buf[5..], 0, 1024), Next::Incomplete { scanned: 2 });
 //! ```
 
+// An explicit path: the fuzz crate compiles this file through `#[path]`, where a plain
+// `mod http;` would be looked for beside it, not in `framing/`.
+#[path = "framing/http.rs"]
 pub mod http;
 
 use config::Framing;
