@@ -94,6 +94,9 @@ pub(crate) const KEYS: &[(&str, u8, Apply)] = &[
     ("io_conn.drain_deadline", IO, Apply::Live),
     ("io_conn.spin", IO, Apply::Live),
     ("io_conn.log_level", IO, Apply::Live),
+    // The next message framed on any connection is checked against the new limits.
+    ("io_conn.http.max_head", IO, Apply::Live),
+    ("io_conn.http.max_headers", IO, Apply::Live),
     // Added and removed live (a removed listener stops accepting, its connections stay), except
     // under socket activation, where io_conn refuses it (systemd holds the sockets).
     ("io_conn.listener[]", IO, Apply::Live),
@@ -460,6 +463,8 @@ mod tests {
             ),
             ("io_conn.spin", Apply::Live, Box::new(|c| c.io_conn.spin = Duration::ZERO)),
             ("io_conn.log_level", Apply::Live, Box::new(|c| c.io_conn.log_level = LogLevel::Debug)),
+            ("io_conn.http.max_head", Apply::Live, Box::new(|c| c.io_conn.http.max_head = 4096)),
+            ("io_conn.http.max_headers", Apply::Live, Box::new(|c| c.io_conn.http.max_headers = 7)),
             (
                 "io_conn.listener[echo].service",
                 Apply::Live,

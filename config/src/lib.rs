@@ -10,7 +10,7 @@
 //! | section | struct | read by |
 //! |---|---|---|
 //! | `[shared]` | [`Shared`] | everyone: segment/FIFO names, queue geometry |
-//! | `[io_conn]`, `[[io_conn.listener]]` | [`IoConn`], [`Listener`] | io_conn |
+//! | `[io_conn]`, `[io_conn.http]`, `[[io_conn.listener]]` | [`IoConn`], [`Http`], [`Listener`] | io_conn |
 //! | `[md]`, `[md.dumb]` | [`Md`], [`Dumb`] | md (io_conn reads `md.max_instances`) |
 //! | `[[md.group]]` | [`Group`] | io_conn (routing, `--spawn-md`), md (which binary), viewstats |
 //! | `[viewstats]` | [`Viewstats`] | viewstats |
@@ -83,6 +83,13 @@ pub const DEFAULT_PIPELINE_DEPTH: u32 = 16;
 
 /// Largest listener `pipeline_depth`: io_conn may hold this many early replies per connection.
 pub const MAX_PIPELINE_DEPTH: u32 = 1024;
+
+/// Largest `io_conn.http.max_headers`: io_conn parses a request head into a fixed array of this
+/// many header slots on its stack (32 bytes each), so nothing is allocated per request.
+pub const MAX_HTTP_HEADERS: u32 = 256;
+
+/// Smallest `io_conn.http.max_head`: room for a request line and a few headers.
+pub const MIN_HTTP_HEAD: u64 = 64;
 
 /// [`DEFAULT_CONFIG_PATH`] as a path.
 pub fn default_config_path() -> PathBuf {
@@ -221,6 +228,8 @@ pub struct IoConn {
     /// Most detailed log messages io_conn writes (`RUST_LOG`, when set, decides instead).
     /// Default [`LogLevel::Info`].
     pub log_level: LogLevel,
+    /// `[io_conn.http]`: limits of the `http` framing.
+    pub http: Http,
     /// The listening sockets (`[[io_conn.listener]]` in the file; at least one). A file that
     /// has any `[[io_conn.listener]]` table replaces the whole default list.
     #[serde(rename = "listener")]
@@ -240,12 +249,39 @@ impl Default for IoConn {
             drain_deadline: Duration::from_secs(5),
             spin: Duration::from_micros(50),
             log_level: LogLevel::Info,
+            http: Http::default(),
             listeners: vec![
                 Listener::new(4680, "echo"),
                 Listener::new(9090, "reverse"),
                 Listener::new(8090, "dumb"),
+                Listener::new(8080, "http"),
             ],
         }
+    }
+}
+
+/// `[io_conn.http]`: limits of the `http` framing (request heads; bodies count against
+/// `shared.max_message` with their head).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Largest request head (request line and header fields, with the blank line that ends
+    /// them); a longer one gets `431` and the connection closes. [`MIN_HTTP_HEAD`]..=64MiB;
+    /// `shared.max_message` caps it too (a head is part of one message). Default 8KiB (nginx's
+    /// `large_client_header_buffers` size).
+    #[serde(
+        deserialize_with = "units::deserialize_size",
+        serialize_with = "units::serialize_size"
+    )]
+    pub max_head: u64,
+    /// Most header fields in one request head (and in a chunked body's trailer); more get
+    /// `431`. 1..=[`MAX_HTTP_HEADERS`]. Default 100 (hyper's limit).
+    pub max_headers: u32,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self { max_head: 8 << 10, max_headers: 100 }
     }
 }
 
@@ -333,6 +369,9 @@ pub enum Framing {
     Line,
     /// Each message is preceded by its length in 4 bytes, network (big-endian) order. `"len32"`.
     Len32,
+    /// HTTP/1.x requests: a head (limits in [`Http`]), then a body by `Content-Length` or
+    /// chunked; keep-alive and pipelining. `"http"`.
+    Http,
 }
 
 impl Framing {
@@ -342,6 +381,7 @@ impl Framing {
             Self::Raw => "raw",
             Self::Line => "line",
             Self::Len32 => "len32",
+            Self::Http => "http",
         }
     }
 }
@@ -381,12 +421,13 @@ impl fmt::Display for Dispatch {
     }
 }
 
-/// Default framing of the built-in services: `echo` → raw, `reverse` → line, `dumb` → line;
-/// `None` for any other service (its listeners must set `framing`).
+/// Default framing of the built-in services: `echo` → raw, `reverse` → line, `dumb` → line,
+/// `http` → http; `None` for any other service (its listeners must set `framing`).
 pub fn default_framing(service: &str) -> Option<Framing> {
     match service {
         "echo" => Some(Framing::Raw),
         "reverse" | "dumb" => Some(Framing::Line),
+        "http" => Some(Framing::Http),
         _ => None,
     }
 }
@@ -638,7 +679,8 @@ impl Config {
         let mut line = format!(
             "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
              io_conn: listeners=[{}] backlog={} max_connections={} max_connections_per_ip={} read_buffer={} \
-             idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={} log_level={}; \
+             idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={} log_level={} \
+             http.max_head={} http.max_headers={}; \
              md: max_instances={} spin={} slice={} drain_deadline={} log_level={} dumb.burn_max={} dumb.wait_max={} \
              dumb.stream_max={} dumb.stream_chunk={}; viewstats: refresh={}",
             s.name,
@@ -657,6 +699,8 @@ impl Config {
             d(io.drain_deadline),
             d(io.spin),
             io.log_level,
+            b(io.http.max_head),
+            io.http.max_headers,
             md.max_instances,
             d(md.spin),
             d(md.slice),
@@ -750,9 +794,10 @@ fn deserialize_framing_opt<'de, D: serde::Deserializer<'de>>(
         "raw" => Ok(Some(Framing::Raw)),
         "line" => Ok(Some(Framing::Line)),
         "len32" => Ok(Some(Framing::Len32)),
+        "http" => Ok(Some(Framing::Http)),
         _ => Err(serde::de::Error::custom(format!(
-            "invalid framing {s:?} (expected \"raw\", \"line\", \"len32\", or \"\" for the \
-             service's default)"
+            "invalid framing {s:?} (expected \"raw\", \"line\", \"len32\", \"http\", or \"\" \
+             for the service's default)"
         ))),
     }
 }
@@ -808,5 +853,7 @@ mod tests {
         l.service = "custom".into();
         l.framing = None;
         assert_eq!(l.framing(), Framing::Raw);
+        l.service = "http".into();
+        assert_eq!(l.framing(), Framing::Http);
     }
 }

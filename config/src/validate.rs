@@ -8,7 +8,8 @@ use crate::error::{ConfigError, ErrorKind};
 use crate::locate::{Locator, parent};
 use crate::units::{format_duration, format_size};
 use crate::{
-    Config, MAX_MD_INSTANCES, MAX_NAME_LEN, MAX_PIPELINE_DEPTH, MIN_MAX_MESSAGE, default_framing,
+    Config, MAX_HTTP_HEADERS, MAX_MD_INSTANCES, MAX_NAME_LEN, MAX_PIPELINE_DEPTH, MIN_HTTP_HEAD,
+    MIN_MAX_MESSAGE, default_framing,
 };
 
 /// Bytes a frame adds to its payload, and its alignment. Mirrors the shmq frame header (16
@@ -213,6 +214,23 @@ impl Config {
         }
         at_most("io_conn.drain_deadline", io.drain_deadline, MAX_DRAIN, "1h")?;
         at_most("io_conn.spin", io.spin, MAX_SPIN, "1s")?;
+        let http = &io.http;
+        if !(MIN_HTTP_HEAD..=MAX_READ_BUFFER).contains(&http.max_head) {
+            return Err(Invalid::new(
+                "io_conn.http.max_head",
+                format!(
+                    "{} is outside {}..=64MiB",
+                    format_size(http.max_head),
+                    format_size(MIN_HTTP_HEAD)
+                ),
+            ));
+        }
+        if !(1..=MAX_HTTP_HEADERS).contains(&http.max_headers) {
+            return Err(Invalid::new(
+                "io_conn.http.max_headers",
+                format!("{} is outside 1..={MAX_HTTP_HEADERS}", http.max_headers),
+            ));
+        }
         if io.listeners.is_empty() {
             return Err(Invalid::new(
                 "io_conn.listener",
@@ -235,7 +253,7 @@ impl Config {
                 return Err(Invalid::new(
                     key("framing"),
                     format!(
-                        "service `{}` has no default framing; set framing (raw, line or len32)",
+                        "service `{}` has no default framing; set framing (raw, line, len32 or http)",
                         l.service
                     ),
                 )
@@ -377,6 +395,13 @@ mod tests {
             ("io_conn.idle_timeout", Box::new(|c| c.io_conn.idle_timeout = YEAR * 2)),
             ("io_conn.output_credit", Box::new(|c| c.io_conn.output_credit = 0)),
             ("io_conn.spin", Box::new(|c| c.io_conn.spin = Duration::from_secs(2))),
+            ("io_conn.http.max_head", Box::new(|c| c.io_conn.http.max_head = MIN_HTTP_HEAD - 1)),
+            ("io_conn.http.max_head", Box::new(|c| c.io_conn.http.max_head = 65 << 20)),
+            ("io_conn.http.max_headers", Box::new(|c| c.io_conn.http.max_headers = 0)),
+            (
+                "io_conn.http.max_headers",
+                Box::new(|c| c.io_conn.http.max_headers = MAX_HTTP_HEADERS + 1),
+            ),
             ("io_conn.listener", Box::new(|c| c.io_conn.listeners.clear())),
             ("io_conn.listener[0].name", Box::new(|c| c.io_conn.listeners[0].name = "a b".into())),
             (

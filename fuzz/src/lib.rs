@@ -9,6 +9,7 @@
 //! | target | what it feeds | what it asserts |
 //! |---|---|---|
 //! | [`framing`] | a client byte stream, `max`, a start offset and a chunking to the `line`, `len32` and `raw` framers | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`; chunked framing (as the event loop does it) cuts the same messages as framing the whole stream |
+//! | [`http`] | a client byte stream, `max`, the head limits, a start offset and a chunking to the `http` framer | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`, its head at most `max_head`; chunked framing cuts the same messages, ends the same way (clean, a last request, or a refusal) and leaves the same bytes as framing the whole stream |
 //! | [`ring`] | a valid heap ring, then a script of honest pushes, hostile writes into the data area and hostile `tail`/`head` stores, interleaved with `peek`/`release`/`drain`/`publish` | never panics; every payload lies in the data area; without hostile writes every pushed frame comes out intact, in order, with no corruption reported |
 //! | [`config`] | arbitrary text to `Config::from_toml_str` | never panics; an error formats; an accepted config round-trips through `to_toml` |
 //! | [`stats`] | a valid stats segment patched with arbitrary bytes (or arbitrary bytes alone), then `StatsReader::attach_in`, `snapshot`, counters, histograms, quantiles | never panics |
@@ -16,7 +17,7 @@
 use std::sync::Arc;
 
 use config::{Config, Framing};
-use framing::{LEN32_PREFIX, Next, next_message};
+use framing::{LEN32_PREFIX, Next, next_message, next_message_with};
 use shmq::frame::{FlowId, Kind};
 use shmq::layout::{Direction, RING_HEADER_SIZE};
 use shmq::ring::{Consumer, HeapMemory, Memory, Producer, PushError, checked_header};
@@ -119,6 +120,9 @@ fn check_next(framing: Framing, buf: &[u8], scanned: usize, max: usize, next: Ne
                 assert!(buf.len() < max, "an unfinished line of max bytes is TooLong");
             }
         }
+        Next::Last { .. } | Next::Malformed | Next::HeadTooLarge => {
+            panic!("{framing:?}: only the http framer returns {next:?}")
+        }
         Next::TooLong => {}
     }
 }
@@ -138,6 +142,7 @@ fn frame_whole(framing: Framing, stream: &[u8], max: usize) -> (Framed, usize) {
             }
             Next::Incomplete { .. } => return ((out, false), stream.len() - pos),
             Next::TooLong => return ((out, true), stream.len() - pos),
+            other => panic!("{framing:?}: {other:?}"),
         }
     }
 }
@@ -170,6 +175,7 @@ fn frame_chunked(framing: Framing, stream: &[u8], chunks: &[u8], max: usize) -> 
                     break;
                 }
                 Next::TooLong => return ((out, true), buf.len() + stream.len() - pos),
+                other => panic!("{framing:?}: {other:?}"),
             }
         }
     }
@@ -206,6 +212,120 @@ pub fn framing(data: &[u8]) {
         assert_eq!(whole, chunked, "{framing:?}: chunking changed the messages");
         assert_eq!(left_whole, left_chunked, "{framing:?}: chunking changed what is left");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// http
+
+/// How framing an HTTP stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpEnd {
+    /// Every byte so far is whole requests or the start of one.
+    Open,
+    /// A request ended the connection ([`Next::Last`]).
+    Last,
+    /// The framer refused the stream. Which refusal may differ by chunking when a request is
+    /// both too long and malformed beyond the limit (the whole stream shows the bad byte, a
+    /// chunk stops at the limit first), so only the fact is compared.
+    Refused,
+}
+
+/// Checks one `http` result against `buf` and the limits.
+fn check_http(buf: &[u8], scanned: usize, max: usize, lim: &framing::http::Limits, next: Next) {
+    match next {
+        Next::Message { start, end, consumed } | Next::Last { start, end, consumed } => {
+            assert!(start <= end && end == consumed && consumed <= buf.len(), "{next:?}");
+            assert!(consumed > 0 && consumed <= max, "consumed {consumed}, max {max}");
+            // Only empty lines are skipped, and the head (up to its empty line) is within the
+            // limits.
+            assert!(
+                buf[..start].iter().all(|&b| b == b'\r' || b == b'\n'),
+                "skipped a request line"
+            );
+            let req = &buf[start..end];
+            let head = (0..req.len())
+                .find_map(|i| match &req[i..] {
+                    [b'\n', b'\n', ..] => Some(i + 2),
+                    [b'\n', b'\r', b'\n', ..] => Some(i + 3),
+                    _ => None,
+                })
+                .expect("a request without the end of its head");
+            assert!(start + head <= lim.max_head.min(max), "head of {} bytes", start + head);
+        }
+        Next::Incomplete { scanned: s } => {
+            assert!(s <= buf.len().max(scanned), "scanned {s} past the buffer ({})", buf.len());
+        }
+        Next::TooLong | Next::Malformed | Next::HeadTooLarge => {}
+    }
+}
+
+/// Frames an HTTP stream, whole (`chunks` empty) or chunk by chunk as the event loop does.
+fn frame_http(
+    stream: &[u8],
+    chunks: &[u8],
+    max: usize,
+    lim: &framing::http::Limits,
+) -> (Vec<Vec<u8>>, HttpEnd, usize) {
+    let mut buf: Vec<u8> = Vec::new();
+    let (mut scanned, mut out, mut pos, mut ci) = (0, Vec::new(), 0, 0);
+    while pos < stream.len() {
+        let n = match chunks.is_empty() {
+            true => stream.len(),
+            false => (chunks[ci % chunks.len()] as usize).max(1),
+        };
+        ci += 1;
+        let n = n.min(stream.len() - pos);
+        buf.extend_from_slice(&stream[pos..pos + n]);
+        pos += n;
+        loop {
+            let next = next_message_with(Framing::Http, &buf, scanned, max, lim);
+            check_http(&buf, scanned, max, lim, next);
+            match next {
+                Next::Message { start, end, consumed } => {
+                    out.push(buf[start..end].to_vec());
+                    buf.drain(..consumed);
+                    scanned = 0;
+                }
+                Next::Last { start, end, consumed } => {
+                    out.push(buf[start..end].to_vec());
+                    buf.drain(..consumed);
+                    return (out, HttpEnd::Last, buf.len() + stream.len() - pos);
+                }
+                Next::Incomplete { scanned: s } => {
+                    scanned = s;
+                    break;
+                }
+                _ => return (out, HttpEnd::Refused, buf.len() + stream.len() - pos),
+            }
+        }
+    }
+    (out, HttpEnd::Open, buf.len())
+}
+
+/// Fuzz target: the `http` framer.
+///
+/// Input: `max` (u16, at least 1), `max_head` (u16, at least 1), `max_headers` (1..=32), a
+/// `scanned` for a one-shot call, a chunk-size count and that many chunk sizes, then the stream.
+/// Seeds are pipelines of real requests (GET, Content-Length and chunked POSTs, trailers,
+/// HTTP/1.0, `Connection: close`).
+pub fn http(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let max = (b.u16() as usize).max(1);
+    let lim = framing::http::Limits {
+        max_head: (b.u16() as usize).max(1),
+        max_headers: (b.u8() % 32) as usize + 1,
+    };
+    let scanned = b.u16() as usize;
+    let nchunks = (b.u8() % 8) as usize;
+    let chunks = b.take(nchunks).to_vec();
+    let stream = b.rest();
+
+    let next = next_message_with(Framing::Http, stream, scanned, max, &lim);
+    check_http(stream, scanned, max, &lim, next);
+
+    let whole = frame_http(stream, &[], max, &lim);
+    let chunked = frame_http(stream, if chunks.is_empty() { &[1] } else { &chunks }, max, &lim);
+    assert_eq!(whole, chunked, "http: chunking changed the messages or the end");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -525,6 +645,11 @@ mod replay {
     #[test]
     fn framing() {
         replay("framing", super::framing);
+    }
+
+    #[test]
+    fn http() {
+        replay("http", super::http);
     }
     #[test]
     fn ring() {

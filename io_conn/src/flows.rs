@@ -38,6 +38,7 @@ use std::time::Instant;
 use nix::sys::epoll::EpollFlags;
 use shmq::frame::FlowId;
 
+use crate::framing::Refusal;
 use crate::pool::Buf;
 
 /// "No slot" in list links.
@@ -86,15 +87,19 @@ pub enum AfterFlush {
     Serve,
     /// md sent CLOSE (it has forgotten the flow, so closing sends md no CLOSE back): close.
     Close,
-    /// An error reply is on its way (oversized message): then linger ([`State::Lingering`]).
+    /// An error reply (a refused message) or the reply to the connection's last request is on
+    /// its way: then linger ([`State::Lingering`]).
     Linger,
 }
 
-/// The `ERR message too long` line a line service owes its client after an oversized message.
-/// It goes out after the replies to the requests before it, never ahead of them.
+/// The framer ended the connection's input: it refused a message (an oversized line: the
+/// `ERR message too long` line; a bad HTTP request: a `400`, `431` or `413` response; see
+/// [`Flow::refusal`]), or the last message was the last (HTTP `Connection: close`: no error
+/// reply). The reply, if any, goes out after the replies to the requests before it, never ahead
+/// of them; then the connection lingers and closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TooLong {
-    /// No oversized message.
+    /// The framer has not ended the input.
     No,
     /// `flow` dispatch: md got EOF after the messages before it; the error line is written when
     /// md's CLOSE comes (after md's replies), then the flow lingers.
@@ -228,8 +233,11 @@ pub struct Flow {
     pub input_end: InputEnd,
     /// What to do once output is flushed.
     pub after_flush: AfterFlush,
-    /// An oversized message's error line is owed (see [`TooLong`]).
+    /// The framer ended the input: an error reply may be owed (see [`TooLong`]).
     pub too_long: TooLong,
+    /// Which error reply is owed once `too_long` is set (`framing::refusal_reply`); `None`: the
+    /// input ended after a last message, nothing to add.
+    pub refusal: Option<Refusal>,
     /// The id the flow had while open (the CLOSE to push while Closing).
     pub close_id: FlowId,
     /// `request` dispatch state.
@@ -265,6 +273,7 @@ impl Flow {
             input_end: InputEnd::Reading,
             after_flush: AfterFlush::Serve,
             too_long: TooLong::No,
+            refusal: None,
             close_id: FlowId(0),
             rq: ReqFlow::default(),
             last_active: now,
@@ -400,6 +409,7 @@ impl FlowTable {
         f.input_end = InputEnd::Reading;
         f.after_flush = AfterFlush::Serve;
         f.too_long = TooLong::No;
+        f.refusal = None;
         debug_assert!(f.rq.q.iter().all(|r| r.held.is_none()), "held buffers go back to the pool");
         f.rq.on = false;
         f.rq.q.clear();

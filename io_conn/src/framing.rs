@@ -1,4 +1,4 @@
-//! Framers: find message boundaries in a client's byte stream (`raw`, `line`, `len32`).
+//! Framers: find message boundaries in a client's byte stream (`raw`, `line`, `len32`, `http`).
 //!
 //! Used by the event loop (`server.rs`) on whatever bytes a flow has buffered: the loop's
 //! scratch buffer right after a read, or the flow's pooled input buffer. The framers are pure
@@ -10,6 +10,7 @@
 //! | `raw` | whatever is buffered, cut at `max` bytes | never |
 //! | `line` | bytes up to and including `\n` | a line of more than `max` bytes, `\n` included |
 //! | `len32` | 4-byte big-endian length, then that many bytes; the message *includes* the prefix (md parses it, and writes its replies' prefixes itself: md's output is a plain byte stream for every framing) | prefix + length above `max` |
+//! | `http` | an HTTP/1.x request: head, then a body by `Content-Length` or chunked ([`http`]); a request that ends the connection (`Connection: close`, HTTP/1.0) is [`Next::Last`] | head above `io_conn.http.max_head` ([`Next::HeadTooLarge`]), head and body above `max` |
 //!
 //! # Example
 //!
@@ -21,6 +22,11 @@
 //! assert_eq!(next_message(Framing::Line, buf, 0, 1024), Next::Message { start: 0, end: 5, consumed: 5 });
 //! assert_eq!(next_message(Framing::Line, &buf[5..], 0, 1024), Next::Incomplete { scanned: 2 });
 //! ```
+
+// An explicit path: the fuzz crate compiles this file through `#[path]`, where a plain
+// `mod http;` would be looked for beside it, not in `framing/`.
+#[path = "framing/http.rs"]
+pub mod http;
 
 use config::Framing;
 
@@ -48,13 +54,71 @@ pub enum Next {
     },
     /// The message being received exceeds `max`: a framing error; the connection is closed.
     TooLong,
+    /// A complete message, after which the client's input ends (`http`: `Connection: close`,
+    /// or HTTP/1.0 without keep-alive): nothing after it is read, and the connection closes
+    /// once the replies are out. Fields as in [`Next::Message`].
+    Last {
+        /// First payload byte.
+        start: usize,
+        /// One past the last payload byte.
+        end: usize,
+        /// Bytes to drop from the front of the buffer.
+        consumed: usize,
+    },
+    /// The bytes break the protocol (`http`: `400`): a framing error; the connection is closed.
+    Malformed,
+    /// A message head over its limits (`http`: `431`): a framing error; the connection is
+    /// closed.
+    HeadTooLarge,
+}
+
+/// Why a framer refused a connection's input: its [`refusal_reply`] goes out after the replies
+/// to the messages before, then the connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// [`Next::TooLong`].
+    TooLong,
+    /// [`Next::Malformed`].
+    Malformed,
+    /// [`Next::HeadTooLarge`].
+    HeadTooLarge,
+}
+
+/// What the client gets for a refusal: `line`: `ERR message too long\n`; `http`: a `400`, `431`
+/// or `413` response; `raw` and `len32`: nothing (the connection just closes).
+pub fn refusal_reply(framing: Framing, r: Refusal) -> Option<&'static [u8]> {
+    match (framing, r) {
+        (Framing::Line, _) => Some(b"ERR message too long\n"),
+        (Framing::Http, Refusal::TooLong) => Some(http::CONTENT_TOO_LARGE),
+        (Framing::Http, Refusal::Malformed) => Some(http::BAD_REQUEST),
+        (Framing::Http, Refusal::HeadTooLarge) => Some(http::HEAD_TOO_LARGE),
+        (Framing::Raw | Framing::Len32, _) => None,
+    }
+}
+
+/// [`next_message`] with the `http` framing's limits (the other framings ignore them): what the
+/// event loop calls.
+#[inline]
+pub fn next_message_with(
+    framing: Framing,
+    buf: &[u8],
+    scanned: usize,
+    max: usize,
+    http: &http::Limits,
+) -> Next {
+    match framing {
+        Framing::Http => http::next_message(buf, scanned, max, http),
+        _ => next_message(framing, buf, scanned, max),
+    }
 }
 
 /// Finds the first message in `buf`. `scanned` is what a previous call reported for the same
 /// buffer front (0 if unknown); `max` is the largest message payload allowed (`max > 0`).
+/// `http` gets the default [`http::Limits`] here (see [`next_message_with`]).
 #[inline]
 pub fn next_message(framing: Framing, buf: &[u8], scanned: usize, max: usize) -> Next {
     match framing {
+        Framing::Http => http::next_message(buf, scanned, max, &http::Limits::default()),
         Framing::Raw => {
             if buf.is_empty() {
                 Next::Incomplete { scanned: 0 }
@@ -103,7 +167,7 @@ pub fn input_capacity(framing: Framing, max: usize, read: usize) -> usize {
     match framing {
         Framing::Raw => max.max(read),
         Framing::Line => max + read,
-        Framing::Len32 => max + read,
+        Framing::Len32 | Framing::Http => max + read,
     }
 }
 
@@ -142,7 +206,9 @@ mod tests {
                         scanned = s;
                         break;
                     }
-                    Next::TooLong => return None,
+                    Next::TooLong | Next::Malformed | Next::HeadTooLarge | Next::Last { .. } => {
+                        return None;
+                    }
                 }
             }
         }
@@ -256,14 +322,14 @@ mod tests {
 
         #[test]
         fn framers_never_panic_on_garbage(buf in proptest::collection::vec(0u8..=255, 0..300), scanned in 0usize..400, max in 1usize..200) {
-            for f in [Framing::Raw, Framing::Line, Framing::Len32] {
+            for f in [Framing::Raw, Framing::Line, Framing::Len32, Framing::Http] {
                 match next_message(f, &buf, scanned, max) {
-                    Next::Message { start, end, consumed } => {
+                    Next::Message { start, end, consumed } | Next::Last { start, end, consumed } => {
                         prop_assert!(start <= end && end <= consumed && consumed <= buf.len());
                         prop_assert!(end - start <= max);
                     }
                     Next::Incomplete { scanned } => prop_assert!(scanned <= buf.len()),
-                    Next::TooLong => {}
+                    Next::TooLong | Next::Malformed | Next::HeadTooLarge => {}
                 }
             }
         }

@@ -9,6 +9,8 @@ mod dispatch;
 mod fairness;
 #[path = "e2e/groups.rs"]
 mod groups;
+#[path = "e2e/http.rs"]
+mod http;
 #[path = "e2e/instances.rs"]
 mod instances;
 #[path = "e2e/notify.rs"]

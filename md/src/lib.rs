@@ -14,7 +14,7 @@
 //! * [`notify`]: the systemd notification protocol (`READY=1`, `STOPPING=1`, watchdog pings), a
 //!   re-export of [`rt::notify`] (the `rt` crate holds the process plumbing md shares with
 //!   io_conn: notifications, the shutdown eventfd, signals, the spin gate, [`pair_config`]);
-//! * [`services`]: the built-in `echo`, `reverse` and `dumb` services, and [`services::Builtin`]
+//! * [`services`]: the built-in `echo`, `reverse`, `dumb` and `http` services, and [`services::Builtin`]
 //!   which serves them all (the `md` binary).
 //!
 //! # Writing your own md

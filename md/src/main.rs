@@ -17,7 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use md::services::{Builtin, DumbOptions};
+use md::services::{Builtin, DumbOptions, HttpOptions};
 use md::{Failure, Setup};
 
 fn main() -> ExitCode {
@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         .about("shmsrv logic process: serves the built-in services on one md instance's queue pair")
         .run(|setup| {
             exec_group_binary(setup)?;
-            Ok(Builtin::new(DumbOptions::from(&setup.config().md.dumb)))
+            let cfg = setup.config();
+            Ok(Builtin::new(DumbOptions::from(&cfg.md.dumb)).with_http(HttpOptions::from(cfg)))
         })
 }
 

@@ -63,6 +63,8 @@ pub(super) struct Limits {
     pub(super) idle: Option<Duration>,
     /// `io_conn.message_deadline` (None: off).
     pub(super) deadline: Option<Duration>,
+    /// `[io_conn.http]`: limits of the `http` framing.
+    pub(super) http: crate::framing::http::Limits,
 }
 
 /// Open connections per client IP address, for `io_conn.max_connections_per_ip` (nginx's
@@ -198,6 +200,7 @@ impl Clients {
                 credit_limit: io.output_credit,
                 idle: nonzero(io.idle_timeout),
                 deadline: nonzero(io.message_deadline),
+                http: crate::framing::http::Limits::from_config(&io.http),
             },
             per_ip: PerIp::new(io.max_connections_per_ip, max_conn),
             paused: false,
@@ -325,7 +328,8 @@ impl Clients {
         }
         f.rq.segs.clear();
         let md = f.md;
-        // Under `flow` dispatch a queued error line of an oversized line means md CLOSEd first.
+        // Under `flow` dispatch a queued refusal (or the end after a last message) means md
+        // CLOSEd first.
         let md_closed = f.after_flush == AfterFlush::Close || f.too_long == TooLong::Queued;
         let request = f.rq.on;
         let peers = !f.rq.peers.is_empty();

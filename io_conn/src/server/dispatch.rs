@@ -148,15 +148,16 @@ impl Clients {
     }
 
     /// A `request`-dispatched connection whose input ended and whose every reply was handed to
-    /// the socket: close it now, or once the output is flushed (or linger, after the error line
-    /// of an oversized line). False if it closed or lingers.
+    /// the socket: close it now, or once the output is flushed (or linger, after the error reply
+    /// to a refused message or the reply to a last request). False if it closed or lingers.
     pub(super) fn finish_if_done(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) -> bool {
         let f = self.flows.get_mut(slot);
         if !f.rq.on || !f.input_ended() || !f.rq.q.is_empty() || f.input.is_some() {
             return true;
         }
         if f.too_long == TooLong::Queued {
-            // The error line of an oversized line was the last reply: linger once it is out.
+            // The error reply to a refused message (or the reply to the last request) was the
+            // last reply: linger once it is out.
             f.after_flush = AfterFlush::Linger;
             if f.output_len() > 0 {
                 return true;

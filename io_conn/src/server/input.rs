@@ -16,13 +16,11 @@ use super::clients::Lst;
 use super::{Clients, Cx, Links};
 use crate::counters::Io;
 use crate::flows::{AfterFlush, Flow, InputEnd, ListId, NO_MD, Peer, Req, State, TooLong};
-use crate::framing::{self, Next};
+use crate::framing::{self, Next, Refusal};
 
 /// Reads per readiness event of one socket before moving on (fairness; level-triggered epoll
 /// reports it again).
 const READS_PER_EVENT: usize = 4;
-/// The reply a line service gets for a line longer than `shared.max_message`.
-const ERR_TOO_LONG: &[u8] = b"ERR message too long\n";
 
 /// Outcome of pushing what a flow owes its md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +32,11 @@ pub(super) enum Pump {
     /// `request` dispatch: `pipeline_depth` requests are in flight; the rest waits (unread)
     /// until a reply ends.
     Pipeline,
-    /// A message is above `shared.max_message` (or the ring's largest frame).
-    TooLong,
+    /// The framer refused the input: a message above `shared.max_message` (or the ring's largest
+    /// frame), a malformed one, a head over its limits.
+    Refused(Refusal),
+    /// The message just pushed was the connection's last ([`Next::Last`]): read no more.
+    Last,
     /// md `.0`'s ring refused a frame as corrupt: that md is lost.
     Corrupt(u32),
     /// The flow's md has no ring (or, under `request` dispatch, no md is live).
@@ -56,7 +57,7 @@ enum Stop {
 fn push_failed(e: PushError, md: u32) -> Pump {
     match e {
         PushError::Full => Pump::Blocked(md),
-        PushError::TooLarge { .. } => Pump::TooLong,
+        PushError::TooLarge { .. } => Pump::Refused(Refusal::TooLong),
         PushError::Corrupt => Pump::Corrupt(md),
     }
 }
@@ -109,7 +110,7 @@ fn push_framed(
     framing: Framing,
     data: &[u8],
     mut scanned: usize,
-    max_msg: usize,
+    lim: &super::clients::Limits,
     mut push: impl FnMut(&[u8]) -> Result<(), Pump>,
 ) -> (usize, u64, Stop) {
     let mut off = 0;
@@ -118,17 +119,25 @@ fn push_framed(
         if off == data.len() {
             return (off, pushed, Stop::Empty);
         }
-        match framing::next_message(framing, &data[off..], scanned, max_msg) {
-            Next::Message { start, end, consumed } => match push(&data[off + start..off + end]) {
-                Ok(()) => {
-                    pushed += 1;
-                    off += consumed;
-                    scanned = 0;
-                }
-                Err(r) => return (off, pushed, Stop::Failed(r)),
-            },
+        let refused = |r| (off, pushed, Stop::Failed(Pump::Refused(r)));
+        let next =
+            framing::next_message_with(framing, &data[off..], scanned, lim.max_msg, &lim.http);
+        let (start, end, consumed, last) = match next {
+            Next::Message { start, end, consumed } => (start, end, consumed, false),
+            Next::Last { start, end, consumed } => (start, end, consumed, true),
             Next::Incomplete { scanned } => return (off, pushed, Stop::Incomplete { scanned }),
-            Next::TooLong => return (off, pushed, Stop::Failed(Pump::TooLong)),
+            Next::TooLong => return refused(Refusal::TooLong),
+            Next::Malformed => return refused(Refusal::Malformed),
+            Next::HeadTooLarge => return refused(Refusal::HeadTooLarge),
+        };
+        if let Err(r) = push(&data[off + start..off + end]) {
+            return (off, pushed, Stop::Failed(r));
+        }
+        pushed += 1;
+        off += consumed;
+        scanned = 0;
+        if last {
+            return (off, pushed, Stop::Failed(Pump::Last));
         }
     }
 }
@@ -206,7 +215,7 @@ impl Clients {
         let Self { flows, scratch, listeners, lim, .. } = self;
         let f = flows.get_mut(slot);
         let lst = &listeners[f.listener as usize];
-        let (off, frames, stop) = push_framed(framing, &scratch[..n], 0, lim.max_msg, |m| {
+        let (off, frames, stop) = push_framed(framing, &scratch[..n], 0, lim, |m| {
             push_one(links, id, f, lst, lim.credit, m)
         });
         cx.c[Io::MessagesIn] += frames;
@@ -257,8 +266,9 @@ impl Clients {
         true
     }
 
-    /// Acts on a [`Pump`] outcome: a full ring blocks the flow, an oversized message gets its
-    /// error handling, a lost md closes the flow. False if the flow is closed or closing.
+    /// Acts on a [`Pump`] outcome: a full ring blocks the flow, a refused message gets its
+    /// error reply, a last message ends the input, a lost md closes the flow. False if the flow
+    /// is closed, closing, or reads no more.
     pub(super) fn settle(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, r: Pump) -> bool {
         match r {
             Pump::Done | Pump::Pipeline => true,
@@ -266,9 +276,13 @@ impl Clients {
                 self.block(cx, links, slot, md);
                 true
             }
-            Pump::TooLong => {
-                let framing = self.framing(slot);
-                self.oversized(cx, links, slot, framing);
+            Pump::Refused(why) => {
+                cx.c[Io::FramingErrors] += 1;
+                self.end_input(cx, links, slot, Some(why));
+                false
+            }
+            Pump::Last => {
+                self.end_input(cx, links, slot, None);
                 false
             }
             Pump::Corrupt(md) => {
@@ -295,23 +309,27 @@ impl Clients {
         }
     }
 
-    /// A message over the limit: line services get an error line, then the connection closes.
-    /// The error line goes out after the replies owed for the messages before it: under `flow`
-    /// dispatch md gets EOF and the line is written when its CLOSE comes (`output`); under
-    /// `request` dispatch it is queued as the reply of a pseudo-request at the end of the
-    /// pipeline (`dispatch`).
-    fn oversized(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, framing: Framing) {
-        cx.c[Io::FramingErrors] += 1;
+    /// The framer ended the flow's input: it refused a message (`why`: line services get an
+    /// error line, http ones a 4xx response, others just a close), or the message before was the
+    /// connection's last (`None`: HTTP `Connection: close`). Nothing more is read; the error
+    /// reply goes out after the replies owed for the messages before it, then the connection
+    /// lingers (a FIN after the last reply, never an RST over it): under `flow` dispatch md gets
+    /// EOF and the reply is written when its CLOSE comes (`output`); under `request` dispatch it
+    /// is queued as the reply of a pseudo-request at the end of the pipeline (`dispatch`).
+    fn end_input(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, why: Option<Refusal>) {
+        let framing = self.framing(slot);
         let f = self.flows.get_mut(slot);
         if let Some(b) = f.input.take() {
             self.pool.put(b);
         }
         self.flows.remove(ListId::Deadline, slot);
-        if framing != Framing::Line {
+        let reply = why.and_then(|r| framing::refusal_reply(framing, r));
+        if why.is_some() && reply.is_none() {
             self.close_flow(cx, links, slot, Io::ClosedOversized);
             return;
         }
         let f = self.flows.get_mut(slot);
+        f.refusal = why;
         if !f.rq.on {
             // Read no more; md gets EOF after what it has, answers it, then CLOSEs.
             f.too_long = TooLong::AwaitMd;
@@ -325,27 +343,41 @@ impl Clients {
         // `request` dispatch: io_conn owns the EOF; nothing more goes to md.
         f.too_long = TooLong::Queued;
         f.input_end = InputEnd::Eof { by_peer: false, sent: true };
-        if !f.rq.q.is_empty() {
-            let mut b = self.pool.get();
-            b.extend(ERR_TOO_LONG);
-            f.rq.q.push_back(Req { md: NO_MD, done: true, held: Some(b) });
-            self.update_interest(cx, slot);
-            return;
+        match reply {
+            Some(reply) if !f.rq.q.is_empty() => {
+                let mut b = self.pool.get();
+                b.extend(reply);
+                f.rq.q.push_back(Req { md: NO_MD, done: true, held: Some(b) });
+                self.update_interest(cx, slot);
+            }
+            Some(_) => self.send_error_then_linger(cx, links, slot),
+            // The last request's reply is still coming: `finish_if_done` lingers after it.
+            None => {
+                if self.finish_if_done(cx, links, slot) {
+                    self.update_interest(cx, slot);
+                }
+            }
         }
-        self.send_error_then_linger(cx, links, slot);
     }
 
-    /// Writes the `ERR message too long` line (queued behind output already queued) and lingers
-    /// once it is flushed.
+    /// Writes the error reply the flow owes ([`crate::flows::Flow::refusal`], queued behind
+    /// output already queued; none after a last message) and lingers once it is flushed.
     pub(super) fn send_error_then_linger(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
+        let reply = self
+            .flows
+            .get(slot)
+            .refusal
+            .and_then(|r| framing::refusal_reply(self.framing(slot), r));
         self.flows.get_mut(slot).after_flush = AfterFlush::Linger;
-        if !self.send_to_client(cx, links, slot, ERR_TOO_LONG, false) {
-            return; // the write failed and closed the flow
+        if let Some(reply) = reply {
+            if !self.send_to_client(cx, links, slot, reply, false) {
+                return; // the write failed and closed the flow
+            }
         }
         if self.flows.get(slot).output_len() == 0 {
             self.linger(cx, slot);
         } else {
-            // Lingers once the error line is flushed.
+            // Lingers once the error reply is flushed.
             self.update_interest(cx, slot);
         }
     }
@@ -407,7 +439,7 @@ impl Clients {
         }
         if let Some(mut buf) = f.input.take() {
             let (consumed, frames, stop) =
-                push_framed(lst.framing, buf.filled(), buf.scanned, lim.max_msg, |m| {
+                push_framed(lst.framing, buf.filled(), buf.scanned, lim, |m| {
                     push_one(links, id, f, lst, lim.credit, m)
                 });
             cx.c[Io::MessagesIn] += frames;
@@ -419,7 +451,7 @@ impl Clients {
                 Stop::Incomplete { scanned } => {
                     buf.scanned = scanned;
                     if f.input_end != InputEnd::Reading && !buf.is_empty() {
-                        if lst.framing == Framing::Len32 {
+                        if matches!(lst.framing, Framing::Len32 | Framing::Http) {
                             // A truncated message at EOF is a framing error; drop it.
                             cx.c[Io::FramingErrors] += 1;
                             buf.clear();
@@ -562,6 +594,17 @@ mod tests {
         (tx, rx)
     }
 
+    fn lim(max_msg: usize) -> super::super::clients::Limits {
+        super::super::clients::Limits {
+            max_msg,
+            read_size: 1024,
+            credit: 1024,
+            idle: None,
+            deadline: None,
+            http: framing::http::Limits::default(),
+        }
+    }
+
     fn drain(rx: &mut Consumer) -> Vec<Vec<u8>> {
         let mut v = Vec::new();
         rx.drain(1000, |f| v.push(f.payload.to_vec())).expect("drain");
@@ -571,7 +614,7 @@ mod tests {
     #[test]
     fn push_framed_pushes_complete_lines_and_reports_the_rest() {
         let (mut tx, mut rx) = ring();
-        let (off, n, stop) = push_framed(Framing::Line, b"a\nbc\nde", 0, 64, |msg| {
+        let (off, n, stop) = push_framed(Framing::Line, b"a\nbc\nde", 0, &lim(64), |msg| {
             tx.try_push(FlowId(9), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
         });
         assert_eq!((off, n), (5, 2));
@@ -589,7 +632,7 @@ mod tests {
             data.extend_from_slice(&line);
             data.push(b'\n');
         }
-        let (off, n, stop) = push_framed(Framing::Line, &data, 0, 1024, |msg| {
+        let (off, n, stop) = push_framed(Framing::Line, &data, 0, &lim(1024), |msg| {
             tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
         });
         assert_eq!(stop, Stop::Failed(Pump::Blocked(0)));
@@ -598,7 +641,7 @@ mod tests {
         tx.flush();
         assert_eq!(drain(&mut rx).len(), n as usize);
         // The rest goes once there is room, in order.
-        let (off2, n2, stop2) = push_framed(Framing::Line, &data[off..], 0, 1024, |msg| {
+        let (off2, n2, stop2) = push_framed(Framing::Line, &data[off..], 0, &lim(1024), |msg| {
             tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
         });
         assert!(n2 > 0);
@@ -609,10 +652,30 @@ mod tests {
     #[test]
     fn push_framed_reports_an_oversized_line() {
         let (mut tx, _rx) = ring();
-        let (off, n, stop) = push_framed(Framing::Line, b"ok\nxxxxxxxxxx", 0, 8, |msg| {
+        let (off, n, stop) = push_framed(Framing::Line, b"ok\nxxxxxxxxxx", 0, &lim(8), |msg| {
             tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
         });
         assert_eq!((off, n), (3, 1));
-        assert_eq!(stop, Stop::Failed(Pump::TooLong));
+        assert_eq!(stop, Stop::Failed(Pump::Refused(Refusal::TooLong)));
+    }
+
+    #[test]
+    fn push_framed_stops_after_a_last_http_request_and_before_a_bad_one() {
+        let (mut tx, mut rx) = ring();
+        let a = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+        let b = b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        let data = [&a[..], b, a].concat();
+        let (off, n, stop) = push_framed(Framing::Http, &data, 0, &lim(4096), |msg| {
+            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
+        });
+        assert_eq!((off, n, stop), (a.len() + b.len(), 2, Stop::Failed(Pump::Last)));
+        tx.flush();
+        assert_eq!(drain(&mut rx), vec![a.to_vec(), b.to_vec()]);
+        // A bad request after a good one: the good one goes, then the refusal.
+        let data = [&a[..], b"BAD\r\n\r\n"].concat();
+        let (off, n, stop) = push_framed(Framing::Http, &data, 0, &lim(4096), |msg| {
+            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
+        });
+        assert_eq!((off, n, stop), (a.len(), 1, Stop::Failed(Pump::Refused(Refusal::Malformed))));
     }
 }

@@ -22,7 +22,7 @@ use shmq::sys::Liveness;
 
 use super::{Clients, Server, link};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, InputEnd, ListId, NO_MD, State};
+use crate::flows::{AfterFlush, InputEnd, ListId, NO_MD, State, TooLong};
 
 /// Most `Inbound::poll` rounds when draining a gone md's ring. A dead producer's ring empties in
 /// `capacity / (16 * 4096) + 1` rounds; the cap only bounds the loop if a live md keeps pushing
@@ -305,10 +305,17 @@ impl Server<'_> {
 
 impl Clients {
     /// Why a lingering flow's close is counted: `closed_md_gone` if its md went (it lingers after
-    /// the replies that md left, see `Server::md_died`), else `closed_oversized` (it lingers after
-    /// an error reply).
+    /// the replies that md left, see `Server::md_died`), `closed_by_peer` after the reply to a
+    /// last request (HTTP `Connection: close`: the client closes once it has it), else
+    /// `closed_oversized` (it lingers after an error reply).
     pub(super) fn linger_reason(&self, slot: u32) -> Io {
         let f = self.flows.get(slot);
-        if f.md == NO_MD && !f.rq.on { Io::ClosedMdGone } else { Io::ClosedOversized }
+        if f.md == NO_MD && !f.rq.on {
+            Io::ClosedMdGone
+        } else if f.too_long != TooLong::No && f.refusal.is_none() {
+            Io::ClosedByPeer
+        } else {
+            Io::ClosedOversized
+        }
     }
 }

@@ -50,8 +50,8 @@ impl Clients {
                     links.req_failed(i);
                 }
                 if f.too_long == TooLong::AwaitMd {
-                    // md answered what came before the oversized line and forgot the flow: now
-                    // the error line, then linger (md gets no CLOSE back).
+                    // md answered what came before the refused (or last) message and forgot the
+                    // flow: now the error reply, if any, then linger (md gets no CLOSE back).
                     f.too_long = TooLong::Queued;
                     return self.send_error_then_linger(cx, links, slot);
                 }

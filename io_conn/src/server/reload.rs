@@ -437,6 +437,8 @@ impl Server<'_> {
         lim.credit_limit = lim.credit_limit.max(io.output_credit);
         lim.idle = nonzero(io.idle_timeout);
         lim.deadline = nonzero(io.message_deadline);
+        // The next message framed on any connection is checked against the new limits.
+        lim.http = crate::framing::http::Limits::from_config(&io.http);
         if io.max_connections > self.clients.max_conn {
             self.clients.flows.grow(io.max_connections);
         }

@@ -5,9 +5,11 @@
 //! | [`echo`] | raw | sends back every chunk as received |
 //! | [`reverse`] | line | sends back each line reversed, then `\n` |
 //! | [`dumb`] | line | `PING`, `WAIT <ms>`, `BURN <n>` (in time slices), `STREAM <n>` (see the module) |
+//! | [`http`] | http | `GET /` (`hello`), `/whoami` (the client's address), `/metrics` (Prometheus text) |
 
 pub mod dumb;
 pub mod echo;
+pub mod http;
 pub mod reverse;
 
 use shmq::frame::OpenInfo;
@@ -16,6 +18,7 @@ use crate::service::{Ctx, Service, Status};
 
 pub use dumb::{Burn, Dumb, DumbFlow, DumbOptions};
 pub use echo::Echo;
+pub use http::{Http, HttpFlow, HttpOptions};
 pub use reverse::Reverse;
 
 /// `msg` without its line ending: one trailing `\n`, then one trailing `\r`, if present.
@@ -25,11 +28,13 @@ pub fn strip_eol(msg: &[u8]) -> &[u8] {
 }
 
 /// Every built-in service in one [`Service`], chosen per flow by the `OPEN` frame's service name
-/// (`echo`, `reverse`, `dumb`); other names are refused (the flow is closed).
+/// (`echo`, `reverse`, `dumb`, `http`); other names are refused (the flow is closed).
 #[derive(Debug)]
 pub struct Builtin {
     /// The `dumb` service (holds its limits).
     pub dumb: Dumb,
+    /// The `http` service (where `/metrics` reads the stats).
+    pub http: Http,
 }
 
 /// Per-flow state of [`Builtin`].
@@ -41,6 +46,8 @@ pub enum BuiltinFlow {
     Reverse,
     /// A `dumb` flow.
     Dumb(DumbFlow),
+    /// An `http` flow.
+    Http(HttpFlow),
 }
 
 /// Command indices of [`Builtin`] (see [`Service::command_names`]).
@@ -59,15 +66,41 @@ pub mod cmd {
     pub const STREAM: usize = 5;
     /// `dumb` request answered with `ERR`.
     pub const ERR: usize = 6;
+    /// `http` `GET /` (or `HEAD`).
+    pub const HTTP_ROOT: usize = 7;
+    /// `http` `/whoami`.
+    pub const HTTP_WHOAMI: usize = 8;
+    /// `http` `/metrics`.
+    pub const HTTP_METRICS: usize = 9;
+    /// `http`: any other request (404, 405, 400).
+    pub const HTTP_OTHER: usize = 10;
 }
 
-const COMMANDS: &[&str] =
-    &["echo", "reverse", "dumb.ping", "dumb.wait", "dumb.burn", "dumb.stream", "dumb.err"];
+const COMMANDS: &[&str] = &[
+    "echo",
+    "reverse",
+    "dumb.ping",
+    "dumb.wait",
+    "dumb.burn",
+    "dumb.stream",
+    "dumb.err",
+    "http.root",
+    "http.whoami",
+    "http.metrics",
+    "http.other",
+];
 
 impl Builtin {
-    /// The built-in services, `dumb` limited by `dumb`.
+    /// The built-in services, `dumb` limited by `dumb`; `http`'s `/metrics` reads the default
+    /// server's stats (see [`Builtin::with_http`]).
     pub fn new(dumb: DumbOptions) -> Self {
-        Self { dumb: Dumb::new(dumb) }
+        Self { dumb: Dumb::new(dumb), http: Http::new(HttpOptions::default()) }
+    }
+
+    /// The same, with `http`'s `/metrics` reading the server `http` names.
+    pub fn with_http(mut self, http: HttpOptions) -> Self {
+        self.http = Http::new(http);
+        self
     }
 }
 
@@ -79,6 +112,7 @@ impl Service for Builtin {
             "echo" => Echo.open(info, cx).map(|()| BuiltinFlow::Echo),
             "reverse" => Reverse.open(info, cx).map(|()| BuiltinFlow::Reverse),
             "dumb" => self.dumb.open(info, cx).map(BuiltinFlow::Dumb),
+            "http" => self.http.open(info, cx).map(BuiltinFlow::Http),
             _ => None,
         }
     }
@@ -88,6 +122,7 @@ impl Service for Builtin {
             BuiltinFlow::Echo => Echo.message(&mut (), msg, cx),
             BuiltinFlow::Reverse => Reverse.message(&mut (), msg, cx),
             BuiltinFlow::Dumb(f) => self.dumb.message(f, msg, cx),
+            BuiltinFlow::Http(f) => self.http.message(f, msg, cx),
         }
     }
 
@@ -120,6 +155,8 @@ impl Service for Builtin {
 
     fn reload(&mut self, cfg: &config::Config) {
         self.dumb.reload(cfg);
+        // `/metrics` labels md slots with the service groups, which a reload may change.
+        self.http = Http::new(HttpOptions::from(cfg));
     }
 
     fn command_names(&self) -> &'static [&'static str] {

@@ -1,0 +1,347 @@
+//! `http` (http framing): a small HTTP/1.1 origin server.
+//!
+//! | request | reply |
+//! |---|---|
+//! | `GET /` | `200`, body `hello\n` (what nginx returns in the benchmark) |
+//! | `GET /whoami` | `200`, body `IP:PORT\n`: the client's address as io_conn saw it (`[addr]:port` for IPv6) |
+//! | `GET /metrics` | `200`, the stats segment in Prometheus text: exactly what `viewstats --prometheus` prints (`503` if the segment cannot be read) |
+//! | `GET` anything else | `404` |
+//! | any other method | `405` with `Allow: GET, HEAD` |
+//! | `HEAD` | as `GET`, without the body |
+//!
+//! Every reply carries `Server`, `Date` (IMF-fixdate, formatted once per second), `Content-Type`
+//! and `Content-Length`. io_conn has already found where the request ends and refused what is
+//! malformed (`400`), too large (`413`) or has too large a head (`431`): md gets one whole
+//! request (head and body) per message and parses the head again with `httparse`, here to read
+//! the method, the path and whether the connection goes on.
+//!
+//! **Connections.** HTTP/1.1 keeps the connection unless the request says `Connection: close`;
+//! HTTP/1.0 closes it unless it says `Connection: keep-alive`. md answers such a last request
+//! with `Connection: close` and does nothing else: io_conn's framer marked the request as the
+//! connection's last, reads nothing after it, and closes the connection once this reply is out
+//! (so under `request` dispatch md never has to CLOSE a flow that other md instances share).
+//!
+//! **Cost.** `/` and `/whoami` allocate nothing: the reply is written into the flow's outbox from
+//! static pieces, a `Content-Length` formatted on the stack and the cached `Date`. `/metrics`
+//! maps the stats segment read-only for each scrape and renders it with viewstats' code.
+
+use std::io::Write as _;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use httparse::{Header, Status as Parsed};
+use shmq::frame::OpenInfo;
+use shmq::region::Backend;
+
+use crate::service::{Ctx, Service, Status};
+use crate::services::cmd;
+
+/// Header slots md parses a request head into: io_conn has refused heads with more fields than
+/// `io_conn.http.max_headers`, which is at most this.
+const MAX_HEADERS: usize = config::MAX_HTTP_HEADERS as usize;
+
+/// Where `/metrics` finds the stats segment, and how viewstats would label the md slots.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// `shared.name`.
+    pub name: String,
+    /// `shared.shm_backend`.
+    pub backend: Backend,
+    /// `[[md.group]]` tables (viewstats' `shmsrv_md_group_info` labels).
+    pub groups: Vec<config::Group>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self::from(&config::Config::default())
+    }
+}
+
+impl From<&config::Config> for HttpOptions {
+    fn from(cfg: &config::Config) -> Self {
+        Self {
+            name: cfg.shared.name.clone(),
+            backend: match cfg.shared.shm_backend {
+                config::ShmBackend::Posix => Backend::Posix,
+                config::ShmBackend::Sysv => Backend::Sysv,
+            },
+            groups: cfg.md.groups.clone(),
+        }
+    }
+}
+
+/// The `http` service: its options and the cached `Date` value.
+#[derive(Debug)]
+pub struct Http {
+    target: viewstats::Target,
+    date: DateCache,
+}
+
+/// Per-flow state: the client's address (from OPEN).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpFlow {
+    peer: SocketAddr,
+}
+
+impl Http {
+    /// The service; `/metrics` reads the segment `opts` names.
+    pub fn new(opts: HttpOptions) -> Self {
+        let target = viewstats::Target {
+            name: opts.name,
+            backend: opts.backend,
+            interval: std::time::Duration::from_secs(1),
+            groups: opts.groups,
+            filter: viewstats::Filter::default(),
+        };
+        Self { target, date: DateCache::default() }
+    }
+}
+
+impl Service for Http {
+    type Flow = HttpFlow;
+
+    fn open(&mut self, info: &OpenInfo<'_>, _cx: &mut Ctx<'_>) -> Option<HttpFlow> {
+        Some(HttpFlow { peer: info.peer })
+    }
+
+    fn message(&mut self, flow: &mut HttpFlow, msg: &[u8], cx: &mut Ctx<'_>) -> Status {
+        let mut slots = [const { MaybeUninit::<Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(msg, &mut slots);
+        let (Ok(Parsed::Complete(_)), Some(method), Some(target), Some(version)) =
+            (parsed, req.method, req.path, req.version)
+        else {
+            // io_conn frames requests with the same parser, so only a listener that gives this
+            // service another framing gets here.
+            cx.count(cmd::HTTP_OTHER);
+            cx.error();
+            let date = self.date.get();
+            send(cx, date, &Reply::BAD_REQUEST, b"Bad Request\n", true, false, false);
+            return Status::Done;
+        };
+        let close = closes(version, req.headers);
+        let head = method == "HEAD";
+        let keep_alive_10 = version == 0 && !close;
+        let date = self.date.get();
+        if method != "GET" && !head {
+            cx.count(cmd::HTTP_OTHER);
+            let r = Reply { extra: b"Allow: GET, HEAD\r\n", ..Reply::NOT_ALLOWED };
+            send(cx, date, &r, b"Method Not Allowed\n", close, keep_alive_10, head);
+            return Status::Done;
+        }
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        match path {
+            "/" => {
+                cx.count(cmd::HTTP_ROOT);
+                send(cx, date, &Reply::OK, b"hello\n", close, keep_alive_10, head);
+            }
+            "/whoami" => {
+                cx.count(cmd::HTTP_WHOAMI);
+                let mut b = [0u8; 64]; // "[v6]:port\n" is at most 48 bytes
+                let mut w = &mut b[..];
+                let n = match writeln!(w, "{}", flow.peer) {
+                    Ok(()) => 64 - w.len(),
+                    Err(_) => 0,
+                };
+                send(cx, date, &Reply::OK, &b[..n], close, keep_alive_10, head);
+            }
+            "/metrics" => {
+                cx.count(cmd::HTTP_METRICS);
+                match shmq::stats::StatsReader::attach(self.target.backend, &self.target.name) {
+                    Ok(r) => {
+                        let text = viewstats::prometheus(&self.target, &r.snapshot(), false);
+                        let m = Reply { content_type: PROMETHEUS, ..Reply::OK };
+                        send(cx, date, &m, text.as_bytes(), close, keep_alive_10, head);
+                    }
+                    Err(_) => {
+                        cx.error();
+                        let body = b"stats segment not readable\n";
+                        send(cx, date, &Reply::UNAVAILABLE, body, close, keep_alive_10, head);
+                    }
+                }
+            }
+            _ => {
+                cx.count(cmd::HTTP_OTHER);
+                send(cx, date, &Reply::NOT_FOUND, b"Not Found\n", close, keep_alive_10, head);
+            }
+        }
+        Status::Done
+    }
+}
+
+/// The request ends the connection: HTTP/1.1 with a `close` token in `Connection`, HTTP/1.0
+/// without `keep-alive` (the rule io_conn's framer applies).
+fn closes(version: u8, headers: &[Header<'_>]) -> bool {
+    let (mut close, mut keep) = (false, false);
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            close |= t.eq_ignore_ascii_case(b"close");
+            keep |= t.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    close || (version == 0 && !keep)
+}
+
+const TEXT: &[u8] = b"text/plain; charset=utf-8";
+const PROMETHEUS: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
+
+/// The fixed parts of a response.
+struct Reply {
+    /// `HTTP/1.1 200 OK\r\n`.
+    status: &'static [u8],
+    content_type: &'static [u8],
+    /// More header lines, each ending with `\r\n`.
+    extra: &'static [u8],
+}
+
+impl Reply {
+    const OK: Reply = Reply::new(b"HTTP/1.1 200 OK\r\n");
+    const BAD_REQUEST: Reply = Reply::new(b"HTTP/1.1 400 Bad Request\r\n");
+    const NOT_FOUND: Reply = Reply::new(b"HTTP/1.1 404 Not Found\r\n");
+    const NOT_ALLOWED: Reply = Reply::new(b"HTTP/1.1 405 Method Not Allowed\r\n");
+    const UNAVAILABLE: Reply = Reply::new(b"HTTP/1.1 503 Service Unavailable\r\n");
+
+    const fn new(status: &'static [u8]) -> Self {
+        Self { status, content_type: TEXT, extra: b"" }
+    }
+}
+
+/// Writes status line, headers and `body` (for `HEAD` only its length) into the flow's outbox.
+fn send(
+    cx: &mut Ctx<'_>,
+    date: &[u8],
+    r: &Reply,
+    body: &[u8],
+    close: bool,
+    keep_alive_10: bool,
+    head: bool,
+) {
+    cx.send(r.status);
+    cx.send(b"Server: shmsrv\r\nDate: ");
+    cx.send(date);
+    cx.send(b"\r\nContent-Type: ");
+    cx.send(r.content_type);
+    cx.send(b"\r\nContent-Length: ");
+    let mut digits = [0u8; 20];
+    cx.send(format_u64(body.len() as u64, &mut digits));
+    cx.send(b"\r\n");
+    cx.send(r.extra);
+    if close {
+        cx.send(b"Connection: close\r\n");
+    } else if keep_alive_10 {
+        cx.send(b"Connection: keep-alive\r\n");
+    }
+    cx.send(b"\r\n");
+    if !head {
+        cx.send(body);
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The `Date` header value (IMF-fixdate, RFC 9110 §5.6.7), formatted at most once per second.
+#[derive(Debug, Default)]
+struct DateCache {
+    secs: u64,
+    text: [u8; 29],
+}
+
+impl DateCache {
+    /// The current value; one `clock_gettime` (vDSO) per call, a format once per second.
+    fn get(&mut self) -> &[u8] {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if now != self.secs || self.text[0] == 0 {
+            self.secs = now;
+            self.text = imf_fixdate(now);
+        }
+        &self.text
+    }
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` for `secs` since the Unix epoch.
+fn imf_fixdate(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86_400;
+    let sod = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    out[0..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    let two = |out: &mut [u8; 29], at: usize, v: u64| {
+        out[at] = b'0' + (v / 10 % 10) as u8;
+        out[at + 1] = b'0' + (v % 10) as u8;
+    };
+    two(&mut out, 5, u64::from(d));
+    out[8..11].copy_from_slice(MONTHS[(m - 1) as usize]);
+    let y = y.clamp(0, 9999) as u64;
+    two(&mut out, 12, y / 100);
+    two(&mut out, 14, y % 100);
+    two(&mut out, 17, sod / 3600);
+    two(&mut out, 20, sod / 60 % 60);
+    two(&mut out, 23, sod % 60);
+    out
+}
+
+/// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(&imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(&imf_fixdate(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&imf_fixdate(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(&imf_fixdate(1_798_761_599), b"Thu, 31 Dec 2026 23:59:59 GMT");
+        assert_eq!(&imf_fixdate(4_107_542_400), b"Mon, 01 Mar 2100 00:00:00 GMT");
+    }
+
+    #[test]
+    fn numbers() {
+        let mut b = [0u8; 20];
+        assert_eq!(format_u64(0, &mut b), b"0");
+        assert_eq!(format_u64(6, &mut b), b"6");
+        assert_eq!(format_u64(1234567890, &mut b), b"1234567890");
+        assert_eq!(format_u64(u64::MAX, &mut b), b"18446744073709551615");
+    }
+
+    #[test]
+    fn connection_rules() {
+        let h = |v: &'static [u8]| [Header { name: "Connection", value: v }];
+        assert!(!closes(1, &[]));
+        assert!(closes(1, &h(b"close")));
+        assert!(closes(1, &h(b"Upgrade , Close")));
+        assert!(closes(0, &[]));
+        assert!(!closes(0, &h(b"keep-alive")));
+        assert!(closes(0, &h(b"keep-alive, close")));
+    }
+}
