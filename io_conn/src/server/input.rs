@@ -599,6 +599,7 @@ mod tests {
             max_msg,
             read_size: 1024,
             credit: 1024,
+            credit_limit: 1024,
             idle: None,
             deadline: None,
             http: framing::http::Limits::default(),
