@@ -40,6 +40,7 @@
 
 mod error;
 mod group;
+mod kv;
 mod locate;
 pub mod units;
 mod validate;
@@ -54,6 +55,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::error::{ConfigError, ErrorKind};
 pub use crate::group::{Group, Instances, parse_instances};
+pub use crate::kv::{KV_CHUNK_BYTES, Kv, MAX_KV_KEYS, Resp};
 use crate::locate::Locator;
 
 /// The shipped, commented default config (`config/shmsrv.toml`); equals [`Config::default`].
@@ -97,6 +99,8 @@ pub struct Config {
     pub md: Md,
     /// `[viewstats]`: the stats viewer.
     pub viewstats: Viewstats,
+    /// `[kv]`: the built-in `kv` service and its shared cache.
+    pub kv: Kv,
 }
 
 /// `[shared]`: read by every program; io_conn creates what these describe, the others attach.
@@ -218,6 +222,8 @@ pub struct IoConn {
     /// has any `[[io_conn.listener]]` table replaces the whole default list.
     #[serde(rename = "listener")]
     pub listeners: Vec<Listener>,
+    /// `[io_conn.resp]`: limits of the `resp` framer.
+    pub resp: Resp,
 }
 
 impl Default for IoConn {
@@ -236,7 +242,9 @@ impl Default for IoConn {
                 Listener::new(4680, "echo"),
                 Listener::new(9090, "reverse"),
                 Listener::new(8090, "dumb"),
+                Listener { dispatch: Dispatch::Flow, ..Listener::new(6380, "kv") },
             ],
+            resp: Resp::default(),
         }
     }
 }
@@ -319,6 +327,9 @@ pub enum Framing {
     Line,
     /// Each message is preceded by its length in 4 bytes, network (big-endian) order. `"len32"`.
     Len32,
+    /// Redis's RESP2: each message is one command, an array of bulk strings or an inline line.
+    /// `"resp"`.
+    Resp,
 }
 
 impl Framing {
@@ -328,6 +339,7 @@ impl Framing {
             Self::Raw => "raw",
             Self::Line => "line",
             Self::Len32 => "len32",
+            Self::Resp => "resp",
         }
     }
 }
@@ -373,6 +385,7 @@ pub fn default_framing(service: &str) -> Option<Framing> {
     match service {
         "echo" => Some(Framing::Raw),
         "reverse" | "dumb" => Some(Framing::Line),
+        "kv" => Some(Framing::Resp),
         _ => None,
     }
 }
@@ -607,6 +620,14 @@ impl Config {
             b(md.dumb.stream_chunk),
             d(self.viewstats.refresh),
         );
+        line.push_str(&format!(
+            "; io_conn.resp: max_elements={} max_bulk={}; kv: max_keys={} memory={} password={}",
+            io.resp.max_elements,
+            b(io.resp.max_bulk),
+            self.kv.max_keys,
+            b(self.kv.memory),
+            if self.kv.password.is_empty() { "none" } else { "set" }
+        ));
         line.push_str("; md.group: ");
         line.push_str(&self.groups_summary());
         line
@@ -679,8 +700,9 @@ fn deserialize_framing_opt<'de, D: serde::Deserializer<'de>>(
         "raw" => Ok(Some(Framing::Raw)),
         "line" => Ok(Some(Framing::Line)),
         "len32" => Ok(Some(Framing::Len32)),
+        "resp" => Ok(Some(Framing::Resp)),
         _ => Err(serde::de::Error::custom(format!(
-            "invalid framing {s:?} (expected \"raw\", \"line\", \"len32\", or \"\" for the \
+            "invalid framing {s:?} (expected \"raw\", \"line\", \"len32\", \"resp\", or \"\" for the \
              service's default)"
         ))),
     }

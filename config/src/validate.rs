@@ -98,6 +98,7 @@ impl Config {
         self.check_md()?;
         self.check_dispatch()?;
         self.check_groups()?;
+        self.check_kv()?;
         let refresh = self.viewstats.refresh;
         if !(MIN_REFRESH..=MAX_REFRESH).contains(&refresh) {
             return Err(Invalid::new(
@@ -235,7 +236,7 @@ impl Config {
                 return Err(Invalid::new(
                     key("framing"),
                     format!(
-                        "service `{}` has no default framing; set framing (raw, line or len32)",
+                        "service `{}` has no default framing; set framing (raw, line, len32 or resp)",
                         l.service
                     ),
                 )

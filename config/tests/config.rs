@@ -64,10 +64,11 @@ fn the_defaults() {
         [
             ("127.0.0.1:4680".to_owned(), Framing::Raw),
             ("127.0.0.1:9090".to_owned(), Framing::Line),
-            ("127.0.0.1:8090".to_owned(), Framing::Line)
+            ("127.0.0.1:8090".to_owned(), Framing::Line),
+            ("127.0.0.1:6380".to_owned(), Framing::Resp)
         ]
     );
-    for l in &cfg.io_conn.listeners {
+    for l in cfg.io_conn.listeners.iter().filter(|l| l.service != "kv") {
         assert_eq!((l.dispatch(), l.pipeline_depth()), (Dispatch::Request, 16), "{l:?}");
     }
     assert_eq!(cfg.md.max_instances, 8);

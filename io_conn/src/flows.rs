@@ -227,6 +227,9 @@ pub struct Flow {
     pub after_flush: AfterFlush,
     /// An oversized message's error line is owed (see [`TooLong`]).
     pub too_long: TooLong,
+    /// The error line owed with `too_long` (the line framer's `ERR message too long`, or a
+    /// `resp` protocol error).
+    pub err_line: &'static [u8],
     /// The id the flow had while open (the CLOSE to push while Closing).
     pub close_id: FlowId,
     /// `request` dispatch state.
@@ -261,6 +264,7 @@ impl Flow {
             input_end: InputEnd::Reading,
             after_flush: AfterFlush::Serve,
             too_long: TooLong::No,
+            err_line: b"",
             close_id: FlowId(0),
             rq: ReqFlow::default(),
             last_active: now,
@@ -380,6 +384,7 @@ impl FlowTable {
         f.input_end = InputEnd::Reading;
         f.after_flush = AfterFlush::Serve;
         f.too_long = TooLong::No;
+        f.err_line = b"";
         debug_assert!(f.rq.q.iter().all(|r| r.held.is_none()), "held buffers go back to the pool");
         f.rq.on = false;
         f.rq.q.clear();

@@ -1,4 +1,5 @@
-//! Framers: find message boundaries in a client's byte stream (`raw`, `line`, `len32`).
+//! Framers: find message boundaries in a client's byte stream (`raw`, `line`, `len32`,
+//! `resp`: see [`resp`]).
 //!
 //! Used by the event loop (`server.rs`) on whatever bytes a flow has buffered: the loop's
 //! scratch buffer right after a read, or the flow's pooled input buffer. The framers are pure
@@ -24,6 +25,8 @@
 
 use config::Framing;
 
+pub mod resp;
+
 /// Bytes in a `len32` length prefix.
 pub const LEN32_PREFIX: usize = 4;
 
@@ -48,13 +51,30 @@ pub enum Next {
     },
     /// The message being received exceeds `max`: a framing error; the connection is closed.
     TooLong,
+    /// A protocol error (`resp`): the client gets this whole error line after the replies owed
+    /// before it, then the connection is closed.
+    Invalid(&'static [u8]),
 }
 
 /// Finds the first message in `buf`. `scanned` is what a previous call reported for the same
 /// buffer front (0 if unknown); `max` is the largest message payload allowed (`max > 0`).
 #[inline]
 pub fn next_message(framing: Framing, buf: &[u8], scanned: usize, max: usize) -> Next {
+    next_message_with(framing, buf, scanned, max, &resp::Limits::UNLIMITED)
+}
+
+/// [`next_message`] with the `resp` framer's limits. A message with `start == end` is an empty
+/// command the framer skips (`resp`): drop its `consumed` bytes, send nothing.
+#[inline]
+pub fn next_message_with(
+    framing: Framing,
+    buf: &[u8],
+    scanned: usize,
+    max: usize,
+    resp: &resp::Limits,
+) -> Next {
     match framing {
+        Framing::Resp => resp::next_message(buf, scanned, max, resp),
         Framing::Raw => {
             if buf.is_empty() {
                 Next::Incomplete { scanned: 0 }
@@ -104,6 +124,7 @@ pub fn input_capacity(framing: Framing, max: usize, read: usize) -> usize {
         Framing::Raw => max.max(read),
         Framing::Line => max + read,
         Framing::Len32 => max + read,
+        Framing::Resp => max + read,
     }
 }
 
@@ -142,7 +163,7 @@ mod tests {
                         scanned = s;
                         break;
                     }
-                    Next::TooLong => return None,
+                    Next::TooLong | Next::Invalid(_) => return None,
                 }
             }
         }
@@ -263,7 +284,7 @@ mod tests {
                         prop_assert!(end - start <= max);
                     }
                     Next::Incomplete { scanned } => prop_assert!(scanned <= buf.len()),
-                    Next::TooLong => {}
+                    Next::TooLong | Next::Invalid(_) => {}
                 }
             }
         }

@@ -47,6 +47,7 @@ use nix::sys::socket::{
 pub mod counters;
 pub mod flows;
 pub mod framing;
+mod kv_cache;
 pub mod pool;
 mod server;
 mod spawn;

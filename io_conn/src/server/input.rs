@@ -36,6 +36,8 @@ pub(super) enum Pump {
     Pipeline,
     /// A message is above `shared.max_message` (or the ring's largest frame).
     TooLong,
+    /// A protocol error (`resp`): this error line, then close.
+    Invalid(&'static [u8]),
     /// md `.0`'s ring refused a frame as corrupt: that md is lost.
     Corrupt(u32),
     /// The flow's md has no ring (or, under `request` dispatch, no md is live).
@@ -109,6 +111,7 @@ fn push_framed(
     data: &[u8],
     mut scanned: usize,
     max_msg: usize,
+    resp: &framing::resp::Limits,
     mut push: impl FnMut(&[u8]) -> Result<(), Pump>,
 ) -> (usize, u64, Stop) {
     let mut off = 0;
@@ -117,7 +120,12 @@ fn push_framed(
         if off == data.len() {
             return (off, pushed, Stop::Empty);
         }
-        match framing::next_message(framing, &data[off..], scanned, max_msg) {
+        match framing::next_message_with(framing, &data[off..], scanned, max_msg, resp) {
+            // An empty command the framer skips (`resp`): nothing goes to md.
+            Next::Message { start, end, consumed } if start == end => {
+                off += consumed;
+                scanned = 0;
+            }
             Next::Message { start, end, consumed } => match push(&data[off + start..off + end]) {
                 Ok(()) => {
                     pushed += 1;
@@ -128,6 +136,7 @@ fn push_framed(
             },
             Next::Incomplete { scanned } => return (off, pushed, Stop::Incomplete { scanned }),
             Next::TooLong => return (off, pushed, Stop::Failed(Pump::TooLong)),
+            Next::Invalid(line) => return (off, pushed, Stop::Failed(Pump::Invalid(line))),
         }
     }
 }
@@ -205,9 +214,10 @@ impl Clients {
         let Self { flows, scratch, listeners, lim, .. } = self;
         let f = flows.get_mut(slot);
         let lst = &listeners[f.listener as usize];
-        let (off, frames, stop) = push_framed(framing, &scratch[..n], 0, lim.max_msg, |m| {
-            push_one(links, id, f, lst, lim.credit, m)
-        });
+        let (off, frames, stop) =
+            push_framed(framing, &scratch[..n], 0, lim.max_msg, &lim.resp, |m| {
+                push_one(links, id, f, lst, lim.credit, m)
+            });
         cx.c[Io::MessagesIn] += frames;
         let (r, scanned) = match stop {
             Stop::Empty => (Pump::Done, 0),
@@ -267,7 +277,16 @@ impl Clients {
             }
             Pump::TooLong => {
                 let framing = self.framing(slot);
-                self.oversized(cx, links, slot, framing);
+                let line = match framing {
+                    Framing::Line => Some(ERR_TOO_LONG),
+                    Framing::Resp => Some(framing::resp::ERR_TOO_LARGE),
+                    _ => None,
+                };
+                self.oversized(cx, links, slot, line);
+                false
+            }
+            Pump::Invalid(line) => {
+                self.oversized(cx, links, slot, Some(line));
                 false
             }
             Pump::Corrupt(md) => {
@@ -299,18 +318,25 @@ impl Clients {
     /// dispatch md gets EOF and the line is written when its CLOSE comes (`output`); under
     /// `request` dispatch it is queued as the reply of a pseudo-request at the end of the
     /// pipeline (`dispatch`).
-    fn oversized(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, framing: Framing) {
+    fn oversized(
+        &mut self,
+        cx: &mut Cx,
+        links: &mut Links,
+        slot: u32,
+        line: Option<&'static [u8]>,
+    ) {
         cx.c[Io::FramingErrors] += 1;
         let f = self.flows.get_mut(slot);
         if let Some(b) = f.input.take() {
             self.pool.put(b);
         }
         self.flows.remove(ListId::Deadline, slot);
-        if framing != Framing::Line {
+        let Some(line) = line else {
             self.close_flow(cx, links, slot, Io::ClosedOversized);
             return;
-        }
+        };
         let f = self.flows.get_mut(slot);
+        f.err_line = line;
         if !f.rq.on {
             // Read no more; md gets EOF after what it has, answers it, then CLOSEs.
             f.too_long = TooLong::AwaitMd;
@@ -326,7 +352,7 @@ impl Clients {
         f.input_end = InputEnd::Eof { by_peer: false, sent: true };
         if !f.rq.q.is_empty() {
             let mut b = self.pool.get();
-            b.extend(ERR_TOO_LONG);
+            b.extend(line);
             f.rq.q.push_back(Req { md: NO_MD, done: true, held: Some(b) });
             self.update_interest(cx, slot);
             return;
@@ -338,7 +364,8 @@ impl Clients {
     /// once it is flushed.
     pub(super) fn send_error_then_linger(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) {
         self.flows.get_mut(slot).after_flush = AfterFlush::Linger;
-        if !self.send_to_client(cx, links, slot, ERR_TOO_LONG, false) {
+        let line = self.flows.get(slot).err_line;
+        if !self.send_to_client(cx, links, slot, line, false) {
             return; // the write failed and closed the flow
         }
         if self.flows.get(slot).output_len() == 0 {
@@ -404,7 +431,7 @@ impl Clients {
         }
         if let Some(mut buf) = f.input.take() {
             let (consumed, frames, stop) =
-                push_framed(lst.framing, buf.filled(), buf.scanned, lim.max_msg, |m| {
+                push_framed(lst.framing, buf.filled(), buf.scanned, lim.max_msg, &lim.resp, |m| {
                     push_one(links, id, f, lst, lim.credit, m)
                 });
             cx.c[Io::MessagesIn] += frames;
@@ -416,7 +443,7 @@ impl Clients {
                 Stop::Incomplete { scanned } => {
                     buf.scanned = scanned;
                     if f.input_end != InputEnd::Reading && !buf.is_empty() {
-                        if lst.framing == Framing::Len32 {
+                        if matches!(lst.framing, Framing::Len32 | Framing::Resp) {
                             // A truncated message at EOF is a framing error; drop it.
                             cx.c[Io::FramingErrors] += 1;
                             buf.clear();
@@ -568,9 +595,14 @@ mod tests {
     #[test]
     fn push_framed_pushes_complete_lines_and_reports_the_rest() {
         let (mut tx, mut rx) = ring();
-        let (off, n, stop) = push_framed(Framing::Line, b"a\nbc\nde", 0, 64, |msg| {
-            tx.try_push(FlowId(9), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
-        });
+        let (off, n, stop) = push_framed(
+            Framing::Line,
+            b"a\nbc\nde",
+            0,
+            64,
+            &framing::resp::Limits::UNLIMITED,
+            |msg| tx.try_push(FlowId(9), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0)),
+        );
         assert_eq!((off, n), (5, 2));
         assert_eq!(stop, Stop::Incomplete { scanned: 2 });
         tx.flush();
@@ -586,18 +618,24 @@ mod tests {
             data.extend_from_slice(&line);
             data.push(b'\n');
         }
-        let (off, n, stop) = push_framed(Framing::Line, &data, 0, 1024, |msg| {
-            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
-        });
+        let (off, n, stop) =
+            push_framed(Framing::Line, &data, 0, 1024, &framing::resp::Limits::UNLIMITED, |msg| {
+                tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
+            });
         assert_eq!(stop, Stop::Failed(Pump::Blocked(0)));
         assert!(n > 0 && (n as usize) < 40);
         assert_eq!(off, n as usize * 201, "consumed exactly the pushed messages");
         tx.flush();
         assert_eq!(drain(&mut rx).len(), n as usize);
         // The rest goes once there is room, in order.
-        let (off2, n2, stop2) = push_framed(Framing::Line, &data[off..], 0, 1024, |msg| {
-            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
-        });
+        let (off2, n2, stop2) = push_framed(
+            Framing::Line,
+            &data[off..],
+            0,
+            1024,
+            &framing::resp::Limits::UNLIMITED,
+            |msg| tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0)),
+        );
         assert!(n2 > 0);
         assert!(matches!(stop2, Stop::Empty | Stop::Failed(Pump::Blocked(0))), "{stop2:?}");
         assert_eq!(off2, n2 as usize * 201);
@@ -606,9 +644,14 @@ mod tests {
     #[test]
     fn push_framed_reports_an_oversized_line() {
         let (mut tx, _rx) = ring();
-        let (off, n, stop) = push_framed(Framing::Line, b"ok\nxxxxxxxxxx", 0, 8, |msg| {
-            tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0))
-        });
+        let (off, n, stop) = push_framed(
+            Framing::Line,
+            b"ok\nxxxxxxxxxx",
+            0,
+            8,
+            &framing::resp::Limits::UNLIMITED,
+            |msg| tx.try_push(FlowId(1), Kind::Data, 0, msg).map_err(|e| push_failed(e, 0)),
+        );
         assert_eq!((off, n), (3, 1));
         assert_eq!(stop, Stop::Failed(Pump::TooLong));
     }

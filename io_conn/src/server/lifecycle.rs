@@ -293,6 +293,9 @@ impl Server<'_> {
             st.remove();
         }
         self.links.remove_all(&mut self.inbound);
+        if let Some(c) = self.kv_cache.as_mut() {
+            c.remove();
+        }
         log::info!("io_conn stopped; counters: {:?}", self.cx.c);
     }
 }

@@ -132,6 +132,8 @@ pub(crate) struct Server<'c> {
     children: Option<Children>,
     /// The stats segment (created right after the queue pairs; None only before that).
     stats: Option<Stats>,
+    /// The `kv` cache segment (when a listener serves `kv`).
+    kv_cache: Option<crate::kv_cache::KvCache>,
     drain_until: Option<Instant>,
     exit: bool,
     /// Frames went to md this iteration: worth spinning for the answer.
@@ -211,6 +213,7 @@ impl<'c> Server<'c> {
             shutdown: opts.shutdown.take(),
             children: None,
             stats: None,
+            kv_cache: None,
             drain_until: None,
             exit: false,
             spin_wanted: false,
@@ -228,6 +231,8 @@ impl<'c> Server<'c> {
             epoch,
         )?);
         server.publish_stats();
+        // Before md children too: their kv service attaches it.
+        server.kv_cache = crate::kv_cache::KvCache::create(cfg, server.links.pairs.backend, epoch)?;
         if let Some(spec) = opts.spawn.take() {
             anyhow::ensure!(
                 spec.count <= cfg.md.max_instances,
