@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
-use md::services::{Builtin, DumbOptions};
+use md::services::{Builtin, DumbOptions, KvOptions};
 use md::{Control, Runner, RunnerOptions};
 
 /// shmsrv logic process: serves the built-in services on one md instance's queue pair.
@@ -92,7 +92,10 @@ fn main() -> ExitCode {
     };
     let start_time = shmq::sys::ProcId::current().start_time;
     let opts = RunnerOptions::from_config(&cfg, args.instance, start_time);
-    let mut runner = Runner::new(Builtin::new(DumbOptions::from(&cfg.md.dumb)), opts);
+    let mut runner = Runner::new(
+        Builtin::new(DumbOptions::from(&cfg.md.dumb)).with_kv(KvOptions::from_config(&cfg)),
+        opts,
+    );
     match md::serve(&mut runner, &md::pair_config(&cfg), args.instance, &control) {
         Ok(()) => {
             log::info!("md instance {} exiting: {:?}", args.instance, runner.stats());

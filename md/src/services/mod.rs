@@ -5,9 +5,11 @@
 //! | [`echo`] | raw | sends back every chunk as received |
 //! | [`reverse`] | line | sends back each line reversed, then `\n` |
 //! | [`dumb`] | line | `PING`, `WAIT <ms>`, `BURN <n>` (in time slices), `STREAM <n>` (see the module) |
+//! | [`kv`] | resp | a Redis-protocol key-value store over the shared cache segment (see the module) |
 
 pub mod dumb;
 pub mod echo;
+pub mod kv;
 pub mod reverse;
 
 use shmq::frame::OpenInfo;
@@ -16,6 +18,7 @@ use crate::service::{Ctx, Service, Status};
 
 pub use dumb::{Burn, Dumb, DumbFlow, DumbOptions};
 pub use echo::Echo;
+pub use kv::{Kv, KvFlow, KvOptions};
 pub use reverse::Reverse;
 
 /// `msg` without its line ending: one trailing `\n`, then one trailing `\r`, if present.
@@ -30,6 +33,9 @@ pub fn strip_eol(msg: &[u8]) -> &[u8] {
 pub struct Builtin {
     /// The `dumb` service (holds its limits).
     pub dumb: Dumb,
+    /// The `kv` service (the shared cache; without [`Builtin::with_kv`] it has none and answers
+    /// every data command with an error).
+    pub kv: Kv,
 }
 
 /// Per-flow state of [`Builtin`].
@@ -41,6 +47,8 @@ pub enum BuiltinFlow {
     Reverse,
     /// A `dumb` flow.
     Dumb(DumbFlow),
+    /// A `kv` flow.
+    Kv(KvFlow),
 }
 
 /// Command indices of [`Builtin`] (see [`Service::command_names`]).
@@ -59,15 +67,46 @@ pub mod cmd {
     pub const STREAM: usize = 5;
     /// `dumb` request answered with `ERR`.
     pub const ERR: usize = 6;
+    /// `kv` GET, MGET, EXISTS.
+    pub const KV_GET: usize = 7;
+    /// `kv` SET, MSET.
+    pub const KV_SET: usize = 8;
+    /// `kv` INCR and friends.
+    pub const KV_INCR: usize = 9;
+    /// `kv` DEL, FLUSHALL.
+    pub const KV_DEL: usize = 10;
+    /// `kv`: any other command.
+    pub const KV_OTHER: usize = 11;
+    /// `kv`: unknown command or wrong arity.
+    pub const KV_ERR: usize = 12;
 }
 
-const COMMANDS: &[&str] =
-    &["echo", "reverse", "dumb.ping", "dumb.wait", "dumb.burn", "dumb.stream", "dumb.err"];
+const COMMANDS: &[&str] = &[
+    "echo",
+    "reverse",
+    "dumb.ping",
+    "dumb.wait",
+    "dumb.burn",
+    "dumb.stream",
+    "dumb.err",
+    "kv.get",
+    "kv.set",
+    "kv.incr",
+    "kv.del",
+    "kv.other",
+    "kv.err",
+];
 
 impl Builtin {
     /// The built-in services, `dumb` limited by `dumb`.
     pub fn new(dumb: DumbOptions) -> Self {
-        Self { dumb: Dumb::new(dumb) }
+        Self { dumb: Dumb::new(dumb), kv: Kv::default() }
+    }
+
+    /// With the `kv` service attached to the cache `kv` names.
+    pub fn with_kv(mut self, kv: KvOptions) -> Self {
+        self.kv = Kv::new(kv);
+        self
     }
 }
 
@@ -79,6 +118,7 @@ impl Service for Builtin {
             "echo" => Echo.open(info, cx).map(|()| BuiltinFlow::Echo),
             "reverse" => Reverse.open(info, cx).map(|()| BuiltinFlow::Reverse),
             "dumb" => self.dumb.open(info, cx).map(BuiltinFlow::Dumb),
+            "kv" => self.kv.open(info, cx).map(BuiltinFlow::Kv),
             _ => None,
         }
     }
@@ -88,6 +128,7 @@ impl Service for Builtin {
             BuiltinFlow::Echo => Echo.message(&mut (), msg, cx),
             BuiltinFlow::Reverse => Reverse.message(&mut (), msg, cx),
             BuiltinFlow::Dumb(f) => self.dumb.message(f, msg, cx),
+            BuiltinFlow::Kv(f) => self.kv.message(f, msg, cx),
         }
     }
 
@@ -113,8 +154,10 @@ impl Service for Builtin {
     }
 
     fn close(&mut self, flow: BuiltinFlow) {
-        if let BuiltinFlow::Dumb(f) = flow {
-            self.dumb.close(f);
+        match flow {
+            BuiltinFlow::Dumb(f) => self.dumb.close(f),
+            BuiltinFlow::Kv(f) => self.kv.close(f),
+            _ => {}
         }
     }
 

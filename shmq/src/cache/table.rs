@@ -429,6 +429,11 @@ impl Parts<'_> {
         self.locked.keys
     }
 
+    /// Chunks on the free list.
+    pub fn free_chunks(&self) -> u32 {
+        self.locked.free_count
+    }
+
     /// Removes every key.
     pub fn flush(&mut self) {
         for s in self.slots.iter_mut() {
