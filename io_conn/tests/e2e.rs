@@ -11,6 +11,8 @@ mod fairness;
 mod groups;
 #[path = "e2e/instances.rs"]
 mod instances;
+#[path = "e2e/kv.rs"]
+mod kv;
 #[path = "e2e/notify.rs"]
 mod notify;
 #[path = "e2e/robustness.rs"]

@@ -81,6 +81,9 @@ pub struct Kv {
 #[derive(Debug, Default)]
 pub struct KvFlow {
     authed: bool,
+    /// The client asked for RESP3 (`HELLO 3`): maps where Redis 7 sends them (HELLO, CONFIG
+    /// GET); every other reply is the same in both (RESP3 parsers accept RESP2's nulls).
+    resp3: bool,
 }
 
 impl Default for Kv {
@@ -315,6 +318,8 @@ impl Kv {
             name_raw
         };
         let argc = args.len();
+        // RESP3 has its own null (`_`); its parsers do not read RESP2's `$-1` as one.
+        let null: &[u8] = if flow.resp3 { b"_\r\n" } else { NULL };
         self.pending_commands += 1;
         if self.pending_commands >= 64 {
             self.flush_counts();
@@ -334,6 +339,7 @@ impl Kv {
             b"SELECT" => 2,
             b"AUTH" => -2,
             b"QUIT" => -1,
+            b"HELLO" => -1,
             _ => 0,
         };
         if arity == 0 {
@@ -360,7 +366,7 @@ impl Kv {
             let _ = write!(cx, "-ERR wrong number of arguments for '{lower}' command\r\n");
             return;
         }
-        if !flow.authed && name != b"AUTH" && name != b"QUIT" {
+        if !flow.authed && name != b"AUTH" && name != b"QUIT" && name != b"HELLO" {
             cx.count(cmd::KV_ERR);
             cx.error();
             cx.send(b"-NOAUTH Authentication required.\r\n");
@@ -405,6 +411,58 @@ impl Kv {
                 }
                 return;
             }
+            b"HELLO" => {
+                cx.count(cmd::KV_OTHER);
+                let proto = if argc > 1 { parse_i64(a(1)) } else { Some(2) };
+                let Some(proto @ 2..=3) = proto else {
+                    cx.error();
+                    cx.send(b"-NOPROTO unsupported protocol version\r\n");
+                    return;
+                };
+                let mut i = 2;
+                while i < argc {
+                    let o = a(i).to_ascii_uppercase();
+                    if o == b"AUTH" && i + 2 < argc {
+                        if self.opts.password.is_empty()
+                            || a(i + 2) != self.opts.password.as_bytes()
+                        {
+                            cx.error();
+                            cx.send(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+                            return;
+                        }
+                        flow.authed = true;
+                        i += 3;
+                    } else if o == b"SETNAME" && i + 1 < argc {
+                        i += 2;
+                    } else {
+                        cx.error();
+                        cx.send(SYNTAX);
+                        return;
+                    }
+                }
+                if !flow.authed {
+                    cx.error();
+                    cx.send(b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n");
+                    return;
+                }
+                flow.resp3 = proto == 3;
+                cx.send(if flow.resp3 { b"%7\r\n" } else { b"*14\r\n" });
+                bulk(cx, b"server");
+                bulk(cx, b"redis");
+                bulk(cx, b"version");
+                bulk(cx, REDIS_VERSION.as_bytes());
+                bulk(cx, b"proto");
+                int(cx, proto);
+                bulk(cx, b"id");
+                int(cx, i64::from(cx.flow_id().0 as u32));
+                bulk(cx, b"mode");
+                bulk(cx, b"standalone");
+                bulk(cx, b"role");
+                bulk(cx, b"master");
+                bulk(cx, b"modules");
+                cx.send(b"*0\r\n");
+                return;
+            }
             b"SELECT" => {
                 cx.count(cmd::KV_OTHER);
                 match parse_i64(a(1)) {
@@ -422,7 +480,7 @@ impl Kv {
                     b"INFO" => {
                         let _ = write!(cx, "*{}\r\n", argc - 2);
                         for _ in 2..argc {
-                            cx.send(b"*-1\r\n");
+                            cx.send(null);
                         }
                     }
                     // No command table or docs: clients (redis-cli's hints) do without them.
@@ -449,7 +507,11 @@ impl Kv {
                     };
                     pairs.push((a(i), v));
                 }
-                let _ = write!(cx, "*{}\r\n", pairs.len() * 2);
+                if flow.resp3 {
+                    let _ = write!(cx, "%{}\r\n", pairs.len());
+                } else {
+                    let _ = write!(cx, "*{}\r\n", pairs.len() * 2);
+                }
                 for (k, v) in pairs {
                     bulk(cx, k);
                     bulk(cx, v);
@@ -460,7 +522,7 @@ impl Kv {
                 cx.count(cmd::KV_OTHER);
                 let sub = a(1).to_ascii_uppercase();
                 match sub.as_slice() {
-                    b"GETNAME" => cx.send(NULL),
+                    b"GETNAME" => cx.send(null),
                     b"ID" => int(cx, i64::from(cx.flow_id().0 as u32)),
                     _ => cx.send(OK),
                 }
@@ -530,7 +592,7 @@ impl Kv {
                     cx.send(&self.val);
                     cx.send(b"\r\n");
                 } else {
-                    cx.send(NULL);
+                    cx.send(null);
                 }
             }
             b"MGET" => {
@@ -541,7 +603,7 @@ impl Kv {
                     if t.get(a(i), now, &mut self.val) {
                         bulk(cx, &self.val);
                     } else {
-                        cx.send(NULL);
+                        cx.send(null);
                     }
                 }
             }
@@ -594,7 +656,7 @@ impl Kv {
                 drop(t);
                 match r {
                     Ok(true) => cx.send(OK),
-                    Ok(false) => cx.send(NULL),
+                    Ok(false) => cx.send(null),
                     Err(f) => {
                         cx.error();
                         cx.send(full_err(f));
@@ -712,7 +774,7 @@ impl Service for Kv {
             // Relaxed: a statistic (INFO's connected_clients).
             c.counters().clients.fetch_add(1, Ordering::Relaxed);
         }
-        Some(KvFlow { authed: self.opts.password.is_empty() })
+        Some(KvFlow { authed: self.opts.password.is_empty(), resp3: false })
     }
 
     fn message(&mut self, flow: &mut KvFlow, msg: &[u8], cx: &mut Ctx<'_>) -> Status {
