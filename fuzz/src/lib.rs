@@ -10,13 +10,14 @@
 //! |---|---|---|
 //! | [`framing`] | a client byte stream, `max`, a start offset and a chunking to the `line`, `len32` and `raw` framers | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`; chunked framing (as the event loop does it) cuts the same messages as framing the whole stream |
 //! | [`ring`] | a valid heap ring, then a script of honest pushes, hostile writes into the data area and hostile `tail`/`head` stores, interleaved with `peek`/`release`/`drain`/`publish` | never panics; every payload lies in the data area; without hostile writes every pushed frame comes out intact, in order, with no corruption reported |
+//! | [`resp`] | a client byte stream, `max`, limits and a chunking to the `resp` framer | never panics; boundaries lie in the buffer; a command is at most `max`, starts with `*` or is an inline line ending in `\n`; an empty command consumes > 0 bytes; errors are whole `-ERR Protocol error: …\r\n` lines; chunked framing cuts the same commands and the same error as the whole stream |
 //! | [`config`] | arbitrary text to `Config::from_toml_str` | never panics; an error formats; an accepted config round-trips through `to_toml` |
 //! | [`stats`] | a valid stats segment patched with arbitrary bytes (or arbitrary bytes alone), then `StatsReader::attach_in`, `snapshot`, counters, histograms, quantiles | never panics |
 
 use std::sync::Arc;
 
 use config::{Config, Framing};
-use framing::{LEN32_PREFIX, Next, next_message};
+use framing::{LEN32_PREFIX, Next, next_message, resp};
 use shmq::frame::{FlowId, Kind};
 use shmq::layout::{Direction, RING_HEADER_SIZE};
 use shmq::ring::{Consumer, HeapMemory, Memory, Producer, PushError, checked_header};
@@ -119,7 +120,7 @@ fn check_next(framing: Framing, buf: &[u8], scanned: usize, max: usize, next: Ne
                 assert!(buf.len() < max, "an unfinished line of max bytes is TooLong");
             }
         }
-        Next::TooLong => {}
+        Next::TooLong | Next::Invalid(_) => {}
     }
 }
 
@@ -137,7 +138,7 @@ fn frame_whole(framing: Framing, stream: &[u8], max: usize) -> (Framed, usize) {
                 pos += consumed;
             }
             Next::Incomplete { .. } => return ((out, false), stream.len() - pos),
-            Next::TooLong => return ((out, true), stream.len() - pos),
+            Next::TooLong | Next::Invalid(_) => return ((out, true), stream.len() - pos),
         }
     }
 }
@@ -169,7 +170,9 @@ fn frame_chunked(framing: Framing, stream: &[u8], chunks: &[u8], max: usize) -> 
                     scanned = s;
                     break;
                 }
-                Next::TooLong => return ((out, true), buf.len() + stream.len() - pos),
+                Next::TooLong | Next::Invalid(_) => {
+                    return ((out, true), buf.len() + stream.len() - pos);
+                }
             }
         }
     }
@@ -206,6 +209,75 @@ pub fn framing(data: &[u8]) {
         assert_eq!(whole, chunked, "{framing:?}: chunking changed the messages");
         assert_eq!(left_whole, left_chunked, "{framing:?}: chunking changed what is left");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// resp
+
+/// The `resp` framer over a whole buffer, or as the event loop feeds it (chunks): the non-empty
+/// commands and the error line that stopped it, if any.
+fn resp_frame(stream: &[u8], chunks: &[u8], max: usize, lim: &resp::Limits) -> (Vec<Vec<u8>>, Option<&'static [u8]>) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut scanned = 0;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut ci = 0;
+    while pos < stream.len() {
+        let n = if chunks.is_empty() {
+            stream.len()
+        } else {
+            (chunks[ci % chunks.len()] as usize).max(1)
+        };
+        ci += 1;
+        let n = n.min(stream.len() - pos);
+        buf.extend_from_slice(&stream[pos..pos + n]);
+        pos += n;
+        loop {
+            match resp::next_message(&buf, scanned, max, lim) {
+                Next::Message { start, end, consumed } => {
+                    assert!(start <= end && end <= consumed && consumed <= buf.len());
+                    assert!(consumed > 0, "a message consumes bytes");
+                    if start < end {
+                        let m = &buf[start..end];
+                        assert!(m.len() <= max, "command of {} > max {max}", m.len());
+                        assert!(m[0] == b'*' || m.ends_with(b"\n"), "neither array nor line");
+                        out.push(m.to_vec());
+                    } else {
+                        assert_eq!(start, consumed, "an empty command is all skipped");
+                    }
+                    buf.drain(..consumed);
+                    scanned = 0;
+                }
+                Next::Incomplete { scanned: s } => {
+                    assert!(s <= buf.len());
+                    scanned = s;
+                    break;
+                }
+                Next::Invalid(e) => {
+                    assert!(e.starts_with(b"-ERR Protocol error: ") && e.ends_with(b"\r\n"));
+                    return (out, Some(e));
+                }
+                Next::TooLong => panic!("resp reports Invalid, never TooLong"),
+            }
+        }
+    }
+    (out, None)
+}
+
+/// Fuzz target: the `resp` framer.
+///
+/// Input: `max` (u16, at least 1), `max_elements` (u8, at least 1), `max_bulk` (u16), a
+/// chunk-size count and that many chunk sizes, then the stream.
+pub fn resp(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let max = (b.u16() as usize).max(1);
+    let lim = resp::Limits { max_elements: (b.u8() as usize).max(1), max_bulk: b.u16() as usize };
+    let nchunks = (b.u8() % 8) as usize;
+    let chunks = b.take(nchunks);
+    let stream = b.rest();
+    let whole = resp_frame(stream, &[], max, &lim);
+    let chunked = resp_frame(stream, chunks, max, &lim);
+    assert_eq!(whole, chunked, "resp: chunking changed the commands or the error");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -515,6 +587,7 @@ mod replay {
         let data = std::fs::read(p).expect("readable input");
         match t.as_str() {
             "framing" => super::framing(&data),
+            "resp" => super::resp(&data),
             "ring" => super::ring(&data),
             "config" => super::config(&data),
             "stats" => super::stats(&data),
@@ -525,6 +598,10 @@ mod replay {
     #[test]
     fn framing() {
         replay("framing", super::framing);
+    }
+    #[test]
+    fn resp() {
+        replay("resp", super::resp);
     }
     #[test]
     fn ring() {

@@ -148,7 +148,7 @@ fn threads_read_and_write_at_once() {
                     assert!(c.lock().unwrap().get(&k, 0, &mut out));
                     assert!(is_whole(&k, &out));
                     c.lock().unwrap().incr_by(b"counter", 1, 0).unwrap();
-                    if i % 7 == 0 {
+                    if i.is_multiple_of(7) {
                         c.lock().unwrap().del(&k, 0);
                     }
                 }
@@ -201,7 +201,7 @@ fn child() {
                 let k = format!("k{}", i % 200).into_bytes();
                 let v = value_for(&k, (i * 37) % 500);
                 let mut t = c.lock().unwrap();
-                if i % 11 == 0 {
+                if i.is_multiple_of(11) {
                     t.del(&k, 0);
                 } else {
                     t.set(&k, &v, Cond::Always, Expiry::None, 0).unwrap();

@@ -359,7 +359,7 @@ impl Kv {
         let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
         if (arity > 0 && argc != arity as usize)
             || (arity < 0 && argc < (-arity) as usize)
-            || (name == b"MSET" && argc % 2 == 0)
+            || (name == b"MSET" && argc.is_multiple_of(2))
         {
             cx.count(cmd::KV_ERR);
             cx.error();

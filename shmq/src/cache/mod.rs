@@ -194,7 +194,7 @@ impl Cache {
         epoch: u64,
         me: ProcId,
     ) -> Result<Self, CacheError> {
-        if len < p.total_len || base as usize % 128 != 0 {
+        if len < p.total_len || !(base as usize).is_multiple_of(128) {
             return Err(CacheError::Invalid { what: format!("{len} bytes, need {}", p.total_len) });
         }
         let seed = std::collections::hash_map::RandomState::new().hash_one(crate::stats::unix_ns());
@@ -251,7 +251,7 @@ impl Cache {
 
     fn attach_mapped(backing: Backing, base: *mut u8, len: usize) -> Result<Self, CacheError> {
         let bad = |what: String| Err(CacheError::Invalid { what });
-        if len < layout::HEADER_BYTES || base as usize % 128 != 0 {
+        if len < layout::HEADER_BYTES || !(base as usize).is_multiple_of(128) {
             return bad(format!("{len} bytes"));
         }
         // SAFETY: in bounds (len >= HEADER_BYTES), aligned (checked), and the fields read here
