@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use config::{Config, Framing};
-use framing::{LEN32_PREFIX, Next, next_message, resp};
+use framing::{LEN32_PREFIX, Next, next_message};
 use shmq::frame::{FlowId, Kind};
 use shmq::layout::{Direction, RING_HEADER_SIZE};
 use shmq::ring::{Consumer, HeapMemory, Memory, Producer, PushError, checked_header};
@@ -33,6 +33,10 @@ use shmq::sys::ProcId;
 #[path = "../../io_conn/src/framing.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod framing;
+/// io_conn's `resp` framer (`framing` uses it as `crate::resp`), included the same way.
+#[path = "../../io_conn/src/resp.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod resp;
 
 /// A cursor over the fuzz input that yields zeros past its end.
 #[derive(Debug)]

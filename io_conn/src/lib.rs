@@ -49,6 +49,7 @@ pub mod flows;
 pub mod framing;
 mod kv_cache;
 pub mod pool;
+pub mod resp;
 mod server;
 mod spawn;
 mod stats;

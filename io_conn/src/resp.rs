@@ -13,7 +13,7 @@
 //! well formed). A partial command is re-parsed from its start when more bytes arrive: headers
 //! only (bulk data is skipped by its length), so the cost is per element, not per byte.
 
-use super::Next;
+use crate::framing::Next;
 
 /// Longest inline command and longest `*N` line while incomplete (Redis's
 /// `PROTO_INLINE_MAX_SIZE`).
