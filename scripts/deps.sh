@@ -58,7 +58,10 @@ done
 # 2. Debian packages: `command` → package. tmux: viewstats' live view in a real terminal;
 #    strace: .ci/systemd checks the units' SystemCallFilter=; prlimit: io_conn's fd-limit test;
 #    python3: viewstats' Prometheus check. dpkg-deb and systemd-analyze: the package check.
-declare -A apt_for=([tmux]=tmux [strace]=strace [prlimit]=util-linux [python3]=python3)
+# curl and wrk: the http service's end-to-end tests; redis-cli: the kv service's (redis-server
+# and redis-benchmark: the same-run baselines of the benches).
+declare -A apt_for=([tmux]=tmux [strace]=strace [prlimit]=util-linux [python3]=python3
+    [curl]=curl [wrk]=wrk [redis-cli]=redis-tools [redis-server]=redis-server)
 if $want_package; then
     apt_for[dpkg-deb]=dpkg
     apt_for[systemd-analyze]=systemd
@@ -77,8 +80,9 @@ fi
 apt_updated=false
 # 3. Python modules: `import name` → the pip name and the Debian package (for Pythons that
 #    refuse pip installs, PEP 668). Others add theirs here (e.g. redis).
-declare -A pip_for=([prometheus_client]=prometheus_client)
-declare -A deb_for=([prometheus_client]=python3-prometheus-client)
+# redis: redis-py, the kv service's end-to-end tests (io_conn/tests/e2e/kv_clients.py).
+declare -A pip_for=([prometheus_client]=prometheus_client [redis]=redis)
+declare -A deb_for=([prometheus_client]=python3-prometheus-client [redis]=python3-redis)
 py_missing=()
 if command -v python3 >/dev/null; then
     for mod in "${!pip_for[@]}"; do

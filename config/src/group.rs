@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [[md.group]]
-//! services = ["dumb", "echo", "http", "reverse"]
+//! services = ["dumb", "echo", "http", "kv", "reverse"]
 //! instances = "0-5"          # "a-b" (inclusive), "n", or a list: [0, 2, 3]
 //!
 //! [[md.group]]
@@ -445,7 +445,7 @@ mod tests {
     fn two_groups() -> Config {
         let mut cfg = Config::default();
         cfg.md.groups = vec![
-            group(&["dumb", "echo", "http", "reverse"], range(0, 3), ""),
+            group(&["dumb", "echo", "http", "kv", "reverse"], range(0, 3), ""),
             group(&["chat"], Instances::List(vec![7, 5]), "/opt/chat-md"),
         ];
         cfg
@@ -505,14 +505,14 @@ mod tests {
         assert!(cfg.instances_for("nope").is_empty());
         assert_eq!(
             cfg.group_for_service("reverse").map(Group::label).as_deref(),
-            Some("dumb,echo,http,reverse")
+            Some("dumb,echo,http,kv,reverse")
         );
         let md = Path::new("/usr/local/bin/md");
         assert_eq!(cfg.binary_for(1, md), md);
         assert_eq!(cfg.binary_for(4, md), md, "no group: the md binary");
         assert_eq!(cfg.binary_for(5, md), Path::new("/opt/chat-md"));
         assert_eq!(cfg.group_binary(7), Some(Path::new("/opt/chat-md")));
-        assert_eq!(cfg.groups_summary(), "[0-3:dumb,echo,http,reverse 7,5:chat@/opt/chat-md]");
+        assert_eq!(cfg.groups_summary(), "[0-3:dumb,echo,http,kv,reverse 7,5:chat@/opt/chat-md]");
     }
 
     #[test]

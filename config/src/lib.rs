@@ -41,6 +41,7 @@
 mod diff;
 mod error;
 mod group;
+mod kv;
 mod locate;
 pub mod units;
 mod validate;
@@ -58,6 +59,7 @@ pub use crate::diff::{
 };
 pub use crate::error::{ConfigError, ErrorKind};
 pub use crate::group::{Group, Instances, parse_instances};
+pub use crate::kv::{KV_CHUNK_BYTES, Kv, MAX_KV_KEYS, Resp};
 use crate::locate::Locator;
 
 /// The shipped, commented default config (`config/shmsrv.toml`); equals [`Config::default`].
@@ -108,6 +110,8 @@ pub struct Config {
     pub md: Md,
     /// `[viewstats]`: the stats viewer.
     pub viewstats: Viewstats,
+    /// `[kv]`: the built-in `kv` service and its shared cache.
+    pub kv: Kv,
 }
 
 /// `[shared]`: read by every program; io_conn creates what these describe, the others attach.
@@ -234,6 +238,8 @@ pub struct IoConn {
     /// has any `[[io_conn.listener]]` table replaces the whole default list.
     #[serde(rename = "listener")]
     pub listeners: Vec<Listener>,
+    /// `[io_conn.resp]`: limits of the `resp` framer.
+    pub resp: Resp,
 }
 
 impl Default for IoConn {
@@ -255,7 +261,9 @@ impl Default for IoConn {
                 Listener::new(9090, "reverse"),
                 Listener::new(8090, "dumb"),
                 Listener::new(8080, "http"),
+                Listener { dispatch: Dispatch::Flow, ..Listener::new(6380, "kv") },
             ],
+            resp: Resp::default(),
         }
     }
 }
@@ -372,6 +380,9 @@ pub enum Framing {
     /// HTTP/1.x requests: a head (limits in [`Http`]), then a body by `Content-Length` or
     /// chunked; keep-alive and pipelining. `"http"`.
     Http,
+    /// Redis's RESP2: each message is one command, an array of bulk strings or an inline line.
+    /// `"resp"`.
+    Resp,
 }
 
 impl Framing {
@@ -382,6 +393,7 @@ impl Framing {
             Self::Line => "line",
             Self::Len32 => "len32",
             Self::Http => "http",
+            Self::Resp => "resp",
         }
     }
 }
@@ -428,6 +440,7 @@ pub fn default_framing(service: &str) -> Option<Framing> {
         "echo" => Some(Framing::Raw),
         "reverse" | "dumb" => Some(Framing::Line),
         "http" => Some(Framing::Http),
+        "kv" => Some(Framing::Resp),
         _ => None,
     }
 }
@@ -712,6 +725,14 @@ impl Config {
             b(md.dumb.stream_chunk),
             d(self.viewstats.refresh),
         );
+        line.push_str(&format!(
+            "; io_conn.resp: max_elements={} max_bulk={}; kv: max_keys={} memory={} password={}",
+            io.resp.max_elements,
+            b(io.resp.max_bulk),
+            self.kv.max_keys,
+            b(self.kv.memory),
+            if self.kv.password.is_empty() { "none" } else { "set" }
+        ));
         line.push_str("; md.group: ");
         line.push_str(&self.groups_summary());
         line
@@ -795,8 +816,9 @@ fn deserialize_framing_opt<'de, D: serde::Deserializer<'de>>(
         "line" => Ok(Some(Framing::Line)),
         "len32" => Ok(Some(Framing::Len32)),
         "http" => Ok(Some(Framing::Http)),
+        "resp" => Ok(Some(Framing::Resp)),
         _ => Err(serde::de::Error::custom(format!(
-            "invalid framing {s:?} (expected \"raw\", \"line\", \"len32\", \"http\", or \"\" \
+            "invalid framing {s:?} (expected \"raw\", \"line\", \"len32\", \"http\", \"resp\", or \"\" \
              for the service's default)"
         ))),
     }

@@ -99,6 +99,7 @@ impl Config {
         self.check_md()?;
         self.check_dispatch()?;
         self.check_groups()?;
+        self.check_kv()?;
         let refresh = self.viewstats.refresh;
         if !(MIN_REFRESH..=MAX_REFRESH).contains(&refresh) {
             return Err(Invalid::new(
@@ -253,7 +254,7 @@ impl Config {
                 return Err(Invalid::new(
                     key("framing"),
                     format!(
-                        "service `{}` has no default framing; set framing (raw, line, len32 or http)",
+                        "service `{}` has no default framing; set framing (raw, line, len32, http or resp)",
                         l.service
                     ),
                 )

@@ -65,11 +65,12 @@ fn the_defaults() {
             ("127.0.0.1:4680".to_owned(), Framing::Raw),
             ("127.0.0.1:9090".to_owned(), Framing::Line),
             ("127.0.0.1:8090".to_owned(), Framing::Line),
-            ("127.0.0.1:8080".to_owned(), Framing::Http)
+            ("127.0.0.1:8080".to_owned(), Framing::Http),
+            ("127.0.0.1:6380".to_owned(), Framing::Resp)
         ]
     );
     assert_eq!((cfg.io_conn.http.max_head, cfg.io_conn.http.max_headers), (8 << 10, 100));
-    for l in &cfg.io_conn.listeners {
+    for l in cfg.io_conn.listeners.iter().filter(|l| l.service != "kv") {
         assert_eq!((l.dispatch(), l.pipeline_depth()), (Dispatch::Request, 16), "{l:?}");
     }
     assert_eq!(cfg.md.max_instances, 8);

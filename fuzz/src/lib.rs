@@ -11,6 +11,7 @@
 //! | [`framing`] | a client byte stream, `max`, a start offset and a chunking to the `line`, `len32` and `raw` framers | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`; chunked framing (as the event loop does it) cuts the same messages as framing the whole stream |
 //! | [`http`] | a client byte stream, `max`, the head limits, a start offset and a chunking to the `http` framer | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`, its head at most `max_head`; chunked framing cuts the same messages, ends the same way (clean, a last request, or a refusal) and leaves the same bytes as framing the whole stream |
 //! | [`ring`] | a valid heap ring, then a script of honest pushes, hostile writes into the data area and hostile `tail`/`head` stores, interleaved with `peek`/`release`/`drain`/`publish` | never panics; every payload lies in the data area; without hostile writes every pushed frame comes out intact, in order, with no corruption reported |
+//! | [`resp`] | a client byte stream, `max`, limits and a chunking to the `resp` framer | never panics; boundaries lie in the buffer; a command is at most `max`, starts with `*` or is an inline line ending in `\n`; an empty command consumes > 0 bytes; errors are whole `-ERR Protocol error: …\r\n` lines; chunked framing cuts the same commands and the same error as the whole stream |
 //! | [`config`] | arbitrary text to `Config::from_toml_str` | never panics; an error formats; an accepted config round-trips through `to_toml` |
 //! | [`stats`] | a valid stats segment patched with arbitrary bytes (or arbitrary bytes alone), then `StatsReader::attach_in`, `snapshot`, counters, histograms, quantiles | never panics |
 
@@ -33,6 +34,10 @@ use shmq::sys::ProcId;
 #[path = "../../io_conn/src/framing.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod framing;
+/// io_conn's `resp` framer (`framing` uses it as `crate::resp`), included the same way.
+#[path = "../../io_conn/src/resp.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod resp;
 
 /// A cursor over the fuzz input that yields zeros past its end.
 #[derive(Debug)]
@@ -123,6 +128,7 @@ fn check_next(framing: Framing, buf: &[u8], scanned: usize, max: usize, next: Ne
         Next::Last { .. } | Next::Malformed | Next::HeadTooLarge => {
             panic!("{framing:?}: only the http framer returns {next:?}")
         }
+        Next::Invalid(_) => panic!("{framing:?}: only the resp framer returns {next:?}"),
         Next::TooLong => {}
     }
 }
@@ -256,6 +262,7 @@ fn check_http(buf: &[u8], scanned: usize, max: usize, lim: &framing::http::Limit
             assert!(s <= buf.len().max(scanned), "scanned {s} past the buffer ({})", buf.len());
         }
         Next::TooLong | Next::Malformed | Next::HeadTooLarge => {}
+        Next::Invalid(_) => panic!("http: only the resp framer returns {next:?}"),
     }
 }
 
@@ -326,6 +333,75 @@ pub fn http(data: &[u8]) {
     let whole = frame_http(stream, &[], max, &lim);
     let chunked = frame_http(stream, if chunks.is_empty() { &[1] } else { &chunks }, max, &lim);
     assert_eq!(whole, chunked, "http: chunking changed the messages or the end");
+}
+
+// ---------------------------------------------------------------------------------------------
+// resp
+
+/// The `resp` framer over a whole buffer, or as the event loop feeds it (chunks): the non-empty
+/// commands and the error line that stopped it, if any.
+fn resp_frame(stream: &[u8], chunks: &[u8], max: usize, lim: &resp::Limits) -> (Vec<Vec<u8>>, Option<&'static [u8]>) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut scanned = 0;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut ci = 0;
+    while pos < stream.len() {
+        let n = if chunks.is_empty() {
+            stream.len()
+        } else {
+            (chunks[ci % chunks.len()] as usize).max(1)
+        };
+        ci += 1;
+        let n = n.min(stream.len() - pos);
+        buf.extend_from_slice(&stream[pos..pos + n]);
+        pos += n;
+        loop {
+            match resp::next_message(&buf, scanned, max, lim) {
+                Next::Message { start, end, consumed } => {
+                    assert!(start <= end && end <= consumed && consumed <= buf.len());
+                    assert!(consumed > 0, "a message consumes bytes");
+                    if start < end {
+                        let m = &buf[start..end];
+                        assert!(m.len() <= max, "command of {} > max {max}", m.len());
+                        assert!(m[0] == b'*' || m.ends_with(b"\n"), "neither array nor line");
+                        out.push(m.to_vec());
+                    } else {
+                        assert_eq!(start, consumed, "an empty command is all skipped");
+                    }
+                    buf.drain(..consumed);
+                    scanned = 0;
+                }
+                Next::Incomplete { scanned: s } => {
+                    assert!(s <= buf.len());
+                    scanned = s;
+                    break;
+                }
+                Next::Invalid(e) => {
+                    assert!(e.starts_with(b"-ERR Protocol error: ") && e.ends_with(b"\r\n"));
+                    return (out, Some(e));
+                }
+                Next::TooLong => panic!("resp reports Invalid, never TooLong"),
+            }
+        }
+    }
+    (out, None)
+}
+
+/// Fuzz target: the `resp` framer.
+///
+/// Input: `max` (u16, at least 1), `max_elements` (u8, at least 1), `max_bulk` (u16), a
+/// chunk-size count and that many chunk sizes, then the stream.
+pub fn resp(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let max = (b.u16() as usize).max(1);
+    let lim = resp::Limits { max_elements: (b.u8() as usize).max(1), max_bulk: b.u16() as usize };
+    let nchunks = (b.u8() % 8) as usize;
+    let chunks = b.take(nchunks);
+    let stream = b.rest();
+    let whole = resp_frame(stream, &[], max, &lim);
+    let chunked = resp_frame(stream, chunks, max, &lim);
+    assert_eq!(whole, chunked, "resp: chunking changed the commands or the error");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,6 +711,7 @@ mod replay {
         let data = std::fs::read(p).expect("readable input");
         match t.as_str() {
             "framing" => super::framing(&data),
+            "resp" => super::resp(&data),
             "ring" => super::ring(&data),
             "config" => super::config(&data),
             "stats" => super::stats(&data),
@@ -650,6 +727,10 @@ mod replay {
     #[test]
     fn http() {
         replay("http", super::http);
+    }
+    #[test]
+    fn resp() {
+        replay("resp", super::resp);
     }
     #[test]
     fn ring() {

@@ -1,4 +1,5 @@
-//! Framers: find message boundaries in a client's byte stream (`raw`, `line`, `len32`, `http`).
+//! Framers: find message boundaries in a client's byte stream (`raw`, `line`, `len32`, `http`,
+//! `resp`: see [`http`], [`resp`]).
 //!
 //! Used by the event loop (`server.rs`) on whatever bytes a flow has buffered: the loop's
 //! scratch buffer right after a read, or the flow's pooled input buffer. The framers are pure
@@ -27,6 +28,8 @@
 // `mod http;` would be looked for beside it, not in `framing/`.
 #[path = "framing/http.rs"]
 pub mod http;
+// The `resp` framer lives in `crate::resp` (a sibling file; the fuzz crate declares it too).
+pub use crate::resp;
 
 use config::Framing;
 
@@ -70,6 +73,9 @@ pub enum Next {
     /// A message head over its limits (`http`: `431`): a framing error; the connection is
     /// closed.
     HeadTooLarge,
+    /// A protocol error (`resp`): the client gets this whole error line after the replies owed
+    /// before it, then the connection is closed.
+    Invalid(&'static [u8]),
 }
 
 /// Why a framer refused a connection's input: its [`refusal_reply`] goes out after the replies
@@ -82,22 +88,29 @@ pub enum Refusal {
     Malformed,
     /// [`Next::HeadTooLarge`].
     HeadTooLarge,
+    /// [`Next::Invalid`], with the error line owed.
+    Invalid(&'static [u8]),
 }
 
 /// What the client gets for a refusal: `line`: `ERR message too long\n`; `http`: a `400`, `431`
-/// or `413` response; `raw` and `len32`: nothing (the connection just closes).
+/// or `413` response; `resp`: its `-ERR Protocol error: ...` line; `raw` and `len32`: nothing
+/// (the connection just closes).
 pub fn refusal_reply(framing: Framing, r: Refusal) -> Option<&'static [u8]> {
     match (framing, r) {
         (Framing::Line, _) => Some(b"ERR message too long\n"),
         (Framing::Http, Refusal::TooLong) => Some(http::CONTENT_TOO_LARGE),
         (Framing::Http, Refusal::Malformed) => Some(http::BAD_REQUEST),
         (Framing::Http, Refusal::HeadTooLarge) => Some(http::HEAD_TOO_LARGE),
+        (_, Refusal::Invalid(line)) => Some(line),
+        // `resp` reports its own errors as `Invalid`; a command above the largest frame too.
+        (Framing::Resp, _) => Some(resp::ERR_TOO_LARGE),
         (Framing::Raw | Framing::Len32, _) => None,
     }
 }
 
-/// [`next_message`] with the `http` framing's limits (the other framings ignore them): what the
-/// event loop calls.
+/// [`next_message`] with the `http` and `resp` framers' limits (the other framings ignore
+/// them): what the event loop calls. A message with `start == end` is an empty command the
+/// `resp` framer skips: drop its `consumed` bytes, send nothing.
 #[inline]
 pub fn next_message_with(
     framing: Framing,
@@ -105,20 +118,24 @@ pub fn next_message_with(
     scanned: usize,
     max: usize,
     http: &http::Limits,
+    resp: &resp::Limits,
 ) -> Next {
     match framing {
         Framing::Http => http::next_message(buf, scanned, max, http),
+        Framing::Resp => resp::next_message(buf, scanned, max, resp),
         _ => next_message(framing, buf, scanned, max),
     }
 }
 
 /// Finds the first message in `buf`. `scanned` is what a previous call reported for the same
 /// buffer front (0 if unknown); `max` is the largest message payload allowed (`max > 0`).
-/// `http` gets the default [`http::Limits`] here (see [`next_message_with`]).
+/// `http` gets the default [`http::Limits`] and `resp` no limits but `max` here (see
+/// [`next_message_with`]).
 #[inline]
 pub fn next_message(framing: Framing, buf: &[u8], scanned: usize, max: usize) -> Next {
     match framing {
         Framing::Http => http::next_message(buf, scanned, max, &http::Limits::default()),
+        Framing::Resp => resp::next_message(buf, scanned, max, &resp::Limits::UNLIMITED),
         Framing::Raw => {
             if buf.is_empty() {
                 Next::Incomplete { scanned: 0 }
@@ -167,7 +184,7 @@ pub fn input_capacity(framing: Framing, max: usize, read: usize) -> usize {
     match framing {
         Framing::Raw => max.max(read),
         Framing::Line => max + read,
-        Framing::Len32 | Framing::Http => max + read,
+        Framing::Len32 | Framing::Http | Framing::Resp => max + read,
     }
 }
 
@@ -206,7 +223,11 @@ mod tests {
                         scanned = s;
                         break;
                     }
-                    Next::TooLong | Next::Malformed | Next::HeadTooLarge | Next::Last { .. } => {
+                    Next::TooLong
+                    | Next::Malformed
+                    | Next::HeadTooLarge
+                    | Next::Invalid(_)
+                    | Next::Last { .. } => {
                         return None;
                     }
                 }
@@ -329,7 +350,7 @@ mod tests {
                         prop_assert!(end - start <= max);
                     }
                     Next::Incomplete { scanned } => prop_assert!(scanned <= buf.len()),
-                    Next::TooLong | Next::Malformed | Next::HeadTooLarge => {}
+                    Next::TooLong | Next::Malformed | Next::HeadTooLarge | Next::Invalid(_) => {}
                 }
             }
         }

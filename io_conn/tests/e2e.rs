@@ -13,6 +13,8 @@ mod groups;
 mod http;
 #[path = "e2e/instances.rs"]
 mod instances;
+#[path = "e2e/kv.rs"]
+mod kv;
 #[path = "e2e/notify.rs"]
 mod notify;
 #[path = "e2e/robustness.rs"]

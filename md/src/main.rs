@@ -17,7 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use md::services::{Builtin, DumbOptions, HttpOptions};
+use md::services::{Builtin, DumbOptions, HttpOptions, KvOptions};
 use md::{Failure, Setup};
 
 fn main() -> ExitCode {
@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         .run(|setup| {
             exec_group_binary(setup)?;
             let cfg = setup.config();
-            Ok(Builtin::new(DumbOptions::from(&cfg.md.dumb)).with_http(HttpOptions::from(cfg)))
+            Ok(Builtin::new(DumbOptions::from(&cfg.md.dumb))
+                .with_http(HttpOptions::from(cfg))
+                .with_kv(KvOptions::from_config(cfg)))
         })
 }
 

@@ -23,6 +23,7 @@
 //! | [`doorbell`] | the FIFO wake-up |
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod doorbell;
 pub mod fdpass;
 pub mod frame;

@@ -52,6 +52,8 @@ pub(super) struct Lst {
 pub(super) struct Limits {
     /// `shared.max_message`.
     pub(super) max_msg: usize,
+    /// `io_conn.resp.*` (the `resp` framer's limits).
+    pub(super) resp: crate::framing::resp::Limits,
     /// `io_conn.read_buffer`: bytes asked of one `read`.
     pub(super) read_size: usize,
     /// `io_conn.output_credit` (sent in OPEN).
@@ -195,6 +197,10 @@ impl Clients {
             accept_paused_until: None,
             lim: Limits {
                 max_msg,
+                resp: crate::framing::resp::Limits {
+                    max_elements: io.resp.max_elements as usize,
+                    max_bulk: usize::try_from(io.resp.max_bulk).unwrap_or(usize::MAX).min(max_msg),
+                },
                 read_size,
                 credit: io.output_credit,
                 credit_limit: io.output_credit,

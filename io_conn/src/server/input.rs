@@ -120,15 +120,28 @@ fn push_framed(
             return (off, pushed, Stop::Empty);
         }
         let refused = |r| (off, pushed, Stop::Failed(Pump::Refused(r)));
-        let next =
-            framing::next_message_with(framing, &data[off..], scanned, lim.max_msg, &lim.http);
+        let next = framing::next_message_with(
+            framing,
+            &data[off..],
+            scanned,
+            lim.max_msg,
+            &lim.http,
+            &lim.resp,
+        );
         let (start, end, consumed, last) = match next {
+            // An empty command the framer skips (`resp`): nothing goes to md.
+            Next::Message { start, end, consumed } if start == end => {
+                off += consumed;
+                scanned = 0;
+                continue;
+            }
             Next::Message { start, end, consumed } => (start, end, consumed, false),
             Next::Last { start, end, consumed } => (start, end, consumed, true),
             Next::Incomplete { scanned } => return (off, pushed, Stop::Incomplete { scanned }),
             Next::TooLong => return refused(Refusal::TooLong),
             Next::Malformed => return refused(Refusal::Malformed),
             Next::HeadTooLarge => return refused(Refusal::HeadTooLarge),
+            Next::Invalid(line) => return refused(Refusal::Invalid(line)),
         };
         if let Err(r) = push(&data[off + start..off + end]) {
             return (off, pushed, Stop::Failed(r));
@@ -327,7 +340,7 @@ impl Clients {
         if why.is_some() && reply.is_none() {
             self.close_flow(cx, links, slot, Io::ClosedOversized);
             return;
-        }
+        };
         let f = self.flows.get_mut(slot);
         f.refusal = why;
         if !f.rq.on {
@@ -603,6 +616,7 @@ mod tests {
             idle: None,
             deadline: None,
             http: framing::http::Limits::default(),
+            resp: framing::resp::Limits::UNLIMITED,
         }
     }
 

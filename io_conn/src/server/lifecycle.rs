@@ -299,6 +299,9 @@ impl Server<'_> {
         }
         self.links.remove_all(&mut self.inbound);
         self.close_control();
+        if let Some(c) = self.kv_cache.as_mut() {
+            c.remove();
+        }
         log::info!("io_conn stopped; counters: {:?}", self.cx.c);
     }
 }

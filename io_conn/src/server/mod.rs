@@ -140,6 +140,8 @@ pub(crate) struct Server<'c> {
     children: Option<Children>,
     /// The stats segment (created right after the queue pairs; None only before that).
     stats: Option<Stats>,
+    /// The `kv` cache segment (when a listener serves `kv`).
+    kv_cache: Option<crate::kv_cache::KvCache>,
     drain_until: Option<Instant>,
     /// A handover (SIGUSR2) waits until then at most for the replies owed (`handover`).
     handover_until: Option<Instant>,
@@ -228,6 +230,7 @@ impl<'c> Server<'c> {
             shutdown: opts.shutdown.take(),
             children: None,
             stats: None,
+            kv_cache: None,
             drain_until: None,
             handover_until: None,
             handed_over: false,
@@ -247,6 +250,8 @@ impl<'c> Server<'c> {
             epoch,
         )?);
         server.publish_stats();
+        // Before md children too: their kv service attaches it.
+        server.kv_cache = crate::kv_cache::KvCache::create(cfg, server.links.pairs.backend, epoch)?;
         let adopt = std::mem::take(&mut opts.adopt);
         server.clients.adopt(&mut server.cx, adopt);
         if opts.activated {

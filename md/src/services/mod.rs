@@ -6,10 +6,12 @@
 //! | [`reverse`] | line | sends back each line reversed, then `\n` |
 //! | [`dumb`] | line | `PING`, `WAIT <ms>`, `BURN <n>` (in time slices), `STREAM <n>` (see the module) |
 //! | [`http`] | http | `GET /` (`hello`), `/whoami` (the client's address), `/metrics` (Prometheus text) |
+//! | [`kv`] | resp | a Redis-protocol key-value store over the shared cache segment (see the module) |
 
 pub mod dumb;
 pub mod echo;
 pub mod http;
+pub mod kv;
 pub mod reverse;
 
 use shmq::frame::OpenInfo;
@@ -19,6 +21,7 @@ use crate::service::{Ctx, Service, Status};
 pub use dumb::{Burn, Dumb, DumbFlow, DumbOptions};
 pub use echo::Echo;
 pub use http::{Http, HttpFlow, HttpOptions};
+pub use kv::{Kv, KvFlow, KvOptions};
 pub use reverse::Reverse;
 
 /// `msg` without its line ending: one trailing `\n`, then one trailing `\r`, if present.
@@ -35,6 +38,9 @@ pub struct Builtin {
     pub dumb: Dumb,
     /// The `http` service (where `/metrics` reads the stats).
     pub http: Http,
+    /// The `kv` service (the shared cache; without [`Builtin::with_kv`] it has none and answers
+    /// every data command with an error).
+    pub kv: Kv,
 }
 
 /// Per-flow state of [`Builtin`].
@@ -48,6 +54,8 @@ pub enum BuiltinFlow {
     Dumb(DumbFlow),
     /// An `http` flow.
     Http(HttpFlow),
+    /// A `kv` flow.
+    Kv(KvFlow),
 }
 
 /// Command indices of [`Builtin`] (see [`Service::command_names`]).
@@ -74,6 +82,17 @@ pub mod cmd {
     pub const HTTP_METRICS: usize = 9;
     /// `http`: any other request (404, 405, 400).
     pub const HTTP_OTHER: usize = 10;
+    /// `kv` GET, MGET, EXISTS.
+    pub const KV_GET: usize = 11;
+    /// `kv` SET, MSET.
+    pub const KV_SET: usize = 12;
+    /// `kv` INCR and friends.
+    pub const KV_INCR: usize = 13;
+    /// `kv` DEL, FLUSHALL.
+    pub const KV_DEL: usize = 14;
+    /// `kv`: any other command, and unknown or malformed ones (also counted in md's `errors`;
+    /// the stats block has 16 command slots, all used).
+    pub const KV_OTHER: usize = 15;
 }
 
 const COMMANDS: &[&str] = &[
@@ -88,18 +107,29 @@ const COMMANDS: &[&str] = &[
     "http.whoami",
     "http.metrics",
     "http.other",
+    "kv.get",
+    "kv.set",
+    "kv.incr",
+    "kv.del",
+    "kv.other",
 ];
 
 impl Builtin {
     /// The built-in services, `dumb` limited by `dumb`; `http`'s `/metrics` reads the default
     /// server's stats (see [`Builtin::with_http`]).
     pub fn new(dumb: DumbOptions) -> Self {
-        Self { dumb: Dumb::new(dumb), http: Http::new(HttpOptions::default()) }
+        Self { dumb: Dumb::new(dumb), http: Http::new(HttpOptions::default()), kv: Kv::default() }
     }
 
     /// The same, with `http`'s `/metrics` reading the server `http` names.
     pub fn with_http(mut self, http: HttpOptions) -> Self {
         self.http = Http::new(http);
+        self
+    }
+
+    /// With the `kv` service attached to the cache `kv` names.
+    pub fn with_kv(mut self, kv: KvOptions) -> Self {
+        self.kv = Kv::new(kv);
         self
     }
 }
@@ -113,6 +143,7 @@ impl Service for Builtin {
             "reverse" => Reverse.open(info, cx).map(|()| BuiltinFlow::Reverse),
             "dumb" => self.dumb.open(info, cx).map(BuiltinFlow::Dumb),
             "http" => self.http.open(info, cx).map(BuiltinFlow::Http),
+            "kv" => self.kv.open(info, cx).map(BuiltinFlow::Kv),
             _ => None,
         }
     }
@@ -123,6 +154,7 @@ impl Service for Builtin {
             BuiltinFlow::Reverse => Reverse.message(&mut (), msg, cx),
             BuiltinFlow::Dumb(f) => self.dumb.message(f, msg, cx),
             BuiltinFlow::Http(f) => self.http.message(f, msg, cx),
+            BuiltinFlow::Kv(f) => self.kv.message(f, msg, cx),
         }
     }
 
@@ -148,8 +180,10 @@ impl Service for Builtin {
     }
 
     fn close(&mut self, flow: BuiltinFlow) {
-        if let BuiltinFlow::Dumb(f) = flow {
-            self.dumb.close(f);
+        match flow {
+            BuiltinFlow::Dumb(f) => self.dumb.close(f),
+            BuiltinFlow::Kv(f) => self.kv.close(f),
+            _ => {}
         }
     }
 
