@@ -285,7 +285,8 @@ fn frame_http(
         buf.extend_from_slice(&stream[pos..pos + n]);
         pos += n;
         loop {
-            let next = next_message_with(Framing::Http, &buf, scanned, max, lim);
+            let next =
+                next_message_with(Framing::Http, &buf, scanned, max, lim, &resp::Limits::UNLIMITED);
             check_http(&buf, scanned, max, lim, next);
             match next {
                 Next::Message { start, end, consumed } => {
@@ -327,7 +328,8 @@ pub fn http(data: &[u8]) {
     let chunks = b.take(nchunks).to_vec();
     let stream = b.rest();
 
-    let next = next_message_with(Framing::Http, stream, scanned, max, &lim);
+    let next =
+        next_message_with(Framing::Http, stream, scanned, max, &lim, &resp::Limits::UNLIMITED);
     check_http(stream, scanned, max, &lim, next);
 
     let whole = frame_http(stream, &[], max, &lim);
@@ -340,7 +342,12 @@ pub fn http(data: &[u8]) {
 
 /// The `resp` framer over a whole buffer, or as the event loop feeds it (chunks): the non-empty
 /// commands and the error line that stopped it, if any.
-fn resp_frame(stream: &[u8], chunks: &[u8], max: usize, lim: &resp::Limits) -> (Vec<Vec<u8>>, Option<&'static [u8]>) {
+fn resp_frame(
+    stream: &[u8],
+    chunks: &[u8],
+    max: usize,
+    lim: &resp::Limits,
+) -> (Vec<Vec<u8>>, Option<&'static [u8]>) {
     let mut buf: Vec<u8> = Vec::new();
     let mut scanned = 0;
     let mut out = Vec::new();
@@ -381,7 +388,7 @@ fn resp_frame(stream: &[u8], chunks: &[u8], max: usize, lim: &resp::Limits) -> (
                     assert!(e.starts_with(b"-ERR Protocol error: ") && e.ends_with(b"\r\n"));
                     return (out, Some(e));
                 }
-                Next::TooLong => panic!("resp reports Invalid, never TooLong"),
+                other => panic!("resp reports Invalid for every error, never {other:?}"),
             }
         }
     }
