@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | [`framing`] | a client byte stream, `max`, a start offset and a chunking to the `line`, `len32` and `raw` framers | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`; chunked framing (as the event loop does it) cuts the same messages as framing the whole stream |
 //! | [`http`] | a client byte stream, `max`, the head limits, a start offset and a chunking to the `http` framer | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`, its head at most `max_head`; chunked framing cuts the same messages, ends the same way (clean, a last request, or a refusal) and leaves the same bytes as framing the whole stream |
-//! | [`ring`] | a valid heap ring, then a script of honest pushes, hostile writes into the data area and hostile `tail`/`head` stores, interleaved with `peek`/`release`/`drain`/`publish` | never panics; every payload lies in the data area; without hostile writes every pushed frame comes out intact, in order, with no corruption reported |
+//! | [`ring`] | a valid heap ring, then a script of honest pushes, hostile writes into the data area and hostile `tail`/`head` stores (anywhere, near the head, or a few aligned steps back from the current tail), interleaved with `peek`/`release`/`drain`/`publish` | never panics; every payload lies in the data area; without hostile writes every pushed frame comes out intact, in order, with no corruption reported |
 //! | [`resp`] | a client byte stream, `max`, limits and a chunking to the `resp` framer | never panics; boundaries lie in the buffer; a command is at most `max`, starts with `*` or is an inline line ending in `\n`; an empty command consumes > 0 bytes; errors are whole `-ERR Protocol error: …\r\n` lines; chunked framing cuts the same commands and the same error as the whole stream |
 //! | [`config`] | arbitrary text to `Config::from_toml_str` | never panics; an error formats; an accepted config round-trips through `to_toml` |
 //! | [`stats`] | a valid stats segment patched with arbitrary bytes (or arbitrary bytes alone), then `StatsReader::attach_in`, `snapshot`, counters, histograms, quantiles | never panics |
@@ -511,10 +511,20 @@ pub fn ring(data: &[u8]) {
                 hostile = true;
             }
             4 => {
-                // Hostile: move `tail`, near the published head or anywhere.
+                // Hostile: move `tail`, near the published head, anywhere, or (0x40) back from
+                // where it is by a few aligned steps: behind a padding record the consumer has
+                // cached but not yet stepped over, which is what finding 3 of issue 14 needs (a
+                // reloaded tail between the consumer's head and its position past the padding).
                 let head = hdr.head.0.load(Ordering::Relaxed);
                 let d = b.u16() as i16 as i64;
-                let t = if op & 0x80 != 0 { b.u64() } else { head.wrapping_add_signed(d) };
+                let t = if op & 0x80 != 0 {
+                    b.u64()
+                } else if op & 0x40 != 0 {
+                    let tail = hdr.tail.0.load(Ordering::Relaxed);
+                    tail.wrapping_sub(8 * (d as u64 % 32))
+                } else {
+                    head.wrapping_add_signed(d)
+                };
                 // Release pairs with the consumer's Acquire load of `tail` (as a producer's).
                 hdr.tail.0.store(t, Ordering::Release);
                 hostile = true;

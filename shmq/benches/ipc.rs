@@ -36,7 +36,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 const RING: u64 = 1 << 20;
 const SIZES: [usize; 4] = [16, 64, 1024, 16 * 1024];
 /// A consumer or a waiting side gives up after this long (the bench fails rather than hangs).
-const WATCHDOG: Duration = Duration::from_secs(60);
+const WATCHDOG: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug)]
 enum Wait {
@@ -506,7 +506,11 @@ fn main() {
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|_| SIZES.to_vec());
     for size in sizes.into_iter().take(if ctx.want("oneway posix") { usize::MAX } else { 0 }) {
-        let n = ctx.scale((500_000_000 / size as u64).clamp(100_000, 8_000_000), 10_000);
+        // `SHMQ_BENCH_ONEWAY_N` sets the frames per one-way run (default: 500 MB worth, between
+        // 100 000 and 8 000 000).
+        let n = std::env::var("SHMQ_BENCH_ONEWAY_N").ok().and_then(|v| v.parse().ok());
+        let n =
+            ctx.scale(n.unwrap_or((500_000_000 / size as u64).clamp(100_000, 8_000_000)), 10_000);
         for wait in waits {
             let (r, lo, hi) = median_of(
                 runs,
@@ -585,9 +589,13 @@ fn main() {
     println!("\n## Round trip (ns)");
     println!("| transport | payload each way | wait | p50 | p99 | p99.9 | samples |");
     println!("|---|---|---|---|---|---|---|");
+    // `SHMQ_BENCH_RTT_N` sets the polled round trips per case (default 1 000 000; fewer on a
+    // busy machine, where a preempted spinner makes each round trip cost a time slice).
+    let rtt_n = std::env::var("SHMQ_BENCH_RTT_N").ok().and_then(|v| v.parse().ok());
+    let polled_n = ctx.scale(rtt_n.unwrap_or(1_000_000), 500);
     let cases = [
-        ("shm ring", Wait::Poll, 8, ctx.scale(1_000_000, 500)),
-        ("shm ring", Wait::Poll, 64, ctx.scale(1_000_000, 500)),
+        ("shm ring", Wait::Poll, 8, polled_n),
+        ("shm ring", Wait::Poll, 64, polled_n),
         ("shm ring", Wait::Doorbell(Duration::ZERO), 64, ctx.scale(50_000, 100)),
     ];
     for (name, wait, size, n) in
@@ -597,7 +605,7 @@ fn main() {
         println!("| {name} | {size} B | {} | {p50} | {p99} | {p999} | {k} |", wait.label());
     }
     if ctx.want("rtt raw") {
-        let n = ctx.scale(1_000_000, 500);
+        let n = polled_n;
         let (p50, p99, p999, k) = raw_rtt(&mut ctx, n);
         println!(
             "| raw shared atomic (hardware floor) | 8 B | polled | {p50} | {p99} | {p999} | {k} |"

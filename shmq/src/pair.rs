@@ -201,6 +201,45 @@ pub struct MdSide {
     pub creator: crate::sys::ProcId,
 }
 
+/// Attempts [`PairConfig::reset`] (and each [`PairConfig::retry_reset`]) makes before it gives
+/// up for now.
+const RESET_ATTEMPTS: u32 = 3;
+
+/// What a failed reset hands back: the pair's segments and io_conn's doorbell (still the same
+/// fd the caller's epoll knows), for [`PairConfig::retry_reset`].
+#[derive(Debug)]
+pub struct PendingReset {
+    /// The md instance number.
+    pub instance: u32,
+    epoch: u64,
+    /// The last generation tried (the next attempt uses one more).
+    generation: u64,
+    in_seg: Arc<Segment>,
+    out_seg: Arc<Segment>,
+    rx_bell: Doorbell,
+}
+
+/// A reset that did not finish: why, and what to retry it with.
+#[derive(Debug)]
+pub struct ResetFailed {
+    /// Why the last attempt failed.
+    pub error: PairError,
+    /// Pass it to [`PairConfig::retry_reset`].
+    pub pending: PendingReset,
+}
+
+impl fmt::Display for ResetFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "resetting queue pair {} failed: {}", self.pending.instance, self.error)
+    }
+}
+
+impl std::error::Error for ResetFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// Why a pair could not be created, reset or attached.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -535,7 +574,7 @@ impl PairConfig {
                 .map_err(|e| other(in_path.display().to_string(), e))?;
             let rx_bell = Doorbell::create(&out_path, MODE)
                 .map_err(|e| other(out_path.display().to_string(), e))?;
-            self.io_side(instance, in_seg, out_seg, in_bell, rx_bell)
+            self.io_side(instance, in_seg, out_seg, in_bell, rx_bell).map_err(|(e, _)| e)
         })();
         if r.is_err() {
             let _ = self.remove_counted(instance);
@@ -557,10 +596,15 @@ impl PairConfig {
         out_seg: Arc<Segment>,
         in_bell: Doorbell,
         rx_bell: Doorbell,
-    ) -> Result<IoSide, PairError> {
-        let tx = Producer::attach(in_seg.clone(), 0, Some(in_bell))
-            .map_err(|e| ring_err(in_seg.name(), e))?;
-        let rx = Consumer::attach(out_seg.clone(), 0).map_err(|e| ring_err(out_seg.name(), e))?;
+    ) -> Result<IoSide, (PairError, Doorbell)> {
+        let tx = match Producer::attach(in_seg.clone(), 0, Some(in_bell)) {
+            Ok(tx) => tx,
+            Err(e) => return Err((ring_err(in_seg.name(), e), rx_bell)),
+        };
+        let rx = match Consumer::attach(out_seg.clone(), 0) {
+            Ok(rx) => rx,
+            Err(e) => return Err((ring_err(out_seg.name(), e), rx_bell)),
+        };
         let st = ProcId::current().start_time;
         // Relaxed: only the producer (us) writes the producer line, only the consumer (us) the
         // consumer line; readers accept staleness.
@@ -583,46 +627,104 @@ impl PairConfig {
     /// it stays registered in the caller's epoll set).
     ///
     /// A still-running md notices through `is_current()` turning false and must re-attach;
-    /// nothing queued under the old generation is delivered.
-    pub fn reset(&self, side: IoSide) -> Result<IoSide, PairError> {
+    /// nothing queued under the old generation is delivered. A stale md side cannot write into
+    /// the new generation (its publish is a compare-and-swap from an old position, see
+    /// [`crate::ring::generation_base`]); should io_conn's own attach still fail (a damaged
+    /// header, a FIFO gone), the reset is tried again a few times under a newer generation, and
+    /// if that fails too, [`ResetFailed`] hands back everything [`Self::retry_reset`] needs
+    /// (issue 14, finding 7: the instance is never lost for good).
+    pub fn reset(&self, side: IoSide) -> Result<IoSide, ResetFailed> {
         let IoSide { instance, tx, rx, rx_bell, in_seg, out_seg, generation, epoch } = side;
+        drop((tx, rx));
+        self.retry_reset(PendingReset { instance, epoch, generation, in_seg, out_seg, rx_bell })
+    }
+
+    /// Tries a failed [`Self::reset`] again (io_conn calls it on its timer until it works).
+    pub fn retry_reset(&self, pending: PendingReset) -> Result<IoSide, ResetFailed> {
+        let mut p = pending;
+        let mut last = None;
+        for _ in 0..RESET_ATTEMPTS {
+            match self.reset_once(p) {
+                Ok(side) => return Ok(side),
+                Err(f) => {
+                    log::debug!("reset of instance {}: {}", f.pending.instance, f.error);
+                    p = f.pending;
+                    last = Some(f.error);
+                }
+            }
+        }
+        let error = last.expect("RESET_ATTEMPTS > 0");
+        Err(ResetFailed { error, pending: p })
+    }
+
+    /// One reset attempt under generation `pending.generation + 1`.
+    fn reset_once(&self, pending: PendingReset) -> Result<IoSide, ResetFailed> {
+        let PendingReset { instance, epoch, generation, in_seg, out_seg, rx_bell } = pending;
         // The holder's claim goes with the old generation only if the holder is dead: a live one
         // (reset for a corrupt ring or a bad HELLO) keeps it and re-attaches as its own claim,
-        // and nobody else can slip in meanwhile.
-        let dead = holder::holder(tx.header())
+        // and nobody else can slip in meanwhile. (A header too damaged to check releases
+        // nothing here; `reset_ring` rewrites it, holder word included.)
+        let dead = ring::checked_header(&*in_seg, 0)
+            .ok()
+            .and_then(holder::holder)
             .filter(|h| h.liveness() != Liveness::Alive)
             .and_then(|h| holder::pack(h).map(|w| (h, w)));
-        if dead.is_some() {
-            // The dead holder's version goes with its claim. Cleared while the claim still
-            // stands (nobody else can claim until the release below), so a successor's own
-            // store, which follows its claim, is never wiped. Relaxed: the release in
+        if dead.is_some()
+            && let Ok(h) = ring::checked_header(&*in_seg, 0)
+        {
+            // The dead holder's protocol version goes with its claim. Cleared while the claim
+            // still stands (nobody else can claim until the release below), so a successor's
+            // own store, which follows its claim, is never wiped. Relaxed: the release in
             // `reset_releasing` is a Release RMW that orders it before the claim can change.
-            tx.header().proto_md.store(0, Ordering::Relaxed);
+            h.proto_md.store(0, Ordering::Relaxed);
         }
-        drop((tx, rx));
         let new_gen = generation + 1;
+        let fail = |error, rx_bell| ResetFailed {
+            error,
+            pending: PendingReset {
+                instance,
+                epoch,
+                generation: new_gen,
+                in_seg: in_seg.clone(),
+                out_seg: out_seg.clone(),
+                rx_bell,
+            },
+        };
         for (d, seg) in [(Dir::In, &in_seg), (Dir::Out, &out_seg)] {
             let release = if d == Dir::In { dead.map(|(_, w)| w) } else { None };
-            if self.reset_ring(d, seg, epoch, new_gen, release)? {
-                if let Some((h, _)) = dead {
-                    log::info!(
-                        "instance {instance}: released the claim of md pid {} (exited)",
-                        h.pid
-                    );
+            match self.reset_ring(d, seg, epoch, new_gen, release) {
+                Ok(true) => {
+                    if let Some((h, _)) = dead {
+                        log::info!(
+                            "instance {instance}: released the claim of md pid {} (exited)",
+                            h.pid
+                        );
+                    }
                 }
+                Ok(false) => {}
+                Err(e) => return Err(fail(e, rx_bell)),
             }
         }
         // A damaged header is rewritten by `ring::init`, which zeroes it: write ours again.
         write_protocol(&in_seg);
         let in_path = self.fifo(Dir::In, instance);
-        let in_bell =
-            Doorbell::open(&in_path).map_err(|e| other(in_path.display().to_string(), e))?;
+        let in_bell = match Doorbell::open(&in_path) {
+            Ok(b) => b,
+            Err(e) => return Err(fail(other(in_path.display().to_string(), e), rx_bell)),
+        };
         // Stale wake-ups from the old generation: harmless, but drained so the counts start clean.
         let _ = in_bell.drain();
         let _ = rx_bell.drain();
-        let side = self.io_side(instance, in_seg, out_seg, in_bell, rx_bell)?;
-        log::info!("reset queue pair {} to generation {new_gen}", self.segment(Dir::In, instance));
-        Ok(side)
+        match self.io_side(instance, in_seg.clone(), out_seg.clone(), in_bell, rx_bell) {
+            Ok(side) => {
+                log::info!(
+                    "reset queue pair {} to generation {new_gen}",
+                    self.segment(Dir::In, instance)
+                );
+                Ok(side)
+            }
+            Err((e, rx_bell)) => Err(fail(e, rx_bell)),
+        }
     }
 
     /// Resets one ring to `generation` in place, clearing the holder word if it still holds

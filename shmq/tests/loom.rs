@@ -17,6 +17,11 @@
 //! Blocked), (Id(1), Terminated)]" (the consumer asleep, the producer gone). With both fences in
 //! place every interleaving passes (`LOOM_MAX_PREEMPTIONS=2`, well under a second).
 //!
+//! The stale-publish models (issue 14, finding 7): checked (2026-12-02) that
+//! `stale_consumer_never_writes_into_a_new_generation` fails ("a stale head landed in generation
+//! 2") when `publish_head` stores instead of compare-and-swapping (a temporary edit), even with
+//! the generation check in front of the store.
+//!
 //! The holder-word models: checked (2026-12) that `claim_against_reset_never_attaches_the_old_
 //! generation` fails ("attached under the generation being reset") when md's claim in
 //! `shmq::ring::holder::claim` is made `Relaxed` instead of `Acquire` (a temporary edit).
@@ -25,7 +30,7 @@
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use shmq::layout::{Direction, RingHeader, RingParams};
-use shmq::ring::{arm_and_recheck, publish_tail};
+use shmq::ring::{Published, arm_and_recheck, publish_tail};
 use shmq::sync::{AtomicU32, Ordering};
 
 fn header() -> Arc<RingHeader> {
@@ -52,7 +57,7 @@ fn one_push_one_sleep() {
             let (h, fifo) = (h.clone(), fifo.clone());
             thread::spawn(move || {
                 // The frame's bytes would be written here, then:
-                if publish_tail(&h, 24) {
+                if publish_tail(&h, 0, 24) == Published::Stored(true) {
                     fifo.fetch_add(1, Ordering::AcqRel); // write(fifo, 1 byte)
                 }
             })
@@ -110,8 +115,8 @@ fn two_rounds() {
         let producer = {
             let (h, fifo) = (h.clone(), fifo.clone());
             thread::spawn(move || {
-                for tail in [24, 48] {
-                    if publish_tail(&h, tail) {
+                for (published, tail) in [(0, 24), (24, 48)] {
+                    if publish_tail(&h, published, tail) == Published::Stored(true) {
                         fifo.write();
                     }
                 }
@@ -226,5 +231,67 @@ fn reset_without_release_keeps_the_claim() {
         assert_eq!(holder::claim(&h, word(C)), Claim::HeldBy(B));
         io.join().expect("io_conn");
         assert_eq!(holder::claim(&h, word(B)), Claim::Ours);
+    });
+}
+
+// ---- stale sides against a reset (issue 14, finding 7) ---------------------------------------
+
+use shmq::ring::{generation_base, publish_head};
+
+/// md's consumer of generation 1 publishes its head while io_conn resets the ring to generation
+/// 2. However the two interleave, the new generation starts with both positions at its base: the
+/// stale head never lands after the reset (it would make every later attach fail).
+#[test]
+fn stale_consumer_never_writes_into_a_new_generation() {
+    loom::model(|| {
+        let h = header();
+        h.tail.0.store(48, Ordering::Relaxed);
+        let base = generation_base(0, 48, 256);
+        let io = {
+            let h = h.clone();
+            thread::spawn(move || {
+                reset_header(&h, 2, None);
+            })
+        };
+        // Same generation check as `Consumer::publish`, then the publish itself.
+        if h.generation.load(Ordering::Relaxed) == 1 {
+            let _ = publish_head(&h, 0, 48);
+        }
+        io.join().expect("io_conn");
+        // The base depends on whether the stale publish landed before the reset read the
+        // positions (then it counts, and is overwritten); either way both words hold the base.
+        // Read-modify-writes (they read the latest value in modification order).
+        let (head, tail) =
+            (h.head.0.fetch_add(0, Ordering::SeqCst), h.tail.0.fetch_add(0, Ordering::SeqCst));
+        assert!(
+            head == tail && (head == base || head == generation_base(48, 48, 256)),
+            "a stale head landed in generation 2: head {head}, tail {tail}"
+        );
+    });
+}
+
+/// The same for the producer's `tail`: a stale flush racing the reset never lands.
+#[test]
+fn stale_producer_never_writes_into_a_new_generation() {
+    loom::model(|| {
+        let h = header();
+        let base = generation_base(0, 0, 256);
+        let io = {
+            let h = h.clone();
+            thread::spawn(move || {
+                reset_header(&h, 2, None);
+            })
+        };
+        if h.generation.load(Ordering::Relaxed) == 1 {
+            let _ = publish_tail(&h, 0, 24);
+        }
+        io.join().expect("io_conn");
+        // Read-modify-writes (they read the latest value in modification order).
+        let (head, tail) =
+            (h.head.0.fetch_add(0, Ordering::SeqCst), h.tail.0.fetch_add(0, Ordering::SeqCst));
+        assert!(
+            head == tail && (tail == base || tail == generation_base(0, 24, 256)),
+            "a stale tail landed in generation 2: head {head}, tail {tail}"
+        );
     });
 }

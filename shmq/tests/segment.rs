@@ -607,3 +607,82 @@ fn segment_identity_changes_when_the_name_is_recreated() {
         assert!(view.is_replaced(), "{backend}: re-created");
     }
 }
+
+/// Issue 14, finding 7: a reset whose own attach fails (here: md's FIFO is gone) is not lost.
+/// It hands back the segments and io_conn's doorbell (the same fd), and `retry_reset` finishes
+/// it once the cause is gone.
+#[test]
+fn issue_14_failed_reset_hands_back_what_a_retry_needs() {
+    let cfg = pair_cfg("reset-retry", Backend::Posix);
+    let _g = Cleanup::pair(&cfg, 1);
+    let io = cfg.create(0, 9).unwrap();
+    let bell_fd = std::os::fd::AsRawFd::as_raw_fd(&io.rx_bell);
+    std::fs::remove_file(cfg.in_fifo(0)).unwrap();
+    let failed = cfg.reset(io).expect_err("md's FIFO is gone");
+    assert!(matches!(failed.error, PairError::Other { .. }), "{failed}");
+    assert!(failed.to_string().contains("resetting queue pair 0"), "{failed}");
+    // Still failing: handed back again.
+    let failed = cfg.retry_reset(failed.pending).expect_err("still gone");
+    shmq::Doorbell::create(&cfg.in_fifo(0), 0o600).unwrap();
+    let mut io = cfg.retry_reset(failed.pending).expect("the retry works once the FIFO is back");
+    assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&io.rx_bell), bell_fd, "same doorbell fd");
+    assert!(io.generation > 1);
+    let mut md = cfg.attach(0).expect("md attaches to the reset pair");
+    assert_eq!(md.generation, io.generation);
+    io.tx.try_push(FlowId(1), Kind::Data, 0, b"x").unwrap();
+    io.tx.flush();
+    assert_eq!(md.rx.drain(usize::MAX, |_| {}), Ok(1));
+}
+
+/// Issue 14, finding 3: a hostile producer moves `tail` backwards in a real shared segment, to a
+/// point between the consumer's head and the position the consumer already stands on past a
+/// padding record. `peek` used to check the reloaded tail against `head` only, so
+/// `cached_tail - pos` underflowed (a panic in debug builds, a read past the published tail in
+/// release). Now it is a corrupt ring: `Corrupt { Positions }`, counted once, sticky, no panic.
+#[test]
+fn issue_14_tail_moved_back_behind_a_pad_in_a_real_segment_is_corrupt() {
+    use core::mem::offset_of;
+    for backend in BACKENDS {
+        let name = unique(&format!("tail-back-{backend}"));
+        let _g = Cleanup::segment(backend, &name);
+        let cap = 4096u64;
+        let seg = Arc::new(Segment::create(backend, &name, ring::ring_bytes(cap), 0o600).unwrap());
+        ring::init(&*seg, 0, &params(cap)).unwrap();
+        let mut tx = Producer::attach(seg.clone(), 0, None).unwrap();
+        // The consumer maps the segment on its own, as md does.
+        let mut rx =
+            Consumer::attach(Arc::new(Segment::attach(backend, &name, true).unwrap()), 0).unwrap();
+        // Honest traffic up to 40 bytes before the end: 72 frames of 56 bytes, then one of 24.
+        for i in 0..72u64 {
+            tx.try_push(FlowId(i), Kind::Data, 0, &[1; 40]).unwrap();
+            tx.flush();
+            assert_eq!(rx.drain(usize::MAX, |_| {}), Ok(1));
+        }
+        tx.try_push(FlowId(72), Kind::Data, 0, b"last one").unwrap(); // 4032..4056
+        tx.flush();
+        // The hostile producer, through its own mapping: a padding record to the end of the data
+        // area, and a tail that publishes exactly up to the end of it.
+        let evil = Segment::attach(backend, &name, true).unwrap();
+        let data = shmq::layout::RING_HEADER_SIZE + 4056;
+        poke32(&evil, data, 24); // len: 24 + 16 = the 40 bytes left
+        poke32(&evil, data + 4, Kind::Pad as u32); // kind (u16) and flags (u16) = 0
+        poke64(&evil, data + 8, 0);
+        let tail = offset_of!(RingHeader, tail);
+        poke64(&evil, tail, cap);
+        assert_eq!(rx.peek().unwrap().unwrap().payload, b"last one");
+        rx.release(); // head 4056; the consumer's cached tail is 4096
+        // Now tail goes back to 4064: behind 4096, where the consumer stands after the padding,
+        // but not behind its head.
+        poke64(&evil, tail, 4064);
+        let what = Corruption::Positions { head: cap, tail: 4064 };
+        assert_eq!(rx.peek().err(), Some(RingError::Corrupt { at: cap, what }), "{backend}");
+        assert_eq!(
+            rx.drain(usize::MAX, |_| panic!("a frame from a corrupt ring")).err(),
+            Some(RingError::Corrupt { at: cap, what })
+        );
+        // Counted once, visible to viewstats through the consumer counters.
+        // Relaxed: test reads a counter.
+        assert_eq!(rx.header().consumer.corrupt.load(shmq::sync::Ordering::Relaxed), 1);
+        assert!(!rx.has_data() || rx.peek().is_err());
+    }
+}

@@ -233,6 +233,8 @@ impl Server<'_> {
     /// `/proc` read only for a claimed instance without a live md (normally only between an
     /// md's attach and its HELLO).
     pub(super) fn check_holders(&mut self) {
+        // A reset that failed earlier is tried again first (issue 14, finding 7).
+        self.links.retry_resets(&mut self.cx, &mut self.inbound, self.stats.as_mut());
         for i in 0..self.links.len() as u32 {
             if self.links.live(i as usize) {
                 continue;

@@ -19,7 +19,7 @@ use anyhow::Context;
 use config::Config;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use shmq::frame::{FlowId, Hello, Kind};
-use shmq::pair::{IoRx, IoSide, IoTx, PairConfig, PairError};
+use shmq::pair::{IoRx, IoSide, IoTx, PairConfig, PairError, PendingReset};
 use shmq::ring::{Consumer, Producer, PushError, RingError};
 use shmq::stats::{QueueProducer, monotonic_ns};
 use shmq::sys::ProcId;
@@ -75,6 +75,11 @@ pub(crate) struct Md {
     /// The pair is new (created or reset): mirror its stats halves once even without a live md,
     /// so viewstats shows the new generation.
     stats_fresh: bool,
+    /// A reset that failed (`tx` is None meanwhile): retried on every timer tick
+    /// ([`Links::retry_resets`]) until it works, so an instance is never disabled for good.
+    pending_reset: Option<PendingReset>,
+    /// The last reset of this instance failed (for logging once per streak).
+    reset_failing: bool,
 }
 
 impl Md {
@@ -94,6 +99,8 @@ impl Md {
             lost: false,
             leaving: false,
             leave_ack: false,
+            pending_reset: None,
+            reset_failing: false,
         }
     }
 }
@@ -480,7 +487,7 @@ impl Links {
     }
 
     /// Resets instance `i`'s pair (new generation) and installs fresh halves; on failure the
-    /// instance is disabled (no ring).
+    /// instance has no ring until [`Self::retry_resets`] (each timer tick) gets the reset done.
     pub(super) fn reset(
         &mut self,
         cx: &mut Cx,
@@ -496,7 +503,33 @@ impl Links {
             return;
         };
         let _ = cx.epoll.delete(&rx.half.rx_bell);
-        match self.pairs.reset(IoSide::join(tx, rx.half)) {
+        let r = self.pairs.reset(IoSide::join(tx, rx.half));
+        self.finish_reset(cx, inbound, stats, i, r);
+    }
+
+    /// Retries every reset that failed (issue 14, finding 7). Cheap when there is none.
+    pub(super) fn retry_resets(
+        &mut self,
+        cx: &mut Cx,
+        inbound: &mut Inbound,
+        mut stats: Option<&mut Stats>,
+    ) {
+        for idx in 0..self.mds.len() {
+            let Some(p) = self.mds[idx].pending_reset.take() else { continue };
+            let r = self.pairs.retry_reset(p);
+            self.finish_reset(cx, inbound, stats.as_deref_mut(), idx as u32, r);
+        }
+    }
+
+    fn finish_reset(
+        &mut self,
+        cx: &mut Cx,
+        inbound: &mut Inbound,
+        stats: Option<&mut Stats>,
+        i: u32,
+        r: Result<IoSide, shmq::pair::ResetFailed>,
+    ) {
+        match r {
             Ok(side) => {
                 let generation = side.generation;
                 if let Some(ss) = stats.and_then(|st| st.slot(i)) {
@@ -511,9 +544,17 @@ impl Links {
                     Err(e) => log::error!("md instance {i}: {e:#}"),
                 }
             }
-            Err(e) => log::error!(
-                "md instance {i}: resetting its queue pair failed: {e}; instance disabled"
-            ),
+            Err(f) => {
+                // Logged once per failure streak, not per retry (a timer tick each).
+                let first = self.mds.get(i as usize).is_some_and(|m| !m.reset_failing);
+                if first {
+                    log::error!("md instance {i}: {f}; retrying on every timer tick");
+                }
+                if let Some(m) = self.mds.get_mut(i as usize) {
+                    m.reset_failing = true;
+                    m.pending_reset = Some(f.pending);
+                }
+            }
         }
     }
 

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Attached, Corruption, Memory, RingAttachError, RingError, arm_and_recheck};
+use super::{
+    Attached, Corruption, Memory, Published, RingAttachError, RingError, arm_and_recheck,
+    publish_head,
+};
 use crate::doorbell::Doorbell;
 use crate::frame::{FlowId, Frame, FrameHeader, HEADER_SIZE, Kind, frame_size};
 use crate::layout::RingHeader;
@@ -38,6 +41,9 @@ pub struct Consumer {
     counters_dirty: bool,
     /// Publish `head` once this many bytes are consumed since the last publish.
     publish_every: u64,
+    /// The shared `head` no longer held what we published last (a reset, or a hostile peer):
+    /// this handle never publishes again.
+    lost: bool,
 }
 
 impl Consumer {
@@ -79,6 +85,7 @@ impl Consumer {
             corrupt_count,
             counters_dirty: false,
             publish_every,
+            lost: false,
         })
     }
 
@@ -276,21 +283,33 @@ impl Consumer {
         Ok(n)
     }
 
-    /// Stores the local `head` (Release) so the producer may reuse the space, and the counters.
+    /// Stores the local `head` (a Release compare-and-swap) so the producer may reuse the space,
+    /// and the counters.
     ///
     /// A consumer whose ring was reset since it attached (`generation` moved on) stores nothing:
     /// its `head` belongs to the old generation, and written into the new one it would make the
-    /// next attach fail (issue 14, finding 7).
+    /// next attach fail (issue 14, finding 7). The generation check is the cheap early exit; the
+    /// compare-and-swap in [`publish_head`] (from the value we stored last) is what makes a late
+    /// store impossible. A consumer that finds the word changed under its own generation (a
+    /// hostile peer wrote our `head`) reports the ring corrupt.
     pub fn publish(&mut self) {
-        if !self.r.same_generation() {
+        if self.lost || !self.r.same_generation() {
             return;
         }
         if self.head != self.published {
-            self.published = self.head;
-            // Release pairs with the producer's Acquire load of `head`: our reads of the frames
-            // below head happen before the producer overwrites them. It also keeps the
-            // generation load in `same_generation` before this store.
-            self.r.hdr().head.0.store(self.head, Ordering::Release);
+            match publish_head(self.r.hdr(), self.published, self.head) {
+                Published::Stored(_) => self.published = self.head,
+                Published::Lost(found) => {
+                    self.lost = true;
+                    if self.r.same_generation() {
+                        self.fail(
+                            self.head,
+                            Corruption::Positions { head: found, tail: self.head },
+                        );
+                    }
+                    return;
+                }
+            }
         }
         if self.counters_dirty {
             self.counters_dirty = false;

@@ -297,7 +297,9 @@ pub fn init(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitE
     Ok(())
 }
 
-/// Resets a ring in place to an empty state under a new generation (creator only). Leaves the
+/// Resets a ring in place to an empty state under a new generation (creator only): both
+/// positions move to [`generation_base`] of the old ones, so no handle of an older generation
+/// can publish into it. Leaves the
 /// [`RingHeader::holder`] word as it is (see [`reset_releasing`]).
 ///
 /// The caller must know that no producer or consumer is using the ring any more (its peer died,
@@ -326,18 +328,19 @@ pub fn reset_releasing(
 /// `release = Some(word)`, the holder word is cleared if it still holds `word`; returns whether
 /// it was.
 pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -> bool {
-    // Relaxed: the fence below orders it before the zeroing stores; nothing is published by it.
+    // Relaxed: the fence below orders it before the position stores; nothing is published by it.
     h.ready.store(0, Ordering::Relaxed);
     // The new generation first, positions last: a stale side checks the generation before it
     // publishes a position (`Attached::same_generation`), so once this store is visible it
-    // writes nothing, and a stale store that raced past the check is most likely overwritten by
-    // the zeroing below. One that lands even later is an impossible position the next attach
-    // refuses (and the creator, which validates by attaching after a reset, resets again).
-    // Relaxed: ordered before the zeroing stores by the fence below, published by `ready`.
+    // writes nothing. One that raced past the check still cannot land: it publishes with a
+    // compare-and-swap from its old position, and the positions below move to a base past
+    // every old one (`generation_base`), so its swap either precedes our store (and is
+    // overwritten by it) or fails.
+    // Relaxed: ordered before the position stores by the fence below, published by `ready`.
     h.generation.store(new_generation, Ordering::Relaxed);
     // SeqCst fence (a Release fence would do; SeqCst keeps it obviously strong): orders the
-    // `ready = 0` and `generation` stores before the zeroing stores below, as a seqlock writer
-    // does. A side that observes a zeroed position and then loads `ready`/`generation` with
+    // `ready = 0` and `generation` stores before the position stores below, as a seqlock writer
+    // does. A side that observes a new position and then loads `ready`/`generation` with
     // Acquire (as `is_current` does) sees `ready = 0` or the new generation, never the old
     // state with new positions. The creator still must not reset while a side is mid-attach.
     fence(Ordering::SeqCst);
@@ -349,11 +352,51 @@ pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -
         h.holder.compare_exchange(dead, 0, Ordering::Release, Ordering::Relaxed).is_ok()
     });
     h.armed.0.store(0, Ordering::Relaxed);
-    h.tail.0.store(0, Ordering::Relaxed);
-    h.head.0.store(0, Ordering::Relaxed);
+    // Relaxed: the base only has to exceed the values the words held; nothing is read through
+    // them (the positions carry no data here).
+    let base = generation_base(
+        h.head.0.load(Ordering::Relaxed),
+        h.tail.0.load(Ordering::Relaxed),
+        h.capacity,
+    );
+    // Relaxed: published by the Release store of `ready` below. Swaps, not stores: in the C++
+    // model a store would do (a stale side's compare-and-swap reads the latest value in the
+    // word's modification order either way), but loom mis-orders a plain store against a
+    // concurrent read-modify-write (tokio-rs/loom#282, open), and with swaps the loom models
+    // `stale_*_never_writes_into_a_new_generation` check what the hardware does. A reset is
+    // rare: the two locked instructions cost nothing that matters.
+    h.tail.0.swap(base, Ordering::Relaxed);
+    h.head.0.swap(base, Ordering::Relaxed);
     // Release pairs with the sides' Acquire loads of `ready`/`generation`.
     h.ready.store(1, Ordering::Release);
     released
+}
+
+/// Where the positions of a new generation start: past every position the old generation
+/// could have published (issue 14, finding 7).
+///
+/// Each side publishes its position with a compare-and-swap from the value it published last
+/// ([`publish_tail`], [`publish_head`]). A side left over from an older generation expects an
+/// old position, and every old position is below this base, so its compare-and-swap fails once
+/// the reset stored the base: a stale side can never write into a new generation, however late
+/// it runs. `4 * capacity` of margin covers what honest sides can still publish between the
+/// reset's loads and its stores (a producer never gets more than `capacity` ahead of the head
+/// it saw). A position that would overflow (only a hostile peer gets near 2^63) starts the new
+/// generation at 0 instead: the ring was corrupt anyway, and attach validates whatever it finds.
+pub fn generation_base(head: u64, tail: u64, capacity: u64) -> u64 {
+    let top = head.max(tail);
+    if top > u64::MAX / 4 {
+        return 0;
+    }
+    // Checked: `capacity` comes from a header a peer may have damaged (the creator rewrites
+    // such a header afterwards anyway). A multiple of the capacity keeps frame offsets where
+    // they were, so nothing about the wrap rule changes.
+    let cap = capacity.max(8);
+    top.div_ceil(cap)
+        .checked_add(4)
+        .and_then(|n| n.checked_mul(cap))
+        .filter(|b| *b <= u64::MAX / 2)
+        .unwrap_or(0)
 }
 
 fn check_params(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitError> {
@@ -497,11 +540,9 @@ impl Attached {
     /// The publish guard: true while the ring's generation is still the one this side attached
     /// under. One load and one compare, per publish (not per frame).
     ///
-    /// Relaxed: the caller's position store that follows is a Release store, which keeps this
-    /// load before it. A reset that stores the new generation before this load is seen, and the
-    /// stale side stores nothing; one that stores it after may still meet a stale position
-    /// store (the load and the store are not one atomic step), which is why `reset_header`
-    /// rewrites the positions after the generation and every attach validates them.
+    /// Relaxed: the caller's compare-and-swap that follows is a Release operation, which keeps
+    /// this load before it. This is the cheap early exit; what makes a stale publish impossible
+    /// is that compare-and-swap (see [`generation_base`]).
     #[inline]
     fn same_generation(&self) -> bool {
         self.hdr().generation.load(Ordering::Relaxed) == self.generation
@@ -515,15 +556,34 @@ pub fn is_current(h: &RingHeader, generation: u64) -> bool {
     h.ready.load(Ordering::Acquire) == 1 && h.generation.load(Ordering::Acquire) == generation
 }
 
-/// Producer half of the doorbell handshake: publishes `tail`, then reports whether the consumer
-/// was armed (and disarms it). The caller writes one doorbell byte when this returns true.
+/// What a side's position publish found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored; for the producer, `true` if the consumer was armed (ring its doorbell).
+    Stored(bool),
+    /// The shared word no longer held the value this side published last: the ring was reset
+    /// (or a hostile peer wrote the word). Nothing was stored; this handle must not publish
+    /// again. The value found is carried for the report.
+    Lost(u64),
+}
+
+/// Producer half of the doorbell handshake: publishes `tail` (a compare-and-swap from
+/// `published`, the value this producer stored last), then reports whether the consumer was
+/// armed (and disarms it). The caller writes one doorbell byte on `Stored(true)`.
 ///
-/// SYNC POINT: store-buffering with [`arm_and_recheck`].
+/// SYNC POINT: store-buffering with [`arm_and_recheck`]; the compare-and-swap against
+/// [`reset_header`] (see [`generation_base`]).
 #[inline]
-pub fn publish_tail(h: &RingHeader, tail: u64) -> bool {
-    // Release pairs with the consumer's Acquire load of `tail`: the frame bytes written before
-    // this store are visible to a consumer that sees the new tail.
-    h.tail.0.store(tail, Ordering::Release);
+pub fn publish_tail(h: &RingHeader, published: u64, tail: u64) -> Published {
+    // Release (on success) pairs with the consumer's Acquire load of `tail`: the frame bytes
+    // written before this are visible to a consumer that sees the new tail. A compare-and-swap,
+    // not a store: only the producer of this generation, which stored `published` itself, can
+    // move the word (finding 7). Relaxed on failure: the value found is only reported.
+    if let Err(found) =
+        h.tail.0.compare_exchange(published, tail, Ordering::Release, Ordering::Relaxed)
+    {
+        return Published::Lost(found);
+    }
     // SeqCst fence: forbids the store-buffering outcome where our load of `armed` below sees 0
     // (consumer not armed yet) while the consumer's re-check of `tail` after its own fence sees
     // the old tail: then it would sleep with data pending and nobody would ring.
@@ -534,7 +594,24 @@ pub fn publish_tail(h: &RingHeader, tail: u64) -> bool {
     // so exactly one producer flush rings per arming of the consumer, and a consumer that
     // disarmed itself meanwhile (it saw the data) is not rung. Relaxed for both: `armed` carries
     // no data; the consumer reads frames only after its own Acquire load of `tail`.
-    h.armed.0.load(Ordering::Relaxed) != 0 && h.armed.0.swap(0, Ordering::Relaxed) != 0
+    Published::Stored(
+        h.armed.0.load(Ordering::Relaxed) != 0 && h.armed.0.swap(0, Ordering::Relaxed) != 0,
+    )
+}
+
+/// Consumer's publish of `head`: a compare-and-swap from `published`, the value this consumer
+/// stored last, so a consumer of an older generation never writes into a newer one.
+///
+/// SYNC POINT: the compare-and-swap against [`reset_header`] (see [`generation_base`]).
+#[inline]
+pub fn publish_head(h: &RingHeader, published: u64, head: u64) -> Published {
+    // Release (on success) pairs with the producer's Acquire load of `head`: our reads of the
+    // frames below `head` happen before the producer overwrites them. Relaxed on failure: the
+    // value found is only reported.
+    match h.head.0.compare_exchange(published, head, Ordering::Release, Ordering::Relaxed) {
+        Ok(_) => Published::Stored(false),
+        Err(found) => Published::Lost(found),
+    }
 }
 
 /// Consumer half of the doorbell handshake: arm, fence, re-check. Returns true if the consumer

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Attached, Memory, PushError, RingAttachError, publish_tail};
+use super::{Attached, Memory, Published, PushError, RingAttachError, publish_tail};
 use crate::doorbell::Doorbell;
 use crate::frame::{FlowId, FrameHeader, HEADER_SIZE, Kind, frame_size};
 use crate::layout::RingHeader;
@@ -31,6 +31,9 @@ pub struct Producer {
     /// retries, so a producer that retries in a loop does not inflate it.
     in_full: bool,
     counters_dirty: bool,
+    /// The shared `tail` no longer held what we published last (a reset, or a hostile peer):
+    /// this handle never publishes again.
+    lost: bool,
 }
 
 /// Space reserved in place by [`Producer::reserve`]; write the payload into [`Self::buf`], then
@@ -83,6 +86,7 @@ impl Producer {
             max_depth,
             in_full: false,
             counters_dirty: false,
+            lost: false,
         })
     }
 
@@ -180,6 +184,10 @@ impl Producer {
 
     /// Reserves room for a payload of up to `max` bytes, in place.
     pub fn reserve(&mut self, max: usize) -> Result<Reservation<'_>, PushError> {
+        if self.lost && self.r.same_generation() {
+            // Someone else wrote our `tail` under our own generation: a corrupt ring.
+            return Err(PushError::Corrupt);
+        }
         if max as u64 > self.r.max_payload {
             return Err(PushError::TooLarge { len: max, max: self.r.max_payload as usize });
         }
@@ -235,35 +243,47 @@ impl Producer {
         self.counters_dirty = true;
     }
 
-    /// Publishes every committed frame (one Release store) and rings the consumer's doorbell if
-    /// it is armed. Returns true if it rang. Call once per batch.
+    /// Publishes every committed frame (one compare-and-swap) and rings the consumer's doorbell
+    /// if it is armed. Returns true if it rang. Call once per batch.
     ///
     /// A producer whose ring was reset since it attached (`generation` moved on) stores nothing:
-    /// its `tail` belongs to the old generation (issue 14, finding 7).
+    /// its `tail` belongs to the old generation (issue 14, finding 7). The generation check is
+    /// the cheap early exit; the compare-and-swap in [`publish_tail`] is what makes a late
+    /// publish impossible. A producer that loses the word stops publishing for good (`lost`),
+    /// and its next reserve reports `Corrupt` if the generation is still its own (a hostile peer
+    /// wrote our `tail`).
     pub fn flush(&mut self) -> bool {
+        if self.lost {
+            return false;
+        }
         if self.tail == self.published {
             self.store_counters();
             return false;
         }
         if !self.r.same_generation() {
+            self.lost = true;
             return false;
         }
-        self.published = self.tail;
         let depth = self.tail - self.cached_head;
+        let rang = match publish_tail(self.r.hdr(), self.published, self.tail) {
+            Published::Stored(rang) => rang,
+            Published::Lost(_) => {
+                self.lost = true;
+                return false;
+            }
+        };
+        self.published = self.tail;
         if depth > self.max_depth {
             self.max_depth = depth;
         }
-        let rang = if publish_tail(self.r.hdr(), self.tail) {
+        if rang {
             if let Some(db) = &self.doorbell {
                 // EAGAIN (FIFO full) means already rung: a wake-up is pending either way. Other
                 // errors cannot happen on a FIFO we hold O_RDWR; counted as rung regardless.
                 let _ = db.ring();
             }
             self.doorbells += 1;
-            true
-        } else {
-            false
-        };
+        }
         self.counters_dirty = true;
         self.store_counters();
         rang

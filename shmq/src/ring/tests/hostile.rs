@@ -92,6 +92,8 @@ fn stale_handles_never_write_into_a_new_generation() {
     }
     assert_eq!(shared_head(&rx), 0);
     reset(&*mem, 0, 2).unwrap();
+    let base = generation_base(0, 72, CAP);
+    assert_eq!((shared_head(&rx), shared_tail(&rx)), (base, base), "the new generation's base");
     assert!(!rx.is_current() && !tx.is_current());
 
     // The stale consumer: the drain's error path, an explicit publish, an empty peek.
@@ -103,7 +105,11 @@ fn stale_handles_never_write_into_a_new_generation() {
     let _ = tx.try_push(FlowId(9), Kind::Data, 0, b"stale");
     tx.flush();
     while tx.try_push(FlowId(9), Kind::Data, 0, &[0; 8]).is_ok() {}
-    assert_eq!((shared_head(&rx), shared_tail(&rx)), (0, 0), "nothing written into generation 2");
+    assert_eq!(
+        (shared_head(&rx), shared_tail(&rx)),
+        (base, base),
+        "nothing written into generation 2"
+    );
 
     let mut tx2 = Producer::attach(mem.clone(), 0, None).expect("fresh producer attaches");
     let mut rx2 = Consumer::attach(mem.clone(), 0).expect("fresh consumer attaches");
@@ -231,4 +237,79 @@ proptest! {
             let _ = tx.depth();
         }
     }
+}
+
+/// Issue 14 finding 7, the residual window: a stale side passed its generation check just before
+/// the reset and stores just after it. Replayed deterministically: the reset happens, then the
+/// header shows the old generation again for the moment of the stale check (as the stale side saw
+/// it), then the stale side publishes. Its compare-and-swap expects its old position, which is
+/// gone: nothing lands, and a fresh attach of both sides works (before the fix, the stale `head`
+/// landed and every later attach failed with `BadGeometry`).
+#[test]
+fn stale_publish_that_passed_the_generation_check_never_lands() {
+    let (mem, mut tx, mut rx) = ring(Direction::ToMd);
+    for i in 0..3u64 {
+        tx.try_push(FlowId(i), Kind::Data, 0, b"old").unwrap();
+    }
+    tx.flush();
+    for _ in 0..3 {
+        rx.peek().unwrap().unwrap();
+        rx.release(); // 72 bytes consumed, below the publish cadence: not published yet
+    }
+    let _ = tx.try_push(FlowId(9), Kind::Data, 0, b"late"); // committed, not flushed
+    reset(&*mem, 0, 2).unwrap();
+    let base = generation_base(0, 72, CAP);
+    // The window: the stale sides' generation checks see generation 1.
+    hdr(&mem).generation.store(1, Ordering::Relaxed);
+    rx.publish();
+    tx.flush();
+    hdr(&mem).generation.store(2, Ordering::Relaxed);
+    assert_eq!((shared_head(&rx), shared_tail(&rx)), (base, base), "a stale position landed");
+    // Both stale handles stay quiet from now on, whatever the generation says.
+    rx.publish();
+    assert!(!tx.flush());
+    let mut tx2 = Producer::attach(mem.clone(), 0, None).expect("fresh producer attaches");
+    let mut rx2 = Consumer::attach(mem.clone(), 0).expect("fresh consumer attaches");
+    tx2.try_push(FlowId(2), Kind::Data, 0, b"new").unwrap();
+    tx2.flush();
+    assert_eq!(rx2.drain(usize::MAX, |f| assert_eq!(f.payload, b"new")), Ok(1));
+}
+
+/// A hostile process rewrites a side's own position under its generation: the side's next
+/// publish finds the word changed and reports the ring corrupt (consumer: `Corrupt`; producer:
+/// its next reserve is `Corrupt`), instead of trusting or overwriting it.
+#[test]
+fn own_position_rewritten_by_a_peer_is_corrupt() {
+    let (mem, mut tx, mut rx) = ring(Direction::ToMd);
+    tx.try_push(FlowId(1), Kind::Data, 0, b"abc").unwrap();
+    tx.flush();
+    hdr(&mem).tail.0.store(8, Ordering::Release); // hostile: our tail moved
+    tx.try_push(FlowId(2), Kind::Data, 0, b"def").unwrap();
+    assert!(!tx.flush(), "a lost tail word is not published over");
+    assert_eq!(tx.reserve(3).err(), Some(PushError::Corrupt));
+
+    let (mem, mut tx, mut rx2) = ring(Direction::ToMd);
+    tx.try_push(FlowId(1), Kind::Data, 0, b"abc").unwrap();
+    tx.flush();
+    assert_eq!(rx2.drain(usize::MAX, |_| {}), Ok(1));
+    hdr(&mem).head.0.store(0, Ordering::Release); // hostile: our head moved back
+    tx.try_push(FlowId(2), Kind::Data, 0, b"def").unwrap();
+    tx.flush();
+    assert_eq!(rx2.drain(usize::MAX, |_| {}), Ok(1), "the frame is read; its publish fails");
+    assert!(matches!(rx2.corruption(), Some(RingError::Corrupt { .. })));
+    assert!(matches!(rx2.peek(), Err(RingError::Corrupt { .. })));
+    let _ = rx.peek();
+}
+
+#[test]
+fn generation_base_is_past_every_old_position() {
+    for (h, t) in
+        [(0, 0), (0, 72), (CAP - 8, CAP + 40), (5 * CAP, 5 * CAP), (1 << 40, (1 << 40) + 8)]
+    {
+        let b = generation_base(h, t, CAP);
+        assert!(b >= t.max(h) + 3 * CAP, "{h} {t} -> {b}");
+        assert!(b.is_multiple_of(CAP));
+    }
+    assert_eq!(generation_base(u64::MAX - 7, 0, CAP), 0, "hostile: restart at 0");
+    assert_eq!(generation_base(0, 0, 1 << 63), 0, "damaged capacity: no overflow");
 }
