@@ -223,7 +223,7 @@ pub struct IoConn {
     )]
     pub drain_deadline: Duration,
     /// How long to busy-poll the rings before arming the doorbells and sleeping in epoll;
-    /// zero = never spin. Only while lightly loaded. At most 1s. Default 50us.
+    /// zero = never spin. Only while it pays (`rt::SpinGate`). At most 1s. Default 50us.
     #[serde(
         deserialize_with = "units::deserialize_duration",
         serialize_with = "units::serialize_duration"
@@ -500,7 +500,7 @@ pub struct Md {
     /// N` needs `N < max_instances`. 1..=[`MAX_MD_INSTANCES`]. Default 8.
     pub max_instances: u32,
     /// How long md busy-polls its input ring before arming the doorbell and sleeping;
-    /// zero = never spin. Only while lightly loaded. At most 1s. Default 50us.
+    /// zero = never spin. Only while it pays (`rt::SpinGate`). At most 1s. Default 50us.
     #[serde(
         deserialize_with = "units::deserialize_duration",
         serialize_with = "units::serialize_duration"

@@ -19,6 +19,10 @@
 //! and the ratio B/A of the medians. `SHMSRV_IO_CONN_BIN=/path/to/io_conn` replaces side A (this
 //! tree's build by default). `SHMSRV_BENCH_AB=dispatch` compares the listener's two dispatch
 //! modes of one build instead: A `flow`, B `request`. docs/BENCHMARKS.md "Structure split: PING old against new" used it.
+//! `SHMSRV_BENCH_AB=spin` compares the spin budgets of one build: A with both at `0s` (never
+//! spin), B with the shipped defaults (or `SHMSRV_BENCH_IO_SPIN` / `SHMSRV_BENCH_MD_SPIN`); it
+//! also prints the doorbells (io_conn's and md's, from `viewstats`) per reply of each side
+//! (docs/BENCHMARKS.md "Adaptive spinning").
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -116,6 +120,15 @@ fn server_ticks(s: &util::Server) -> u64 {
     cpu_ticks(s.pid()) + s.md_pids().into_iter().map(cpu_ticks).sum::<u64>()
 }
 
+/// Doorbells written so far by io_conn (to md) and md (to io_conn), from `viewstats`.
+fn doorbells(s: &util::Server) -> u64 {
+    let v = s.stats();
+    ["in.producer", "out.producer"]
+        .iter()
+        .map(|sec| util::stat(&v, sec, 0, "doorbells").unwrap_or(0))
+        .sum()
+}
+
 /// A/B mode: build A (`SHMSRV_IO_CONN_BIN`, or this tree's) against `other` (B), alternating per
 /// measurement. Besides throughput it reports the CPU time io_conn + md used per reply (from
 /// `/proc`, 10 ms ticks summed over every round): less sensitive than msgs/s to a noisy host,
@@ -123,19 +136,27 @@ fn server_ticks(s: &util::Server) -> u64 {
 fn ab(
     other: std::ffi::OsString,
     dur: Duration,
-    setup: impl Fn(&str, Option<std::path::PathBuf>, Option<&str>) -> util::Server,
+    setup: impl Fn(&str, Option<std::path::PathBuf>, Option<&str>, bool) -> util::Server,
 ) {
     let rounds: usize =
         std::env::var("SHMSRV_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
     // `SHMSRV_BENCH_AB=dispatch`: one build, A with `dispatch = "flow"`, B with "request".
     let (a, b, what) = if other == "dispatch" {
-        let a = setup("bench_ping", None, Some("flow"));
-        let b = setup("bench_ping_b", None, Some("request"));
+        let a = setup("bench_ping", None, Some("flow"), false);
+        let b = setup("bench_ping_b", None, Some("request"), false);
         (a, b, "A = flow dispatch, B = request dispatch".to_owned())
+    } else if other == "spin" {
+        let a = setup("bench_ping", None, None, true);
+        let b = setup("bench_ping_b", None, None, false);
+        (a, b, "A = spin 0s (io_conn and md), B = spin budgets as configured".to_owned())
     } else {
         let other = std::path::PathBuf::from(other);
         let what = format!("A = {}, B = {}", util::io_conn_bin().display(), other.display());
-        (setup("bench_ping", None, None), setup("bench_ping_b", Some(other), None), what)
+        (
+            setup("bench_ping", None, None, false),
+            setup("bench_ping_b", Some(other), None, false),
+            what,
+        )
     };
     println!("A/B: {what}; {rounds} rounds per point");
     let tick_us = 1e6
@@ -143,24 +164,29 @@ fn ab(
             as f64;
     for conns in [1usize, 10, 100] {
         let (mut va, mut vb) = (Vec::new(), Vec::new());
-        let (mut cpu, mut replies) = ([0u64; 2], [0u64; 2]);
+        let (mut cpu, mut replies, mut bells) = ([0u64; 2], [0u64; 2], [0u64; 2]);
         for r in 0..rounds {
             let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
             for side in order {
                 let s = if side == 0 { &a } else { &b };
                 let t0 = server_ticks(s);
+                let d0 = doorbells(s);
                 let (n, secs, _) = run_point(s.addr("dumb/line"), b"PING\n", b"PONG\n", conns, dur);
                 cpu[side] += server_ticks(s) - t0;
+                bells[side] += doorbells(s).saturating_sub(d0);
                 replies[side] += n;
                 if side == 0 { va.push(n as f64 / secs) } else { vb.push(n as f64 / secs) }
             }
         }
         let (ma, mb) = (median(&mut va.clone()), median(&mut vb.clone()));
         let per = |k: usize| cpu[k] as f64 * tick_us / replies[k].max(1) as f64;
+        let bell = |k: usize| bells[k] as f64 / replies[k].max(1) as f64;
         println!(
-            "  c{conns:<4} A {ma:>8.0} msgs/s {:>6.2} cpu-us/reply {va:.0?}   B {mb:>8.0} msgs/s {:>6.2} cpu-us/reply {vb:.0?}   B/A {:.3} msgs/s, {:.3} cpu/reply",
+            "  c{conns:<4} A {ma:>8.0} msgs/s {:>6.2} cpu-us/reply {:.2} bells/reply {va:.0?}   B {mb:>8.0} msgs/s {:>6.2} cpu-us/reply {:.2} bells/reply {vb:.0?}   B/A {:.3} msgs/s, {:.3} cpu/reply",
             per(0),
+            bell(0),
             per(1),
+            bell(1),
             mb / ma,
             per(1) / per(0),
         );
@@ -177,14 +203,16 @@ fn main() {
     let md_spin = std::env::var("SHMSRV_BENCH_MD_SPIN").ok();
     let io_extra = io_spin.as_ref().map(|s| format!("spin = \"{s}\"")).unwrap_or_default();
     let md_extra = md_spin.as_ref().map(|s| format!("spin = \"{s}\"")).unwrap_or_default();
-    let setup = |name: &str, bin: Option<std::path::PathBuf>, dispatch: Option<&str>| {
+    // `no_spin`: both budgets "0s" (the A side of `SHMSRV_BENCH_AB=spin`).
+    let setup = |name: &str, bin: Option<std::path::PathBuf>, dispatch: Option<&str>, no_spin| {
+        let zero = "spin = \"0s\"";
         util::Server::start_with(
             name,
             util::Setup {
                 spawn_md: 1,
                 max_instances: 1,
-                io_extra: &io_extra,
-                md_extra: &md_extra,
+                io_extra: if no_spin { zero } else { &io_extra },
+                md_extra: if no_spin { zero } else { &md_extra },
                 io_conn_bin: bin,
                 dispatch,
                 ..util::Setup::default()
@@ -194,7 +222,7 @@ fn main() {
     if let Some(other) = std::env::var_os("SHMSRV_BENCH_AB") {
         return ab(other, dur, setup);
     }
-    let sut = setup("bench_ping", None, None);
+    let sut = setup("bench_ping", None, None, false);
     // The same client against redis-server in the same run (an inline `PING\n` gets
     // `+PONG\r\n`): the baseline the ratios are taken against.
     let redis =

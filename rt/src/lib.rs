@@ -9,7 +9,8 @@
 //! * [`shutdown`]: [`Shutdown`] / [`ShutdownHandle`], an eventfd that stops a loop from another
 //!   thread (tests, embedders) the way SIGTERM does;
 //! * [`signals`]: blocking a signal set in the calling thread and reading it from a signalfd;
-//! * [`SpinGate`]: whether and how long a loop busy-polls before it arms its doorbells;
+//! * [`SpinGate`]: whether and how long a loop busy-polls before it arms its doorbells (with
+//!   [`Contention`], the machine's runnable-thread count that closes it);
 //! * [`timer::OneShotTimer`]: a timerfd armed for the earliest deadline of a loop;
 //! * [`pair_config`]: the queue-pair parameters of the config's `[shared]` section;
 //! * [`activation`]: the sockets systemd passes in (socket activation).
@@ -39,8 +40,6 @@
 //! loop {
 //!     let now = Instant::now();
 //!     watchdog.tick(now);
-//!     let work = 0; // events and frames handled in this iteration
-//!     gate.record(work);
 //!     if gate.spin(|| false /* has the ring data? */) {
 //!         continue;
 //!     }
@@ -58,12 +57,14 @@
 #![deny(missing_docs)]
 
 pub mod activation;
+pub mod contention;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;
 mod spin;
 pub mod timer;
 
+pub use contention::Contention;
 pub use shutdown::{Shutdown, ShutdownHandle};
 pub use spin::SpinGate;
 

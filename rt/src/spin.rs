@@ -3,55 +3,76 @@
 
 use std::time::{Duration, Instant};
 
+use crate::contention::Contention;
+
 /// Decides whether an event loop spins before it sleeps, and does the spinning.
 ///
 /// A wake-up across vCPUs costs tens of µs on these machines (docs/BENCHMARKS.md), so a loop
-/// whose peer is about to answer saves time by busy-polling its ring for a short budget (the
-/// config's `io_conn.spin`, `md.spin`) instead of arming the doorbell. That only pays while the
-/// loop is lightly loaded: a busy loop batches anyway and needs the CPU for the peer and the
-/// clients (measured in docs/BENCHMARKS.md, "Spin budgets"). So the gate keeps a moving average
-/// of the work per loop iteration ([`Self::record`]) and allows spinning only below
-/// [`Self::MAX_LOAD_X16`].
+/// whose peer is about to answer saves time by busy-polling for a short budget (the config's
+/// `io_conn.spin`, `md.spin`) instead of arming the doorbell. A spin only pays when it ends with
+/// work found, and only if its CPU was not wanted by another thread. So, at each opportunity
+/// ([`Self::spin`]), the gate spins only if:
 ///
-/// Used by md's runner (on its input ring) and meant for io_conn's loop (whose server still
-/// implements the same gate by hand). One per loop; not shared between threads.
+/// * the budget is not zero (zero: never spin);
+/// * it is not backing off: after `k` spins in a row that ran out the budget without work
+///   (misses), the next `2^k` opportunities are skipped (`k` at most
+///   [`Self::MAX_BACKOFF_SHIFT`]); a spin that finds work (a hit) resets `k`. A peer that answers
+///   within the budget keeps the gate open; one that does not costs one wasted budget per
+///   `2^k` opportunities, a fraction that halves with every further miss;
+/// * the machine is not crowded: no more runnable threads than CPUs ([`Contention`]: the
+///   `procs_running` of `/proc/loadavg`, read at most once per ms). Spinning then would take
+///   the CPU of a client or of the peer.
+///
+/// The caller decides what the spin waits for and when it is worth one (io_conn: while an md
+/// owes it a reply, or right after it wrote replies; md: whenever it runs out of input, the
+/// backoff tells whether io_conn keeps sending). One per loop; not shared between threads.
 ///
 /// # Example
 ///
 /// ```
 /// use std::time::Duration;
 ///
-/// let mut gate = rt::SpinGate::new(Duration::from_micros(50));
-/// gate.record(0); // an idle iteration
-/// assert!(gate.allows());
+/// // A gate on a machine with room to spare: 1 runnable thread (this one) on 2 CPUs.
+/// let mut gate = rt::SpinGate::with_contention(
+///     Duration::from_micros(50),
+///     rt::Contention::fixed(Some(1), 2),
+/// );
 /// let mut polls = 0;
 /// assert!(gate.spin(|| {
 ///     polls += 1;
 ///     polls == 3 // "the ring has data" on the third look
 /// }));
-/// for _ in 0..20 {
-///     gate.record(10); // busy: 10 events or frames per iteration
-/// }
-/// assert!(!gate.allows());
+/// assert!(!gate.spin(|| false)); // a miss: the next 2 opportunities are skipped
+/// assert!(!gate.spin(|| panic!("not called while backing off")));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SpinGate {
     /// The longest one [`Self::spin`] lasts; zero: never spin.
     budget: Duration,
-    /// Work per iteration, an exponential moving average with weight 1/8, in sixteenths: each
-    /// [`Self::record`] does `x = x - x/8 + 2*work`, whose fixed point for a constant `work` is
-    /// `16 * work`.
-    load_x16: u64,
+    /// Spins in a row that ran out the budget, at most [`Self::MAX_BACKOFF_SHIFT`].
+    misses: u32,
+    /// Opportunities still to skip (backing off after a miss).
+    skip: u32,
+    contention: Contention,
 }
 
 impl SpinGate {
-    /// Spin only while recent iterations averaged less than this much work (×16): 1.5 events or
-    /// frames per iteration.
-    pub const MAX_LOAD_X16: u64 = 3 * 8;
+    /// The backoff stops growing here: after this many misses in a row, 2^8 = 256 opportunities
+    /// are skipped per try (at ~10 k opportunities/s, one 50 µs try every ~25 ms: ~0.2 % of a
+    /// CPU).
+    pub const MAX_BACKOFF_SHIFT: u32 = 8;
 
-    /// A gate with the given spin budget (zero: never spin) and no recorded load.
+    /// A gate with the given spin budget (zero: never spin) and the system's contention signal
+    /// ([`Contention::system`]; not opened for a zero budget).
     pub fn new(budget: Duration) -> Self {
-        Self { budget, load_x16: 0 }
+        let contention =
+            if budget.is_zero() { Contention::fixed(None, 1) } else { Contention::system() };
+        Self::with_contention(budget, contention)
+    }
+
+    /// A gate with the given budget and contention signal (tests, embedders).
+    pub fn with_contention(budget: Duration, contention: Contention) -> Self {
+        Self { budget, misses: 0, skip: 0, contention }
     }
 
     /// The spin budget.
@@ -59,35 +80,36 @@ impl SpinGate {
         self.budget
     }
 
-    /// Records one loop iteration's work (events + frames): an exponential moving average,
-    /// weight 1/8, in sixteenths.
-    pub fn record(&mut self, work: u64) {
-        self.load_x16 = (self.load_x16 - self.load_x16 / 8).saturating_add(work.saturating_mul(2));
-    }
-
-    /// Spinning is allowed: a non-zero budget and recent work below [`Self::MAX_LOAD_X16`].
-    pub fn allows(&self) -> bool {
-        !self.budget.is_zero() && self.load_x16 < Self::MAX_LOAD_X16
-    }
-
-    /// If [`Self::allows`], spins up to the budget; true as soon as `ready` returns true, false
-    /// when the budget ran out (or spinning is not allowed: `ready` is then not called).
+    /// One spin opportunity: if the gate is open (see the type's docs), spins up to the budget;
+    /// true as soon as `ready` returns true (a hit), false when the budget ran out (a miss), or
+    /// when the gate is closed (`ready` is then not called, and neither the backoff nor the
+    /// miss count changes except for one skipped opportunity).
     ///
     /// `ready` is called before each `spin_loop` hint (a look at a ring is one atomic load); the
     /// clock is read once per 32 hints, which keeps `clock_gettime` out of most of the loop.
-    pub fn spin(&self, mut ready: impl FnMut() -> bool) -> bool {
-        if !self.allows() {
+    pub fn spin(&mut self, mut ready: impl FnMut() -> bool) -> bool {
+        if self.budget.is_zero() {
+            return false;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
             return false;
         }
         let start = Instant::now();
+        if self.contention.crowded(start) {
+            return false;
+        }
         loop {
             for _ in 0..32 {
                 if ready() {
+                    self.misses = 0;
                     return true;
                 }
                 std::hint::spin_loop();
             }
             if start.elapsed() >= self.budget {
+                self.misses = (self.misses + 1).min(Self::MAX_BACKOFF_SHIFT);
+                self.skip = 1 << self.misses;
                 return false;
             }
         }
@@ -98,58 +120,107 @@ impl SpinGate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn record_is_a_moving_average_in_sixteenths() {
-        let mut sut = SpinGate::new(Duration::from_micros(50));
-        sut.record(1);
-        assert_eq!(sut.load_x16, 2);
-        sut.record(1);
-        assert_eq!(sut.load_x16, 4, "2 - 2/8 + 2");
-        for _ in 0..200 {
-            sut.record(3);
+    /// A gate on an uncrowded machine with a tiny budget (a miss costs ~1 µs).
+    fn open_gate() -> SpinGate {
+        SpinGate::with_contention(Duration::from_micros(1), Contention::fixed(Some(1), 2))
+    }
+
+    /// Opportunities until `ready` is called again (each `spin` in between must skip).
+    fn skipped_before_next_spin(sut: &mut SpinGate) -> u32 {
+        let mut skipped = 0;
+        loop {
+            let mut called = false;
+            let hit = sut.spin(|| {
+                called = true;
+                true
+            });
+            if called {
+                assert!(hit);
+                return skipped;
+            }
+            skipped += 1;
+            assert!(skipped <= 1 << SpinGate::MAX_BACKOFF_SHIFT, "never spins again");
         }
-        // Integer division keeps the fixed point a little above 16 * 3: x/8 loses up to 7/8.
-        assert!((48..56).contains(&sut.load_x16), "{}", sut.load_x16);
-        for _ in 0..200 {
-            sut.record(0);
-        }
-        assert!(sut.load_x16 < 8, "decays towards 0: {}", sut.load_x16);
-        sut.record(u64::MAX);
-        assert_eq!(sut.load_x16, u64::MAX, "saturates instead of overflowing");
     }
 
     #[test]
-    fn the_gate_closes_at_a_load_of_one_and_a_half() {
-        let mut sut = SpinGate::new(Duration::from_micros(50));
-        assert!(sut.allows(), "idle");
-        for _ in 0..200 {
-            sut.record(1);
+    fn a_hit_keeps_the_gate_open() {
+        let mut sut = open_gate();
+        for _ in 0..100 {
+            assert!(sut.spin(|| true));
         }
-        assert!(sut.allows(), "one unit of work per iteration: {}", sut.load_x16);
-        for _ in 0..200 {
-            sut.record(2);
+        assert_eq!((sut.misses, sut.skip), (0, 0));
+    }
+
+    #[test]
+    fn misses_in_a_row_back_off_exponentially_up_to_the_cap() {
+        let mut sut = open_gate();
+        assert!(!sut.spin(|| false));
+        assert_eq!(sut.skip, 2, "one miss: skip 2");
+        for k in 2..=SpinGate::MAX_BACKOFF_SHIFT + 2 {
+            // Use up the skips, then miss again.
+            let mut calls = 0;
+            while calls == 0 {
+                assert!(!sut.spin(|| {
+                    calls += 1;
+                    false
+                }));
+            }
+            let want = 1u32 << k.min(SpinGate::MAX_BACKOFF_SHIFT);
+            assert_eq!(sut.skip, want, "{k} misses in a row");
         }
-        assert!(!sut.allows(), "two per iteration: {}", sut.load_x16);
-        assert!(!sut.spin(|| panic!("ready must not be called when the gate is closed")));
-        // One busy iteration does not close it: 12 (six times 2) stays below 24.
-        let mut one = SpinGate::new(Duration::from_micros(50));
-        one.record(6);
-        assert!(one.allows());
-        one.record(7);
-        assert!(!one.allows(), "{}", one.load_x16);
+        assert_eq!(sut.misses, SpinGate::MAX_BACKOFF_SHIFT);
+    }
+
+    #[test]
+    fn a_hit_resets_the_backoff() {
+        let mut sut = open_gate();
+        assert!(!sut.spin(|| false));
+        assert_eq!(skipped_before_next_spin(&mut sut), 2, "after one miss; then a hit");
+        assert!(!sut.spin(|| false));
+        assert_eq!(skipped_before_next_spin(&mut sut), 2, "one miss again, not two");
+        assert!(!sut.spin(|| false));
+        assert_eq!(skipped_before_next_spin(&mut sut), 2);
+        // Two misses in a row: 4.
+        assert!(!sut.spin(|| false));
+        assert_eq!(sut.skip, 2);
+        while sut.skip > 0 {
+            assert!(!sut.spin(|| panic!("skipping")));
+        }
+        assert!(!sut.spin(|| false));
+        assert_eq!(skipped_before_next_spin(&mut sut), 4);
+        assert_eq!(sut.misses, 0, "the hit reset it");
+    }
+
+    #[test]
+    fn contention_closes_the_gate() {
+        let mut sut =
+            SpinGate::with_contention(Duration::from_micros(50), Contention::fixed(Some(3), 2));
+        for _ in 0..10 {
+            assert!(!sut.spin(|| panic!("ready must not be called on a crowded machine")));
+        }
+        assert_eq!((sut.misses, sut.skip), (0, 0), "a closed gate is not a miss");
+        // As many runnable as CPUs: open.
+        let mut sut =
+            SpinGate::with_contention(Duration::from_micros(50), Contention::fixed(Some(2), 2));
+        assert!(sut.spin(|| true));
     }
 
     #[test]
     fn a_zero_budget_never_spins() {
-        let sut = SpinGate::new(Duration::ZERO);
+        let mut sut = SpinGate::new(Duration::ZERO);
         assert_eq!(sut.budget(), Duration::ZERO);
-        assert!(!sut.allows());
-        assert!(!sut.spin(|| panic!("ready must not be called with a zero budget")));
+        for _ in 0..10 {
+            assert!(!sut.spin(|| panic!("ready must not be called with a zero budget")));
+        }
+        let mut sut = SpinGate::with_contention(Duration::ZERO, Contention::fixed(Some(1), 8));
+        assert!(!sut.spin(|| panic!("not on an idle machine either")));
     }
 
     #[test]
     fn spin_returns_when_ready_or_after_the_budget() {
-        let sut = SpinGate::new(Duration::from_millis(2));
+        let mut sut =
+            SpinGate::with_contention(Duration::from_millis(2), Contention::fixed(Some(1), 2));
         let mut calls = 0;
         assert!(sut.spin(|| {
             calls += 1;

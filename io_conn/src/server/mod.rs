@@ -21,8 +21,12 @@
 //!
 //! # One loop iteration
 //!
-//! 1. Decide how long to sleep: 0 if any md ring has frames; after pushing to md, spin up to
-//!    `io_conn.spin` on the md→io rings; otherwise arm each md→io ring's doorbell (drain the FIFO,
+//! 1. Decide how long to sleep: 0 if any md ring has frames; while some md owes a reply
+//!    (frames pushed, none answered since) or right after replies went to clients, one spin
+//!    opportunity ([`rt::SpinGate`]: up to `io_conn.spin`, unless backing off after spins that
+//!    found nothing or the machine has more runnable threads than CPUs) on the md→io rings and,
+//!    every few looks, the epoll set (`epoll_wait` with timeout 0: a lone client's next request
+//!    comes after its own round trip); otherwise arm each md→io ring's doorbell (drain the FIFO,
 //!    set `armed`, fence, re-check) and sleep — 1 ms at most while flows are blocked on a full
 //!    ring or DRAINED frames are deferred, else until an event (the timerfd covers deadlines).
 //! 2. Handle every epoll event (accept, read, write, doorbells, pidfds, timer, signals).
@@ -88,6 +92,11 @@ pub(crate) const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 /// Longest sleep while flows wait for ring space or DRAINED frames are deferred.
 const SHORT_TICK: Duration = Duration::from_millis(1);
 
+/// While spinning, io_conn looks at the epoll set (`epoll_wait`, timeout 0: client sockets,
+/// doorbells, timer) once per this many looks at the md rings: ~1 µs apart, so a client's next
+/// request is seen soon without making every look a system call.
+const SPIN_EPOLL_EVERY: u32 = 16;
+
 // The config's smallest `shared.max_message` is an OPEN frame: 32 bytes and a service name.
 const _: () = assert!(config::MIN_MAX_MESSAGE == 32 + frame::MAX_SERVICE_NAME as u64);
 
@@ -148,8 +157,13 @@ pub(crate) struct Server<'c> {
     /// The connections were handed to a successor: exit without touching them.
     handed_over: bool,
     exit: bool,
-    /// Frames went to md this iteration: worth spinning for the answer.
-    spin_wanted: bool,
+    /// Some md owes a reply: frames were pushed to md and no md frame came back since (one flag
+    /// for all mds: an answer from any clears it, which errs towards sleeping). A reason to spin.
+    owed: bool,
+    /// md frames were handled (replies went to clients) in this iteration: the client's next
+    /// request may be one round trip away. A reason to spin (polling the epoll set too).
+    replied: bool,
+    /// The spin gate, budget `io_conn.spin` (set here only, in [`Server::new`]).
     spin: SpinGate,
     cleaned: bool,
     /// systemd's watchdog (`WatchdogSec=`): pinged once per iteration at most every half
@@ -235,7 +249,8 @@ impl<'c> Server<'c> {
             handover_until: None,
             handed_over: false,
             exit: false,
-            spin_wanted: false,
+            owed: false,
+            replied: false,
             spin: SpinGate::new(cfg.io_conn.spin),
             cleaned: false,
             watchdog: Watchdog::from_env(),
@@ -300,11 +315,15 @@ impl<'c> Server<'c> {
                 self.dispatch(ev.data(), ev.events());
             }
             let frames = self.poll_mds();
-            self.spin.record(n as u64 + frames);
+            self.replied = frames > 0;
             self.clients.retry_blocked(&mut self.cx, &mut self.links);
             let force = self.clients.drained_due(self.cx.now);
             self.clients.flush_drained(&mut self.cx, &mut self.links, force);
-            self.spin_wanted |= self.links.flush(self.stats.as_mut());
+            if self.links.flush(self.stats.as_mut()) {
+                self.owed = true;
+            } else if frames > 0 {
+                self.owed = false;
+            }
             self.publish_stats();
             self.poll_handover();
             self.rearm_timer();
@@ -323,9 +342,19 @@ impl<'c> Server<'c> {
         if self.inbound.has_data() {
             return EpollTimeout::ZERO;
         }
-        if std::mem::take(&mut self.spin_wanted) && self.links.any_live() {
-            let (inbound, links) = (&self.inbound, &self.links);
-            if self.spin.allows() && self.spin.spin(|| inbound.live_has_data(links)) {
+        if (self.owed || self.replied) && self.links.any_live() {
+            let (inbound, links, epoll) = (&self.inbound, &self.links, &self.cx.epoll);
+            let mut looks = 0u32;
+            let mut peek = [EpollEvent::empty(); 1];
+            // Level-triggered: an event seen by the peek is reported again by the loop's own
+            // epoll_wait (timeout 0), so nothing is consumed here.
+            let hit = self.spin.spin(|| {
+                looks = looks.wrapping_add(1);
+                inbound.live_has_data(links)
+                    || (looks.is_multiple_of(SPIN_EPOLL_EVERY)
+                        && epoll.wait(&mut peek, EpollTimeout::ZERO).is_ok_and(|n| n > 0))
+            });
+            if hit {
                 return EpollTimeout::ZERO;
             }
         }

@@ -15,8 +15,9 @@
 //!    before every sleep), and the publish time is stamped if frames went out.
 //! 6. Something happened (or yielded work waits): loop, looking at the epoll set without
 //!    sleeping every 64 passes or every millisecond, whichever comes first (signals, pidfd).
-//!    Nothing happened: if recent batches were small (lightly loaded, [`rt::SpinGate`]), spin on
-//!    the input ring for [`RunnerOptions::spin`]; then arm the doorbell
+//!    Nothing happened: one spin opportunity on the input ring, up to [`RunnerOptions::spin`]
+//!    ([`rt::SpinGate`]: skipped while backing off after spins in which io_conn sent nothing, or
+//!    while the machine has more runnable threads than CPUs); then arm the doorbell
 //!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
 //!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
 //!
@@ -116,7 +117,7 @@ pub struct RunnerOptions {
     pub instance: u32,
     /// This process's start time (clock ticks since boot) sent in `HELLO`.
     pub start_time: u64,
-    /// Busy-poll the input ring this long before sleeping, while lightly loaded (`md.spin`, see
+    /// Busy-poll the input ring up to this long before sleeping, when it pays (`md.spin`, see
     /// [`rt::SpinGate`]). The default is the config's default.
     pub spin: Duration,
     /// Most frames handled per batch (between two flushes of the output ring).
@@ -436,9 +437,9 @@ where
         let mut hello_pending = true;
         let mut since_poll = 0u32;
         let mut last_poll = Instant::now();
-        // Spin (up to `md.spin`) only while recent batches averaged few frames: a lightly loaded
-        // md spins to save the wake-up of the next lone request, a busy one already batches and
-        // needs the CPU for io_conn and the clients.
+        // Spin (up to `md.spin`) when out of input only while io_conn is likely to send more:
+        // the gate backs off after spins that found nothing, and stays shut while the machine
+        // has more runnable threads than CPUs (io_conn and the clients need them).
         let mut gate = SpinGate::new(self.core.opts.spin);
         if control.shutdown_requested() {
             return Ok(Exit::Shutdown);
@@ -506,7 +507,6 @@ where
                     }
                 };
                 worked = n > 0;
-                gate.record(n as u64);
                 if let (Some(sink), true) = (sink.as_mut(), worked) {
                     // io_conn may have published (and stamped) more frames between the
                     // `has_data` look and the end of the drain, which took them too: their wait
