@@ -7,8 +7,8 @@
 //!
 //! # Concurrency
 //!
-//! Every operation runs under one process-shared **robust** mutex ([`lock`]): several md read and
-//! write at once, one at a time inside the table. A writer that dies holding it (SIGKILL in the
+//! Every operation runs under one process-shared **robust** mutex (the private `lock` module):
+//! several md read and write at once, one at a time inside the table. A writer that dies holding it (SIGKILL in the
 //! middle of a SET) is reported by the kernel to the next locker (`EOWNERDEAD`), which repairs
 //! the table ([`table::Parts::repair`]: journal roll-forward, free list rebuilt from
 //! reachability) before it goes on. docs/ARCHITECTURE.md argues for one mutex over per-bucket
