@@ -399,7 +399,7 @@ where
 
     /// SIGHUP: reloads the config through `control` and applies md's live settings (spin, slice,
     /// drain deadline, log level) and the service's ([`Service::reload`]); counts the outcome.
-    fn reload(&mut self, control: &Control, gate: &mut SpinGate) {
+    fn reload(&mut self, control: &Control, gate: &mut SpinGate, attached: &str) {
         let _ = rt::notify::reloading();
         let status = match control.reload() {
             Some(crate::reload::ReloadOutcome::Applied { config, generation }) => {
@@ -412,12 +412,12 @@ where
                 self.service.reload(&config);
                 self.core.stats[Md::ReloadsOk] += 1;
                 self.core.stats[Md::ConfigGeneration] = generation;
-                format!("serving; config generation {generation}")
+                format!("{attached}; serving; config generation {generation}")
             }
             Some(crate::reload::ReloadOutcome::Refused) => {
                 self.core.stats[Md::ReloadsRefused] += 1;
                 format!(
-                    "serving; config generation {}; last reload refused (see the log)",
+                    "{attached}; serving; config generation {}; last reload refused (see the log)",
                     self.core.stats[Md::ConfigGeneration]
                 )
             }
@@ -614,7 +614,15 @@ where
                 }
             }
             if control.take_reload() {
-                self.reload(control, &mut gate);
+                // systemd's STATUS keeps saying what md is attached to (operators and the
+                // container tests read it), then the config generation.
+                let attached = format!(
+                    "instance {} attached to io_conn epoch {} generation {}",
+                    self.core.opts.instance,
+                    ep.rx.epoch(),
+                    ep.rx.generation()
+                );
+                self.reload(control, &mut gate, &attached);
             }
             if control.requested() && leaving.is_none() {
                 let until = Instant::now() + self.core.opts.drain_deadline;
