@@ -97,6 +97,8 @@ pub(crate) const KEYS: &[(&str, u8, Apply)] = &[
     // The next message framed on any connection is checked against the new limits.
     ("io_conn.http.max_head", IO, Apply::Live),
     ("io_conn.http.max_headers", IO, Apply::Live),
+    ("io_conn.resp.max_elements", IO, Apply::Live),
+    ("io_conn.resp.max_bulk", IO, Apply::Live),
     // Added and removed live (a removed listener stops accepting, its connections stay), except
     // under socket activation, where io_conn refuses it (systemd holds the sockets).
     ("io_conn.listener[]", IO, Apply::Live),
@@ -108,6 +110,11 @@ pub(crate) const KEYS: &[(&str, u8, Apply)] = &[
     ("io_conn.listener[].pipeline_depth", IO, Apply::Live),
     // One queue pair and stats block per instance exist from the start.
     ("md.max_instances", IO | MD | VS, Apply::Restart),
+    // The cache segment is sized at io_conn's start; md's kv service reads the password when
+    // it starts.
+    ("kv.max_keys", IO | MD, Apply::Restart),
+    ("kv.memory", IO | MD, Apply::Restart),
+    ("kv.password", IO | MD, Apply::Restart),
     ("md.spin", MD, Apply::Live),
     ("md.slice", MD, Apply::Live),
     ("md.drain_deadline", MD, Apply::Live),
@@ -389,7 +396,7 @@ mod tests {
         cfg.io_conn.listeners[0].name = "echo".into();
         cfg.io_conn.listeners[0].framing = Some(Framing::Raw);
         cfg.md.groups = vec![Group {
-            services: vec!["echo".into(), "reverse".into(), "dumb".into()],
+            services: ["echo", "reverse", "dumb", "http", "kv"].map(String::from).to_vec(),
             instances: Instances::Range { first: 0, last: 7 },
             binary: "/usr/bin/true".into(),
         }];
@@ -465,6 +472,15 @@ mod tests {
             ("io_conn.log_level", Apply::Live, Box::new(|c| c.io_conn.log_level = LogLevel::Debug)),
             ("io_conn.http.max_head", Apply::Live, Box::new(|c| c.io_conn.http.max_head = 4096)),
             ("io_conn.http.max_headers", Apply::Live, Box::new(|c| c.io_conn.http.max_headers = 7)),
+            (
+                "io_conn.resp.max_elements",
+                Apply::Live,
+                Box::new(|c| c.io_conn.resp.max_elements = 7),
+            ),
+            ("io_conn.resp.max_bulk", Apply::Live, Box::new(|c| c.io_conn.resp.max_bulk = 4096)),
+            ("kv.max_keys", Apply::Restart, Box::new(|c| c.kv.max_keys = 1000)),
+            ("kv.memory", Apply::Restart, Box::new(|c| c.kv.memory = 1 << 20)),
+            ("kv.password", Apply::Restart, Box::new(|c| c.kv.password = "secret".into())),
             (
                 "io_conn.listener[echo].service",
                 Apply::Live,
@@ -619,7 +635,10 @@ mod tests {
             l.address = "127.0.0.1:0".parse().unwrap();
         }
         let ids = listener_ids(&cfg.io_conn.listeners);
-        assert_eq!(ids, ["127.0.0.1:0", "127.0.0.1:0#1", "127.0.0.1:0#2"]);
+        assert_eq!(
+            ids,
+            ["127.0.0.1:0", "127.0.0.1:0#1", "127.0.0.1:0#2", "127.0.0.1:0#3", "127.0.0.1:0#4"]
+        );
         let mut new = cfg.clone();
         new.io_conn.listeners[2].service = "echo".into();
         let c = diff(&cfg, &new);

@@ -439,6 +439,10 @@ impl Server<'_> {
         lim.deadline = nonzero(io.message_deadline);
         // The next message framed on any connection is checked against the new limits.
         lim.http = crate::framing::http::Limits::from_config(&io.http);
+        lim.resp = crate::framing::resp::Limits {
+            max_elements: io.resp.max_elements as usize,
+            max_bulk: usize::try_from(io.resp.max_bulk).unwrap_or(usize::MAX).min(lim.max_msg),
+        };
         if io.max_connections > self.clients.max_conn {
             self.clients.flows.grow(io.max_connections);
         }
