@@ -44,6 +44,8 @@ md_stat() { stats | $CLIENT stat md "$1" "$2"; }
 io_stat() { stats | $CLIENT stat io 0 "$1"; }
 
 # check_set: the state every scenario from 01 on must leave (the CONTRACT): shmsrv.target,
+# (A `journalctl | grep -q` under pipefail fails when grep exits first and journalctl gets
+# SIGPIPE: scenarios use `grep -c ... >/dev/null`, which reads everything.)
 # io_conn, md@0 and md@1 active, both md attached to the running io_conn's epoch, no other md@N
 # running, the shipped config in place, PING answered. Waits up to 20 s for the md to attach.
 check_set() {

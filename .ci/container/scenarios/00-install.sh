@@ -11,7 +11,7 @@ for u in io_conn.service md@.service shmsrv.target; do
     cmp "/etc/systemd/system/$u" "systemd/$u"
 done
 # sysusers: a system user and its own group, no login.
-getent passwd shmsrv | grep -q ':/usr/sbin/nologin$'
+getent passwd shmsrv | grep -c ':/usr/sbin/nologin$' >/dev/null
 test "$(id -gn shmsrv)" = shmsrv
 test "$(id -u shmsrv)" -lt 1000
 # daemon-reload happened: systemd sees the units from /etc/systemd/system.
@@ -21,5 +21,5 @@ for u in io_conn.service md@0.service md@3.service shmsrv.target; do
     test "$(systemctl is-active "$u")" = inactive
 done
 # The stop order the units promise (docs/ARCHITECTURE.md, "Stop order"): md before io_conn.
-prop md@0.service Before | tr ' ' '\n' | grep -qx io_conn.service
+prop md@0.service Before | tr ' ' '\n' | grep -cx io_conn.service >/dev/null
 echo "installed; md@.service is ordered Before=io_conn.service"

@@ -10,7 +10,7 @@ for u in shmsrv.target io_conn md@0 md@1; do
     test "$(systemctl is-active "$u")" = active
 done
 # The enabled md instances came with the target.
-systemctl list-dependencies --plain shmsrv.target | grep -q 'md@0.service'
+systemctl list-dependencies --plain shmsrv.target | grep -c 'md@0.service' >/dev/null
 # io_conn's STATUS names its listeners.
 st=$(status_text io_conn)
 echo "io_conn: $st"
@@ -24,7 +24,7 @@ test "$(md_epoch 0)" = "$(md_epoch 1)"
 test "$(md_epoch 0)" = "$(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')"
 # md said READY=1 before io_conn started (the stop order needs md Before=io_conn): its journal
 # has the "ready (io_conn may start after us)" line of this boot.
-journalctl -u md@0 --no-pager -o cat | grep -q 'ready (io_conn may start after us)'
+journalctl -u md@0 --no-pager -o cat | grep -c 'ready (io_conn may start after us)' >/dev/null
 # Everything runs as shmsrv; the queue segments and FIFOs are owner-only, the stats segment is
 # readable by the shmsrv group.
 for u in io_conn md@0 md@1; do

@@ -24,7 +24,7 @@ wait_until 40 "md@0 killed by its watchdog, restarted and attached" restarted
 touch "$tmp/stop"
 wait "$pinger"
 cat "$tmp/pinger"
-journalctl -u md@0 --since "$since" --no-pager -o cat | grep -q 'Watchdog timeout'
+journalctl -u md@0 --since "$since" --no-pager -o cat | grep -c 'Watchdog timeout' >/dev/null
 test "$(prop md@0 NRestarts)" -gt "$r0"
 test "$(main_pid md@1)" = "$md1"
 test "$(prop md@1 NRestarts)" = "$r1"

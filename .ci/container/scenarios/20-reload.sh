@@ -98,7 +98,7 @@ if systemctl reload io_conn; then
     echo "systemctl reload io_conn accepted shared.queue_size" >&2
     exit 1
 fi
-journalctl -u io_conn --since "$since" --no-pager | grep -q 'reload refused: shared.queue_size'
+journalctl -u io_conn --since "$since" --no-pager | grep -c 'reload refused: shared.queue_size' >/dev/null
 [[ $(ask 8090 PING) == PONG ]]
 systemctl is-active --quiet io_conn md@0 md@1
 echo "20-reload: ok"

@@ -35,7 +35,7 @@ systemctl enable --now io_conn.socket
 systemctl start io_conn
 # One socket per shipped listener (.ci/systemd checks io_conn.socket against the config).
 n=$(grep -c '^ListenStream=' /etc/systemd/system/io_conn.socket)
-journalctl -u io_conn --since "$since" --no-pager | grep -q "socket activation: $n sockets from systemd"
+journalctl -u io_conn --since "$since" --no-pager | grep -c "socket activation: $n sockets from systemd" >/dev/null
 wait_ping
 
 # Clients connect in a loop while io_conn restarts: count refused attempts (connect fails) and
