@@ -397,11 +397,16 @@ fn resp_frame(
 
 /// Fuzz target: the `resp` framer.
 ///
-/// Input: `max` (u16, at least 1), `max_elements` (u8, at least 1), `max_bulk` (u16), a
+/// Input: `max` (u16, at least 96), `max_elements` (u8, at least 1), `max_bulk` (u16), a
 /// chunk-size count and that many chunk sizes, then the stream.
 pub fn resp(data: &[u8]) {
     let mut b = Bytes::new(data);
-    let max = (b.u16() as usize).max(1);
+    // `shared.max_message` is at least 96 B (config validation): below that a skipped empty
+    // command (`*0\r\n`) can be longer than `max`, and a chunk that holds only its start is
+    // refused as too large while the whole stream skips it (crashes/resp/id_000000_*_2953_*).
+    // A blank inline line longer than `max` still differs that way: a known gap (the note of
+    // 2026-12-02), not yet fixed in the framer.
+    let max = (b.u16() as usize).max(96);
     let lim = resp::Limits { max_elements: (b.u8() as usize).max(1), max_bulk: b.u16() as usize };
     let nchunks = (b.u8() % 8) as usize;
     let chunks = b.take(nchunks);
