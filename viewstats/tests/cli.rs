@@ -690,7 +690,7 @@ fn groups_come_from_the_config() {
         &cfg,
         format!(
             "[shared]\nname = \"{name}\"\n[md]\nmax_instances = 4\n\
-             [[md.group]]\nservices = [\"dumb\", \"echo\", \"http\", \"reverse\"]\ninstances = \"0-1\"\n\
+             [[md.group]]\nservices = [\"dumb\", \"echo\", \"http\", \"kv\", \"reverse\"]\ninstances = \"0-1\"\n\
              [[md.group]]\nservices = [\"upper\"]\ninstances = [2]\nbinary = \"/opt/upper\"\n"
         ),
     )
@@ -708,7 +708,7 @@ fn groups_come_from_the_config() {
     };
     assert!(
         row("md.1.group").ends_with(
-            "Service group md.group[0]: dumb,echo,http,reverse (the md binary; from the config)"
+            "Service group md.group[0]: dumb,echo,http,kv,reverse (the md binary; from the config)"
         ),
         "{out}"
     );
@@ -724,16 +724,16 @@ fn groups_come_from_the_config() {
     assert_eq!(md["instance"], 1);
     assert_eq!(
         md["group"],
-        serde_json::json!({"index": 0, "services": ["dumb", "echo", "http", "reverse"], "binary": ""})
+        serde_json::json!({"index": 0, "services": ["dumb", "echo", "http", "kv", "reverse"], "binary": ""})
     );
-    assert_eq!(md["group_label"], "0:dumb,echo,http,reverse");
+    assert_eq!(md["group_label"], "0:dumb,echo,http,kv,reverse");
 
     let o = run(&["--prometheus", "--config", &cfg]);
     assert!(o.status.success(), "{o:?}");
     let out = text(&o.stdout);
     assert!(
         out.lines().any(|l| l
-            == "shmsrv_md_group_info{slot=\"1\",group=\"0\",services=\"dumb,echo,http,reverse\"} 1"),
+            == "shmsrv_md_group_info{slot=\"1\",group=\"0\",services=\"dumb,echo,http,kv,reverse\"} 1"),
         "{out}"
     );
     if let Some(f) = parse_prometheus(&out) {
@@ -755,7 +755,7 @@ fn groups_come_from_the_config() {
     assert_eq!(cols[cols.len() - 3..], ["INFLIGHT", "DISP/S", "GROUP"], "{header}");
     let m = screen.lines().find(|l| l.starts_with("1 ")).unwrap_or_else(|| panic!("{screen}"));
     let cols: Vec<&str> = m.split_whitespace().collect();
-    assert_eq!(cols[cols.len() - 3..], ["0", "-", "0:dumb,echo,http,reverse"], "{m}");
+    assert_eq!(cols[cols.len() - 3..], ["0", "-", "0:dumb,echo,http,kv,reverse"], "{m}");
     let m = screen.lines().find(|l| l.starts_with("3 ")).unwrap_or_else(|| panic!("{screen}"));
     assert!(m.ends_with(" -"), "slot 3 is in no group: {m}");
     drop(srv);
