@@ -510,6 +510,8 @@ fn issue_14_squatted_segment_is_refused_by_owner_and_left_alone() {
         let cfg = pair_cfg(&format!("i14squat-{backend}"), backend);
         let mut g = Cleanup::pair(&cfg, 1);
         g.segments.push((backend, cfg.in_segment(0)));
+        // The pair's `out` ring too: `cfg.remove` stops at the squatted `in` and leaves it.
+        g.segments.push((backend, cfg.out_segment(0)));
         // A ring whose header names a live process (us), then handed to uid 65534: what a
         // squatter copying a header would leave.
         drop(cfg.create(0, 7).unwrap());
