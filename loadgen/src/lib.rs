@@ -82,6 +82,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// Nothing yet, for a run of `plan`.
+    fn empty(plan: &Plan) -> Report {
+        Report {
+            sent: 0,
+            replies: 0,
+            other_replies: 0,
+            wrong: 0,
+            errors: 0,
+            secs: plan.duration.as_secs_f64(),
+            hist: new_hist(),
+            unsent: 0,
+            first_errors: Vec::new(),
+        }
+    }
+
     /// Good replies per second in the measured window.
     pub fn rate(&self) -> f64 {
         self.replies as f64 / self.secs.max(1e-9)
@@ -175,17 +190,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
             .collect();
         hs.into_iter().map(|h| h.join().expect("loadgen worker panicked")).collect()
     });
-    let mut total = Report {
-        sent: 0,
-        replies: 0,
-        other_replies: 0,
-        wrong: 0,
-        errors: 0,
-        secs: plan.duration.as_secs_f64(),
-        hist: new_hist(),
-        unsent: 0,
-        first_errors: Vec::new(),
-    };
+    let mut total = Report::empty(plan);
     for r in results {
         let r = r?;
         total.sent += r.sent;
@@ -280,17 +285,7 @@ impl<'p> Worker<'p> {
                 due.push(std::cmp::Reverse((first, i)));
             }
         }
-        let r = Report {
-            sent: 0,
-            replies: 0,
-            other_replies: 0,
-            wrong: 0,
-            errors: 0,
-            secs: plan.duration.as_secs_f64(),
-            hist: new_hist(),
-            unsent: 0,
-            first_errors: Vec::new(),
-        };
+        let r = Report::empty(plan);
         Ok(Worker { plan, conns, epoll, start, r, due, interval_ns })
     }
 
