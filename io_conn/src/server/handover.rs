@@ -301,45 +301,19 @@ impl Clients {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
-    use nix::sys::epoll::{Epoll, EpollCreateFlags};
     use std::os::fd::AsFd;
 
     use shmq::frame::{self, FlowId, Frame, Kind};
 
-    use super::super::clients::Lst;
     use super::*;
-    use crate::counters::Counters;
 
     fn setup(request: bool) -> (Cx, Clients, Links) {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
-        let cfg = config::Config::default();
-        let mut clients = Clients::new(&cfg, Vec::new(), &epoll).expect("clients");
-        clients.listeners.push(Lst {
-            sock: None,
-            id: "test".into(),
-            address: "127.0.0.1:0".parse().expect("address"),
-            own: true,
-            service: "dumb".into(),
-            framing: config::Framing::Line,
-            in_epoll: false,
-            mds: vec![0],
-            request,
-            depth: 16,
-        });
-        let cx = Cx { epoll, c: Counters::default(), now: Instant::now(), now_ns: 1 };
-        (cx, clients, Links::without_rings(1))
+        super::super::tests::setup_listener("dumb", vec![0], request, 1)
     }
 
     fn open_flow(cx: &mut Cx, cl: &mut Clients) -> FlowId {
-        let slot = cl.flows.alloc().expect("slot");
-        let f = cl.flows.get_mut(slot);
-        f.state = State::Open;
-        f.md = 0;
-        cl.flows.push_back(ListId::Idle, slot);
-        cx.c[Io::ConnectionsCurrent] += 1;
-        cl.flows.id(slot)
+        super::super::tests::open_flow(cx, cl, 0)
     }
 
     /// `flow` dispatch: a request pushed is a reply owed until md marks its end; only then may

@@ -12,20 +12,31 @@ use crate::counters::{Counters, Io};
 use crate::flows::{AfterFlush, ListId, State};
 
 fn setup(mds: usize) -> (Cx, Clients, Links) {
+    setup_listener("echo", (0..mds as u32).collect(), false, mds)
+}
+
+/// Test state with one listener (its socket is not needed: every test flow came from it) of
+/// `service` served by `listener_mds`, under `request` or `flow` dispatch, and `mds` links
+/// without rings. Shared with the other server modules' unit tests.
+pub(super) fn setup_listener(
+    service: &str,
+    listener_mds: Vec<u32>,
+    request: bool,
+    mds: usize,
+) -> (Cx, Clients, Links) {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
     let cfg = config::Config::default();
     let mut clients = Clients::new(&cfg, Vec::new(), &epoll).expect("clients");
-    // One listener (its socket is not needed): every test flow came from it.
     clients.listeners.push(Lst {
         sock: None,
         id: "test".into(),
         address: "127.0.0.1:0".parse().expect("address"),
         own: true,
-        service: "echo".into(),
+        service: service.into(),
         framing: config::Framing::Line,
         in_epoll: false,
-        mds: vec![0, 1],
-        request: false,
+        mds: listener_mds,
+        request,
         depth: 16,
     });
     let cx = Cx { epoll, c: Counters::default(), now: Instant::now(), now_ns: 1 };
@@ -33,7 +44,7 @@ fn setup(mds: usize) -> (Cx, Clients, Links) {
 }
 
 /// An open flow of md `md` (no socket), as accept + bind leave it.
-fn open_flow(cx: &mut Cx, cl: &mut Clients, md: u32) -> FlowId {
+pub(super) fn open_flow(cx: &mut Cx, cl: &mut Clients, md: u32) -> FlowId {
     let slot = cl.flows.alloc().expect("slot");
     let f = cl.flows.get_mut(slot);
     f.state = State::Open;
