@@ -404,8 +404,9 @@ pub fn resp(data: &[u8]) {
     // `shared.max_message` is at least 96 B (config validation): below that a skipped empty
     // command (`*0\r\n`) can be longer than `max`, and a chunk that holds only its start is
     // refused as too large while the whole stream skips it (crashes/resp/id_000000_*_2953_*).
-    // A blank inline line longer than `max` still differs that way: a known gap (the note of
-    // 2026-12-02), not yet fixed in the framer.
+    // A blank inline line longer than `max` is refused whole and split alike (the note of
+    // 2026-12-02 suspected a difference; crashes/resp/blank_inline_line_over_max and the
+    // framer's unit test `blank_inline_line_over_max_is_refused_whole_and_split` pin it).
     let max = (b.u16() as usize).max(96);
     let lim = resp::Limits { max_elements: (b.u8() as usize).max(1), max_bulk: b.u16() as usize };
     let nchunks = (b.u8() % 8) as usize;
