@@ -34,6 +34,11 @@ use shmq::sys::ProcId;
 #[path = "../../io_conn/src/framing.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod framing;
+/// The HTTP `Date` formatter io_conn's `http` error replies use (`crate::httpdate` there,
+/// re-exported from `rt`), included the same way (std only).
+#[path = "../../rt/src/httpdate.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod httpdate;
 /// io_conn's `resp` framer (`framing` uses it as `crate::resp`), included the same way.
 #[path = "../../io_conn/src/resp.rs"]
 #[allow(dead_code, unreachable_pub)]

@@ -118,8 +118,8 @@ impl std::ops::Deref for ErrorReply {
 std::thread_local! {
     /// The `Date` value for this thread's error replies (io_conn's loop is one thread):
     /// formatted at most once per second.
-    static DATE: std::cell::RefCell<rt::httpdate::DateCache> =
-        std::cell::RefCell::new(rt::httpdate::DateCache::default());
+    static DATE: std::cell::RefCell<crate::httpdate::DateCache> =
+        std::cell::RefCell::new(crate::httpdate::DateCache::default());
 }
 
 impl ErrorStatus {
@@ -638,7 +638,7 @@ mod tests {
             assert_eq!(header("Connection"), Some(&b"close"[..]));
             assert_eq!(header("Server"), Some(&b"shmsrv"[..]));
             let date = header("Date").expect("Date");
-            let ok = [before, after].iter().any(|&t| date == rt::httpdate::imf_fixdate(t));
+            let ok = [before, after].iter().any(|&t| date == crate::httpdate::imf_fixdate(t));
             assert!(ok, "Date {:?} is not this second's IMF-fixdate", show(date));
             assert!(reply.len() + 32 <= ERROR_REPLY_MAX, "room to spare: {}", reply.len());
         }
