@@ -284,6 +284,9 @@ fn kv_quit_replies_ok_then_closes() {
         c.write_all(b"QUIT\r\n").expect("write");
         assert_eq!(String::from_utf8_lossy(&read_to_eof(&mut c)), "+OK\r\n", "{dispatch}: QUIT");
 
+        // redis-cli too: it prints the +OK and sees the close.
+        assert_eq!(cli(&sut, &["QUIT"]), "OK\n", "{dispatch}: redis-cli QUIT");
+
         const CONNS: u64 = 20;
         for n in 0..CONNS {
             let mut c = sut.connect("kv/resp");
@@ -303,11 +306,11 @@ fn kv_quit_replies_ok_then_closes() {
             bystander.write_all(b"GET nope\r\n").expect("write");
             assert_eq!(read_n(&mut bystander, 5), b"$-1\r\n", "an INCR behind QUIT ran");
         }
-        // Counted as md closing them: 21 connections, none by error or as gone.
+        // Counted as md closing them: 22 connections, none by error.
         sut.wait_stats("the QUIT closes counted", |v| {
             crate::util::expect_exact(
                 v,
-                &[("io", 0, "closed_by_md", CONNS + 1), ("io", 0, "closed_error", 0)],
+                &[("io", 0, "closed_by_md", CONNS + 2), ("io", 0, "closed_error", 0)],
             )
         });
         drop(bystander);
