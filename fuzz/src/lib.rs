@@ -34,6 +34,11 @@ use shmq::sys::ProcId;
 #[path = "../../io_conn/src/framing.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod framing;
+/// The HTTP `Date` formatter io_conn's `http` error replies use (`crate::httpdate` there,
+/// re-exported from `rt`), included the same way (std only).
+#[path = "../../rt/src/httpdate.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod httpdate;
 /// io_conn's `resp` framer (`framing` uses it as `crate::resp`), included the same way.
 #[path = "../../io_conn/src/resp.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -404,8 +409,9 @@ pub fn resp(data: &[u8]) {
     // `shared.max_message` is at least 96 B (config validation): below that a skipped empty
     // command (`*0\r\n`) can be longer than `max`, and a chunk that holds only its start is
     // refused as too large while the whole stream skips it (crashes/resp/id_000000_*_2953_*).
-    // A blank inline line longer than `max` still differs that way: a known gap (the note of
-    // 2026-12-02), not yet fixed in the framer.
+    // A blank inline line longer than `max` is refused whole and split alike (the note of
+    // 2026-12-02 suspected a difference; crashes/resp/blank_inline_line_over_max and the
+    // framer's unit test `blank_inline_line_over_max_is_refused_whole_and_split` pin it).
     let max = (b.u16() as usize).max(96);
     let lim = resp::Limits { max_elements: (b.u8() as usize).max(1), max_bulk: b.u16() as usize };
     let nchunks = (b.u8() % 8) as usize;

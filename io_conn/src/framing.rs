@@ -93,18 +93,42 @@ pub enum Refusal {
 }
 
 /// What the client gets for a refusal: `line`: `ERR message too long\n`; `http`: a `400`, `431`
-/// or `413` response; `resp`: its `-ERR Protocol error: ...` line; `raw` and `len32`: nothing
-/// (the connection just closes).
-pub fn refusal_reply(framing: Framing, r: Refusal) -> Option<&'static [u8]> {
-    match (framing, r) {
-        (Framing::Line, _) => Some(b"ERR message too long\n"),
-        (Framing::Http, Refusal::TooLong) => Some(http::CONTENT_TOO_LARGE),
-        (Framing::Http, Refusal::Malformed) => Some(http::BAD_REQUEST),
-        (Framing::Http, Refusal::HeadTooLarge) => Some(http::HEAD_TOO_LARGE),
-        (_, Refusal::Invalid(line)) => Some(line),
+/// or `413` response (dated: [`http::ErrorStatus`]); `resp`: its `-ERR Protocol error: ...` line;
+/// `raw` and `len32`: nothing (the connection just closes).
+pub fn refusal_reply(framing: Framing, r: Refusal) -> Option<Reply> {
+    use http::ErrorStatus as E;
+    Some(match (framing, r) {
+        (Framing::Line, _) => Reply::Static(b"ERR message too long\n"),
+        (Framing::Http, Refusal::TooLong) => Reply::Http(E::ContentTooLarge.reply()),
+        (Framing::Http, Refusal::Malformed) => Reply::Http(E::BadRequest.reply()),
+        (Framing::Http, Refusal::HeadTooLarge) => Reply::Http(E::HeadTooLarge.reply()),
+        (_, Refusal::Invalid(line)) => Reply::Static(line),
         // `resp` reports its own errors as `Invalid`; a command above the largest frame too.
-        (Framing::Resp, _) => Some(resp::ERR_TOO_LARGE),
-        (Framing::Raw | Framing::Len32, _) => None,
+        (Framing::Resp, _) => Reply::Static(resp::ERR_TOO_LARGE),
+        (Framing::Raw | Framing::Len32, _) => return None,
+    })
+}
+
+/// A [`refusal_reply`]: fixed bytes, or an HTTP error reply built (with its `Date`) when the
+/// refusal is answered. Derefs to the bytes to write.
+#[derive(Debug, Clone, Copy)]
+// The HTTP reply lives on the stack (some 260 bytes, moved once per refusal): boxing it would
+// allocate per error reply, which is what the stack buffer avoids.
+#[allow(clippy::large_enum_variant)]
+pub enum Reply {
+    /// An error line that never changes.
+    Static(&'static [u8]),
+    /// io_conn's own HTTP error response.
+    Http(http::ErrorReply),
+}
+
+impl std::ops::Deref for Reply {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Static(b) => b,
+            Self::Http(r) => r,
+        }
     }
 }
 

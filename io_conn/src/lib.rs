@@ -58,6 +58,9 @@ mod spawn;
 mod stats;
 
 pub use counters::Counters;
+/// The HTTP `Date` value for io_conn's own error replies (`framing::http` names it
+/// `crate::httpdate`, so the fuzz crate can include the framers with the file alone).
+pub(crate) use rt::httpdate;
 pub use spawn::SpawnMd;
 
 /// A bound listening socket and the config entry it serves.

@@ -77,7 +77,9 @@ pub use rt::ShutdownHandle;
 pub use rt::notify;
 /// The queue-pair parameters of the config's `[shared]` section (`rt`'s, shared with io_conn).
 pub use rt::pair_config;
-pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
+pub use runner::{
+    Detach, Endpoint, Exit, LATE_STATS_EVERY, RunError, Runner, RunnerOptions, StatsAttempt,
+};
 pub use serve::{ServeError, serve};
 pub use service::{BroadcastError, Ctx, Service, Status};
 pub use stats::{MAX_COMMANDS, MdStatsSink, Stats};

@@ -25,7 +25,7 @@ use shmq::stats::{StatsError, StatsSegment};
 use shmq::sys::ProcId;
 
 use crate::control::Control;
-use crate::runner::{Detach, Endpoint, Exit, RunError, Runner};
+use crate::runner::{Detach, Endpoint, Exit, LATE_STATS_EVERY, RunError, Runner, StatsAttempt};
 use crate::service::Service;
 use crate::stats::MdStatsSink;
 
@@ -94,7 +94,9 @@ pub(crate) const NO_PIDFD_ENV: &str = "SHMSRV_MD_NO_PIDFD";
 /// ([`Runner::set_stats_sink`]). While the segment is missing, not ready or still of another
 /// epoch (io_conn creates or replaces it right after the pairs, before its loop reads anything
 /// from md), md retries for up to a second before it serves. Without a usable segment after that
-/// md logs a warning and serves without stats; it tries again at the next attach.
+/// md logs a warning and serves without stats, and the runner keeps trying once a second while
+/// it serves ([`Runner::set_late_stats`]): a segment that appears later in the same epoch is
+/// picked up, its slot then showing what md counted since the attach.
 ///
 /// Without a pidfd of io_conn, a watcher thread notices a restart by the `in` segment's identity
 /// (see the module docs).
@@ -153,7 +155,10 @@ where
         ready_sent = true;
         if runner.stats_sink().is_none_or(|s| s.epoch() != side.epoch) {
             let sink = attach_stats(pair, instance, &side, control, &mut stats_problem);
+            // Not there yet: the runner keeps trying while it serves (issue 14, finding 11).
+            let late = sink.is_none().then(|| late_stats(pair, instance, side.epoch));
             runner.set_stats_sink(sink);
+            runner.set_late_stats(late);
         }
         let pidfd = if std::env::var_os(NO_PIDFD_ENV).is_some() {
             Err(std::io::Error::new(
@@ -379,6 +384,28 @@ fn attach_stats(
         }
         return None;
     }
+}
+
+/// The runner's late attempt at the stats segment of `epoch` ([`Runner::set_late_stats`]):
+/// [`try_attach_stats`], logged once it succeeds or gives up.
+fn late_stats(pair: &PairConfig, instance: u32, epoch: u64) -> StatsAttempt {
+    let pair = pair.clone();
+    Box::new(move || match try_attach_stats(&pair, instance, epoch) {
+        Ok(sink) => {
+            log::info!(
+                "the stats segment appeared after md started serving; slot {instance} counts                  from the attach"
+            );
+            Ok(sink)
+        }
+        Err((problem, retry)) => {
+            if retry {
+                log::debug!("{problem}; trying again in {LATE_STATS_EVERY:?}");
+            } else {
+                log::warn!("{problem}; running without stats for the rest of this epoch");
+            }
+            Err(retry)
+        }
+    })
 }
 
 /// One attempt of [`attach_stats`]. `Err((why, worth_retrying))`.

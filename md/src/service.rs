@@ -200,6 +200,8 @@ pub struct Ctx<'a> {
     /// The flow's queued broadcasts: records of `mark: u64 LE` (the output position they follow),
     /// `len: u32 LE`, then a `BROADCAST` payload of `len` bytes.
     pub(crate) bcast: &'a mut Vec<u8>,
+    /// The flow's "close after this" flag ([`Ctx::close`]).
+    pub(crate) closing: &'a mut bool,
     /// Largest frame payload of the output ring.
     pub(crate) max_payload: usize,
     /// Credit not spent by bytes already in the ring, when this callback started.
@@ -253,6 +255,23 @@ impl Ctx<'_> {
     /// Bytes written in this flow but not yet handed to io_conn.
     pub fn queued(&self) -> usize {
         self.out.len()
+    }
+
+    /// Closes the flow once what it wrote so far has reached the client, as Redis does after
+    /// `QUIT`'s `+OK`. The request being handled finishes as its callback says (a
+    /// [`Status::Pending`] one may still write until it is done); no later request of the flow
+    /// runs: those held or still arriving are dropped unanswered, and [`Service::eof`] is not
+    /// called. The runner then hands the output over and sends `CLOSE`; io_conn writes every
+    /// byte before it and closes the connection (counted as `closed_by_md`). Under `request`
+    /// dispatch io_conn also drops the connection's requests routed after this one to other md
+    /// instances, and reads no more. [`Service::close`] follows as for any closed flow.
+    pub fn close(&mut self) {
+        *self.closing = true;
+    }
+
+    /// Whether [`Ctx::close`] was called for this flow.
+    pub fn is_closing(&self) -> bool {
+        *self.closing
     }
 
     /// Sends `bytes` as one message to every open flow of `service` (io_conn writes it to each of

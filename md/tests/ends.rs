@@ -111,3 +111,96 @@ fn without_the_open_flag_nothing_is_marked() {
     assert_eq!(got, b"PONG\nPONG\n");
     io.stop();
 }
+
+/// A line service for [`Ctx::close`](md::Ctx::close): `PING` → `PONG`, `QUIT` → `BYE` then
+/// close, `WAIT` → a timer whose callback writes `DONE`, closes and finishes the request.
+struct Quitter;
+
+impl md::Service for Quitter {
+    type Flow = ();
+
+    fn open(&mut self, _info: &shmq::frame::OpenInfo<'_>, _cx: &mut md::Ctx<'_>) -> Option<()> {
+        Some(())
+    }
+
+    fn message(&mut self, _flow: &mut (), msg: &[u8], cx: &mut md::Ctx<'_>) -> md::Status {
+        match md::services::strip_eol(msg) {
+            b"QUIT" => {
+                cx.send(b"BYE\n");
+                cx.close();
+                assert!(cx.is_closing());
+            }
+            b"WAIT" => {
+                cx.set_timer(std::time::Duration::from_millis(20), 7);
+                return md::Status::Pending;
+            }
+            _ => cx.send(b"PONG\n"),
+        }
+        md::Status::Done
+    }
+
+    fn timer(&mut self, _flow: &mut (), _token: u64, cx: &mut md::Ctx<'_>) -> md::Status {
+        cx.send(b"DONE\n");
+        cx.close();
+        md::Status::Done
+    }
+}
+
+fn start_quitter(test: &str) -> Io {
+    let mut io = Io::start(test, Quitter, opts(), Geometry::default());
+    io.expect_hello();
+    io
+}
+
+/// `Ctx::close` under request dispatch: the closing request's reply end also carries
+/// `DATA_CLOSE` (io_conn cuts the connection there), then CLOSE follows; the request pipelined
+/// behind QUIT is never answered. Catches a close that is not ordered after the reply, a
+/// missing or misplaced `DATA_CLOSE`, and md answering a request after the close.
+#[test]
+fn service_close_marks_the_last_reply_and_closes_after_it() {
+    use shmq::frame::flags::DATA_CLOSE;
+    let mut io = start_quitter("ends-quit");
+    let f = flow(7);
+    let other = flow(8);
+    io.open_flagged(f, "q", 1 << 20, OPEN_MARK_ENDS);
+    io.lines(f, "PING\nQUIT\nPING\n");
+    let mut frames = Vec::new();
+    loop {
+        let o = io.recv();
+        assert_eq!(o.flow, f, "{o:?}");
+        let end = o.kind != Kind::Data;
+        frames.push((o.kind, o.flags, String::from_utf8_lossy(&o.payload).into_owned()));
+        if end {
+            break;
+        }
+    }
+    let want = vec![
+        (Kind::Data, DATA_END, "PONG\n".to_string()),
+        (Kind::Data, DATA_END | DATA_CLOSE, "BYE\n".to_string()),
+        (Kind::Close, 0, String::new()),
+    ];
+    assert_eq!(frames, want);
+    // Nothing more for `f`: another flow's answer is the very next frame.
+    io.open(other, "q", 1 << 20);
+    io.lines(other, "PING\n");
+    io.expect_next_bytes(other, b"PONG\n");
+    io.stop();
+}
+
+/// Under flow dispatch (no end marks) the close comes as CLOSE right after the reply bytes;
+/// a request held while the closing one was pending is dropped, not run.
+#[test]
+fn service_close_from_a_timer_drops_held_requests() {
+    let mut io = start_quitter("ends-quit-held");
+    let f = flow(9);
+    io.open(f, "q", 1 << 20);
+    io.lines(f, "PING\nWAIT\nPING\nPING\n");
+    io.expect_next_bytes(f, b"PONG\nDONE\n");
+    let o = io.recv();
+    assert_eq!((o.flow, o.kind), (f, Kind::Close), "CLOSE right after DONE: {o:?}");
+    let other = flow(10);
+    io.open(other, "q", 1 << 20);
+    io.lines(other, "PING\n");
+    io.expect_next_bytes(other, b"PONG\n");
+    io.stop();
+}

@@ -419,3 +419,49 @@ fn issue_14_stats_segment_created_after_the_pair_is_picked_up() {
     assert_eq!(r, Ok(()));
     assert_eq!((stats[Md::MessagesIn], stats[Md::Attaches]), (2, 1));
 }
+
+/// Issue 14, finding 11, the rest of it: a stats segment that appears only after md has given
+/// up waiting (3 s after md started serving, well past its 1 s grace) is picked up while md
+/// serves, in the same epoch, and its slot shows everything md counted since the attach: the
+/// PINGs before the segment existed and those after. Without the runner's late pickup the slot
+/// stays `absent` for the whole epoch and this times out.
+#[test]
+fn issue_14_stats_segment_created_while_md_serves_is_picked_up() {
+    let dir = TempDir::new("stats-later");
+    let pair = pair_config("stats-later", &dir);
+    let _cleanup = Cleanup(pair.clone(), vec![0]);
+    let mut io = pair.create(0, 1).unwrap();
+    let (shutdown, md) = start_md(&pair, 0);
+    assert_eq!(recv(&mut io).1, Kind::Hello);
+    let served = Instant::now();
+    let f = flow(9);
+    open(&mut io, f);
+    ping_pong(&mut io, None, f, 3);
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(served.elapsed()));
+    ping_pong(&mut io, None, f, 1);
+    StatsSegment::create(pair.backend, &pair.name, 1, 1).unwrap();
+    let reader = StatsReader::attach(pair.backend, &pair.name).unwrap();
+    ping_pong(&mut io, None, f, 2);
+    // Idle md wakes every check_interval and tries at most once a second: within the watchdog.
+    wait_for(
+        &reader,
+        &[
+            ("md", 0, "messages_in", 6),
+            ("md", 0, "messages_out", 6),
+            ("md", 0, "commands.dumb.ping", 6),
+            ("md", 0, "flows_opened", 1),
+            ("md", 0, "attaches", 1),
+            ("md", 0, "epoch", 1),
+            ("md", 0, "state", MdState::Running as u64),
+            ("md", 0, "pid", u64::from(std::process::id())),
+        ],
+    );
+    ping_pong(&mut io, None, f, 1);
+    wait_for(&reader, &[("md", 0, "messages_in", 7)]);
+
+    shutdown.trigger();
+    let (r, stats) = md.join().unwrap();
+    assert_eq!(r, Ok(()));
+    assert_eq!((stats[Md::MessagesIn], stats[Md::Attaches]), (7, 1));
+    assert_eq!(reader.snapshot().get("md", 0, "state"), Some(MdState::Exited as u64));
+}

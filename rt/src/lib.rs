@@ -13,7 +13,8 @@
 //!   [`Contention`], the machine's runnable-thread count that closes it);
 //! * [`timer::OneShotTimer`]: a timerfd armed for the earliest deadline of a loop;
 //! * [`pair_config`]: the queue-pair parameters of the config's `[shared]` section;
-//! * [`activation`]: the sockets systemd passes in (socket activation).
+//! * [`activation`]: the sockets systemd passes in (socket activation);
+//! * [`httpdate`]: the HTTP `Date` header value, formatted at most once per second.
 //!
 //! Nothing here touches shared memory or knows about flows or frames. The only `unsafe` is in
 //! [`activation`] (adopting inherited descriptors, removing `LISTEN_*` from the environment);
@@ -58,6 +59,7 @@
 
 pub mod activation;
 pub mod contention;
+pub mod httpdate;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;

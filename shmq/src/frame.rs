@@ -43,6 +43,8 @@
 //! * `OPEN` with [`flags::OPEN_FLOW_ENDS`] (flow dispatch, since protocol version 1): the reply
 //!   ends are marked the same way, but the flow is bound to this md for life; io_conn uses the
 //!   marks only to know when no reply is owed (a handover waits for that).
+//! * md's `DATA` with [`flags::DATA_END`] | [`flags::DATA_CLOSE`]: the last reply of a flow the
+//!   service closed; `CLOSE` follows.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -72,6 +74,13 @@ pub mod flags {
     /// On md's `DATA`: this frame's last byte ends the reply to one request (an empty frame: a
     /// request that ended with no output since the previous frame).
     pub const DATA_END: u16 = 1;
+    /// On md's `DATA` with [`DATA_END`]: the reply this frame ends is the flow's last (the
+    /// service closed the flow, e.g. `QUIT`); md sends `CLOSE` after it. Under `request` dispatch
+    /// io_conn drops the connection's requests behind this one (routed to other md instances
+    /// too) and reads no more, so nothing after it is answered; under flow dispatch `CLOSE`
+    /// alone says the same and the flag changes nothing. An io_conn that does not know it
+    /// ignores it and acts on `CLOSE` only.
+    pub const DATA_CLOSE: u16 = 2;
 }
 
 /// What a frame means. `#[repr(u16)]`: the value is stored in the frame header.

@@ -22,9 +22,9 @@
 //!   ends is [`Next::Last`]: io_conn reads nothing more, and closes once its reply is out.
 //!
 //! A slow head or body is not the framer's business: `io_conn.message_deadline` runs from a
-//! message's first byte. Error replies ([`BAD_REQUEST`], [`HEAD_TOO_LARGE`],
-//! [`CONTENT_TOO_LARGE`]) are written by io_conn after the replies to the requests before the
-//! bad one, then the connection closes.
+//! message's first byte. Error replies ([`ErrorStatus`]: `400`, `431`, `413`, each with `Server`
+//! and a `Date` formatted at most once per second) are written by io_conn after the replies to the
+//! requests before the bad one, then the connection closes.
 //!
 //! # Example
 //!
@@ -78,29 +78,102 @@ impl Limits {
     }
 }
 
-macro_rules! error_reply {
-    ($status:literal, $len:literal, $body:literal) => {
-        // `$len` is `$body`'s length: checked by the unit test `error_replies_are_well_formed`.
-        concat!(
-            "HTTP/1.1 ",
-            $status,
-            "\r\nContent-Type: text/plain\r\nContent-Length: ",
-            $len,
-            "\r\nConnection: close\r\n\r\n",
-            $body
-        )
-        .as_bytes()
-    };
+/// io_conn's own HTTP error replies (it writes them itself, md never sees the request); the
+/// connection closes after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStatus {
+    /// `400`: a request io_conn cannot frame ([`Next::Malformed`]).
+    BadRequest,
+    /// `431`: a head over the limits ([`Next::HeadTooLarge`]).
+    HeadTooLarge,
+    /// `413`: a request over `max_message` ([`Next::TooLong`]).
+    ContentTooLarge,
 }
 
-/// io_conn's reply to a request it cannot frame ([`Next::Malformed`]); the connection closes.
-pub const BAD_REQUEST: &[u8] = error_reply!("400 Bad Request", "12", "Bad Request\n");
-/// io_conn's reply to a head over the limits ([`Next::HeadTooLarge`]).
-pub const HEAD_TOO_LARGE: &[u8] =
-    error_reply!("431 Request Header Fields Too Large", "32", "Request Header Fields Too Large\n");
-/// io_conn's reply to a request over `max_message` ([`Next::TooLong`]).
-pub const CONTENT_TOO_LARGE: &[u8] =
-    error_reply!("413 Content Too Large", "18", "Content Too Large\n");
+/// Bytes of the longest error reply (the `431`, some 200 bytes), with room to spare.
+const ERROR_REPLY_MAX: usize = 256;
+
+/// One of io_conn's error replies, built on the stack (no allocation): the status line,
+/// `Server` (the same as md's `http` service sends), `Date`, `Content-Type`, `Content-Length`,
+/// `Connection: close`, and the status text as the body. Derefs to its bytes.
+#[derive(Clone, Copy)]
+pub struct ErrorReply {
+    len: usize,
+    buf: [u8; ERROR_REPLY_MAX],
+}
+
+impl std::fmt::Debug for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ErrorReply({:?})", String::from_utf8_lossy(self))
+    }
+}
+
+impl std::ops::Deref for ErrorReply {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+std::thread_local! {
+    /// The `Date` value for this thread's error replies (io_conn's loop is one thread):
+    /// formatted at most once per second.
+    static DATE: std::cell::RefCell<crate::httpdate::DateCache> =
+        std::cell::RefCell::new(crate::httpdate::DateCache::default());
+}
+
+impl ErrorStatus {
+    /// Status line text and body (the body is the reason phrase and a newline).
+    fn parts(self) -> (&'static str, &'static str) {
+        match self {
+            Self::BadRequest => ("400 Bad Request", "Bad Request\n"),
+            Self::HeadTooLarge => {
+                ("431 Request Header Fields Too Large", "Request Header Fields Too Large\n")
+            }
+            Self::ContentTooLarge => ("413 Content Too Large", "Content Too Large\n"),
+        }
+    }
+
+    /// The reply, dated now (the `Date` value is cached per second).
+    pub fn reply(self) -> ErrorReply {
+        DATE.with(|d| self.reply_dated(d.borrow_mut().get()))
+    }
+
+    /// The reply with `date` (an IMF-fixdate) as its `Date`.
+    pub fn reply_dated(self, date: &[u8; 29]) -> ErrorReply {
+        let (status, body) = self.parts();
+        let mut r = ErrorReply { len: 0, buf: [0; ERROR_REPLY_MAX] };
+        let mut len_text = [0u8; 4];
+        let mut n = body.len();
+        let mut digits = 0;
+        // The bodies are at most a few dozen bytes: at most 4 digits.
+        for i in (0..4).rev() {
+            len_text[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            digits += 1;
+            if n == 0 {
+                break;
+            }
+        }
+        let parts: [&[u8]; 9] = [
+            b"HTTP/1.1 ",
+            status.as_bytes(),
+            b"\r\nServer: shmsrv\r\nDate: ",
+            date,
+            b"\r\nContent-Type: text/plain\r\nContent-Length: ",
+            &len_text[4 - digits..],
+            b"\r\nConnection: close\r\n",
+            b"\r\n",
+            body.as_bytes(),
+        ];
+        for p in parts {
+            // Fits: the longest reply is about 200 bytes (checked by the unit tests).
+            r.buf[r.len..r.len + p.len()].copy_from_slice(p);
+            r.len += p.len();
+        }
+        r
+    }
+}
 
 /// How the body of a request is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -539,21 +612,43 @@ mod tests {
         }
     }
 
+    /// Each error reply parses with httparse as a complete response whose `Content-Length` is
+    /// its body, closes, names the server, and carries a valid IMF-fixdate `Date` of the
+    /// current second (catches a reply without `Date`, a malformed or stale one, a wrong length).
     #[test]
-    fn error_replies_are_well_formed() {
-        for reply in [BAD_REQUEST, HEAD_TOO_LARGE, CONTENT_TOO_LARGE] {
+    fn error_replies_are_well_formed_and_dated() {
+        let now = || {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        };
+        for st in [ErrorStatus::BadRequest, ErrorStatus::HeadTooLarge, ErrorStatus::ContentTooLarge]
+        {
+            let before = now();
+            let reply = st.reply();
+            let after = now();
             let mut h = [EMPTY_HEADER; 8];
             let mut resp = httparse::Response::new(&mut h);
-            let Ok(Status::Complete(n)) = resp.parse(reply) else { panic!("{:?}", show(reply)) };
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name == "Content-Length")
-                .and_then(|h| parse_length(h.value))
-                .expect("Content-Length");
-            assert_eq!(len as usize, reply.len() - n, "{:?}", show(reply));
-            assert!(resp.headers.iter().any(|h| h.name == "Connection" && h.value == b"close"));
+            let Ok(Status::Complete(n)) = resp.parse(&reply) else { panic!("{reply:?}") };
+            let code = resp.code.expect("status code");
+            assert_eq!(code, st.parts().0[..3].parse::<u16>().unwrap());
+            let header = |name: &str| {
+                resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+            };
+            let len = header("Content-Length").and_then(parse_length).expect("Content-Length");
+            assert_eq!(len as usize, reply.len() - n, "{reply:?}");
+            assert_eq!(header("Connection"), Some(&b"close"[..]));
+            assert_eq!(header("Server"), Some(&b"shmsrv"[..]));
+            let date = header("Date").expect("Date");
+            let ok = [before, after].iter().any(|&t| date == crate::httpdate::imf_fixdate(t));
+            assert!(ok, "Date {:?} is not this second's IMF-fixdate", show(date));
+            assert!(reply.len() + 32 <= ERROR_REPLY_MAX, "room to spare: {}", reply.len());
         }
+        let fixed = ErrorStatus::BadRequest.reply_dated(b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            show(&fixed),
+            "HTTP/1.1 400 Bad Request\r\nServer: shmsrv\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\n\
+             Bad Request\n"
+        );
     }
 
     proptest::proptest! {

@@ -19,7 +19,11 @@
 //!   it has sent every reply it owes.
 //! * An md CLOSE at request k: the requests behind k are dropped, and counted
 //!   (`requests_dropped`); the replies up to k are sent, then the connection closes.
+//! * A reply end with `DATA_CLOSE` (the service closed the connection after it, e.g. `QUIT`)
+//!   cuts the same way right after that request, whichever md the later ones went to.
 //! * PAUSE/RESUME count only from the md holding the head request.
+
+use shmq::frame;
 
 use super::{Clients, Cx, Links, SHORT_TICK};
 use crate::counters::Io;
@@ -34,8 +38,9 @@ impl Clients {
         slot: u32,
         i: u32,
         payload: &[u8],
-        end: bool,
+        flags: u16,
     ) {
+        let end = flags & frame::flags::DATA_END != 0;
         // Overrun: above the largest credit an OPEN carried (a reload may have lowered it).
         let credit = self.lim.credit_limit;
         let f = self.flows.get_mut(slot);
@@ -65,6 +70,12 @@ impl Clients {
             self.flows.get_mut(slot).rq.q[k].done = true;
             links.req_done(i);
             links.req_answered(i);
+            if flags & frame::flags::DATA_CLOSE != 0 {
+                // The service closed the connection after this reply (QUIT): nothing behind
+                // it is answered, whichever md it went to; its CLOSE follows.
+                self.cut_after(cx, links, slot, k);
+                return self.advance_head(cx, links, slot);
+            }
             if k == 0 {
                 self.advance_head(cx, links, slot);
             }
@@ -78,6 +89,20 @@ impl Clients {
         let f = self.flows.get_mut(slot);
         f.rq.peers.retain(|p| p.md != i);
         let k = f.rq.open_req(i).unwrap_or(f.rq.q.len());
+        if let Some(r) = f.rq.q.get_mut(k) {
+            r.done = true;
+            links.req_done(i);
+            links.req_failed(i);
+        }
+        self.cut_after(cx, links, slot, k);
+        self.advance_head(cx, links, slot);
+    }
+
+    /// Ends `request`-dispatched flow `slot` after request `k` (or after all of them): the
+    /// requests behind it are dropped (counted), those not sent yet too, no more is read, and
+    /// the connection closes once the replies up to `k` are written.
+    fn cut_after(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, k: usize) {
+        let f = self.flows.get_mut(slot);
         let mut dropped = 0;
         while f.rq.q.len() > k + 1 {
             let r = f.rq.q.pop_back().expect("longer than k + 1");
@@ -88,11 +113,6 @@ impl Clients {
                 self.pool.put(b);
             }
             dropped += 1;
-        }
-        if let Some(r) = f.rq.q.get_mut(k) {
-            r.done = true;
-            links.req_done(i);
-            links.req_failed(i);
         }
         // Requests not sent yet are dropped too.
         if let Some(b) = f.input.take() {
@@ -105,7 +125,6 @@ impl Clients {
             f.after_flush = AfterFlush::Close;
         }
         cx.c[Io::RequestsDropped] += dropped;
-        self.advance_head(cx, links, slot);
     }
 
     /// Pops the finished requests at the head; each new head's held reply goes to the socket.

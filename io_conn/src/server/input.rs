@@ -359,7 +359,7 @@ impl Clients {
         match reply {
             Some(reply) if !f.rq.q.is_empty() => {
                 let mut b = self.pool.get();
-                b.extend(reply);
+                b.extend(&reply);
                 f.rq.q.push_back(Req { md: NO_MD, done: true, held: Some(b) });
                 self.update_interest(cx, slot);
             }
@@ -383,7 +383,7 @@ impl Clients {
             .and_then(|r| framing::refusal_reply(self.framing(slot), r));
         self.flows.get_mut(slot).after_flush = AfterFlush::Linger;
         if let Some(reply) = reply {
-            if !self.send_to_client(cx, links, slot, reply, false) {
+            if !self.send_to_client(cx, links, slot, &reply, false) {
                 return; // the write failed and closed the flow
             }
         }

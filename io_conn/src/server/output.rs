@@ -20,8 +20,7 @@ impl Clients {
                 cx.c[Io::MessagesOut] += 1;
                 let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
                 if self.flows.get(slot).rq.on {
-                    let end = fr.flags & frame::flags::DATA_END != 0;
-                    return self.on_reply(cx, links, slot, i, fr.payload, end);
+                    return self.on_reply(cx, links, slot, i, fr.payload, fr.flags);
                 }
                 let f = self.flows.get_mut(slot);
                 if !std::mem::replace(&mut f.md_answered, true) {

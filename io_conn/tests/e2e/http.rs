@@ -139,6 +139,11 @@ fn errors_400_431_413_in_order_then_close() {
         let got = raw(a, b"garbage\r\n\r\n");
         assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
         assert!(got.contains("Connection: close\r\n"), "{got}");
+        // Dated and named like md's replies (io_conn writes this one itself).
+        assert!(got.contains("\r\nServer: shmsrv\r\n"), "{got}");
+        let date = got.split("\r\nDate: ").nth(1).and_then(|r| r.split("\r\n").next());
+        let date = date.unwrap_or_else(|| panic!("no Date: {got}"));
+        assert!(date.len() == 29 && date.ends_with(" GMT"), "Date {date:?}");
         // curl: HTTP/1.1 without Host.
         let out = run(
             "curl",

@@ -2,11 +2,12 @@
 //! `.ci/setup`) against io_conn + md over the shared cache segment. The redis-py scenarios are
 //! in `kv_clients.py` (one per run, exit 0 when every check passed).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{KillOnDrop, Server, Setup, WATCHDOG, listener, md_bin};
+use crate::util::{KillOnDrop, Server, Setup, WATCHDOG, listener, md_bin, read_n, read_to_eof};
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/kv_clients.py")
@@ -256,4 +257,62 @@ fn kv_md_killed_mid_set_under_load() {
     }
     eprintln!("cache recoveries after 8 md kills: {recovered}");
     sut.stop();
+}
+
+/// Issue 12's QUIT, as Redis does it: `+OK`, then the server closes the connection; commands
+/// pipelined behind QUIT are never answered, and other connections carry on. Under flow dispatch
+/// (kv's default) and request dispatch, two md each. Under request dispatch the PINGs behind QUIT
+/// go to both md instances: catches a close that lets another md's reply through (no
+/// `DATA_CLOSE` cut), a close ordered before the `+OK`, a QUIT that leaves the connection open,
+/// and a close that hits another connection.
+#[test]
+fn kv_quit_replies_ok_then_closes() {
+    for dispatch in ["flow", "request"] {
+        let mut listeners = listener("kv", "resp");
+        listeners.push_str(&format!("dispatch = \"{dispatch}\"\n"));
+        let sut = Server::start_with(
+            &format!("kvquit{}", &dispatch[..1]),
+            Setup { spawn_md: 2, max_instances: 2, listeners: &listeners, ..Setup::default() },
+        );
+        let mut bystander = sut.connect("kv/resp");
+        bystander.write_all(b"PING\r\n").expect("write");
+        assert_eq!(read_n(&mut bystander, 7), b"+PONG\r\n");
+
+        let mut c = sut.connect("kv/resp");
+        c.write_all(b"*3\r\n$3\r\nSET\r\n$4\r\nquit\r\n$1\r\nv\r\n").expect("write");
+        assert_eq!(read_n(&mut c, 5), b"+OK\r\n", "{dispatch}: SET");
+        c.write_all(b"QUIT\r\n").expect("write");
+        assert_eq!(String::from_utf8_lossy(&read_to_eof(&mut c)), "+OK\r\n", "{dispatch}: QUIT");
+
+        // redis-cli too: it prints the +OK and sees the close.
+        assert_eq!(cli(&sut, &["QUIT"]), "OK\n", "{dispatch}: redis-cli QUIT");
+
+        const CONNS: u64 = 20;
+        for n in 0..CONNS {
+            let mut c = sut.connect("kv/resp");
+            let mut req = b"PING\r\n*1\r\n$4\r\nQUIT\r\n".to_vec();
+            for _ in 0..=n % 8 {
+                req.extend_from_slice(b"PING\r\n*2\r\n$4\r\nINCR\r\n$4\r\nnope\r\n");
+            }
+            c.write_all(&req).expect("write");
+            let got = read_to_eof(&mut c);
+            assert_eq!(String::from_utf8_lossy(&got), "+PONG\r\n+OK\r\n", "{dispatch}: conn {n}");
+        }
+        // The bystander was not touched. Under flow dispatch nothing behind a QUIT ran (no
+        // INCR); under request dispatch another md may have run one whose reply was cut.
+        bystander.write_all(b"GET quit\r\n").expect("write");
+        assert_eq!(read_n(&mut bystander, 7), b"$1\r\nv\r\n", "{dispatch}");
+        if dispatch == "flow" {
+            bystander.write_all(b"GET nope\r\n").expect("write");
+            assert_eq!(read_n(&mut bystander, 5), b"$-1\r\n", "an INCR behind QUIT ran");
+        }
+        // Counted as md closing them: 22 connections, none by error.
+        sut.wait_stats("the QUIT closes counted", |v| {
+            crate::util::expect_exact(
+                v,
+                &[("io", 0, "closed_by_md", CONNS + 2), ("io", 0, "closed_error", 0)],
+            )
+        });
+        drop(bystander);
+    }
 }

@@ -177,6 +177,11 @@ impl<F: fmt::Debug> Core<F> {
 
     pub(super) fn on_data<S: Service<Flow = F>>(&mut self, svc: &mut S, idx: usize, msg: &[u8]) {
         let flow = &mut self.flows[idx];
+        if flow.closing {
+            // The service closed the flow (`Ctx::close`): requests the client sent after the
+            // one that closed it are dropped unanswered, as Redis ignores what follows QUIT.
+            return;
+        }
         if flow.svc.is_none() || flow.eof_done {
             self.stats[Md::BadFrames] += 1;
             return;
@@ -210,13 +215,14 @@ impl<F: fmt::Debug> Core<F> {
         let Self { flows, timers, stats, now, max_payload, opts, slice_end, .. } = self;
         let flow = &mut flows[idx];
         let avail = flow.avail();
-        let Flow { id, svc, out, out_base, bcast, .. } = flow;
+        let Flow { id, svc, out, out_base, bcast, closing, .. } = flow;
         let cx = Ctx {
             flow: *id,
             slot: idx as u32,
             out,
             out_base: *out_base,
             bcast,
+            closing,
             max_payload: *max_payload,
             avail,
             timers,
@@ -341,6 +347,7 @@ impl<F: fmt::Debug> Core<F> {
                 out: &mut flow.out,
                 out_base: flow.out_base,
                 bcast: &mut flow.bcast,
+                closing: &mut flow.closing,
                 max_payload: *max_payload,
                 avail,
                 timers,
@@ -387,7 +394,8 @@ impl<F: fmt::Debug> Core<F> {
             if flow.next_end() == Some(pos) {
                 // A request ended and no frame carried its end (nothing was written since the
                 // last one): an empty END frame, which costs no credit.
-                match tx.try_push(flow.id, Kind::Data, flags::DATA_END, &[]) {
+                let fl = flags::DATA_END | last_end_flag(flow);
+                match tx.try_push(flow.id, Kind::Data, fl, &[]) {
                     Ok(()) => {
                         flow.ends_head += 1;
                         self.stats[Md::MessagesOut] += 1;
@@ -419,7 +427,7 @@ impl<F: fmt::Debug> Core<F> {
                     break; // out of credit: later output and broadcasts wait for DRAINED
                 }
                 let ends_here = flow.next_end() == Some(pos + n as u64);
-                let fl = if ends_here { flags::DATA_END } else { 0 };
+                let fl = if ends_here { flags::DATA_END | last_end_flag(flow) } else { 0 };
                 match tx.try_push(flow.id, Kind::Data, fl, &flow.out[sent..sent + n]) {
                     Ok(()) => {
                         sent += n;
@@ -498,7 +506,8 @@ impl<F: fmt::Debug> Core<F> {
                 self.run_held(svc, idx);
                 continue;
             }
-            if flow.eof && !flow.eof_done && !flow.busy && flow.backlog_count == 0 {
+            if flow.eof && !flow.eof_done && !flow.closing && !flow.busy && flow.backlog_count == 0
+            {
                 self.call(svc, idx, |s, st, cx| s.eof(st, cx));
                 self.flows[idx].eof_done = true;
                 continue;
@@ -529,8 +538,11 @@ impl<F: fmt::Debug> Core<F> {
                 full = true;
             }
         }
-        let flow = &self.flows[idx];
-        let closing = flow.svc.is_none() || (flow.eof_done && !flow.busy);
+        let flow = &mut self.flows[idx];
+        if flow.closing && !flow.busy {
+            flow.drop_held(); // never run: the flow closed before them
+        }
+        let closing = flow.svc.is_none() || ((flow.eof_done || flow.closing) && !flow.busy);
         if closing && flow.out.is_empty() && !flow.has_broadcasts() && !flow.has_ends() {
             if self.control(tx, id, Kind::Close) {
                 self.stats[Md::ClosesOut] += 1;
@@ -664,6 +676,14 @@ impl<F: fmt::Debug> Core<F> {
         }
         self.fatal = None;
     }
+}
+
+/// [`flags::DATA_CLOSE`] for the frame carrying `flow`'s next reply end if that end is the
+/// flow's last (the service closed it, no request runs any more, and no other end is queued),
+/// else 0. io_conn then cuts a `request`-dispatched connection right after this reply.
+fn last_end_flag<F>(flow: &Flow<F>) -> u16 {
+    let last = flow.closing && !flow.busy && flow.ends_head + 1 == flow.ends.len();
+    if last { flags::DATA_CLOSE } else { 0 }
 }
 
 /// Bookkeeping for a push into the output ring that failed: a full ring is counted (the output

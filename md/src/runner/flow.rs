@@ -56,6 +56,9 @@ pub(super) struct Flow<F> {
     pub(super) eof: bool,
     /// [`Service::eof`] called; nothing more will run, `CLOSE` follows the output.
     pub(super) eof_done: bool,
+    /// The service asked to close the flow ([`crate::Ctx::close`]): no later request runs (held
+    /// and arriving ones are dropped), `CLOSE` follows the output written so far.
+    pub(super) closing: bool,
     /// The last of `PAUSE`/`RESUME` sent was `PAUSE`.
     pub(super) paused: bool,
     pub(super) dirty: bool,
@@ -89,6 +92,7 @@ impl<F> Flow<F> {
             queued: false,
             eof: false,
             eof_done: false,
+            closing: false,
             paused: false,
             dirty: false,
             blocked: false,
@@ -117,6 +121,7 @@ impl<F> Flow<F> {
         self.queued = false;
         self.eof = false;
         self.eof_done = false;
+        self.closing = false;
         self.paused = false;
         self.dirty = false;
         self.blocked = false;
@@ -136,6 +141,7 @@ impl<F> Flow<F> {
     pub(super) fn can_run(&self) -> bool {
         !self.busy
             && !self.eof_done
+            && !self.closing
             && self.out.len() as u64 <= self.avail()
             && !self.has_broadcasts()
     }
@@ -196,6 +202,13 @@ impl<F> Flow<F> {
         self.backlog_head = range.end;
         self.backlog_count -= 1;
         Some(range)
+    }
+
+    /// Drops every held request (the service closed the flow: they are never answered).
+    pub(super) fn drop_held(&mut self) {
+        self.backlog.clear();
+        self.backlog_head = 0;
+        self.backlog_count = 0;
     }
 
     /// Empties the backlog once its last request has run (no copy needed to reuse it).

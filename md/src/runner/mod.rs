@@ -87,6 +87,7 @@ use shmq::stats::{Md, MdState};
 
 mod core;
 mod flow;
+mod late_stats;
 
 use crate::control::Control;
 use crate::service::Service;
@@ -94,6 +95,8 @@ use crate::stats::{MdStatsSink, Stats};
 use crate::timer::Timers;
 use core::Core;
 use flow::FlowMap;
+use late_stats::LateStats;
+pub use late_stats::{LATE_STATS_EVERY, StatsAttempt};
 
 /// One attached queue pair, as the runner uses it. Built from a [`shmq::pair::MdSide`] by the
 /// binary, or over heap rings and FIFOs in a temp dir by tests.
@@ -258,6 +261,8 @@ pub struct Runner<S: Service> {
     core: Core<S::Flow>,
     /// Where the counters are mirrored once per batch; `None`: in-process only.
     sink: Option<MdStatsSink>,
+    /// A stats segment still to pick up while serving ([`Self::set_late_stats`]).
+    late_stats: Option<LateStats>,
     /// systemd's watchdog (`WatchdogSec=`), pinged from the loop; disabled without it.
     watchdog: Watchdog,
 }
@@ -291,7 +296,7 @@ where
             now: Instant::now(),
             warned_refused: false,
         };
-        Self { service, core, sink: None, watchdog }
+        Self { service, core, sink: None, late_stats: None, watchdog }
     }
 
     /// The counters (over the whole life of the runner).
@@ -304,11 +309,42 @@ where
     /// each counter minus its value now. Returns the previous sink. [`crate::serve`] calls it
     /// after each attach to a new io_conn.
     pub fn set_stats_sink(&mut self, sink: Option<MdStatsSink>) -> Option<MdStatsSink> {
+        if sink.is_some() {
+            self.late_stats = None;
+        }
         let sink = sink.map(|mut s| {
             s.bind(&self.core.stats, self.service.command_names());
             s
         });
         std::mem::replace(&mut self.sink, sink)
+    }
+
+    /// While no sink is set, calls `attempt` from the loop at most once per
+    /// [`LATE_STATS_EVERY`] until it returns a sink (mirrored from then on, counting from this
+    /// call, not from the pickup) or `Err(false)` (given up); `None` cancels. [`crate::serve`]
+    /// sets it when the stats segment was not there at the attach (issue 14, finding 11).
+    pub fn set_late_stats(&mut self, attempt: Option<StatsAttempt>) {
+        self.late_stats = attempt.map(|attempt| LateStats {
+            attempt,
+            next: Instant::now() + LATE_STATS_EVERY,
+            base: self.core.stats.clone(),
+        });
+    }
+
+    /// One due attempt of [`Self::set_late_stats`]; on success the sink starts mirroring now.
+    fn poll_late_stats(&mut self, ep: &Endpoint, now: Instant) {
+        let Some(late) = self.late_stats.as_mut() else { return };
+        match late.poll(now) {
+            Err(true) => {}
+            Err(false) => self.late_stats = None,
+            Ok(mut sink) => {
+                let late = self.late_stats.take().expect("polled above");
+                sink.bind(&late.base, self.service.command_names());
+                sink.begin_run(&ep.tx);
+                sink.mirror(&self.core.stats, &ep.rx, &ep.tx);
+                self.sink = Some(sink);
+            }
+        }
     }
 
     /// The stats sink, if one is set.
@@ -583,6 +619,9 @@ where
             }
             since_poll = 0;
             last_poll = Instant::now();
+            if self.sink.is_none() {
+                self.poll_late_stats(ep, last_poll);
+            }
             if !worked {
                 // About to wait: the heartbeat and the consumer's sleep count go out now.
                 if let Some(sink) = &mut self.sink {

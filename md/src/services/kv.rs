@@ -391,6 +391,7 @@ impl Kv {
             b"QUIT" => {
                 cx.count(cmd::KV_OTHER);
                 cx.send(OK);
+                cx.close(); // after the +OK, as Redis does; later commands go unanswered
                 return;
             }
             b"AUTH" => {
