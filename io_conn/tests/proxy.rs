@@ -233,3 +233,62 @@ fn v1_flow_dispatch_and_per_ip_counts_the_carried_client() {
     );
     sut.stop();
 }
+
+/// `io_conn --reload --config FILE`; panics unless io_conn applied it.
+fn reload(sut: &Server, edit: impl Fn(String) -> String) {
+    let old = std::fs::read_to_string(&sut.config).expect("read config");
+    let new = edit(old.clone());
+    assert_ne!(old, new, "the edit changed nothing");
+    std::fs::write(&sut.config, new).expect("write config");
+    let out = std::process::Command::new(io_conn_bin())
+        .arg("--reload")
+        .arg("--config")
+        .arg(&sut.config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run io_conn --reload");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reload refused: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("io_conn.listener["), "{stdout}");
+}
+
+/// Both keys reload live, for connections accepted afterwards: a stranger is refused, then
+/// trusted once `proxy_from` names it, then served without a header once `proxy_protocol` is
+/// "none"; a connection accepted before a reload keeps the settings it was accepted with.
+#[test]
+fn proxy_keys_reload_live() {
+    let sut = start("proxy_reload", "v2", "request", "");
+    let a = sut.addr("http/http");
+    let claim = [&v2("203.0.113.7:5555", "192.0.2.1:80")[..], WHOAMI_LAST].concat();
+    let mut s = connect_from(STRANGER, a);
+    let _ = s.write_all(&claim);
+    closed_silently(&mut s);
+    sut.wait_io("the stranger refused", &[("proxy_refused_untrusted", 1)]);
+
+    // A balancer connection that has sent half its header when the reload comes.
+    let mut early = connect_from(BALANCER, a);
+    early.write_all(&claim[..10]).expect("write");
+    reload(&sut, |t| t.replace(&format!("\"{BALANCER}/32\""), "\"127.0.0.8/29\""));
+    let (b, _) = exchange(STRANGER, a, &claim);
+    assert_eq!(b, ["203.0.113.7:5555\n"]);
+    early.write_all(&claim[10..]).expect("write");
+    assert_eq!(bodies(&String::from_utf8_lossy(&read_to_eof(&mut early))), ["203.0.113.7:5555\n"]);
+    // The balancer is no longer in proxy_from.
+    let mut s = connect_from(BALANCER, a);
+    let _ = s.write_all(&claim);
+    closed_silently(&mut s);
+
+    reload(&sut, |t| t.replace("proxy_protocol = \"v2\"", "proxy_protocol = \"none\""));
+    let (b, me) = exchange(STRANGER, a, WHOAMI_LAST);
+    assert_eq!(b, [format!("{me}\n")]);
+    assert!(me.to_string().starts_with("127.0.0.9:"), "{me}");
+    sut.wait_io(
+        "counted",
+        &[("proxy_refused_untrusted", 2), ("proxy_headers", 2), ("reloads_ok", 2)],
+    );
+    sut.stop();
+}
