@@ -27,6 +27,8 @@ fn setup(mds: usize) -> (Cx, Clients, Links) {
         mds: vec![0, 1],
         request: false,
         depth: 16,
+        proxy: None,
+        proxy_from: Vec::new(),
     });
     let cx = Cx { epoll, c: Counters::default(), now: Instant::now(), now_ns: 1 };
     (cx, clients, Links::without_rings(mds))
