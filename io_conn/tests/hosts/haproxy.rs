@@ -57,7 +57,6 @@ fn shipped_haproxy_config_is_valid() {
 
 /// The shipped host config passes `io_conn --check-config` as it is.
 #[test]
-#[ignore = "needs the proxy branch"]
 fn shipped_host_config_is_valid() {
     let out = Command::new(io_conn_bin())
         .arg("--check-config")
@@ -477,19 +476,16 @@ fn drain_then_stop(test: &str, force_loopback: bool) {
 }
 
 #[test]
-#[ignore = "needs the proxy branch"]
 fn haproxy_two_hosts_whoami_trust_and_a_host_killed() {
     balanced_hosts("hapnet", false);
 }
 
 #[test]
-#[ignore = "needs the proxy branch"]
 fn haproxy_two_instances_on_loopback() {
     balanced_hosts("haplo", true);
 }
 
 #[test]
-#[ignore = "needs the proxy branch"]
 fn haproxy_drain_then_stop_loses_nothing() {
     drain_then_stop("hapdrain", false);
 }
