@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Host, exchange, http_body, http_get};
+use crate::harness::{Host, exchange, http_body, http_get, resp};
 use crate::instances::Scratch;
 use crate::net::{Place, Topology, connect_from, in_ns, wrap};
 use crate::util::{WATCHDOG, io_conn_bin, test_dir, unique_name, viewstats_bin};
@@ -245,6 +245,7 @@ struct Site {
     hosts: Vec<Host>,
     configs: Vec<PathBuf>,
     fe_http: SocketAddr,
+    fe_kv: SocketAddr,
     stats: SocketAddr,
     admin: PathBuf,
     topo: Topology,
@@ -289,19 +290,21 @@ impl Site {
         subst(&mut text, "log /dev/log local0", "log stdout format raw local0");
         // The tests' open-files limit (20000) is below what maxconn 50000 needs.
         subst(&mut text, "maxconn 50000", "maxconn 4000");
-        let (fe_http, stats) = if netns {
-            ("192.0.2.10:80".parse().expect("addr"), "127.0.0.1:8404".parse().expect("addr"))
+        let (fe_http, fe_kv, stats) = if netns {
+            let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+            (a("192.0.2.10:80"), a("192.0.2.10:6379"), a("127.0.0.1:8404"))
         } else {
             let fe_http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let fe_kv = SocketAddr::from(([127, 0, 0, 1], free_port()));
             subst(&mut text, "192.0.2.10:80", &fe_http.to_string());
-            subst(&mut text, "192.0.2.10:6379", &format!("127.0.0.1:{}", free_port()));
+            subst(&mut text, "192.0.2.10:6379", &fe_kv.to_string());
             subst(&mut text, "source 10.0.0.10", &format!("source {}", topo.lb.ip));
             for (i, h) in hosts.iter().enumerate() {
                 let ip = format!("10.0.0.{}", 11 + i);
                 subst(&mut text, &format!("{ip}:8080"), &h.addr("http/http").to_string());
                 subst(&mut text, &format!("{ip}:6380"), &h.addr("kv/resp").to_string());
             }
-            (fe_http, SocketAddr::from(([127, 0, 0, 1], free_port())))
+            (fe_http, fe_kv, SocketAddr::from(([127, 0, 0, 1], free_port())))
         };
         let admin = scratch.0.join("haproxy.sock");
         text.push_str(&format!(
@@ -313,7 +316,7 @@ impl Site {
         let cfg = scratch.0.join("haproxy.cfg");
         std::fs::write(&cfg, text).expect("write haproxy.cfg");
         let haproxy = Haproxy::start(&topo.lb, &cfg);
-        Site { haproxy, hosts, configs, fe_http, stats, admin, topo, _scratch: scratch }
+        Site { haproxy, hosts, configs, fe_http, fe_kv, stats, admin, topo, _scratch: scratch }
     }
 
     fn stats(&self) -> Option<Csv> {
@@ -409,6 +412,7 @@ fn balanced_hosts(test: &str, force_loopback: bool) {
     assert!(s1 >= 10 && s2 >= 10, "round robin reached both hosts: {s1} / {s2}");
 
     untrusted_header_is_refused(&site);
+    kv_cache_is_per_host(&site);
 
     // Host 1 dies (io_conn and its md, kill -9): every new request still succeeds.
     site.hosts[0].kill9();
@@ -426,7 +430,29 @@ fn balanced_hosts(test: &str, force_loopback: bool) {
         col(c, "shmsrv_http/host1", "status").starts_with("DOWN")
     });
     site.hosts[1].stop();
-    assert!(site.haproxy.log().contains("host1"), "haproxy logged host1 going down");
+    let log = site.haproxy.log();
+    assert!(log.contains("shmsrv_http/host1 is DOWN"), "haproxy's log says why:\n{log}");
+}
+
+/// What docs/DEPLOY.md says of kv behind a balancer: each host has its own cache. Two clients
+/// at once through `balance leastconn` land on the two hosts; a key one SETs, the other does
+/// not see (and both see their own through the PROXY v2 listener, AUTH first).
+fn kv_cache_is_per_host(site: &Site) {
+    let (client, fe) = (site.topo.client.clone(), site.fe_kv);
+    let (first, second) = in_ns(client.ns.as_deref(), move || {
+        // Client 1 holds its connection (answered: it is on a host) when client 2 connects.
+        let mut a = connect_from(client.ip, fe).expect("kv client 1");
+        let mut answers = vec![resp(&mut a, &["AUTH", "change-me"])];
+        let mut b = connect_from(client.ip, fe).expect("kv client 2");
+        answers.push(resp(&mut b, &["AUTH", "change-me"]));
+        answers.push(resp(&mut a, &["SET", "where", "one host"]));
+        answers.push(resp(&mut a, &["GET", "where"]));
+        let first = answers.join("");
+        let second = resp(&mut b, &["GET", "where"]);
+        (first, second)
+    });
+    assert_eq!(first, "+OK\r\n+OK\r\n+OK\r\n$8\r\none host\r\n");
+    assert_eq!(second, "$-1\r\n", "the other host's cache does not have the key");
 }
 
 /// The zero-loss way to take a host out (docs/DEPLOY.md): drain it in haproxy, wait until its
