@@ -2,7 +2,7 @@
 # Runs one afl.rs fuzz target for a while: fuzz/run.sh TARGET SECONDS [extra afl-fuzz args].
 # `fuzz/run.sh setup` only installs cargo-afl and builds every target; SKIP_BUILD=1 skips that.
 #
-# TARGET is framing, http, resp, ring, config or stats (see fuzz/src/lib.rs). Installs cargo-afl (which
+# TARGET is framing, http, resp, proxy, ring, config or stats (see fuzz/src/lib.rs). Installs cargo-afl (which
 # builds AFL++ from its bundled source) the first time, builds the instrumented targets, then
 # runs afl-fuzz on fuzz/seeds/TARGET, writing to fuzz/out/TARGET or $FUZZ_OUT/TARGET (kept between runs: AFL++
 # resumes from its queue). No stdin, no UI: fine under CI=true. Exits non-zero if the run found

@@ -4,7 +4,8 @@
 # it. Idempotent and quiet when everything is present; `apt-get update` runs only when an apt
 # package is missing.
 #
-#   scripts/deps.sh            # the tests: cargo-nextest, Python's prometheus_client, tmux, strace
+#   scripts/deps.sh            # the tests: cargo-nextest, Python's prometheus_client, tmux, strace,
+#                              # haproxy, ...
 #   scripts/deps.sh package    # also cargo-deb (scripts/package.sh)
 #   scripts/deps.sh ci         # package, plus what only CI steps use: systemd-nspawn
 #                              # (.ci/systemd-container) and the DejaVu font (bench-table's chart)
@@ -59,9 +60,12 @@ done
 #    strace: .ci/systemd checks the units' SystemCallFilter=; prlimit: io_conn's fd-limit test;
 #    python3: viewstats' Prometheus check. dpkg-deb and systemd-analyze: the package check.
 # curl and wrk: the http service's end-to-end tests; redis-cli: the kv service's (redis-server
-# and redis-benchmark: the same-run baselines of the benches).
+# and redis-benchmark: the same-run baselines of the benches). haproxy: the balancer in front of
+# two hosts (io_conn/tests/hosts/haproxy.rs, which also checks docs/deploy/haproxy.cfg); ip
+# (iproute2): the network namespaces those hosts run in (as root; loopback otherwise).
 declare -A apt_for=([tmux]=tmux [strace]=strace [prlimit]=util-linux [python3]=python3
-    [curl]=curl [wrk]=wrk [redis-cli]=redis-tools [redis-server]=redis-server)
+    [curl]=curl [wrk]=wrk [redis-cli]=redis-tools [redis-server]=redis-server
+    [haproxy]=haproxy [ip]=iproute2)
 if $want_package; then
     apt_for[dpkg-deb]=dpkg
     apt_for[systemd-analyze]=systemd

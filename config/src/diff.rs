@@ -108,6 +108,10 @@ pub(crate) const KEYS: &[(&str, u8, Apply)] = &[
     ("io_conn.listener[].framing", IO, Apply::Live),
     ("io_conn.listener[].dispatch", IO, Apply::Live),
     ("io_conn.listener[].pipeline_depth", IO, Apply::Live),
+    // Checked at accept and applied to connections accepted after the reload; a connection
+    // still reading its header finishes it under the settings it was accepted with.
+    ("io_conn.listener[].proxy_protocol", IO, Apply::Live),
+    ("io_conn.listener[].proxy_from", IO, Apply::Live),
     // One queue pair and stats block per instance exist from the start.
     ("md.max_instances", IO | MD | VS, Apply::Restart),
     // The cache segment is sized at io_conn's start; md's kv service reads the password when
@@ -395,6 +399,8 @@ mod tests {
         let mut cfg = Config::default();
         cfg.io_conn.listeners[0].name = "echo".into();
         cfg.io_conn.listeners[0].framing = Some(Framing::Raw);
+        cfg.io_conn.listeners[0].proxy_protocol = crate::ProxyProtocol::V2;
+        cfg.io_conn.listeners[0].proxy_from = vec!["127.0.0.2/32".parse().unwrap()];
         cfg.md.groups = vec![Group {
             services: ["echo", "reverse", "dumb", "http", "kv"].map(String::from).to_vec(),
             instances: Instances::Range { first: 0, last: 7 },
@@ -500,6 +506,16 @@ mod tests {
                 "io_conn.listener[echo].pipeline_depth",
                 Apply::Live,
                 Box::new(|c| c.io_conn.listeners[0].pipeline_depth = 2),
+            ),
+            (
+                "io_conn.listener[echo].proxy_protocol",
+                Apply::Live,
+                Box::new(|c| c.io_conn.listeners[0].proxy_protocol = crate::ProxyProtocol::V1),
+            ),
+            (
+                "io_conn.listener[echo].proxy_from",
+                Apply::Live,
+                Box::new(|c| c.io_conn.listeners[0].proxy_from.push("10.0.0.0/8".parse().unwrap())),
             ),
             ("md.max_instances", Apply::Restart, Box::new(|c| c.md.max_instances = 9)),
             ("md.spin", Apply::Live, Box::new(|c| c.md.spin = Duration::ZERO)),

@@ -43,6 +43,7 @@ mod error;
 mod group;
 mod kv;
 mod locate;
+mod proxy;
 pub mod units;
 mod validate;
 
@@ -61,6 +62,7 @@ pub use crate::error::{ConfigError, ErrorKind};
 pub use crate::group::{Group, Instances, parse_instances};
 pub use crate::kv::{KV_CHUNK_BYTES, Kv, MAX_KV_KEYS, Resp};
 use crate::locate::Locator;
+pub use crate::proxy::{Cidr, MAX_PROXY_FROM, ProxyProtocol};
 
 /// The shipped, commented default config (`config/shmsrv.toml`); equals [`Config::default`].
 pub const SHIPPED: &str = include_str!("../shmsrv.toml");
@@ -330,6 +332,16 @@ pub struct Listener {
     /// 1..=[`MAX_PIPELINE_DEPTH`]; ignored under `flow`. Default [`DEFAULT_PIPELINE_DEPTH`].
     #[serde(default = "default_pipeline_depth")]
     pub pipeline_depth: u32,
+    /// Whether each connection begins with a PROXY protocol header from a load balancer
+    /// (`"none"`, the default; `"v1"`; `"v2"`): its source address replaces the socket's peer
+    /// (OPEN, `/whoami`, logs, `max_connections_per_ip`). See [`ProxyProtocol`].
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// The balancers' address blocks: with a `proxy_protocol`, a connection from elsewhere is
+    /// refused, and one from here must send a valid header first. Required (non-empty) then;
+    /// up to [`MAX_PROXY_FROM`] entries. Default empty.
+    #[serde(default)]
+    pub proxy_from: Vec<Cidr>,
 }
 
 fn default_pipeline_depth() -> u32 {
@@ -347,6 +359,8 @@ impl Listener {
             framing: None,
             dispatch: Dispatch::Request,
             pipeline_depth: DEFAULT_PIPELINE_DEPTH,
+            proxy_protocol: ProxyProtocol::None,
+            proxy_from: Vec::new(),
         }
     }
 

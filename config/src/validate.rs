@@ -98,6 +98,7 @@ impl Config {
         self.check_io_conn()?;
         self.check_md()?;
         self.check_dispatch()?;
+        self.check_proxy()?;
         self.check_groups()?;
         self.check_kv()?;
         let refresh = self.viewstats.refresh;
@@ -500,6 +501,7 @@ mod tests {
                 framing: Some(Framing::Len32),
                 dispatch: Dispatch::Flow,
                 pipeline_depth: 1,
+                ..Listener::new(0, "echo")
             },
             Listener {
                 name: String::new(),
@@ -508,6 +510,7 @@ mod tests {
                 framing: None,
                 dispatch: Dispatch::Flow,
                 pipeline_depth: 1,
+                ..Listener::new(0, "echo")
             },
             Listener {
                 name: String::new(),
@@ -516,6 +519,7 @@ mod tests {
                 framing: None,
                 dispatch: Dispatch::Flow,
                 pipeline_depth: 1,
+                ..Listener::new(0, "echo")
             },
             Listener {
                 name: String::new(),
@@ -524,6 +528,7 @@ mod tests {
                 framing: None,
                 dispatch: Dispatch::Request,
                 pipeline_depth: crate::MAX_PIPELINE_DEPTH,
+                ..Listener::new(0, "echo")
             },
         ];
         cfg.validate().unwrap();

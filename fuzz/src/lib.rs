@@ -12,6 +12,7 @@
 //! | [`http`] | a client byte stream, `max`, the head limits, a start offset and a chunking to the `http` framer | never panics; boundaries lie in the buffer; a message consumes > 0 bytes and at most `max`, its head at most `max_head`; chunked framing cuts the same messages, ends the same way (clean, a last request, or a refusal) and leaves the same bytes as framing the whole stream |
 //! | [`ring`] | a valid heap ring, then a script of honest pushes, hostile writes into the data area and hostile `tail`/`head` stores (anywhere, near the head, or a few aligned steps back from the current tail), interleaved with `peek`/`release`/`drain`/`publish` | never panics; every payload lies in the data area; without hostile writes every pushed frame comes out intact, in order, with no corruption reported |
 //! | [`resp`] | a client byte stream, `max`, limits and a chunking to the `resp` framer | never panics; boundaries lie in the buffer; a command is at most `max`, starts with `*` or is an inline line ending in `\n`; an empty command consumes > 0 bytes; errors are whole `-ERR Protocol error: …\r\n` lines; chunked framing cuts the same commands and the same error as the whole stream |
+//! | [`proxy`] | a version (v1 or v2), a stream, and a chunking to the PROXY header parser | never panics; `consumed` is > 0 and at most the input; `Incomplete` only below the version's bound (4096 / 107 bytes); fed the stream's prefixes as reads would grow them, every verdict before the first non-`Incomplete` one is `Incomplete` and that one equals the whole stream's; the whole stream's verdict holds for every longer stream (bytes after a header never change it); a parsed IPv6 address is never IPv4-mapped |
 //! | [`config`] | arbitrary text to `Config::from_toml_str` | never panics; an error formats; an accepted config round-trips through `to_toml` |
 //! | [`stats`] | a valid stats segment patched with arbitrary bytes (or arbitrary bytes alone), then `StatsReader::attach_in`, `snapshot`, counters, histograms, quantiles | never panics |
 
@@ -39,6 +40,10 @@ mod framing;
 #[path = "../../rt/src/httpdate.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod httpdate;
+/// io_conn's PROXY protocol header parser, included the same way (it depends on `std` only).
+#[path = "../../io_conn/src/proxy.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod proxy;
 /// io_conn's `resp` framer (`framing` uses it as `crate::resp`), included the same way.
 #[path = "../../io_conn/src/resp.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -433,6 +438,54 @@ pub fn resp(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// proxy
+
+/// Fuzzes the PROXY header parser (see the table above).
+pub fn proxy(data: &[u8]) {
+    use proxy::{Parse, V1_MAX, V2_MAX, Version, parse};
+    let mut b = Bytes::new(data);
+    let version = if b.u8() & 1 == 0 { Version::V1 } else { Version::V2 };
+    let bound = if version == Version::V1 { V1_MAX } else { V2_MAX };
+    let chunking = b.u64();
+    let stream = b.rest();
+    let whole = parse(version, stream);
+    match whole {
+        Parse::Incomplete => assert!(stream.len() < bound, "Incomplete at {} bytes", stream.len()),
+        Parse::Done { consumed, addrs } => {
+            assert!(consumed > 0 && consumed <= stream.len(), "consumed {consumed}");
+            assert!(consumed <= bound);
+            if let Some(a) = addrs {
+                for ip in [a.src.ip(), a.dst.ip()] {
+                    if let std::net::IpAddr::V6(v6) = ip {
+                        assert!(v6.to_ipv4_mapped().is_none(), "{ip} not normalised");
+                    }
+                }
+            }
+        }
+        Parse::Invalid(why) => assert!(!why.is_empty()),
+    }
+    // Grow the buffer the way reads do (chunk sizes from the input): Incomplete until the
+    // first verdict, which is the whole stream's.
+    let mut len = 0;
+    let mut c = chunking;
+    while len < stream.len() {
+        len = (len + 1 + (c & 0x3f) as usize).min(stream.len());
+        c = c.rotate_right(6);
+        let v = parse(version, &stream[..len]);
+        if v != Parse::Incomplete {
+            assert_eq!(v, whole, "prefix of {len} bytes");
+            break;
+        }
+    }
+    // More bytes after the stream never change a verdict that was reached.
+    if whole != Parse::Incomplete {
+        let mut longer = stream.to_vec();
+        longer.extend_from_slice(b"\r\n\0PROXY \r\n");
+        assert_eq!(parse(version, &longer), whole);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // ring
 
 /// Writes `bytes` into `mem` at `offset` (clamped to the region).
@@ -753,6 +806,7 @@ mod replay {
             "ring" => super::ring(&data),
             "config" => super::config(&data),
             "stats" => super::stats(&data),
+            "proxy" => super::proxy(&data),
             _ => panic!("unknown target {t}"),
         }
     }
@@ -781,5 +835,9 @@ mod replay {
     #[test]
     fn stats() {
         replay("stats", super::stats);
+    }
+    #[test]
+    fn proxy() {
+        replay("proxy", super::proxy);
     }
 }

@@ -53,6 +53,11 @@ pub enum State {
     Free,
     /// Accepted while no md was live; waits (not read) until one says HELLO, or times out.
     Unassigned,
+    /// Accepted on a `proxy_protocol` listener from a `proxy_from` address: its PROXY header is
+    /// being read (into `input`, within the message deadline). Bound to no md, known to none;
+    /// not counted in `max_connections_per_ip` (the address is the balancer's) until the header
+    /// names the client.
+    Header,
     /// Bound to an md instance.
     Open,
     /// After an error reply was flushed: our side is shut down for writing and input is read and
@@ -242,6 +247,9 @@ pub struct Flow {
     pub close_id: FlowId,
     /// `request` dispatch state.
     pub rq: ReqFlow,
+    /// `peer` came from a PROXY header: it is not the socket's peer address. A handover does
+    /// not pass such a flow on (the successor checks each socket's peer against the record).
+    pub proxied: bool,
     /// Last read or write.
     pub last_active: Instant,
     /// When the incomplete message at the front of `input` started (or accept time while
@@ -276,6 +284,7 @@ impl Flow {
             refusal: None,
             close_id: FlowId(0),
             rq: ReqFlow::default(),
+            proxied: false,
             last_active: now,
             since: now,
             links: [Link::NONE; 2],
@@ -300,7 +309,7 @@ impl Flow {
                     && self.after_flush == AfterFlush::Serve
                     && !self.rq.full()
             }
-            State::Lingering => true,
+            State::Lingering | State::Header => true,
             _ => false,
         }
     }
@@ -326,7 +335,7 @@ impl Flow {
     /// Holds a socket (any state a client event may concern).
     #[inline]
     pub fn has_client(&self) -> bool {
-        matches!(self.state, State::Open | State::Unassigned | State::Lingering)
+        matches!(self.state, State::Open | State::Unassigned | State::Lingering | State::Header)
     }
 }
 
@@ -404,6 +413,7 @@ impl FlowTable {
         f.md_paused = false;
         f.blocked = false;
         f.open_pending = false;
+        f.proxied = false;
         f.owed = 0;
         f.md_answered = false;
         f.input_end = InputEnd::Reading;

@@ -51,6 +51,7 @@ pub mod framing;
 pub mod handover;
 mod kv_cache;
 pub mod pool;
+pub mod proxy;
 pub mod reload;
 pub mod resp;
 mod server;

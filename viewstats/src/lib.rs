@@ -85,7 +85,8 @@ pub struct Args {
     /// Validate the config, print the effective settings and exit.
     #[arg(long)]
     pub check_config: bool,
-    /// Server name (`shared.name`); overrides the config.
+    /// The server instance to read, by its `shared.name` (several run side by side with
+    /// different names); overrides the config's.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Segment kind (`shared.shm_backend`); overrides the config.
@@ -213,12 +214,19 @@ impl Target {
 }
 
 /// Resolves name, backend and interval: flags first, then the config file (`--config`, else the
-/// built-in defaults).
+/// built-in defaults). Which instance of several on one machine is read: `--name`, else the
+/// config's `shared.name`. A `--config` file that is missing or invalid, and a `--name` that
+/// `shared.name` would not accept, are errors naming them.
 pub fn resolve(args: &Args) -> anyhow::Result<Target> {
     let cfg = config::Config::load_or_default(args.config.as_deref())
         .with_context(|| "reading the config".to_owned())?;
     let mut t = Target::from_config(&cfg);
     if let Some(name) = &args.name {
+        // The config's own rule for `shared.name` (so the two cannot drift): a name io_conn
+        // refuses names no server, and one like `../x` must not reach `shm_open`.
+        let mut probe = cfg.clone();
+        probe.shared.name = name.clone();
+        probe.validate().map_err(|e| anyhow::anyhow!("--name {name:?}: {e}"))?;
         t.name = name.clone();
     }
     match args.backend {
@@ -362,4 +370,36 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
     }
     out.flush()?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("viewstats").chain(argv.iter().copied()))
+    }
+
+    #[test]
+    fn name_picks_the_instance_and_overrides_the_config() {
+        assert_eq!(resolve(&args(&[])).unwrap().name, "shmsrv");
+        assert_eq!(resolve(&args(&["--name", "edge-2"])).unwrap().name, "edge-2");
+    }
+
+    #[test]
+    fn a_name_the_config_would_refuse_is_an_error_naming_it() {
+        for bad in ["../x", "", "a b", "a.b", &"x".repeat(33)] {
+            let e = resolve(&args(&["--name", bad])).expect_err(bad).to_string();
+            assert!(e.starts_with(&format!("--name {bad:?}: ")), "{e}");
+            assert!(e.contains("shared.name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_naming_it() {
+        let e = resolve(&args(&["--config", "/nonexistent/shmsrv.toml"])).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("/nonexistent/shmsrv.toml"), "{e}");
+        assert!(e.contains("No such file"), "{e}");
+    }
 }

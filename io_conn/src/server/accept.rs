@@ -82,7 +82,13 @@ impl Clients {
         peer: SocketAddr,
     ) {
         let framing = self.listeners[idx].framing;
-        if !self.per_ip.admit(peer.ip()) {
+        // A PROXY listener: only `proxy_from` may connect, and `max_connections_per_ip` counts
+        // the client its header names, not the balancer (`proxied`).
+        let proxy = self.listeners[idx].proxy.is_some();
+        if !self.proxy_admit(cx, idx, peer.ip()) {
+            return; // dropping `s` closes it
+        }
+        if !proxy && !self.per_ip.admit(peer.ip()) {
             cx.c[Io::ConnectionsRefusedPerIp] += 1;
             if framing == Framing::Line {
                 let _ = s.set_nonblocking(true);
@@ -93,7 +99,9 @@ impl Clients {
         let slot =
             if self.flows.in_use() < self.max_conn as usize { self.flows.alloc() } else { None };
         let Some(slot) = slot else {
-            self.per_ip.release(peer.ip());
+            if !proxy {
+                self.per_ip.release(peer.ip());
+            }
             cx.c[Io::ConnectionsRefused] += 1;
             if framing == Framing::Line {
                 let _ = s.set_nonblocking(true);
@@ -102,16 +110,21 @@ impl Clients {
             return; // dropping `s` closes it
         };
         if s.set_nonblocking(true).is_err() || s.set_nodelay(true).is_err() {
-            self.per_ip.release(peer.ip());
+            if !proxy {
+                self.per_ip.release(peer.ip());
+            }
             self.flows.release(slot);
             return;
         }
-        let md = links.choose(&self.listeners[idx].mds);
+        let md = if proxy { None } else { links.choose(&self.listeners[idx].mds) };
         let generation = self.flows.get(slot).generation;
-        let interest = if md.is_some() { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
+        let interest =
+            if md.is_some() || proxy { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
         if let Err(e) = cx.epoll.add(&s, EpollEvent::new(interest, flow_token(slot, generation))) {
             log::warn!("epoll add client socket: {e}");
-            self.per_ip.release(peer.ip());
+            if !proxy {
+                self.per_ip.release(peer.ip());
+            }
             self.flows.release(slot);
             return;
         }
@@ -125,6 +138,12 @@ impl Clients {
         f.last_active = cx.now;
         f.since = cx.now;
         self.flows.push_back(ListId::Idle, slot);
+        if proxy {
+            // Read the header first (`proxied`), within the message deadline.
+            self.flows.get_mut(slot).state = State::Header;
+            self.flows.push_back(ListId::Deadline, slot);
+            return;
+        }
         match md {
             Some(i) => self.bind(cx, links, slot, i),
             None => {
@@ -136,7 +155,7 @@ impl Clients {
 
     /// Binds a flow to md `i` for life and sends OPEN (`flow` dispatch), or opens it for
     /// `request` dispatch.
-    fn bind(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, i: u32) {
+    pub(super) fn bind(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, i: u32) {
         let f = self.flows.get_mut(slot);
         f.state = State::Open;
         let l = &self.listeners[f.listener as usize];

@@ -45,6 +45,10 @@ pub(super) struct Lst {
     pub(super) request: bool,
     /// `pipeline_depth`: requests in flight per connection under `request` dispatch.
     pub(super) depth: u32,
+    /// `proxy_protocol`: the PROXY header version each connection must begin with (`proxied`).
+    pub(super) proxy: Option<crate::proxy::Version>,
+    /// `proxy_from`: who may connect when `proxy` is set.
+    pub(super) proxy_from: Vec<config::Cidr>,
 }
 
 /// Limits from the config, in the units the loop uses.
@@ -178,6 +182,8 @@ impl Clients {
                 mds: cfg.instances_for(&l.service),
                 request: l.dispatch() == config::Dispatch::Request,
                 depth: l.pipeline_depth().max(1),
+                proxy: super::proxied::version(&l),
+                proxy_from: l.proxy_from,
                 service: l.service,
                 in_epoll: true,
             });
@@ -250,7 +256,10 @@ impl Clients {
             }
             // During a handover an event queued before the pause is not acted on: what the
             // client sends now is read by the successor.
-            if !self.paused {
+            if self.paused {
+            } else if self.flows.get(slot).state == State::Header {
+                self.read_header(cx, links, slot);
+            } else {
                 self.on_readable(cx, links, slot);
             }
         }
@@ -311,7 +320,10 @@ impl Clients {
         }
         cx.c[why] += 1;
         cx.c[Io::ConnectionsCurrent] -= 1;
-        self.per_ip.release(f.peer.ip());
+        if state != State::Header {
+            // A flow still reading its PROXY header was not counted (`proxied`).
+            self.per_ip.release(f.peer.ip());
+        }
         if let Some(sock) = f.sock.take() {
             let _ = cx.epoll.delete(&sock);
             drop(sock);
@@ -418,6 +430,9 @@ impl Clients {
                     self.flows.move_to_back(ListId::Deadline, s);
                     continue;
                 }
+                if f.state == State::Header {
+                    cx.c[Io::ProxyRefusedInvalid] += 1;
+                }
                 self.close_flow(cx, links, s, Io::ClosedDeadline);
             }
         }
@@ -459,7 +474,9 @@ impl Clients {
             cur = self.flows.next(ListId::Idle, slot);
             let f = self.flows.get_mut(slot);
             match f.state {
-                State::Unassigned => self.close_flow(cx, links, slot, Io::ClosedShutdown),
+                State::Unassigned | State::Header => {
+                    self.close_flow(cx, links, slot, Io::ClosedShutdown)
+                }
                 State::Open if !f.input_ended() => {
                     f.input_end = InputEnd::Eof { by_peer: false, sent: false };
                     self.flows.remove(ListId::Deadline, slot);

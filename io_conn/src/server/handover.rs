@@ -149,7 +149,8 @@ impl Clients {
         while let Some(slot) = cur {
             cur = self.flows.next(ListId::Idle, slot);
             let st = self.flows.get(slot).state;
-            if st != State::Lingering && !self.transferable(slot) {
+            // Neither a lingering flow nor one still reading its PROXY header owes a reply.
+            if !matches!(st, State::Lingering | State::Header) && !self.transferable(slot) {
                 return false;
             }
         }
@@ -190,7 +191,9 @@ impl Clients {
         let mut cur = self.flows.front(ListId::Idle);
         while let Some(slot) = cur {
             cur = self.flows.next(ListId::Idle, slot);
-            let exported = self.transferable(slot) && {
+            // A flow whose peer came from a PROXY header is closed: the record holds one peer
+            // address, which the successor checks against the socket's.
+            let exported = self.transferable(slot) && !self.flows.get(slot).proxied && {
                 let f = self.flows.get(slot);
                 let li = lidx.get(f.listener as usize).copied().flatten();
                 let dup = f.sock.as_ref().and_then(|s| s.try_clone().ok()).map(OwnedFd::from);

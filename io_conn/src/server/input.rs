@@ -265,7 +265,7 @@ impl Clients {
 
     /// Keeps the flow in the deadline list exactly while it holds an incomplete message. False
     /// if the flow is no longer open.
-    fn track_deadline(&mut self, cx: &Cx, slot: u32) -> bool {
+    pub(super) fn track_deadline(&mut self, cx: &Cx, slot: u32) -> bool {
         let f = self.flows.get(slot);
         if f.state != State::Open {
             return false;

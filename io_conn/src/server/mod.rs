@@ -57,6 +57,7 @@ mod input;
 mod lifecycle;
 mod link;
 mod output;
+mod proxied;
 mod reload;
 #[cfg(test)]
 mod tests;

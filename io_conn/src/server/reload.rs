@@ -486,6 +486,8 @@ impl Server<'_> {
                     mds: Vec::new(),
                     request: false,
                     depth: 1,
+                    proxy: None,
+                    proxy_from: Vec::new(),
                 });
                 cl.listeners.len() - 1
             }
@@ -541,7 +543,8 @@ impl Server<'_> {
         cl.per_ip = PerIp::new(limit, max_conn);
         for slot in 0..cl.flows.capacity() as u32 {
             let f = cl.flows.get(slot);
-            if f.state != State::Free && f.has_client() {
+            // A flow reading its PROXY header is counted once the header names the client.
+            if f.state != State::Free && f.has_client() && f.state != State::Header {
                 // Over the limit already: those stay; new ones are refused until below it.
                 cl.per_ip.admit_anyway(f.peer.ip());
             }
@@ -562,6 +565,8 @@ fn same_settings(o: &Lst, l: &config::Listener) -> bool {
         && o.framing == l.framing()
         && o.request == (l.dispatch() == config::Dispatch::Request)
         && o.depth == l.pipeline_depth().max(1)
+        && o.proxy == super::proxied::version(l)
+        && o.proxy_from == l.proxy_from
 }
 
 fn set_settings(o: &mut Lst, l: &config::Listener) {
@@ -569,6 +574,8 @@ fn set_settings(o: &mut Lst, l: &config::Listener) {
     o.framing = l.framing();
     o.request = l.dispatch() == config::Dispatch::Request;
     o.depth = l.pipeline_depth().max(1);
+    o.proxy = super::proxied::version(l);
+    o.proxy_from = l.proxy_from.clone();
 }
 
 /// The log level of `io_conn.log_level`, unless `RUST_LOG` decides (main sets the logger up so).

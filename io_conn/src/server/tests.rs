@@ -38,6 +38,8 @@ pub(super) fn setup_listener(
         mds: listener_mds,
         request,
         depth: 16,
+        proxy: None,
+        proxy_from: Vec::new(),
     });
     let cx = Cx { epoll, c: Counters::default(), now: Instant::now(), now_ns: 1 };
     (cx, clients, Links::without_rings(mds))

@@ -231,7 +231,7 @@ counter_set! {
         ClosedDeadline => Counter "closed_deadline" "connections" "Connections closed by the server: a message not complete within message_deadline";
         ClosedOversized => Counter "closed_oversized" "connections" "Connections closed by the server: a message above max_message";
         ClosedCreditOverrun => Counter "closed_credit_overrun" "connections" "Connections closed by the server: unsent output above output_credit";
-        ClosedError => Counter "closed_error" "connections" "Connections closed by the server: socket error";
+        ClosedError => Counter "closed_error" "connections" "Connections closed by the server: socket error, or a malformed PROXY header";
         ClosedByMd => Counter "closed_by_md" "connections" "Connections closed because md sent CLOSE";
         ClosedMdGone => Counter "closed_md_gone" "connections" "Connections closed because their md instance died, or no md came within 10 s";
         ClosedShutdown => Counter "closed_shutdown" "connections" "Connections closed at shutdown (drain deadline)";
@@ -252,6 +252,9 @@ counter_set! {
         MdAttaches => Counter "md_attaches" "events" "md instances that attached (said HELLO)";
         RequestsDropped => Counter "requests_dropped" "requests" "Requests dropped because md closed their connection at an earlier request (request dispatch)";
         ConnectionsRefusedPerIp => Counter "connections_refused_per_ip" "connections" "Connections closed at once because their IP address had max_connections_per_ip open";
+        ProxyRefusedUntrusted => Counter "proxy_refused_untrusted" "connections" "Connections closed at once on a proxy_protocol listener: their address is not in proxy_from";
+        ProxyRefusedInvalid => Counter "proxy_refused_invalid" "connections" "Connections from proxy_from closed without a valid PROXY header (malformed: also closed_error; none within message_deadline: also closed_deadline)";
+        ProxyHeaders => Counter "proxy_headers" "connections" "Valid PROXY headers read (LOCAL ones, which keep the real peer, included)";
         ReloadsOk => Counter "reloads_ok" "reloads" "Config reloads applied (SIGHUP, io_conn --reload)";
         ReloadsRefused => Counter "reloads_refused" "reloads" "Config reloads refused (a file that does not validate, or a key that needs a restart); the old config is kept";
         ConfigGeneration => Gauge "config_generation" "generation" "Config in effect: 0 the one read at start, +1 per reload applied";
