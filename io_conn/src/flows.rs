@@ -145,6 +145,9 @@ pub struct Req {
     /// Reply bytes that came while an earlier request's reply was still being sent: held here,
     /// bounded by the md's output credit for this flow, until this request reaches the head.
     pub held: Option<Buf>,
+    /// When it was pushed to md (the loop's clock): a request unfinished for a whole tick may
+    /// wait for credit, which then goes back to its md at once (`server::dispatch`).
+    pub since: Instant,
 }
 
 /// An md instance a `request`-dispatched connection has been opened on.
@@ -220,6 +223,10 @@ pub struct Flow {
     pub drained: u64,
     /// In the loop's DRAINED list.
     pub in_drained_list: bool,
+    /// In the loop's credit watch list (`request` dispatch: credit below a quarter held back
+    /// while an md works on one of this flow's requests; see `server::dispatch`). Like
+    /// `in_drained_list` it stays with the slot: a stale entry serves the slot's next flow.
+    pub in_credit_watch: bool,
     /// The epoll interest currently registered.
     pub interest: EpollFlags,
     /// md sent PAUSE: do not read.
@@ -272,6 +279,7 @@ impl Flow {
             uncredited: 0,
             drained: 0,
             in_drained_list: false,
+            in_credit_watch: false,
             interest: EpollFlags::empty(),
             md_paused: false,
             blocked: false,

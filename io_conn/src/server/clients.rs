@@ -140,6 +140,11 @@ pub(crate) struct Clients {
     pub(super) drained_list: Vec<u32>,
     /// When deferred DRAINED frames go out even if nothing else goes to their md.
     pub(super) drained_force_at: Option<Instant>,
+    /// `request`-dispatched flows holding back credit from an md that works on one of their
+    /// requests: looked at once per [`super::SHORT_TICK`] (`dispatch::watch_credit`).
+    pub(super) credit_watch: Vec<u32>,
+    /// When the credit watch list is looked at next.
+    pub(super) credit_watch_at: Option<Instant>,
     /// Accepting is paused (EMFILE/ENFILE) until then.
     pub(super) accept_paused_until: Option<Instant>,
     pub(super) lim: Limits,
@@ -200,6 +205,8 @@ impl Clients {
             unassigned: VecDeque::new(),
             drained_list: Vec::with_capacity((max_conn as usize).min(1 << 16)),
             drained_force_at: None,
+            credit_watch: Vec::new(),
+            credit_watch_at: None,
             accept_paused_until: None,
             lim: Limits {
                 max_msg,

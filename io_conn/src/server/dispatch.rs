@@ -22,12 +22,34 @@
 //! * A reply end with `DATA_CLOSE` (the service closed the connection after it, e.g. `QUIT`)
 //!   cuts the same way right after that request, whichever md the later ones went to.
 //! * PAUSE/RESUME count only from the md holding the head request.
+//!
+//! # Returning credit
+//!
+//! Reply bytes flushed to the client are owed back to the md that sent them (`Peer::drained`),
+//! but a DRAINED frame per reply would double the frames md reads (one request, one DRAINED:
+//! measured 2.0 frames per request under wrk, docs/BENCHMARKS.md). md only needs credit back
+//! when it runs short, so io_conn returns it:
+//!
+//! * at once when a quarter of the credit is owed to one md (`flush_drained`): md then still has
+//!   three quarters to write into, so a reply that streams faster than the client reads never
+//!   stalls on credit held here;
+//! * otherwise only if md may be waiting for it: the flow joins the credit watch list when credit
+//!   is held back from an md working on one of its requests (a request pushed to it, or reply
+//!   bytes of an unfinished request flushed). Once per [`SHORT_TICK`] the list is looked at: an md
+//!   with a request unfinished for a whole tick gets its credit (a service may wait for more room
+//!   than the credit minus what is held back), flows whose requests are all done leave the list.
+//!
+//! So a request/response client costs md no DRAINED frame until a quarter of the credit (64 KiB
+//! by default: hundreds of small replies) is owed, and a request that waits for credit gets it
+//! within one to two ticks.
 
-use shmq::frame;
+use std::time::Instant;
+
+use shmq::frame::{self, FlowId, Kind};
 
 use super::{Clients, Cx, Links, SHORT_TICK};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, InputEnd, NO_MD, State, TooLong};
+use crate::flows::{AfterFlush, InputEnd, NO_MD, Peer, ReqFlow, State, TooLong};
 
 impl Clients {
     /// A DATA frame of md `i` for `request`-dispatched flow `slot`.
@@ -220,22 +242,28 @@ impl Clients {
         true
     }
 
-    /// `n` bytes of md `owner`'s replies reached the client: they are owed back to it as credit.
+    /// `n` bytes of md `owner`'s replies reached the client: they are owed back to it as credit
+    /// (see "Returning credit" in the module docs for when).
     pub(super) fn credit_flushed(&mut self, cx: &Cx, slot: u32, owner: u32, n: u64) {
         if owner == NO_MD || n == 0 {
             return;
         }
+        let quarter = (self.lim.credit / 4).max(1);
         let f = self.flows.get_mut(slot);
         let Some(p) = f.rq.peer_mut(owner) else { return };
         p.owed = p.owed.saturating_sub(n);
         p.drained += n;
         f.drained += n;
-        if !f.in_drained_list {
+        let due = p.drained >= quarter;
+        if due && !f.in_drained_list {
             f.in_drained_list = true;
             self.drained_list.push(slot);
             if self.drained_force_at.is_none() {
                 self.drained_force_at = Some(cx.now + SHORT_TICK);
             }
+        } else if !due && !f.in_credit_watch && f.rq.open_req(owner).is_some() {
+            f.in_credit_watch = true;
+            self.credit_watch.push(slot);
         }
     }
 
@@ -256,43 +284,106 @@ impl Clients {
         }
     }
 
-    /// Pushes the DRAINED frames a `request`-dispatched flow owes its md instances (see
-    /// `flush_drained` for when). Returns the bytes still owed.
+    /// Pushes the DRAINED frames of a `request`-dispatched flow in the DRAINED list: to each md
+    /// owed at least a quarter of the credit. True if one could not go (its ring was full): the
+    /// flow stays in the list and is retried.
     pub(super) fn flush_drained_peers(
         &mut self,
         cx: &mut Cx,
         links: &mut Links,
         slot: u32,
-        force: bool,
-    ) -> u64 {
+    ) -> bool {
         let quarter = (self.lim.credit / 4).max(1);
         let id = self.flows.id(slot);
         let f = self.flows.get_mut(slot);
-        let mut left = 0;
-        for p in f.rq.peers.iter_mut().filter(|p| p.drained > 0) {
-            let Some((tx, pushed)) = links.tx(p.md) else {
-                p.drained = 0; // no ring: nobody to return it to
-                continue;
-            };
-            if !(force || p.drained >= quarter || *pushed) {
-                left += p.drained;
-                continue;
-            }
-            match tx.try_push(
-                id,
-                shmq::frame::Kind::Drained,
-                0,
-                &shmq::frame::encode_drained(p.drained),
-            ) {
-                Ok(()) => {
-                    *pushed = true;
-                    p.drained = 0;
-                    cx.c[Io::DrainedFrames] += 1;
+        let mut retry = false;
+        for p in f.rq.peers.iter_mut().filter(|p| p.drained >= quarter) {
+            retry |= !push_drained(cx, links, id, p);
+        }
+        f.drained = f.rq.peers.iter().map(|p| p.drained).sum();
+        retry
+    }
+
+    /// Looks at the credit watch list if it is due (once per [`SHORT_TICK`] while it is not
+    /// empty): returns held-back credit to an md one of whose requests has been unfinished for a
+    /// whole tick (it may wait for credit), keeps the flows whose requests are still young, and
+    /// drops the others (their credit goes back with a later request, or once it reaches a
+    /// quarter).
+    pub(super) fn watch_credit(&mut self, cx: &mut Cx, links: &mut Links) {
+        if self.credit_watch.is_empty() {
+            self.credit_watch_at = None;
+            return;
+        }
+        let Some(at) = self.credit_watch_at else {
+            self.credit_watch_at = Some(cx.now + SHORT_TICK);
+            return;
+        };
+        if cx.now < at {
+            return;
+        }
+        let mut k = 0;
+        while k < self.credit_watch.len() {
+            let slot = self.credit_watch[k];
+            let id = self.flows.id(slot);
+            let f = self.flows.get_mut(slot);
+            let mut keep = false;
+            if f.state == State::Open && f.rq.on {
+                let ReqFlow { q, peers, .. } = &mut f.rq;
+                for p in peers.iter_mut().filter(|p| p.drained > 0) {
+                    let oldest = q.iter().find(|r| r.md == p.md && !r.done).map(|r| r.since);
+                    match credit_verdict(oldest, cx.now) {
+                        Verdict::Idle => {}
+                        Verdict::Young => keep = true,
+                        Verdict::Return => keep |= !push_drained(cx, links, id, p),
+                    }
                 }
-                Err(_) => left += p.drained,
+                f.drained = peers.iter().map(|p| p.drained).sum();
+            }
+            if keep {
+                k += 1;
+            } else {
+                f.in_credit_watch = false;
+                self.credit_watch.swap_remove(k);
             }
         }
-        f.drained = left;
-        left
+        self.credit_watch_at = (!self.credit_watch.is_empty()).then(|| cx.now + SHORT_TICK);
+    }
+}
+
+/// What the credit watch does with credit held back from an md, given when the oldest of the
+/// flow's requests that md has not finished was sent (`None`: it has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// md works on none of the flow's requests: it cannot be waiting for this credit.
+    Idle,
+    /// The request is younger than a tick: look again next tick.
+    Young,
+    /// Unfinished for a whole tick: md may be waiting for room; return the credit now.
+    Return,
+}
+
+pub(super) fn credit_verdict(oldest: Option<Instant>, now: Instant) -> Verdict {
+    match oldest {
+        None => Verdict::Idle,
+        Some(t) if now.saturating_duration_since(t) >= SHORT_TICK => Verdict::Return,
+        Some(_) => Verdict::Young,
+    }
+}
+
+/// Pushes one DRAINED frame returning `p.drained` to md `p.md`; false if its ring was full (to be
+/// retried). An md without a ring is owed nothing any more.
+fn push_drained(cx: &mut Cx, links: &mut Links, id: FlowId, p: &mut Peer) -> bool {
+    let Some((tx, pushed)) = links.tx(p.md) else {
+        p.drained = 0; // no ring: nobody to return it to
+        return true;
+    };
+    match tx.try_push(id, Kind::Drained, 0, &frame::encode_drained(p.drained)) {
+        Ok(()) => {
+            *pushed = true;
+            p.drained = 0;
+            cx.c[Io::DrainedFrames] += 1;
+            true
+        }
+        Err(_) => false,
     }
 }

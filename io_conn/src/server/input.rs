@@ -7,6 +7,7 @@
 
 use std::io::{self, Read};
 use std::net::TcpStream;
+use std::time::Instant;
 
 use config::Framing;
 use shmq::frame::{self, FlowId, Kind, OpenInfo};
@@ -64,13 +65,15 @@ fn push_failed(e: PushError, md: u32) -> Pump {
 
 /// Pushes one framed message of flow `f` (id `id`) to md: under `flow` dispatch into its md's
 /// ring; under `request` dispatch to the least-loaded live md (OPEN first if that md does not
-/// know the flow yet), recording the request in flight.
+/// know the flow yet), recording the request in flight (sent at `now`; if credit is held back
+/// from that md, the flow joins the credit watch list, see `dispatch`).
 fn push_one(
     links: &mut Links,
-    id: FlowId,
+    (id, now): (FlowId, Instant),
     f: &mut Flow,
     lst: &Lst,
     credit: u64,
+    watch: &mut Vec<u32>,
     msg: &[u8],
 ) -> Result<(), Pump> {
     if !f.rq.on {
@@ -96,8 +99,12 @@ fn push_one(
     }
     tx.try_push(id, Kind::Data, 0, msg).map_err(|e| push_failed(e, i))?;
     *pushed = true;
-    f.rq.q.push_back(Req { md: i, done: false, held: None });
+    f.rq.q.push_back(Req { md: i, done: false, held: None, since: now });
     links.req_sent(i);
+    if !f.in_credit_watch && f.rq.peer_mut(i).is_some_and(|p| p.drained > 0) {
+        f.in_credit_watch = true;
+        watch.push(id.slot());
+    }
     Ok(())
 }
 
@@ -225,11 +232,11 @@ impl Clients {
         n: usize,
     ) -> bool {
         let id = self.flows.id(slot);
-        let Self { flows, scratch, listeners, lim, .. } = self;
+        let Self { flows, scratch, listeners, lim, credit_watch, .. } = self;
         let f = flows.get_mut(slot);
         let lst = &listeners[f.listener as usize];
         let (off, frames, stop) = push_framed(framing, &scratch[..n], 0, lim, |m| {
-            push_one(links, id, f, lst, lim.credit, m)
+            push_one(links, (id, cx.now), f, lst, lim.credit, credit_watch, m)
         });
         cx.c[Io::MessagesIn] += frames;
         let (r, scanned) = match stop {
@@ -360,7 +367,7 @@ impl Clients {
             Some(reply) if !f.rq.q.is_empty() => {
                 let mut b = self.pool.get();
                 b.extend(&reply);
-                f.rq.q.push_back(Req { md: NO_MD, done: true, held: Some(b) });
+                f.rq.q.push_back(Req { md: NO_MD, done: true, held: Some(b), since: cx.now });
                 self.update_interest(cx, slot);
             }
             Some(_) => self.send_error_then_linger(cx, links, slot),
@@ -429,7 +436,7 @@ impl Clients {
     /// line at EOF, EOF.
     pub(super) fn pump(&mut self, cx: &mut Cx, links: &mut Links, slot: u32) -> Pump {
         let id = self.flows.id(slot);
-        let Self { flows, listeners, pool, lim, .. } = self;
+        let Self { flows, listeners, pool, lim, credit_watch, .. } = self;
         let f = flows.get_mut(slot);
         let lst = &listeners[f.listener as usize];
         if f.open_pending {
@@ -453,7 +460,7 @@ impl Clients {
         if let Some(mut buf) = f.input.take() {
             let (consumed, frames, stop) =
                 push_framed(lst.framing, buf.filled(), buf.scanned, lim, |m| {
-                    push_one(links, id, f, lst, lim.credit, m)
+                    push_one(links, (id, cx.now), f, lst, lim.credit, credit_watch, m)
                 });
             cx.c[Io::MessagesIn] += frames;
             buf.consume(consumed);
@@ -470,7 +477,15 @@ impl Clients {
                             buf.clear();
                         } else {
                             // A last line without `\n`: a message all the same.
-                            match push_one(links, id, f, lst, lim.credit, buf.filled()) {
+                            match push_one(
+                                links,
+                                (id, cx.now),
+                                f,
+                                lst,
+                                lim.credit,
+                                credit_watch,
+                                buf.filled(),
+                            ) {
                                 Ok(()) => {
                                     cx.c[Io::MessagesIn] += 1;
                                     buf.clear();

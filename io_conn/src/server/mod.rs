@@ -33,7 +33,9 @@
 //! 3. Drain every md→io ring (frames are handled in place, then released).
 //! 4. Retry the flows blocked on a full io→md ring, in FIFO order per ring.
 //! 5. Push the DRAINED frames (one per flow per iteration, deferred up to 1 ms when nothing else
-//!    is going to that md, so a request/response client does not cost md an extra wake-up).
+//!    is going to that md, so a request/response client does not cost md an extra wake-up;
+//!    under `request` dispatch only a quarter of the credit, or credit an md may be waiting for:
+//!    `dispatch`, "Returning credit").
 //! 6. Flush each io→md producer once (one Release store; rings md's doorbell only if md armed it).
 //! 7. Mirror the counters into the stats segment (a copy of relaxed stores, no syscall; see
 //!    `crate::stats`) with a heartbeat; the timer wakes an idle loop once per [`HEARTBEAT_TICK`]

@@ -291,9 +291,9 @@ impl Clients {
         }
     }
 
-    /// DRAINED frames wait to be pushed.
+    /// DRAINED frames wait to be pushed, or held-back credit is watched (`dispatch`).
     pub(super) fn has_drained(&self) -> bool {
-        !self.drained_list.is_empty()
+        !self.drained_list.is_empty() || !self.credit_watch.is_empty()
     }
 
     /// The deferred DRAINED frames are due.
@@ -304,7 +304,9 @@ impl Clients {
     /// Pushes DRAINED for flows that flushed output. Sent at once when a quarter of the credit is
     /// waiting or md gets other frames this iteration anyway; otherwise deferred up to
     /// [`SHORT_TICK`] (`force`), so a PONG's DRAINED rides along with the next PING instead of
-    /// waking md on its own.
+    /// waking md on its own. `request`-dispatched flows are only here with a quarter of the
+    /// credit owed to some md; smaller amounts are returned by the credit watch
+    /// (`dispatch::watch_credit`, looked at here once per tick).
     pub(super) fn flush_drained(&mut self, cx: &mut Cx, links: &mut Links, force: bool) {
         let quarter = (self.lim.credit / 4).max(1);
         let mut k = 0;
@@ -319,11 +321,11 @@ impl Clients {
                 continue;
             }
             if f.rq.on {
-                if self.flush_drained_peers(cx, links, slot, force) == 0 {
+                if self.flush_drained_peers(cx, links, slot) {
+                    k += 1;
+                } else {
                     self.flows.get_mut(slot).in_drained_list = false;
                     self.drained_list.swap_remove(k);
-                } else {
-                    k += 1;
                 }
                 continue;
             }
@@ -346,6 +348,7 @@ impl Clients {
                 Err(_) => k += 1,
             }
         }
+        self.watch_credit(cx, links);
         self.drained_force_at = if self.drained_list.is_empty() {
             None
         } else if force {

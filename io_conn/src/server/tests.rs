@@ -164,7 +164,7 @@ fn request_flow(cx: &mut Cx, cl: &mut Clients, mds: &[u32]) -> (FlowId, std::net
     f.rq.depth = 16;
     f.rq.peers = vec![Peer { md: 0, drained: 0, owed: 0 }, Peer { md: 1, drained: 0, owed: 0 }];
     for &md in mds {
-        f.rq.q.push_back(Req { md, done: false, held: None });
+        f.rq.q.push_back(Req { md, done: false, held: None, since: cx.now });
     }
     client.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
     (id, client)
@@ -237,4 +237,59 @@ fn pause_counts_only_from_the_md_of_the_head_request() {
     assert!(!cl.flows.get(id.slot()).md_paused, "md 1 does not hold the head");
     cl.on_md_frame(&mut cx, &mut links, 0, frame(Kind::Pause, id, &[]));
     assert!(cl.flows.get(id.slot()).md_paused);
+}
+
+#[test]
+fn credit_verdicts() {
+    use super::SHORT_TICK;
+    use super::dispatch::{Verdict, credit_verdict};
+    let now = Instant::now() + SHORT_TICK * 10;
+    assert_eq!(credit_verdict(None, now), Verdict::Idle);
+    assert_eq!(credit_verdict(Some(now), now), Verdict::Young);
+    assert_eq!(credit_verdict(Some(now - SHORT_TICK / 2), now), Verdict::Young);
+    assert_eq!(credit_verdict(Some(now - SHORT_TICK), now), Verdict::Return);
+    // A clock that went backwards (a request stamped after `now`) is young, not a panic.
+    assert_eq!(credit_verdict(Some(now + SHORT_TICK), now), Verdict::Young);
+}
+
+/// md 0 answers the flow's only request; then the loop runs a few iterations.
+fn answer_and_tick(mds: &[u32], ticks: u32) -> (Cx, Clients, FlowId) {
+    use std::io::Read;
+    let (mut cx, mut cl, mut links) = setup(2);
+    let (id, mut client) = request_flow(&mut cx, &mut cl, mds);
+    let fr =
+        Frame { flowid: id, kind: Kind::Data, flags: frame::flags::DATA_END, payload: b"PONG\n" };
+    cl.on_md_frame(&mut cx, &mut links, 0, fr);
+    let mut got = [0u8; 5];
+    client.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"PONG\n");
+    for _ in 0..ticks {
+        cl.flush_drained(&mut cx, &mut links, true);
+        cx.now += super::SHORT_TICK * 2;
+    }
+    (cx, cl, id)
+}
+
+#[test]
+fn credit_below_a_quarter_is_held_back_while_md_works_on_none_of_the_flows_requests() {
+    let (cx, cl, id) = answer_and_tick(&[0], 3);
+    let f = cl.flows.get(id.slot());
+    assert_eq!(f.rq.peers[0].drained, 5, "held back: md is not waiting for it");
+    assert_eq!(cx.c[Io::DrainedFrames], 0);
+    assert!(!f.in_drained_list && !f.in_credit_watch);
+    assert!(!cl.has_drained(), "nothing keeps the loop waking up every tick");
+}
+
+#[test]
+fn held_back_credit_goes_to_an_md_whose_request_stays_unfinished_for_a_tick() {
+    // Two requests on md 0: the first is answered, the second is not.
+    let (_, cl, id) = answer_and_tick(&[0, 0], 1);
+    let f = cl.flows.get(id.slot());
+    assert_eq!(f.rq.peers[0].drained, 5, "the second request is young: credit held back");
+    assert!(f.in_credit_watch && cl.has_drained());
+    let (_, cl, id) = answer_and_tick(&[0, 0], 3);
+    let f = cl.flows.get(id.slot());
+    // No ring in these tests: returning the credit forgets it (nobody to push it to).
+    assert_eq!(f.rq.peers[0].drained, 0, "returned: md may be waiting for room");
+    assert!(!f.in_credit_watch && !cl.has_drained());
 }

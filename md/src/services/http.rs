@@ -22,12 +22,15 @@
 //! (so under `request` dispatch md never has to CLOSE a flow that other md instances share).
 //!
 //! **Cost.** `/` and `/whoami` allocate nothing: the reply is written into the flow's outbox from
-//! static pieces, a `Content-Length` formatted on the stack and the cached `Date`. `/metrics`
-//! maps the stats segment read-only for each scrape and renders it with viewstats' code.
+//! static pieces, a `Content-Length` formatted on the stack and the cached `Date`; a keep-alive
+//! HTTP/1.1 `GET /` (the benchmark's request) copies one cached reply, rebuilt once per second.
+//! The wall clock is read once per second, not per reply (see `DateCache`). `/metrics` maps the
+//! stats segment read-only for each scrape and renders it with viewstats' code.
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use httparse::{Header, Status as Parsed};
 use shmq::frame::OpenInfo;
@@ -74,7 +77,7 @@ impl From<&config::Config> for HttpOptions {
 #[derive(Debug)]
 pub struct Http {
     target: viewstats::Target,
-    date: rt::httpdate::DateCache,
+    date: DateCache,
 }
 
 /// Per-flow state: the client's address (from OPEN).
@@ -93,7 +96,7 @@ impl Http {
             groups: opts.groups,
             filter: viewstats::Filter::default(),
         };
-        Self { target, date: rt::httpdate::DateCache::default() }
+        Self { target, date: DateCache::default() }
     }
 }
 
@@ -115,14 +118,14 @@ impl Service for Http {
             // service another framing gets here.
             cx.count(cmd::HTTP_OTHER);
             cx.error();
-            let date = self.date.get();
+            let date = self.date.get(cx.now());
             send(cx, date, &Reply::BAD_REQUEST, b"Bad Request\n", true, false, false);
             return Status::Done;
         };
         let close = closes(version, req.headers);
         let head = method == "HEAD";
         let keep_alive_10 = version == 0 && !close;
-        let date = self.date.get();
+        let date = self.date.get(cx.now());
         if method != "GET" && !head {
             cx.count(cmd::HTTP_OTHER);
             let r = Reply { extra: b"Allow: GET, HEAD\r\n", ..Reply::NOT_ALLOWED };
@@ -133,7 +136,13 @@ impl Service for Http {
         match path {
             "/" => {
                 cx.count(cmd::HTTP_ROOT);
-                send(cx, date, &Reply::OK, b"hello\n", close, keep_alive_10, head);
+                if !close && !keep_alive_10 && !head {
+                    // HTTP/1.1 keep-alive GET: the cached reply, one copy.
+                    let root = self.date.root();
+                    cx.send(root);
+                } else {
+                    send(cx, date, &Reply::OK, ROOT_BODY, close, keep_alive_10, head);
+                }
             }
             "/whoami" => {
                 cx.count(cmd::HTTP_WHOAMI);
@@ -183,6 +192,8 @@ fn closes(version: u8, headers: &[Header<'_>]) -> bool {
 }
 
 const TEXT: &[u8] = b"text/plain; charset=utf-8";
+/// The body of `GET /` (what nginx returns in the benchmark).
+const ROOT_BODY: &[u8] = b"hello\n";
 const PROMETHEUS: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
 
 /// The fixed parts of a response.
@@ -206,6 +217,23 @@ impl Reply {
     }
 }
 
+/// Where a reply is written: the flow's outbox, or the cached `GET /` reply.
+trait Out {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Out for Ctx<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.send(bytes);
+    }
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
 /// Writes status line, headers and `body` (for `HEAD` only its length) into the flow's outbox.
 fn send(
     cx: &mut Ctx<'_>,
@@ -216,24 +244,37 @@ fn send(
     keep_alive_10: bool,
     head: bool,
 ) {
-    cx.send(r.status);
-    cx.send(b"Server: shmsrv\r\nDate: ");
-    cx.send(date);
-    cx.send(b"\r\nContent-Type: ");
-    cx.send(r.content_type);
-    cx.send(b"\r\nContent-Length: ");
+    write_reply(cx, date, r, body, close, keep_alive_10, head);
+}
+
+/// Writes status line, headers and `body` (for `HEAD` only its length) to `out`.
+fn write_reply(
+    out: &mut impl Out,
+    date: &[u8],
+    r: &Reply,
+    body: &[u8],
+    close: bool,
+    keep_alive_10: bool,
+    head: bool,
+) {
+    out.put(r.status);
+    out.put(b"Server: shmsrv\r\nDate: ");
+    out.put(date);
+    out.put(b"\r\nContent-Type: ");
+    out.put(r.content_type);
+    out.put(b"\r\nContent-Length: ");
     let mut digits = [0u8; 20];
-    cx.send(format_u64(body.len() as u64, &mut digits));
-    cx.send(b"\r\n");
-    cx.send(r.extra);
+    out.put(format_u64(body.len() as u64, &mut digits));
+    out.put(b"\r\n");
+    out.put(r.extra);
     if close {
-        cx.send(b"Connection: close\r\n");
+        out.put(b"Connection: close\r\n");
     } else if keep_alive_10 {
-        cx.send(b"Connection: keep-alive\r\n");
+        out.put(b"Connection: keep-alive\r\n");
     }
-    cx.send(b"\r\n");
+    out.put(b"\r\n");
     if !head {
-        cx.send(body);
+        out.put(body);
     }
 }
 
@@ -250,9 +291,87 @@ fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// The `Date` header value (IMF-fixdate, RFC 9110 §5.6.7), formatted at most once per second,
+/// and the whole reply to a keep-alive `GET /` built with it (the benchmark's request).
+///
+/// The wall clock is read only when the cached second may have ended: `valid_until` is the next
+/// second boundary on the monotonic clock, compared with the runner's batch clock
+/// ([`Ctx::now`], read once per batch anyway). Reading the wall clock per reply was ~11 % of
+/// md's samples under wrk (docs/BENCHMARKS.md). A reply may carry the previous second for at
+/// most the length of one batch: `Date` is the server's best approximation, not an instant.
+#[derive(Debug, Default)]
+struct DateCache {
+    secs: u64,
+    text: [u8; 29],
+    /// Until when `text` is current (batch clock); `None` before the first read.
+    valid_until: Option<Instant>,
+    /// `Reply::OK` with body `hello\n` and this `Date`, for a keep-alive `GET /`: one copy into
+    /// the outbox per request. Rebuilt in place when the second changes (no allocation after the
+    /// first).
+    root: Vec<u8>,
+}
+
+impl DateCache {
+    /// The value for a reply in the batch that started at `now`.
+    fn get(&mut self, now: Instant) -> &[u8] {
+        self.get_with(now, || SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+    }
+
+    /// [`Self::get`] with the wall clock (time since the Unix epoch) from `wall`.
+    fn get_with(&mut self, now: Instant, wall: impl FnOnce() -> Duration) -> &[u8] {
+        if self.valid_until.is_none_or(|t| now >= t) {
+            let w = wall();
+            // Until the next second boundary of the wall clock, on the monotonic clock.
+            self.valid_until =
+                Some(now + Duration::from_nanos(1_000_000_000 - u64::from(w.subsec_nanos())));
+            if w.as_secs() != self.secs || self.text[0] == 0 {
+                self.secs = w.as_secs();
+                self.text = rt::httpdate::imf_fixdate(self.secs);
+                self.root.clear();
+                write_reply(&mut self.root, &self.text, &Reply::OK, ROOT_BODY, false, false, false);
+            }
+        }
+        &self.text
+    }
+
+    /// The cached keep-alive reply to `GET /` (call [`Self::get`] first in the batch).
+    fn root(&self) -> &[u8] {
+        &self.root
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wall_clock_is_read_once_per_second_and_the_root_reply_follows_it() {
+        let mut d = DateCache::default();
+        let t0 = Instant::now();
+        let reads = std::cell::Cell::new(0);
+        let at = |secs: u64, nanos: u32| {
+            reads.set(reads.get() + 1);
+            Duration::new(secs, nanos)
+        };
+        assert_eq!(
+            d.get_with(t0, || at(784_111_777, 300_000_000)),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        let root = |d: &DateCache| String::from_utf8(d.root().to_vec()).expect("utf-8");
+        assert_eq!(
+            root(&d),
+            "HTTP/1.1 200 OK\r\nServer: shmsrv\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 6\r\n\r\nhello\n"
+        );
+        // Within the same second of the wall clock (0.7 s left): no read.
+        let same = d.get_with(t0 + Duration::from_millis(699), || at(0, 0)).to_vec();
+        assert_eq!(same, b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(reads.get(), 1);
+        // At the boundary: read again, and the cached reply carries the new second.
+        d.get_with(t0 + Duration::from_millis(700), || at(784_111_778, 0));
+        assert_eq!(reads.get(), 2);
+        assert!(root(&d).contains("Date: Sun, 06 Nov 1994 08:49:38 GMT\r\n"));
+    }
 
     #[test]
     fn numbers() {
