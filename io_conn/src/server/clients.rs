@@ -136,6 +136,9 @@ pub(crate) struct Clients {
     pub(super) drained_list: Vec<u32>,
     /// When deferred DRAINED frames go out even if nothing else goes to their md.
     pub(super) drained_force_at: Option<Instant>,
+    /// `flow` dispatch: flows (slot, generation) whose md replies were queued during this drain
+    /// of an md ring and are written once at its end (`Clients::write_replies`).
+    pub(super) reply_list: Vec<(u32, u32)>,
     /// Accepting is paused (EMFILE/ENFILE) until then.
     pub(super) accept_paused_until: Option<Instant>,
     pub(super) lim: Limits,
@@ -194,6 +197,7 @@ impl Clients {
             unassigned: VecDeque::new(),
             drained_list: Vec::with_capacity((max_conn as usize).min(1 << 16)),
             drained_force_at: None,
+            reply_list: Vec::with_capacity((max_conn as usize).min(1 << 16)),
             accept_paused_until: None,
             lim: Limits {
                 max_msg,

@@ -27,15 +27,14 @@ impl Clients {
                 if !std::mem::replace(&mut f.md_answered, true) {
                     links.req_answered(i);
                 }
-                if fr.flags & frame::flags::DATA_END != 0 {
-                    f.owed = f.owed.saturating_sub(1);
-                }
+                // One frame may complete the replies of a whole batch (`flags::ends_flags`).
+                f.owed = f.owed.saturating_sub(frame::flags::data_ends(fr.flags));
                 if fr.payload.is_empty() {
                     return; // only a reply's end
                 }
                 // md's output is a byte stream for every framing: a len32 service writes its own
                 // length prefixes, as it reads them (io_conn passes them through).
-                self.send_to_client(cx, links, slot, fr.payload, true);
+                self.queue_reply(cx, links, slot, fr.payload);
             }
             Kind::Close => {
                 let Some(slot) = self.md_flow(cx, i, fr.flowid) else { return };
@@ -142,6 +141,44 @@ impl Clients {
             }
             self.send_to_client(cx, links, slot, data, false);
         }
+    }
+
+    /// `flow` dispatch: md's reply bytes are appended to the flow's output, and every flow that
+    /// got some is written once after the drain of md's ring ([`Clients::write_replies`]): the
+    /// replies to a pipelined batch cost one `write`, however md split them into frames. The
+    /// copy is of a few bytes per reply; a `write` per frame cost a system call per reply.
+    fn queue_reply(&mut self, cx: &mut Cx, links: &mut Links, slot: u32, payload: &[u8]) {
+        let generation = self.flows.get(slot).generation;
+        let f = self.flows.get_mut(slot);
+        if f.sock.is_none() {
+            return; // as `send_to_client`: nowhere to write
+        }
+        let was_empty = f.output_len() == 0;
+        let buf = f.output.get_or_insert_with(|| self.pool.get());
+        buf.extend(payload);
+        let queued = f.output_len() as u64;
+        if queued - f.uncredited.min(queued) > self.lim.credit_limit {
+            self.close_flow(cx, links, slot, Io::ClosedCreditOverrun);
+            return;
+        }
+        if was_empty {
+            // Not written yet: nothing was queued, so no EPOLLOUT is armed for it either.
+            self.reply_list.push((slot, generation));
+        }
+    }
+
+    /// Writes the replies [`Clients::queue_reply`] queued during a drain of an md ring: one
+    /// `write` per flow (what the socket does not take waits for EPOLLOUT, as any queued output).
+    pub(super) fn write_replies(&mut self, cx: &mut Cx, links: &mut Links) {
+        let mut list = std::mem::take(&mut self.reply_list);
+        for &(slot, generation) in &list {
+            let f = self.flows.get(slot);
+            if f.generation == generation && f.output_len() > 0 {
+                self.on_writable(cx, links, slot);
+            }
+        }
+        list.clear();
+        self.reply_list = list;
     }
 
     /// Sends `payload` to the client: writes at once if nothing is queued, queues the rest.

@@ -225,3 +225,54 @@ fn pause_counts_only_from_the_md_of_the_head_request() {
     cl.on_md_frame(&mut cx, &mut links, 0, frame(Kind::Pause, id, &[]));
     assert!(cl.flows.get(id.slot()).md_paused);
 }
+
+/// `flow` dispatch: md's reply frames are queued and written once per drain of its ring
+/// (`write_replies`, one `write` per flow), in order; a frame completing several replies
+/// (`flags::ends_flags`) settles that many owed replies; a CLOSE behind queued replies closes
+/// only after they are written.
+#[test]
+fn flow_replies_of_one_drain_are_one_write_and_ends_are_counted() {
+    use std::io::Read;
+    let (mut cx, mut cl, mut links) = setup(1);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (server, _) = l.accept().expect("accept");
+    server.set_nonblocking(true).expect("nonblocking");
+    client.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let id = open_flow(&mut cx, &mut cl, 0);
+    let f = cl.flows.get_mut(id.slot());
+    f.sock = Some(server);
+    f.owed = 5;
+    let data = |p: &'static [u8], ends: usize| Frame {
+        flowid: id,
+        kind: Kind::Data,
+        flags: frame::flags::ends_flags(ends),
+        payload: p,
+    };
+    cl.on_md_frame(&mut cx, &mut links, 0, data(b"+OK\r\n$1\r\n", 1));
+    cl.on_md_frame(&mut cx, &mut links, 0, data(b"v\r\n:1\r\n:2\r\n", 3));
+    assert_eq!(cx.c[Io::BytesOut], 0, "queued until the drain ends");
+    assert_eq!(cl.flows.get(id.slot()).owed, 1, "4 of 5 replies completed");
+    cl.on_md_frame(&mut cx, &mut links, 0, data(b"", 1));
+    assert_eq!(cl.flows.get(id.slot()).owed, 0);
+    cl.on_md_frame(&mut cx, &mut links, 0, frame(Kind::Close, id, &[]));
+    assert_eq!(cx.c[Io::ClosedByMd], 0, "not before its replies are written");
+    cl.write_replies(&mut cx, &mut links);
+    let want = b"+OK\r\n$1\r\nv\r\n:1\r\n:2\r\n";
+    assert_eq!(cx.c[Io::BytesOut], want.len() as u64, "all written at the drain's end");
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).expect("read to EOF");
+    assert_eq!(got, want);
+    assert_eq!(cx.c[Io::ClosedByMd], 1);
+    assert_eq!(cx.c[Io::ConnectionsCurrent], 0);
+}
+
+#[test]
+fn ends_flags_round_trip() {
+    use frame::flags::{DATA_END, MAX_ENDS, data_ends, ends_flags};
+    assert_eq!(ends_flags(0), 0);
+    assert_eq!(ends_flags(1), DATA_END, "one end: the flag of protocol 1");
+    for k in 0..=MAX_ENDS {
+        assert_eq!(data_ends(ends_flags(k)) as usize, k);
+    }
+}
