@@ -174,6 +174,9 @@ fn a_frame_counts_at_most_max_ends_replies() {
     let (bytes, frames) = flow_replies(&mut io, f, 301);
     assert_eq!(bytes, [&b"DONE\n"[..], &b"PONG\n".repeat(300)].concat());
     assert_eq!(frames, vec![(5 * MAX_ENDS, MAX_ENDS as u32), (5 * (301 - MAX_ENDS), 45)]);
+    // 300 held requests paused the flow (PAUSE came first); it resumes after their replies.
+    let o = io.recv();
+    assert_eq!((o.flow, o.kind), (f, Kind::Resume), "{o:?}");
     // Request dispatch: the same batch, one marked frame per reply.
     let g = flow(9);
     io.open_flagged(g, "dumb", 1 << 20, OPEN_MARK_ENDS);

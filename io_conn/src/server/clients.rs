@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use config::{Config, Framing};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use shmq::frame::FlowId;
 
 use super::{Cx, K_LISTENER, Links, UNASSIGNED_HOLD, flow_token, token};
 use crate::counters::Io;
@@ -122,6 +123,9 @@ impl PerIp {
     }
 }
 
+/// Most reply bytes staged for one `write` ([`Clients::stage_reply`]).
+pub(super) const STAGE_MAX: usize = 64 << 10;
+
 /// Everything on the client side of the loop.
 #[derive(Debug)]
 pub(crate) struct Clients {
@@ -136,9 +140,11 @@ pub(crate) struct Clients {
     pub(super) drained_list: Vec<u32>,
     /// When deferred DRAINED frames go out even if nothing else goes to their md.
     pub(super) drained_force_at: Option<Instant>,
-    /// `flow` dispatch: flows (slot, generation) whose md replies were queued during this drain
-    /// of an md ring and are written once at its end (`Clients::write_replies`).
-    pub(super) reply_list: Vec<(u32, u32)>,
+    /// `flow` dispatch: the flow whose md reply bytes are in `staging`, not yet written
+    /// (`Clients::stage_reply`): consecutive DATA frames of one flow go out in one `write`.
+    pub(super) staged: Option<FlowId>,
+    /// The staged reply bytes (one loop-wide buffer, reused; at most [`STAGE_MAX`] bytes).
+    pub(super) staging: Vec<u8>,
     /// Accepting is paused (EMFILE/ENFILE) until then.
     pub(super) accept_paused_until: Option<Instant>,
     pub(super) lim: Limits,
@@ -197,7 +203,8 @@ impl Clients {
             unassigned: VecDeque::new(),
             drained_list: Vec::with_capacity((max_conn as usize).min(1 << 16)),
             drained_force_at: None,
-            reply_list: Vec::with_capacity((max_conn as usize).min(1 << 16)),
+            staged: None,
+            staging: Vec::with_capacity(STAGE_MAX),
             accept_paused_until: None,
             lim: Limits {
                 max_msg,

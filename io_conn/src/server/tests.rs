@@ -226,45 +226,60 @@ fn pause_counts_only_from_the_md_of_the_head_request() {
     assert!(cl.flows.get(id.slot()).md_paused);
 }
 
-/// `flow` dispatch: md's reply frames are queued and written once per drain of its ring
-/// (`write_replies`, one `write` per flow), in order; a frame completing several replies
-/// (`flags::ends_flags`) settles that many owed replies; a CLOSE behind queued replies closes
-/// only after they are written.
-#[test]
-fn flow_replies_of_one_drain_are_one_write_and_ends_are_counted() {
-    use std::io::Read;
-    let (mut cx, mut cl, mut links) = setup(1);
+/// A flow-dispatched flow with a real client socket, bound to md 0.
+fn socket_flow(cx: &mut Cx, cl: &mut Clients) -> (FlowId, std::net::TcpStream) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let mut client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (server, _) = l.accept().expect("accept");
     server.set_nonblocking(true).expect("nonblocking");
     client.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
-    let id = open_flow(&mut cx, &mut cl, 0);
-    let f = cl.flows.get_mut(id.slot());
-    f.sock = Some(server);
-    f.owed = 5;
-    let data = |p: &'static [u8], ends: usize| Frame {
+    let id = open_flow(cx, cl, 0);
+    cl.flows.get_mut(id.slot()).sock = Some(server);
+    (id, client)
+}
+
+/// `flow` dispatch: consecutive DATA frames of one flow are staged and written together, before
+/// any other frame is handled (here another flow's DATA, then a CLOSE) and at the end of the
+/// drain (`write_staged`); a frame completing several replies (`flags::ends_flags`) settles
+/// that many owed replies.
+#[test]
+fn consecutive_flow_replies_are_one_write_and_ends_are_counted() {
+    use std::io::Read;
+    let (mut cx, mut cl, mut links) = setup(1);
+    let (a, mut ca) = socket_flow(&mut cx, &mut cl);
+    let (b, mut cb) = socket_flow(&mut cx, &mut cl);
+    cl.flows.get_mut(a.slot()).owed = 5;
+    let data = |id, p: &'static [u8], ends: usize| Frame {
         flowid: id,
         kind: Kind::Data,
         flags: frame::flags::ends_flags(ends),
         payload: p,
     };
-    cl.on_md_frame(&mut cx, &mut links, 0, data(b"+OK\r\n$1\r\n", 1));
-    cl.on_md_frame(&mut cx, &mut links, 0, data(b"v\r\n:1\r\n:2\r\n", 3));
-    assert_eq!(cx.c[Io::BytesOut], 0, "queued until the drain ends");
-    assert_eq!(cl.flows.get(id.slot()).owed, 1, "4 of 5 replies completed");
-    cl.on_md_frame(&mut cx, &mut links, 0, data(b"", 1));
-    assert_eq!(cl.flows.get(id.slot()).owed, 0);
-    cl.on_md_frame(&mut cx, &mut links, 0, frame(Kind::Close, id, &[]));
-    assert_eq!(cx.c[Io::ClosedByMd], 0, "not before its replies are written");
-    cl.write_replies(&mut cx, &mut links);
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"+OK\r\n$1\r\n", 1));
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"v\r\n:1\r\n:2\r\n", 3));
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"", 1));
+    assert_eq!(cx.c[Io::BytesOut], 0, "staged while the same flow's frames follow");
+    assert_eq!(cl.flows.get(a.slot()).owed, 0, "5 replies completed");
+    // Another flow's frame: a's bytes are written first, in one piece; b's are staged.
+    cl.on_md_frame(&mut cx, &mut links, 0, data(b, b"+PONG\r\n", 1));
     let want = b"+OK\r\n$1\r\nv\r\n:1\r\n:2\r\n";
-    assert_eq!(cx.c[Io::BytesOut], want.len() as u64, "all written at the drain's end");
-    let mut got = Vec::new();
-    client.read_to_end(&mut got).expect("read to EOF");
+    assert_eq!(cx.c[Io::BytesOut], want.len() as u64);
+    let mut got = vec![0u8; want.len()];
+    ca.read_exact(&mut got).expect("read a");
     assert_eq!(got, want);
+    // A CLOSE of b behind its staged reply: the reply goes out, then the connection closes.
+    cl.on_md_frame(&mut cx, &mut links, 0, frame(Kind::Close, b, &[]));
+    let mut got = Vec::new();
+    cb.read_to_end(&mut got).expect("read b to EOF");
+    assert_eq!(got, b"+PONG\r\n");
     assert_eq!(cx.c[Io::ClosedByMd], 1);
-    assert_eq!(cx.c[Io::ConnectionsCurrent], 0);
+    // The end of a drain writes what is staged.
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"+OK\r\n", 1));
+    assert_eq!(cx.c[Io::BytesOut], want.len() as u64 + 7, "staged, not written yet");
+    cl.write_staged(&mut cx, &mut links);
+    let mut got = [0u8; 5];
+    ca.read_exact(&mut got).expect("read a again");
+    assert_eq!(&got, b"+OK\r\n");
 }
 
 #[test]
