@@ -6,7 +6,7 @@ mod util;
 
 use md::services::{Builtin, DumbOptions};
 use shmq::frame::Kind;
-use shmq::frame::flags::{DATA_END, OPEN_MARK_ENDS};
+use shmq::frame::flags::{DATA_END, MAX_ENDS, OPEN_FLOW_ENDS, OPEN_MARK_ENDS, data_ends};
 use util::{Geometry, Io, flow, opts};
 
 fn start(test: &str) -> Io {
@@ -202,5 +202,78 @@ fn service_close_from_a_timer_drops_held_requests() {
     io.open(other, "q", 1 << 20);
     io.lines(other, "PING\n");
     io.expect_next_bytes(other, b"PONG\n");
+    io.stop();
+}
+
+/// Reads DATA frames of flow-dispatched `f` until `n` replies were completed (skipping PAUSE and
+/// RESUME); returns the bytes and the frames, each as (payload length, replies it completes).
+/// Returns DRAINED for every byte at once.
+fn flow_replies(io: &mut Io, f: shmq::FlowId, n: u32) -> (Vec<u8>, Vec<(usize, u32)>) {
+    let (mut bytes, mut frames, mut ends) = (Vec::new(), Vec::new(), 0);
+    while ends < n {
+        let o = io.recv();
+        if matches!(o.kind, Kind::Pause | Kind::Resume) {
+            continue;
+        }
+        assert_eq!((o.flow, o.kind), (f, Kind::Data), "unexpected frame {o:?}");
+        bytes.extend_from_slice(&o.payload);
+        if !o.payload.is_empty() {
+            io.drained(f, o.payload.len() as u64);
+        }
+        ends += data_ends(o.flags);
+        frames.push((o.payload.len(), data_ends(o.flags)));
+    }
+    assert_eq!(ends, n, "no frame completes more replies than were asked");
+    (bytes, frames)
+}
+
+/// Flow dispatch (`OPEN_FLOW_ENDS`): the replies to a batch of requests md drains at once go
+/// out in one frame that says how many replies it completes (one ring frame and one client
+/// write per batch instead of one per command).
+#[test]
+fn a_flow_dispatched_batch_is_one_frame_with_its_reply_count() {
+    let mut io = start("ends-flow-batch");
+    let f = flow(7);
+    io.open_flagged(f, "dumb", 1 << 20, OPEN_FLOW_ENDS);
+    io.lines_batched(f, "PING\nPING\nBURN 10\nHELLO\nPING\n");
+    let (bytes, frames) = flow_replies(&mut io, f, 5);
+    let want =
+        "PONG\nPONG\nRESULT 55\nERR unknown command (expected PING, WAIT, BURN or STREAM)\nPONG\n";
+    assert_eq!(String::from_utf8_lossy(&bytes), want);
+    assert_eq!(frames, vec![(want.len(), 5)], "one frame for the batch");
+    // A pending request in the middle: what came before it goes at once, the rest (held behind
+    // it) in one frame when it completes, in order.
+    io.lines_batched(f, "PING\nWAIT 1\nPING\nPING\n");
+    let (bytes, frames) = flow_replies(&mut io, f, 4);
+    assert_eq!(String::from_utf8_lossy(&bytes), "PONG\nDONE\nPONG\nPONG\n");
+    assert_eq!(frames, vec![(5, 1), (15, 3)]);
+    io.stop();
+}
+
+/// More replies than one frame may count ([`MAX_ENDS`]) are split exactly at the last reply the
+/// first frame counts; a request-dispatched flow still gets one frame per reply.
+#[test]
+fn a_frame_counts_at_most_max_ends_replies() {
+    let mut io = start("ends-flow-cap");
+    let f = flow(8);
+    io.open_flagged(f, "dumb", 1 << 20, OPEN_FLOW_ENDS);
+    // 300 PINGs held behind a WAIT (long enough for md to drain them all first) run together
+    // once it is done.
+    let mut text = String::from("WAIT 200\n");
+    for _ in 0..300 {
+        text.push_str("PING\n");
+    }
+    io.lines_batched(f, &text);
+    let (bytes, frames) = flow_replies(&mut io, f, 301);
+    assert_eq!(bytes, [&b"DONE\n"[..], &b"PONG\n".repeat(300)].concat());
+    assert_eq!(frames, vec![(5 * MAX_ENDS, MAX_ENDS as u32), (5 * (301 - MAX_ENDS), 45)]);
+    // 300 held requests paused the flow (PAUSE came first); it resumes after their replies.
+    let o = io.recv();
+    assert_eq!((o.flow, o.kind), (f, Kind::Resume), "{o:?}");
+    // Request dispatch: the same batch, one marked frame per reply.
+    let g = flow(9);
+    io.open_flagged(g, "dumb", 1 << 20, OPEN_MARK_ENDS);
+    io.lines_batched(g, "PING\nPING\nPING\n");
+    assert_eq!(replies(&mut io, g, 3), vec![b"PONG\n".to_vec(); 3]);
     io.stop();
 }

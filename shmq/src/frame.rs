@@ -45,6 +45,10 @@
 //!   marks only to know when no reply is owed (a handover waits for that).
 //! * md's `DATA` with [`flags::DATA_END`] | [`flags::DATA_CLOSE`]: the last reply of a flow the
 //!   service closed; `CLOSE` follows.
+//!   ends are marked, but the flow is bound to this md for life; io_conn uses the marks only to
+//!   know when no reply is owed (a handover waits for that). So md may put several replies into
+//!   one frame (protocol version 2): the frame's flags say how many replies it completes
+//!   ([`flags::ends_flags`], [`flags::data_ends`]), and its bytes need not end on a reply's end.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -72,7 +76,8 @@ pub mod flags {
     /// one). io_conn counts the replies owed, which a handover waits for. Protocol version 1.
     pub const OPEN_FLOW_ENDS: u16 = 2;
     /// On md's `DATA`: this frame's last byte ends the reply to one request (an empty frame: a
-    /// request that ended with no output since the previous frame).
+    /// request that ended with no output since the previous frame). On a flow-dispatched flow
+    /// (`OPEN_FLOW_ENDS`) the frame may complete several replies: see [`data_ends`].
     pub const DATA_END: u16 = 1;
     /// On md's `DATA` with [`DATA_END`]: the reply this frame ends is the flow's last (the
     /// service closed the flow, e.g. `QUIT`); md sends `CLOSE` after it. Under `request` dispatch
@@ -81,6 +86,27 @@ pub mod flags {
     /// alone says the same and the flag changes nothing. An io_conn that does not know it
     /// ignores it and acts on `CLOSE` only.
     pub const DATA_CLOSE: u16 = 2;
+    /// Bits of a flow-dispatched `DATA` frame's flags that hold how many replies it completes,
+    /// minus one (with [`DATA_END`] set): see [`ends_flags`] and [`data_ends`].
+    pub const ENDS_SHIFT: u16 = 8;
+    /// The most replies one flow-dispatched `DATA` frame completes.
+    pub const MAX_ENDS: usize = 256;
+
+    /// The flags of a flow-dispatched `DATA` frame that completes `k` replies (`k` ≤
+    /// [`MAX_ENDS`]; 0: none). md coalesces the replies of a batch of requests into one frame
+    /// (since protocol version 2); io_conn only counts them (`data_ends`), so under flow
+    /// dispatch a frame's end marks need not fall on its last byte. Request-dispatched flows
+    /// (`OPEN_MARK_ENDS`) keep one reply end per frame, on its last byte: io_conn routes by it.
+    pub const fn ends_flags(k: usize) -> u16 {
+        debug_assert!(k <= MAX_ENDS);
+        if k == 0 { 0 } else { DATA_END | (((k - 1) as u16) << ENDS_SHIFT) }
+    }
+
+    /// How many replies a flow-dispatched `DATA` frame with `flags` completes (0 without
+    /// [`DATA_END`]).
+    pub const fn data_ends(flags: u16) -> u32 {
+        if flags & DATA_END == 0 { 0 } else { 1 + (flags >> ENDS_SHIFT) as u32 }
+    }
 }
 
 /// What a frame means. `#[repr(u16)]`: the value is stored in the frame header.

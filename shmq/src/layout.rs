@@ -36,7 +36,9 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// Not a [`LAYOUT_VERSION`] bump: the two words live in what layout 2 left as zeroed padding,
 /// so a build from before versions reads as protocol 0 and is refused by name across that
 /// boundary too, instead of by a bare layout mismatch.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: a flow-dispatched md `DATA` frame may complete several replies (`frame::flags::ends_flags`).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Size of the cache line unit we pad to (x86 prefetches 64-byte lines in pairs).
 pub const LINE: usize = 128;
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use config::{Config, Framing};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use shmq::frame::FlowId;
 
 use super::{Cx, K_LISTENER, Links, UNASSIGNED_HOLD, flow_token, token};
 use crate::counters::Io;
@@ -126,6 +127,9 @@ impl PerIp {
     }
 }
 
+/// Most reply bytes staged for one `write` ([`Clients::stage_reply`]).
+pub(super) const STAGE_MAX: usize = 64 << 10;
+
 /// Everything on the client side of the loop.
 #[derive(Debug)]
 pub(crate) struct Clients {
@@ -145,6 +149,11 @@ pub(crate) struct Clients {
     pub(super) credit_watch: Vec<u32>,
     /// When the credit watch list is looked at next.
     pub(super) credit_watch_at: Option<Instant>,
+    /// `flow` dispatch: the flow whose md reply bytes are in `staging`, not yet written
+    /// (`Clients::stage_reply`): consecutive DATA frames of one flow go out in one `write`.
+    pub(super) staged: Option<FlowId>,
+    /// The staged reply bytes (one loop-wide buffer, reused; at most [`STAGE_MAX`] bytes).
+    pub(super) staging: Vec<u8>,
     /// Accepting is paused (EMFILE/ENFILE) until then.
     pub(super) accept_paused_until: Option<Instant>,
     pub(super) lim: Limits,
@@ -207,6 +216,8 @@ impl Clients {
             drained_force_at: None,
             credit_watch: Vec::new(),
             credit_watch_at: None,
+            staged: None,
+            staging: Vec::with_capacity(STAGE_MAX),
             accept_paused_until: None,
             lim: Limits {
                 max_msg,

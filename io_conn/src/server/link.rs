@@ -653,7 +653,11 @@ impl Inbound {
         if let Some(ss) = stats {
             ss.outcons.note_pickup(cx.now_ns);
         }
-        match r.half.rx.drain(FRAMES_PER_RING, |fr| clients.on_md_frame(cx, links, i as u32, fr)) {
+        let r = r.half.rx.drain(FRAMES_PER_RING, |fr| clients.on_md_frame(cx, links, i as u32, fr));
+        // The last staged replies of this drain (also after a corrupt frame: what came before
+        // it is delivered).
+        clients.write_staged(cx, links);
+        match r {
             Ok(n) => Polled { frames: n as u64, corrupt: None },
             Err(e) => Polled { frames: 0, corrupt: Some(e) },
         }

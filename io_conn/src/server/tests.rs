@@ -293,3 +293,69 @@ fn held_back_credit_goes_to_an_md_whose_request_stays_unfinished_for_a_tick() {
     assert_eq!(f.rq.peers[0].drained, 0, "returned: md may be waiting for room");
     assert!(!f.in_credit_watch && !cl.has_drained());
 }
+
+/// A flow-dispatched flow with a real client socket, bound to md 0.
+fn socket_flow(cx: &mut Cx, cl: &mut Clients) -> (FlowId, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (server, _) = l.accept().expect("accept");
+    server.set_nonblocking(true).expect("nonblocking");
+    client.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let id = open_flow(cx, cl, 0);
+    cl.flows.get_mut(id.slot()).sock = Some(server);
+    (id, client)
+}
+
+/// `flow` dispatch: consecutive DATA frames of one flow are staged and written together, before
+/// any other frame is handled (here another flow's DATA, then a CLOSE) and at the end of the
+/// drain (`write_staged`); a frame completing several replies (`flags::ends_flags`) settles
+/// that many owed replies.
+#[test]
+fn consecutive_flow_replies_are_one_write_and_ends_are_counted() {
+    use std::io::Read;
+    let (mut cx, mut cl, mut links) = setup(1);
+    let (a, mut ca) = socket_flow(&mut cx, &mut cl);
+    let (b, mut cb) = socket_flow(&mut cx, &mut cl);
+    cl.flows.get_mut(a.slot()).owed = 5;
+    let data = |id, p: &'static [u8], ends: usize| Frame {
+        flowid: id,
+        kind: Kind::Data,
+        flags: frame::flags::ends_flags(ends),
+        payload: p,
+    };
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"+OK\r\n$1\r\n", 1));
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"v\r\n:1\r\n:2\r\n", 3));
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"", 1));
+    assert_eq!(cx.c[Io::BytesOut], 0, "staged while the same flow's frames follow");
+    assert_eq!(cl.flows.get(a.slot()).owed, 0, "5 replies completed");
+    // Another flow's frame: a's bytes are written first, in one piece; b's are staged.
+    cl.on_md_frame(&mut cx, &mut links, 0, data(b, b"+PONG\r\n", 1));
+    let want = b"+OK\r\n$1\r\nv\r\n:1\r\n:2\r\n";
+    assert_eq!(cx.c[Io::BytesOut], want.len() as u64);
+    let mut got = vec![0u8; want.len()];
+    ca.read_exact(&mut got).expect("read a");
+    assert_eq!(got, want);
+    // A CLOSE of b behind its staged reply: the reply goes out, then the connection closes.
+    cl.on_md_frame(&mut cx, &mut links, 0, frame(Kind::Close, b, &[]));
+    let mut got = Vec::new();
+    cb.read_to_end(&mut got).expect("read b to EOF");
+    assert_eq!(got, b"+PONG\r\n");
+    assert_eq!(cx.c[Io::ClosedByMd], 1);
+    // The end of a drain writes what is staged.
+    cl.on_md_frame(&mut cx, &mut links, 0, data(a, b"+OK\r\n", 1));
+    assert_eq!(cx.c[Io::BytesOut], want.len() as u64 + 7, "staged, not written yet");
+    cl.write_staged(&mut cx, &mut links);
+    let mut got = [0u8; 5];
+    ca.read_exact(&mut got).expect("read a again");
+    assert_eq!(&got, b"+OK\r\n");
+}
+
+#[test]
+fn ends_flags_round_trip() {
+    use frame::flags::{DATA_END, MAX_ENDS, data_ends, ends_flags};
+    assert_eq!(ends_flags(0), 0);
+    assert_eq!(ends_flags(1), DATA_END, "one end: the flag of protocol 1");
+    for k in 0..=MAX_ENDS {
+        assert_eq!(data_ends(ends_flags(k)) as usize, k);
+    }
+}

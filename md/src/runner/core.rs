@@ -385,13 +385,18 @@ impl<F: fmt::Debug> Core<F> {
     /// Moves the flow's outbox into the ring as far as credit and ring space allow, with its
     /// queued broadcasts in place (each after the output written before it). Returns true if
     /// the ring was full.
+    ///
+    /// Reply ends: a request-dispatched flow (`routed`) gets one frame per reply end, the end on
+    /// the frame's last byte (io_conn routes by it). Any other flow's output goes in as few frames
+    /// as possible: one frame carries the replies of a whole batch of requests and says how many
+    /// it completes ([`flags::ends_flags`]; io_conn only counts them).
     pub(super) fn flush_out(&mut self, tx: &mut Producer, idx: usize) -> bool {
         let flow = &mut self.flows[idx];
         let mut sent = 0;
         let mut full = false;
         loop {
             let pos = flow.out_base + sent as u64;
-            if flow.next_end() == Some(pos) {
+            if flow.routed && flow.next_end() == Some(pos) {
                 // A request ended and no frame carried its end (nothing was written since the
                 // last one): an empty END frame, which costs no credit.
                 let fl = flags::DATA_END | last_end_flag(flow);
@@ -417,24 +422,39 @@ impl<F: fmt::Debug> Core<F> {
                 }
                 None => flow.out.len(),
             };
-            if let Some(e) = flow.next_end() {
-                end = end.min((e - flow.out_base) as usize);
-            }
-            if sent < end {
-                let avail = flow.avail().min(self.max_payload as u64) as usize;
-                let n = (end - sent).min(avail);
-                if n == 0 {
-                    break; // out of credit: later output and broadcasts wait for DRAINED
+            if flow.routed {
+                if let Some(e) = flow.next_end() {
+                    end = end.min((e - flow.out_base) as usize);
                 }
-                let ends_here = flow.next_end() == Some(pos + n as u64);
-                let fl = if ends_here { flags::DATA_END | last_end_flag(flow) } else { 0 };
+            }
+            let ends_waiting = !flow.routed && flow.next_end() == Some(pos);
+            if sent < end || ends_waiting {
+                let avail = flow.avail().min(self.max_payload as u64) as usize;
+                let mut n = (end - sent).min(avail);
+                let (fl, k) = if flow.routed {
+                    if n == 0 {
+                        break; // out of credit: later output and broadcasts wait for DRAINED
+                    }
+                    let ends_here = flow.next_end() == Some(pos + n as u64);
+                    (
+                        if ends_here { flags::DATA_END | last_end_flag(flow) } else { 0 },
+                        usize::from(ends_here),
+                    )
+                } else {
+                    let (k, cut) = flow.ends_within(pos + n as u64, flags::MAX_ENDS);
+                    if let Some(c) = cut {
+                        n = (c - pos) as usize;
+                    }
+                    if n == 0 && k == 0 {
+                        break; // out of credit (reply ends without bytes still go, above)
+                    }
+                    (flags::ends_flags(k), k)
+                };
                 match tx.try_push(flow.id, Kind::Data, fl, &flow.out[sent..sent + n]) {
                     Ok(()) => {
                         sent += n;
                         flow.outstanding += n as u64;
-                        if ends_here {
-                            flow.ends_head += 1;
-                        }
+                        flow.ends_head += k;
                         self.stats[Md::MessagesOut] += 1;
                         self.stats[Md::BytesOut] += n as u64;
                         continue;
@@ -498,9 +518,12 @@ impl<F: fmt::Debug> Core<F> {
         if !self.flows[idx].live {
             return;
         }
+        // Held requests that may run, run first and their output is flushed once after them
+        // (one frame for the lot on a flow-dispatched flow): `can_run` does not depend on a
+        // flush (output counts against credit whether queued or in the ring), except through
+        // broadcasts, which only a flush moves, hence the flush and a second look.
         let mut full;
         loop {
-            full = self.flush_out(tx, idx);
             let flow = &self.flows[idx];
             if flow.backlog_count > 0 && flow.can_run() && flow.svc.is_some() {
                 self.run_held(svc, idx);
@@ -510,6 +533,13 @@ impl<F: fmt::Debug> Core<F> {
             {
                 self.call(svc, idx, |s, st, cx| s.eof(st, cx));
                 self.flows[idx].eof_done = true;
+                continue;
+            }
+            full = self.flush_out(tx, idx);
+            let flow = &self.flows[idx];
+            let more = (flow.backlog_count > 0 && flow.can_run() && flow.svc.is_some())
+                || (flow.eof && !flow.eof_done && !flow.busy && flow.backlog_count == 0);
+            if more && !full && self.fatal.is_none() {
                 continue;
             }
             break;

@@ -165,6 +165,16 @@ impl<F> Flow<F> {
         self.ends.get(self.ends_head).copied()
     }
 
+    /// The reply ends not yet sent at or before output position `limit`, at most `cap` of them,
+    /// and, when more than `cap` are, the position of the `cap`-th (a frame carrying `cap` ends
+    /// must stop there).
+    pub(super) fn ends_within(&self, limit: u64, cap: usize) -> (usize, Option<u64>) {
+        let rest = &self.ends[self.ends_head..];
+        let k = rest.iter().take(cap).take_while(|&&e| e <= limit).count();
+        let cut = (k == cap && rest.get(cap).is_some_and(|&e| e <= limit)).then(|| rest[cap - 1]);
+        (k, cut)
+    }
+
     /// Reply ends are waiting to be sent.
     pub(super) fn has_ends(&self) -> bool {
         self.ends_head < self.ends.len()

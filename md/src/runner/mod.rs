@@ -53,6 +53,11 @@
 //!   ring full); it is sent as `DRAINED` returns credit, or on the next wake-up. Nothing is dropped
 //!   and nothing spins: a flow blocked on a full ring is retried on each loop and the loop sleeps at
 //!   most 1 ms while any is blocked. A credit of 0 in `OPEN` means "no limit".
+//! * **Reply ends.** With `OPEN_MARK_ENDS` (request dispatch) each reply's end is the last byte
+//!   of a `DATA` frame (an empty one if needed). With `OPEN_FLOW_ENDS` (flow dispatch) io_conn
+//!   only counts ends, so the output of a whole batch of requests goes out in as few frames as
+//!   credit allows, each saying how many replies it completes (`flags::ends_flags`); held
+//!   requests that may run all run before their output is flushed.
 //! * **Broadcast.** [`Ctx::broadcast`] queues a `BROADCAST` frame (flow id 0) in the flow's
 //!   broadcast list, marked with the flow's output position at that moment; the flow's output
 //!   is pushed up to the mark, then the broadcast, then the rest. Broadcasts cost no credit, but

@@ -186,6 +186,26 @@ impl Io {
         }
     }
 
+    /// Like [`Self::lines`], but every line is published at once (one flush, as io_conn does
+    /// for the commands of one read): md drains them in one batch.
+    pub fn lines_batched(&mut self, flow: FlowId, text: &str) {
+        let deadline = Instant::now() + WATCHDOG;
+        for l in text.split_inclusive('\n') {
+            loop {
+                match self.tx.try_push(flow, Kind::Data, 0, l.as_bytes()) {
+                    Ok(()) => break,
+                    Err(PushError::Full) => {
+                        self.tx.flush();
+                        self.poll_into_pending(Duration::from_millis(1));
+                        assert!(Instant::now() < deadline, "input ring stayed full");
+                    }
+                    Err(e) => panic!("push failed: {e}"),
+                }
+            }
+        }
+        self.tx.flush();
+    }
+
     pub fn drained(&mut self, flow: FlowId, n: u64) {
         self.send(flow, Kind::Drained, &encode_drained(n));
     }
