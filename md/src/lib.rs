@@ -79,5 +79,5 @@ pub use rt::notify;
 pub use rt::pair_config;
 pub use runner::{Detach, Endpoint, Exit, RunError, Runner, RunnerOptions};
 pub use serve::{ServeError, serve};
-pub use service::{BroadcastError, Ctx, Service, Status};
+pub use service::{BroadcastError, Ctx, Service, SettingError, Status};
 pub use stats::{MAX_COMMANDS, MdStatsSink, Stats};
