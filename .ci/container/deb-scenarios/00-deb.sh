@@ -67,10 +67,12 @@ out=$(runuser -u shmsrv-ci-operator -- viewstats --config "$CONF" -1)
 grep -c 'io_conn pid [0-9]* running' <<<"$out" >/dev/null
 grep -c '^io.connections_accepted ' <<<"$out" >/dev/null
 echo "operator: $(head -n1 <<<"$out")"
-if runuser -u nobody -- viewstats --config "$CONF" -1 >/dev/null 2>&1; then
+if denied=$(runuser -u nobody -- viewstats --config "$CONF" -1 2>&1 >/dev/null); then
     echo "viewstats worked for nobody, who is not in the shmsrv group"
     exit 1
 fi
+grep -ci 'permission denied' <<<"$denied" >/dev/null || { echo "nobody: $denied"; exit 1; }
+echo "nobody (not in the group): $(head -n1 <<<"$denied")"
 userdel shmsrv-ci-operator
 
 # dpkg -r: prerm stops every unit; the conffile stays, nothing is left in /dev/shm or the
