@@ -111,7 +111,9 @@ def run_session(cmd, expected):
         replies = [l for l in expected if l != "^C" and DUMB_REPLY.match(l)]
         if expected[-1:] != ["^C"] or not typed:
             fail(f"the interactive `{cmd}` session must show typed lines and end with ^C")
-        argv = ["nc", "-q1", m.group(1), m.group(2)]
+        # -q5: nc stays 5 s after its input ends, for the replies (WAIT 500 takes 0.5 s),
+        # with room for a loaded machine; the newcomer would have typed for longer.
+        argv = ["nc", "-q5", m.group(1), m.group(2)]
         stdin = "".join(l + "\n" for l in typed)
         want = replies
     else:
