@@ -49,7 +49,7 @@ pub enum Apply {
 pub enum Program {
     /// io_conn: `[shared]`, `[io_conn]`, the listeners, `md.max_instances` and the groups.
     IoConn,
-    /// md: `[shared]`, `[md]` and the groups.
+    /// md: `[shared]`, `[md]`, the groups and the services' own `[service.NAME]` tables.
     Md,
     /// Everything (no key ignored).
     All,
@@ -136,6 +136,9 @@ pub(crate) const KEYS: &[(&str, u8, Apply)] = &[
     ("viewstats.refresh", VS, Apply::Live),
 ];
 
+/// The keys of the free-form `[service.NAME]` tables, which `KEYS` cannot list.
+const SERVICE_PREFIX: &str = "service.";
+
 /// How a change of `key` applies (a dotted key as in [`Change::key`]; array elements written
 /// with or without their identity), or None for a key the schema does not have.
 pub fn classify(key: &str) -> Option<Apply> {
@@ -144,6 +147,12 @@ pub fn classify(key: &str) -> Option<Apply> {
 
 /// The programs `key` concerns (a mask) and how a change applies.
 fn lookup(key: &str) -> Option<(u8, Apply)> {
+    // `[service.NAME]` is free-form: every key in it is md's, and live. md hands the new table
+    // to the service (`Service::configure`), which may still refuse it: then the whole reload is
+    // refused, like a restart-only key.
+    if key.starts_with(SERVICE_PREFIX) {
+        return Some((MD, Apply::Live));
+    }
     let general = generalize(key);
     KEYS.iter().find(|(k, _, _)| *k == general).map(|&(_, p, a)| (p, a))
 }
@@ -406,8 +415,27 @@ mod tests {
             instances: Instances::Range { first: 0, last: 7 },
             binary: "/usr/bin/true".into(),
         }];
+        cfg.service
+            .0
+            .insert("echo".into(), toml::from_str("suffix = \"!\"\n[deep]\nx = 1\n").unwrap());
         cfg.validate().unwrap();
         cfg
+    }
+
+    #[test]
+    fn service_sections_are_md_live() {
+        let old = full();
+        let mut new = old.clone();
+        new.service.0.get_mut("echo").unwrap().insert("suffix".into(), "?".into());
+        new.service.0.insert("reverse".into(), toml::from_str("x = 1").unwrap());
+        let md = diff_for(&old, &new, Program::Md);
+        let keys: Vec<&str> = md.live.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["service.echo.suffix", "service.reverse.x"]);
+        assert!(md.restart_only.is_empty());
+        assert_eq!(md.live[0].to_string(), "service.echo.suffix: \"!\" -> \"?\"");
+        // io_conn does not read them: nothing to reload there.
+        assert!(diff_for(&old, &new, Program::IoConn).is_empty());
+        assert_eq!(classify("service.anything.at.all"), Some(Apply::Live));
     }
 
     #[test]

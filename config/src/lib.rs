@@ -14,8 +14,10 @@
 //! | `[md]`, `[md.dumb]` | [`Md`], [`Dumb`] | md (io_conn reads `md.max_instances`) |
 //! | `[[md.group]]` | [`Group`] | io_conn (routing, `--spawn-md`), md (which binary), viewstats |
 //! | `[viewstats]` | [`Viewstats`] | viewstats |
+//! | `[kv]` | [`Kv`] | io_conn and md's `kv` service |
+//! | `[service.NAME]` | [`ServiceSection`] (free-form) | the md binary serving `NAME` |
 //!
-//! Every section is strict (an unknown key is an error) and every key has a default, so an
+//! Every section but `[service.NAME]` is strict (an unknown key is an error) and every key has a default, so an
 //! empty file is the default config. The shipped file [`SHIPPED`] (`config/shmsrv.toml`) lists
 //! every key with its meaning, default and unit, and equals [`Config::default`].
 //!
@@ -44,6 +46,7 @@ mod group;
 mod kv;
 mod locate;
 mod proxy;
+mod service;
 pub mod units;
 mod validate;
 
@@ -63,6 +66,7 @@ pub use crate::group::{Group, Instances, parse_instances};
 pub use crate::kv::{KV_CHUNK_BYTES, Kv, MAX_KV_KEYS, Resp};
 use crate::locate::Locator;
 pub use crate::proxy::{Cidr, MAX_PROXY_FROM, ProxyProtocol};
+pub use crate::service::{ServiceSection, Services};
 
 /// The shipped, commented default config (`config/shmsrv.toml`); equals [`Config::default`].
 pub const SHIPPED: &str = include_str!("../shmsrv.toml");
@@ -114,6 +118,10 @@ pub struct Config {
     pub viewstats: Viewstats,
     /// `[kv]`: the built-in `kv` service and its shared cache.
     pub kv: Kv,
+    /// `[service.NAME]`: a service's own settings, free-form, read by the md binary that serves
+    /// `NAME` (see [`Config::service`]); the only tables the schema does not check key by key.
+    #[serde(skip_serializing_if = "Services::is_empty")]
+    pub service: Services,
 }
 
 /// `[shared]`: read by every program; io_conn creates what these describe, the others attach.
@@ -749,6 +757,10 @@ impl Config {
         ));
         line.push_str("; md.group: ");
         line.push_str(&self.groups_summary());
+        if !self.service.is_empty() {
+            line.push_str("; service: ");
+            line.push_str(&self.service.names().collect::<Vec<_>>().join(","));
+        }
         line
     }
 

@@ -101,6 +101,7 @@ impl Config {
         self.check_proxy()?;
         self.check_groups()?;
         self.check_kv()?;
+        self.check_services()?;
         let refresh = self.viewstats.refresh;
         if !(MIN_REFRESH..=MAX_REFRESH).contains(&refresh) {
             return Err(Invalid::new(

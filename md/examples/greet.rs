@@ -19,12 +19,22 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use md::{Ctx, Service, Status};
+use md::{Ctx, Service, SettingError, Status};
 use shmq::frame::OpenInfo;
 
-/// The service: one value serves every connection of this md process.
-#[derive(Debug, Default)]
-struct Greet;
+/// The service: one value serves every connection of this md process. Its settings come from
+/// the config's `[service.greet]` table (see `configure`).
+#[derive(Debug)]
+struct Greet {
+    /// `service.greet.greeting`: the word HELLO answers with.
+    greeting: String,
+}
+
+impl Default for Greet {
+    fn default() -> Self {
+        Self { greeting: "hello".to_owned() }
+    }
+}
 
 /// Per-connection state: the name given with HELLO, and a PRIMES in progress.
 #[derive(Debug, Default)]
@@ -55,6 +65,25 @@ const PRIMES_MAX: u64 = 100_000_000;
 impl Service for Greet {
     type Flow = Visitor;
 
+    fn configure(&mut self, cfg: &config::Config) -> Result<(), SettingError> {
+        let mut greeting = Self::default().greeting;
+        for (key, value) in cfg.service("greet").into_iter().flatten() {
+            match (key.as_str(), value.as_str()) {
+                ("greeting", Some(g)) if !g.is_empty() && g.len() <= 32 && !g.contains('\n') => {
+                    greeting = g.to_owned();
+                }
+                ("greeting", _) => {
+                    let why = format!("expected a word of 1 to 32 bytes, got {value}");
+                    return Err(SettingError::new("greet", key, why));
+                }
+                _ => return Err(SettingError::new("greet", key, "unknown key (has: greeting)")),
+            }
+        }
+        // Everything checked: only now change (a refused reload keeps the old greeting).
+        self.greeting = greeting;
+        Ok(())
+    }
+
     fn open(&mut self, info: &OpenInfo<'_>, _cx: &mut Ctx<'_>) -> Option<Visitor> {
         // Only our service: io_conn closes a flow of any other service routed here.
         (info.service == "greet").then(Visitor::default)
@@ -67,7 +96,7 @@ impl Service for Greet {
         match cmd {
             "HELLO" if !arg.is_empty() => {
                 cx.count(HELLO);
-                let _ = writeln!(cx, "hello, {arg}");
+                let _ = writeln!(cx, "{}, {arg}", self.greeting);
                 v.name = Some(arg.to_owned());
                 Status::Done
             }
@@ -140,7 +169,7 @@ fn is_prime(k: u64) -> bool {
 
 // ANCHOR: main
 fn main() -> std::process::ExitCode {
-    md::main(Greet)
+    md::main(Greet::default())
 }
 // ANCHOR_END: main
 
@@ -152,7 +181,7 @@ mod tests {
 
     #[test]
     fn hello_later_and_bye() {
-        let mut h = Harness::start(Greet).unwrap();
+        let mut h = Harness::start(Greet::default()).unwrap();
         let c = h.connect("greet");
         h.send_lines(c, "HELLO ada\nLATER 20\nHELLO\n");
         assert_eq!(h.read_line(c), "hello, ada\n");
@@ -169,7 +198,7 @@ mod tests {
     #[test]
     fn a_long_primes_does_not_stall_other_clients() {
         // A 1 ms slice (the default md.slice): PRIMES yields every millisecond or so.
-        let mut h = Harness::start(Greet).unwrap();
+        let mut h = Harness::start(Greet::default()).unwrap();
         let (slow, quick) = (h.connect("greet"), h.connect("greet"));
         h.send_lines(slow, "PRIMES 200000\n");
         h.send_lines(quick, "HELLO bob\n");
@@ -181,8 +210,24 @@ mod tests {
     }
 
     #[test]
+    fn its_own_settings() {
+        let text = "[[io_conn.listener]]\naddress = \"127.0.0.1:7070\"\nservice = \"greet\"\n\
+                    framing = \"line\"\n\n[service.greet]\ngreeting = \"ahoy\"\n";
+        let cfg = config::Config::from_toml_str(text, "my.toml").unwrap();
+        let mut h = Harness::with_config(Greet::default(), &cfg).unwrap();
+        let c = h.connect("greet");
+        h.send_lines(c, "HELLO ada\n");
+        assert_eq!(h.read_line(c), "ahoy, ada\n");
+        h.stop();
+        // A bad value is refused, naming the key; the service keeps what it had.
+        let bad = config::Config::from_toml_str(&text.replace("\"ahoy\"", "3"), "my.toml").unwrap();
+        let e = Harness::with_config(Greet::default(), &bad).unwrap_err();
+        assert!(e.to_string().starts_with("service.greet.greeting: expected a word"), "{e}");
+    }
+
+    #[test]
     fn other_services_are_refused() {
-        let mut h = Harness::start(Greet).unwrap();
+        let mut h = Harness::start(Greet::default()).unwrap();
         let c = h.connect("echo");
         assert_eq!(h.read_to_close(c), b"");
         assert_eq!(h.stop()[shmq::stats::Md::FlowsRefused], 1);

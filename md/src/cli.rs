@@ -11,9 +11,12 @@
 //!   stderr (`RUST_LOG`, default `info`), the real process start time in `HELLO` (io_conn's
 //!   pid-reuse check), then [`crate::serve`]: attach, serve, re-attach after an io_conn restart,
 //!   systemd notifications and watchdog;
+//! * the service's own settings: [`crate::Service::configure`] reads its `[service.NAME]` table
+//!   before it serves, under `--check-config` and on every reload (a [`crate::SettingError`] is
+//!   printed with the file, line and key, like a config error);
 //! * exit status 0 after SIGTERM/SIGINT, 1 on an error, 2 for a bad config or instance (or a
-//!   [`Failure::config`] from the service's constructor), 3 when another live md holds the
-//!   instance (`instance N is held by md pid P`).
+//!   [`Failure::config`] from the service's constructor, or a [`crate::SettingError`]), 3 when
+//!   another live md holds the instance (`instance N is held by md pid P`).
 //!
 //! [`Program`] sets the `--help` text and the `--version` string (md's own `main.rs` uses it).
 //!
@@ -328,15 +331,20 @@ where
         check_only: args.check_config,
         mask,
     };
+    // The service's own `[service.NAME]` settings, located in the file like a config error.
+    let configure = |service: &mut S| {
+        service.configure(&cfg).map_err(|e| Failure::config(e.locate(args.config.as_deref())))
+    };
     if args.check_config {
-        drop(make(&setup)?);
+        configure(&mut make(&setup)?)?;
         println!("config ok: {}", cfg.summary());
         println!("instance {i}: {}", describe_group(&cfg, i));
         return Ok(());
     }
     log::info!("{name}: md instance {i} starting; config: {}", cfg.summary());
     log::info!("md instance {i}: {}", describe_group(&cfg, i));
-    let service = make(&setup)?;
+    let mut service = make(&setup)?;
+    configure(&mut service)?;
     let control = Control::new()
         .and_then(|(c, _handle)| c.with_signals(mask))
         .map_err(|e| Failure::error(format!("cannot set up signal handling: {e}")))?

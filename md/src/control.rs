@@ -78,9 +78,13 @@ impl Control {
         self.reload_requested.replace(false)
     }
 
-    /// Reloads (see [`Reloader::reload`]); None without a reloader.
-    pub(crate) fn reload(&self) -> Option<ReloadOutcome> {
-        self.reloader.as_ref().map(|r| r.borrow_mut().reload())
+    /// Reloads (see [`Reloader::reload`]; `accept` is the service's `configure`); None without
+    /// a reloader.
+    pub(crate) fn reload(
+        &self,
+        accept: impl FnOnce(&config::Config) -> Result<(), crate::SettingError>,
+    ) -> Option<ReloadOutcome> {
+        self.reloader.as_ref().map(|r| r.borrow_mut().reload(accept))
     }
 
     /// True once shutdown was requested (sticky). Reads pending signals/triggers first.

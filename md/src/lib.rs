@@ -81,5 +81,5 @@ pub use runner::{
     Detach, Endpoint, Exit, LATE_STATS_EVERY, RunError, Runner, RunnerOptions, StatsAttempt,
 };
 pub use serve::{ServeError, serve};
-pub use service::{BroadcastError, Ctx, Service, Status};
+pub use service::{BroadcastError, Ctx, Service, SettingError, Status};
 pub use stats::{MAX_COMMANDS, MdStatsSink, Stats};

@@ -1,7 +1,8 @@
 //! Reloading md's config on SIGHUP (`systemctl reload md@N`, `md --reload`): the live settings
 //! of `[md]` (`md.spin`, `md.slice`, `md.drain_deadline`, `md.log_level`) and of the service
-//! (`md.dumb.*` for the built-ins, through [`crate::Service::reload`]) change at once, keeping
-//! every flow.
+//! (its `[service.NAME]` table through [`crate::Service::configure`], `md.dumb.*` for the
+//! built-ins through [`crate::Service::reload`]) change at once, keeping every flow. The service
+//! may refuse its new settings: that refuses the whole reload, as a restart-only key does.
 //!
 //! The file is loaded and validated exactly as at start (and as `--check-config`); one that does
 //! not validate changes nothing. [`config::diff_for`] with [`config::Program::Md`] classifies the
@@ -18,6 +19,8 @@
 use std::path::PathBuf;
 
 use config::{Config, Program};
+
+use crate::SettingError;
 
 /// The file md was started with and the config in effect.
 #[derive(Debug, Clone)]
@@ -53,8 +56,13 @@ impl Reloader {
     }
 
     /// Reads and validates the file again and decides; logs the outcome (one line per refused
-    /// key).
-    pub fn reload(&mut self) -> ReloadOutcome {
+    /// key). `accept` is the service's [`crate::Service::configure`]: it sees the new config
+    /// after md's own checks passed, and its error refuses the reload (logged with the file and
+    /// line of the key).
+    pub fn reload(
+        &mut self,
+        accept: impl FnOnce(&Config) -> Result<(), SettingError>,
+    ) -> ReloadOutcome {
         let shown = self
             .path
             .as_ref()
@@ -72,6 +80,13 @@ impl Reloader {
             for c in &changes.restart_only {
                 log::error!("reload refused: {c} needs a restart; the current config is kept");
             }
+            return ReloadOutcome::Refused;
+        }
+        if let Err(e) = accept(&new) {
+            log::error!(
+                "reload refused by the service: {}; the current config is kept",
+                e.locate(self.path.as_deref())
+            );
             return ReloadOutcome::Refused;
         }
         for c in &changes.live {
@@ -110,7 +125,7 @@ mod tests {
         let mut r = Reloader::new(Some(path.clone()), cfg);
         // io_conn's keys are not md's: applied (as nothing for md).
         std::fs::write(&path, "[md.dumb]\nburn_max = 5\n[io_conn]\nmax_connections = 3\n").unwrap();
-        match r.reload() {
+        match r.reload(|_| Ok(())) {
             ReloadOutcome::Applied { config, generation } => {
                 assert_eq!(config.md.dumb.burn_max, 5);
                 assert_eq!(generation, 1);
@@ -119,11 +134,29 @@ mod tests {
         }
         std::fs::write(&path, "[md.dumb]\nburn_max = 7\n[shared]\nqueue_size = \"4MiB\"\n")
             .unwrap();
-        assert!(matches!(r.reload(), ReloadOutcome::Refused));
+        assert!(matches!(r.reload(|_| Ok(())), ReloadOutcome::Refused));
         assert_eq!(r.current().md.dumb.burn_max, 5, "nothing of a refused file applies");
         std::fs::write(&path, "[md.dumb]\nburn_max = \"x\"\n").unwrap();
-        assert!(matches!(r.reload(), ReloadOutcome::Refused));
+        assert!(matches!(r.reload(|_| Ok(())), ReloadOutcome::Refused));
         assert_eq!(r.current().md.dumb.burn_max, 5);
+        // A file md accepts but the service refuses (Service::configure): nothing applies.
+        std::fs::write(&path, "[md.dumb]\nburn_max = 9\n").unwrap();
+        let refuse = |c: &Config| {
+            assert_eq!(c.md.dumb.burn_max, 9, "the service sees the new file");
+            Err(SettingError::new("upper", "suffix", "too long"))
+        };
+        assert!(matches!(r.reload(refuse), ReloadOutcome::Refused));
+        assert_eq!(r.current().md.dumb.burn_max, 5);
+        match r.reload(|_| Ok(())) {
+            ReloadOutcome::Applied { config, generation } => {
+                assert_eq!(
+                    (config.md.dumb.burn_max, generation),
+                    (9, 2),
+                    "refusals count no generation"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

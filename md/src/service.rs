@@ -140,8 +140,24 @@ pub trait Service {
         let _ = flow;
     }
 
+    /// The service's own settings: read and check its `[service.NAME]` table
+    /// ([`config::Config::service`]; free-form TOML, e.g. `[service.upper] suffix = "!"`).
+    ///
+    /// md calls it with the loaded config before it serves (an `Err` stops the binary with exit
+    /// status 2), under `--check-config` (an `Err` fails the check), and on every reload after
+    /// md's own checks passed and before anything of the new file applies: an `Err` then refuses
+    /// the whole reload (counted in `reloads_refused`, `systemctl reload` fails) and md keeps its
+    /// old config. So on `Err` keep the settings you had: check everything first, then assign.
+    /// The error names the key ([`SettingError::new`]); md adds the file and the line. Open flows
+    /// stay across a reload. Default: reads nothing.
+    fn configure(&mut self, cfg: &config::Config) -> Result<(), SettingError> {
+        let _ = cfg;
+        Ok(())
+    }
+
     /// The config was reloaded (SIGHUP, `systemctl reload md@N`): take the new settings that
-    /// apply to this service (the built-ins: `md.dumb.*`). Open flows stay. Default: nothing.
+    /// apply to this service (the built-ins: `md.dumb.*`). Called after [`Service::configure`]
+    /// accepted the new file. Open flows stay. Default: nothing.
     fn reload(&mut self, cfg: &config::Config) {
         let _ = cfg;
     }
@@ -156,6 +172,52 @@ pub trait Service {
         &[]
     }
 }
+
+/// A bad value in a service's `[service.NAME]` table, from [`Service::configure`].
+///
+/// `Display` gives `service.NAME.key: message`; md prints it located in the config file, like
+/// a config error: `shmsrv.toml:42: service.upper.suffix: expected a string`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    key: String,
+    message: String,
+}
+
+impl SettingError {
+    /// `key` of `[service.<service>]` (a dotted path inside the table, or `""` for the table
+    /// itself) is wrong: `message` says why.
+    pub fn new(service: &str, key: &str, message: impl fmt::Display) -> Self {
+        let key = match key {
+            "" => format!("service.{service}"),
+            k => format!("service.{service}.{k}"),
+        };
+        Self { key, message: message.to_string() }
+    }
+
+    /// The dotted key, `service.NAME.key`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What is wrong, without the key.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// As a [`config::ConfigError`] located in `file` (the config's path; `None`: the built-in
+    /// defaults), with the line the key (or its table) is written on.
+    pub fn locate(&self, file: Option<&std::path::Path>) -> config::ConfigError {
+        config::Config::setting_error(file, &self.key, &self.message)
+    }
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for SettingError {}
 
 /// Why [`Ctx::broadcast`] refused a message (nothing was queued).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

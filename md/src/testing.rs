@@ -142,6 +142,19 @@ impl Harness {
         Self::with_options(service, RunnerOptions::default())
     }
 
+    /// Starts `service` as an md binary would with `cfg`: first [`Service::configure`] with it
+    /// (the service's own `[service.NAME]` table; a [`crate::SettingError`] comes back as an
+    /// [`io::ErrorKind::InvalidInput`] error naming the key), then the runner with the config's
+    /// options ([`RunnerOptions::from_config`], instance 0).
+    pub fn with_config<S>(mut service: S, cfg: &config::Config) -> io::Result<Self>
+    where
+        S: Service + Send + 'static,
+        S::Flow: fmt::Debug,
+    {
+        service.configure(cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Self::with_options(service, RunnerOptions::from_config(cfg, 0, 0))
+    }
+
     /// Starts `service` with `opts` (e.g. [`RunnerOptions::from_config`], or a `slice`).
     pub fn with_options<S>(service: S, opts: RunnerOptions) -> io::Result<Self>
     where

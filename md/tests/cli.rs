@@ -89,3 +89,27 @@ fn check_config_good_and_bad() {
         assert_eq!(out.status.code(), Some(2), "{name}: {text}");
     }
 }
+
+/// upper's own `[service.upper]` section (`Service::configure`), checked by the real binary:
+/// accepted, and a bad value refused with the file, the line and the key.
+#[test]
+fn check_config_runs_the_service_settings() {
+    let dir = Dir::new("service");
+    let listener = "[[io_conn.listener]]\naddress = \"127.0.0.1:0\"\nservice = \"upper\"\n\
+                    framing = \"line\"\n\n[service.upper]\n";
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, format!("{listener}suffix = \"!\"\n")).expect("write");
+    let (out, text) = run(&bin("upper"), &["--check-config", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("config ok: ") && text.contains("; service: upper"), "{text}");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, format!("{listener}suffix = 7\n")).expect("write");
+    let bad = bad.to_str().unwrap();
+    let (out, text) = run(&bin("upper"), &["--check-config", "--config", bad]);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains(&format!("{bad}:7: service.upper.suffix: expected a string")), "{text}");
+    assert!(!text.contains("config ok"), "{text}");
+    // md itself does not read [service.upper]: the file is fine for it.
+    let (out, text) = run(&bin("md"), &["--check-config", "--config", bad]);
+    assert!(out.status.success(), "{text}");
+}

@@ -42,7 +42,12 @@ fn rust_blocks_are_the_example() {
     }
     // Together they are the whole service: its impl, main and tests.
     let all = rust.concat();
-    for needle in ["impl Service for Greet", "md::main(Greet)", "Harness::start(Greet)"] {
+    for needle in [
+        "impl Service for Greet",
+        "fn configure",
+        "md::main(Greet::default())",
+        "Harness::with_config(Greet::default()",
+    ] {
         assert!(all.contains(needle), "the tutorial lacks {needle}");
     }
 }
@@ -59,6 +64,9 @@ fn config_block_extends_the_shipped_config() {
     assert_eq!(cfg.group_index_of(2), Some(1));
     let l = cfg.io_conn.listeners.iter().find(|l| l.service == "greet").expect("greet listener");
     assert_eq!(l.framing(), config::Framing::Line);
+    // The service's own section, as the tutorial's greet reads it.
+    let greeting = cfg.service("greet").and_then(|t| t.get("greeting")).and_then(|v| v.as_str());
+    assert_eq!(greeting, Some("ahoy"));
     // The Cargo.toml block's paths name this repository's crates.
     let deps = toml.iter().find(|b| b.contains("[dependencies]")).expect("Cargo.toml block");
     for krate in ["md", "shmq"] {

@@ -253,3 +253,62 @@ fn check_config_names_bad_groups() {
     assert!(check_config(&util::viewstats_bin(), &path).0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A custom service's own `[service.NAME]` section (md's `Service::configure`), end to end: the
+/// `upper` example under `--spawn-md` answers with the configured suffix; `upper --reload`
+/// applies a new suffix live (an open connection keeps going and gets it); a bad value is
+/// refused by the service (`--reload` fails, the log names file, line and key) and the old
+/// suffix stays.
+#[test]
+fn service_section_configures_and_reloads_a_custom_md() {
+    let upper = util::example_bin("upper");
+    let md_extra = format!("{}\n[service.upper]\nsuffix = \"!\"\n", groups(&upper));
+    let listeners = util::listener("upper", "line");
+    let sut = Server::start_with(
+        "groupsection",
+        Setup {
+            spawn_md: 2,
+            max_instances: 2,
+            md_extra: &md_extra,
+            listeners: &listeners,
+            ..Setup::default()
+        },
+    );
+    let mut c = sut.connect("upper/line");
+    util::roundtrip(&mut c, b"abc\n", b"ABC!\n");
+
+    let text = std::fs::read_to_string(&sut.config).expect("read config");
+    let reload = |text: &str| {
+        std::fs::write(&sut.config, text).expect("write config");
+        let out = Command::new(&upper)
+            .arg("--reload")
+            .arg("--config")
+            .arg(&sut.config)
+            .args(["--instance", "1"])
+            .output()
+            .expect("run upper --reload");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let (ok, said) = reload(&text.replace("suffix = \"!\"", "suffix = \"?\""));
+    assert!(ok && said.contains("reload applied"), "{said}");
+    util::roundtrip(&mut c, b"def\n", b"DEF?\n");
+    let mut fresh = sut.connect("upper/line");
+    util::roundtrip(&mut fresh, b"x\n", b"X?\n");
+
+    let bad = text.replace("suffix = \"!\"", "suffix = 7");
+    let (ok, said) = reload(&bad);
+    assert!(!ok && said.contains("refused the reload"), "{said}");
+    let line = bad.lines().position(|l| l == "suffix = 7").expect("suffix line") + 1;
+    sut.wait_log(
+        &format!("{}:{line}: service.upper.suffix: expected a string", sut.config.display()),
+        1,
+    );
+    util::roundtrip(&mut c, b"ghi\n", b"GHI?\n");
+    drop((c, fresh));
+    sut.stop();
+}

@@ -439,10 +439,11 @@ where
     }
 
     /// SIGHUP: reloads the config through `control` and applies md's live settings (spin, slice,
-    /// drain deadline, log level) and the service's ([`Service::reload`]); counts the outcome.
+    /// drain deadline, log level) and the service's ([`Service::configure`], which may refuse,
+    /// then [`Service::reload`]); counts the outcome.
     fn reload(&mut self, control: &Control, gate: &mut SpinGate, attached: &str) {
         let _ = rt::notify::reloading();
-        let status = match control.reload() {
+        let status = match control.reload(|c| self.service.configure(c)) {
             Some(crate::reload::ReloadOutcome::Applied { config, generation }) => {
                 let o = &mut self.core.opts;
                 o.spin = config.md.spin;
