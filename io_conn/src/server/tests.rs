@@ -11,7 +11,7 @@ use super::{Clients, Cx, Links};
 use crate::counters::{Counters, Io};
 use crate::flows::{AfterFlush, ListId, State};
 
-fn setup(mds: usize) -> (Cx, Clients, Links) {
+pub(super) fn setup(mds: usize) -> (Cx, Clients, Links) {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
     let cfg = config::Config::default();
     let mut clients = Clients::new(&cfg, Vec::new(), &epoll).expect("clients");
@@ -33,7 +33,7 @@ fn setup(mds: usize) -> (Cx, Clients, Links) {
 }
 
 /// An open flow of md `md` (no socket), as accept + bind leave it.
-fn open_flow(cx: &mut Cx, cl: &mut Clients, md: u32) -> FlowId {
+pub(super) fn open_flow(cx: &mut Cx, cl: &mut Clients, md: u32) -> FlowId {
     let slot = cl.flows.alloc().expect("slot");
     let f = cl.flows.get_mut(slot);
     f.state = State::Open;

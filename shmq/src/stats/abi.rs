@@ -23,7 +23,10 @@ pub const STATS_LAYOUT_VERSION: u32 = 2;
 ///
 /// 2: the io_conn set gained `accept_fd_exhausted`, `stale_frames`, `bad_frames`,
 /// `drained_frames`; the md set lost its service-specific request counters (now command slots).
-pub const SCHEMA_VERSION: u32 = 5;
+///
+/// 6: the io_conn set gained `closed_memory`, `buffered_bytes` and `budget_reached`
+/// (`io_conn.max_buffered`).
+pub const SCHEMA_VERSION: u32 = 6;
 /// Entries in [`StatsHeader::sections`].
 pub const MAX_SECTIONS: usize = 8;
 /// Size of [`StatsHeader`]; the descriptor table starts here.
