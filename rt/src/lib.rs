@@ -15,8 +15,11 @@
 //! * [`pair_config`]: the queue-pair parameters of the config's `[shared]` section;
 //! * [`activation`]: the sockets systemd passes in (socket activation).
 //!
+//! * [`malloc`]: glibc malloc tuned so freed client buffers go back to the system.
+//!
 //! Nothing here touches shared memory or knows about flows or frames. The only `unsafe` is in
-//! [`activation`] (adopting inherited descriptors, removing `LISTEN_*` from the environment);
+//! [`activation`] (adopting inherited descriptors, removing `LISTEN_*` from the environment)
+//! and [`malloc`] (mallopt, malloc_trim);
 //! nix and sd-notify wrap the other system calls.
 //!
 //! # Example
@@ -58,6 +61,7 @@
 
 pub mod activation;
 pub mod contention;
+pub mod malloc;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;

@@ -6,8 +6,8 @@
 //! allocated ([`held_bytes`]: input, output, replies held for pipelined requests, the pool's
 //! spares), so the figure is the allocation, not the bytes in use.
 //!
-//! Policy, checked once per loop iteration ([`Clients::enforce_budget`], before the io→md rings
-//! are flushed) and on every read:
+//! Policy, checked after each md ring is drained and once per loop iteration
+//! ([`Clients::enforce_budget`], before the io→md rings are flushed), and on every read:
 //! * at or above `max`, no client socket is read ([`Budget::reading_stopped`]: also the reads
 //!   later in the same iteration), so input cannot grow;
 //! * then the pool's spare buffers are freed, and if that is not enough the **slowest readers**
@@ -20,8 +20,13 @@
 //!   stays stopped (every socket's EPOLLIN dropped, so a level-triggered loop does not spin)
 //!   until it falls below.
 //!
+//! The budget bounds the RSS, not only the bytes in use, because freed buffers go back to the
+//! system: io_conn fixes glibc's mmap threshold at start (a buffer of 64 KiB or more is its own
+//! mapping) and trims the heap after closing connections here (`rt::malloc`). Without that, a
+//! 64 MiB budget let RSS reach 575 MiB (freed 256 KiB buffers stayed in the heap).
+//!
 //! Between two checks the total can exceed `max` by what one iteration brings in from md: at
-//! most the `out` rings' content (`queue_size` per md instance); client reads stop at `max`.
+//! most one `out` ring's content (`queue_size`); client reads stop at `max`.
 //! Nothing here runs per message: the check is one thread-local read and a compare; the
 //! ranking scans the flows with a socket only when the budget is reached.
 
@@ -105,9 +110,8 @@ impl Clients {
     fn holding(&self, slot: u32, now: Instant) -> (usize, Duration) {
         let f = self.flows.get(slot);
         let size = |b: &Option<crate::pool::Buf>| b.as_ref().map_or(0, crate::pool::Buf::allocated);
-        let bytes = size(&f.input)
-            + size(&f.output)
-            + f.rq.q.iter().map(|r| size(&r.held)).sum::<usize>();
+        let bytes =
+            size(&f.input) + size(&f.output) + f.rq.q.iter().map(|r| size(&r.held)).sum::<usize>();
         let age = if f.output_len() > 0 && f.interest.contains(EpollFlags::EPOLLOUT) {
             now.saturating_duration_since(f.out_since)
         } else if f.input.as_ref().is_some_and(|b| !b.is_empty()) {
@@ -128,6 +132,9 @@ impl Clients {
             let before = held_bytes();
             self.pool.trim();
             let closed = if held_bytes() > low { self.close_slowest(cx, links, low) } else { 0 };
+            // The freed buffers' pages back to the system (large ones already were: see
+            // `rt::malloc`). Each time here frees at least max/8, so this is rare.
+            rt::malloc::trim();
             self.log_budget(cx.now, before, closed);
             if held_bytes() > low && !self.budget.paused {
                 log::warn!(

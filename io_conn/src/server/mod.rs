@@ -207,6 +207,10 @@ impl<'c> Server<'c> {
                 .add(s.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token(K_SHUTDOWN, 0)))
                 .context("epoll add shutdown eventfd")?;
         }
+        // Freed client buffers go back to the system, so `max_buffered` bounds the RSS.
+        if !rt::malloc::tune_for_buffers() {
+            log::debug!("malloc tuning not available: max_buffered bounds buffers, not the RSS");
+        }
         let clients = Clients::new(cfg, listeners, &epoll)?;
         // The config's validation enforces it (so `--check-config` does); kept for a `Config`
         // built by hand.
@@ -428,6 +432,8 @@ impl<'c> Server<'c> {
             let stats = self.stats.as_mut().and_then(|st| st.slot(i as u32));
             let r = self.inbound.poll(i, &mut self.cx, &mut self.clients, &mut self.links, stats);
             frames += r.frames;
+            // Per ring: what one drain brought in beyond the budget is bounded by one ring.
+            self.clients.enforce_budget(&mut self.cx, &mut self.links);
             if let Some(e) = r.corrupt {
                 self.md_died(i as u32, &format!("its ring is corrupt ({e})"));
             } else if self.links.take_lost(i) {
