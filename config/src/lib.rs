@@ -219,8 +219,8 @@ pub struct IoConn {
     )]
     pub output_credit: u64,
     /// Process-wide budget for the bytes of every client buffer io_conn holds (partial input
-    /// messages, unsent output, held replies, pooled spares). When reached io_conn stops reading
-    /// clients and closes the slowest readers first (`closed_memory`) until it is below 7/8 of
+    /// messages, unsent output, held replies, pooled spares). At 7/8 of it io_conn stops reading
+    /// clients and closes the slowest readers first (`closed_memory`) until it is below 3/4 of
     /// it. At least [`MIN_MAX_BUFFERED`] and at least `read_buffer + max_message` (one
     /// connection's largest input). Default 256MiB.
     #[serde(

@@ -6,13 +6,14 @@
 //! allocated ([`held_bytes`]: input, output, replies held for pipelined requests, the pool's
 //! spares), so the figure is the allocation, not the bytes in use.
 //!
-//! Policy, checked after each md ring is drained and once per loop iteration
+//! Policy, checked after every md frame ([`Clients::check_budget`]), once per loop iteration
 //! ([`Clients::enforce_budget`], before the io→md rings are flushed), and on every read:
-//! * at or above `max`, no client socket is read ([`Budget::reading_stopped`]: also the reads
+//! * at or above the high-water mark (7/8 of `max`: the last eighth is left to the
+//!   allocator's overhead, so that RSS stays within `max`), no client socket is read ([`Budget::reading_stopped`]: also the reads
 //!   later in the same iteration), so input cannot grow;
 //! * then the pool's spare buffers are freed, and if that is not enough the **slowest readers**
 //!   are closed, counted in `closed_memory`, until the total is at most the low-water mark
-//!   (7/8 of `max`), after which reading resumes. A flow's rank is the bytes it holds times how
+//!   (3/4 of `max`), after which reading resumes. A flow's rank is the bytes it holds times how
 //!   long it has held them (for output: since the socket last stopped taking all of it; for a
 //!   partial input message: since its first byte), so a `STREAM` reader stuck at its full credit
 //!   for seconds goes before a busy client whose reply has waited a millisecond;
@@ -25,10 +26,10 @@
 //! mapping) and trims the heap after closing connections here (`rt::malloc`). Without that, a
 //! 64 MiB budget let RSS reach 575 MiB (freed 256 KiB buffers stayed in the heap).
 //!
-//! Between two checks the total can exceed `max` by what one iteration brings in from md: at
-//! most one `out` ring's content (`queue_size`); client reads stop at `max`.
-//! Nothing here runs per message: the check is one thread-local read and a compare; the
-//! ranking scans the flows with a socket only when the budget is reached.
+//! Between two checks the total can exceed the high-water mark by one md frame
+//! (`max_message`); client reads stop at the mark.
+//! Per message the cost is one thread-local read and a compare; the ranking scans the flows
+//! with a socket only when the budget is reached.
 
 use std::time::{Duration, Instant};
 
@@ -76,9 +77,16 @@ impl Budget {
         }
     }
 
-    /// Where closing stops and reading resumes: 7/8 of the budget.
-    pub(crate) fn low_water(&self) -> usize {
+    /// Where the budget counts as reached: 7/8 of it. The last eighth is the allocator's
+    /// margin (page rounding of mapped buffers, heap fragments between trims), so that the
+    /// RSS, not only the buffers, stays within `max` of the idle process.
+    pub(crate) fn high_water(&self) -> usize {
         self.max - self.max / 8
+    }
+
+    /// Where closing stops and reading resumes: 3/4 of the budget.
+    pub(crate) fn low_water(&self) -> usize {
+        self.max - self.max / 4
     }
 
     /// Reading is stopped across iterations (interest without EPOLLIN).
@@ -89,7 +97,7 @@ impl Budget {
     /// No client socket may be read now: the budget is reached, or reading stays stopped.
     #[inline]
     pub(crate) fn reading_stopped(&self) -> bool {
-        self.paused || held_bytes() >= self.max
+        self.paused || held_bytes() >= self.high_water()
     }
 }
 
@@ -122,12 +130,21 @@ impl Clients {
         (bytes, age)
     }
 
+    /// After each md frame: enforces the budget if it is reached (one thread-local read and a
+    /// compare otherwise).
+    #[inline]
+    pub(super) fn check_budget(&mut self, cx: &mut Cx, links: &mut Links) {
+        if held_bytes() >= self.budget.high_water() {
+            self.enforce_budget(cx, links);
+        }
+    }
+
     /// Once per loop iteration: publishes `buffered_bytes`; at or above the budget, counts it,
     /// frees the pool's spares and closes the slowest readers until the total is at most the
     /// low-water mark; stops or resumes reading (see the module docs).
     pub(super) fn enforce_budget(&mut self, cx: &mut Cx, links: &mut Links) {
         let low = self.budget.low_water();
-        if held_bytes() >= self.budget.max {
+        if held_bytes() >= self.budget.high_water() {
             cx.c[Io::BudgetReached] += 1;
             let before = held_bytes();
             self.pool.trim();
@@ -278,12 +295,12 @@ mod tests {
         hold_output(&mut cl, ping, 5, now);
         let (s1, s2) = (held_by(&cl, slow1), held_by(&cl, slow2));
         let total = held_bytes();
-        // A budget reached now whose low water (7/8) is met once both old readers are gone,
+        // A budget reached now whose low water (3/4) is met once both old readers are gone,
         // and not after one.
-        let max = (total - s1 - s2) * 8 / 7 + 8;
+        let max = (total - s1 - s2) * 4 / 3 + 8;
         cl.set_budget(max as u64);
-        let low = cl.budget.low_water();
-        assert!(max <= total && low >= total - s1 - s2 && low < total - s1, "{max} {low}");
+        let (high, low) = (cl.budget.high_water(), cl.budget.low_water());
+        assert!(high <= total && low >= total - s1 - s2 && low < total - s1, "{high} {low}");
         assert!(cl.budget.reading_stopped(), "at the budget no socket is read");
 
         cl.enforce_budget(&mut cx, &mut links);

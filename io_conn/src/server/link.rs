@@ -653,7 +653,11 @@ impl Inbound {
         if let Some(ss) = stats {
             ss.outcons.note_pickup(cx.now_ns);
         }
-        match r.half.rx.drain(FRAMES_PER_RING, |fr| clients.on_md_frame(cx, links, i as u32, fr)) {
+        // The memory budget is checked after every frame: one drain may bring megabytes.
+        match r.half.rx.drain(FRAMES_PER_RING, |fr| {
+            clients.on_md_frame(cx, links, i as u32, fr);
+            clients.check_budget(cx, links);
+        }) {
             Ok(n) => Polled { frames: n as u64, corrupt: None },
             Err(e) => Polled { frames: 0, corrupt: Some(e) },
         }

@@ -432,8 +432,6 @@ impl<'c> Server<'c> {
             let stats = self.stats.as_mut().and_then(|st| st.slot(i as u32));
             let r = self.inbound.poll(i, &mut self.cx, &mut self.clients, &mut self.links, stats);
             frames += r.frames;
-            // Per ring: what one drain brought in beyond the budget is bounded by one ring.
-            self.clients.enforce_budget(&mut self.cx, &mut self.links);
             if let Some(e) = r.corrupt {
                 self.md_died(i as u32, &format!("its ring is corrupt ({e})"));
             } else if self.links.take_lost(i) {
