@@ -365,6 +365,25 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_budget_from_a_reload_applies_at_the_next_check() {
+        let (mut cx, mut cl, mut links) = setup(1);
+        let old = cx.now.checked_sub(Duration::from_secs(1)).expect("clock");
+        let slots: Vec<u32> = (0..4).map(|_| open_flow(&mut cx, &mut cl, 0).slot()).collect();
+        for &s in &slots {
+            hold_output(&mut cl, s, 100_000, old);
+        }
+        cl.enforce_budget(&mut cx, &mut links);
+        assert_eq!(cx.c[Io::ClosedMemory], 0, "the default 256 MiB holds them");
+        // What `reload` does with a new `io_conn.max_buffered`.
+        cl.set_budget(held_bytes() as u64 / 2);
+        assert!(cl.budget.reading_stopped());
+        cl.enforce_budget(&mut cx, &mut links);
+        assert!(cx.c[Io::ClosedMemory] >= 2, "closed down to 3/4 of the new budget");
+        assert!(held_bytes() <= cl.budget.low_water());
+        assert_eq!(cx.c[Io::ConnectionsCurrent], 4 - cx.c[Io::ClosedMemory]);
+    }
+
+    #[test]
     fn reading_stays_stopped_while_buffers_no_flow_holds_exceed_low_water() {
         let (mut cx, mut cl, mut links) = setup(1);
         let outside = cl.pool.get(); // held by nobody the budget can close
