@@ -23,7 +23,9 @@ anywhere else it is a lost reply. At the end it checks:
 - no RSS growth of any process after the warm-up (minute 5; a third of the run in smoke mode):
   at most 4 MiB + 10 % above its RSS at the end of its warm-up;
 - the counters add up once every client is gone: connections_accepted = connections_current (0)
-  + every closed_* counter; md_deaths >= kills; the server still answers PING.
+  + every closed_* counter (found by prefix, so every reason counts, closed_memory of
+  io_conn.max_buffered included, stats schema 6); md_deaths >= kills; the server still
+  answers PING.
 
 Exit status 0 = every check passed; 1 = a check failed (each failure printed); 2 = could not
 run. Standard library only.

@@ -91,6 +91,9 @@ pub(crate) const KEYS: &[(&str, u8, Apply)] = &[
     ("io_conn.message_deadline", IO, Apply::Live),
     // New connections get the new credit; the ones open keep the credit their OPEN gave md.
     ("io_conn.output_credit", IO, Apply::Live),
+    // Checked at the end of every loop iteration: a lower budget closes the slowest readers
+    // until the buffers fit it.
+    ("io_conn.max_buffered", IO, Apply::Live),
     ("io_conn.drain_deadline", IO, Apply::Live),
     ("io_conn.spin", IO, Apply::Live),
     ("io_conn.log_level", IO, Apply::Live),
@@ -497,6 +500,7 @@ mod tests {
                 Box::new(|c| c.io_conn.message_deadline = Duration::ZERO),
             ),
             ("io_conn.output_credit", Apply::Live, Box::new(|c| c.io_conn.output_credit = 1 << 20)),
+            ("io_conn.max_buffered", Apply::Live, Box::new(|c| c.io_conn.max_buffered = 64 << 20)),
             (
                 "io_conn.drain_deadline",
                 Apply::Live,

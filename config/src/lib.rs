@@ -86,6 +86,9 @@ pub const MAX_MD_INSTANCES: u32 = 256;
 /// the two agree at compile time).
 pub const MIN_MAX_MESSAGE: u64 = 96;
 
+/// Smallest `io_conn.max_buffered`: 1 MiB (a few connections' worth of buffers).
+pub const MIN_MAX_BUFFERED: u64 = 1 << 20;
+
 /// Default listener `pipeline_depth`.
 pub const DEFAULT_PIPELINE_DEPTH: u32 = 16;
 
@@ -225,6 +228,16 @@ pub struct IoConn {
         serialize_with = "units::serialize_size"
     )]
     pub output_credit: u64,
+    /// Process-wide budget for the bytes of every client buffer io_conn holds (partial input
+    /// messages, unsent output, held replies, pooled spares). At 7/8 of it io_conn stops reading
+    /// clients and closes the slowest readers first (`closed_memory`) until it is below 3/4 of
+    /// it. At least [`MIN_MAX_BUFFERED`] and at least `read_buffer + max_message` (one
+    /// connection's largest input). Default 256MiB.
+    #[serde(
+        deserialize_with = "units::deserialize_size",
+        serialize_with = "units::serialize_size"
+    )]
+    pub max_buffered: u64,
     /// On SIGTERM, how long to keep flushing output before exiting anyway. At most 1h.
     /// Default 5s.
     #[serde(
@@ -262,6 +275,7 @@ impl Default for IoConn {
             idle_timeout: Duration::from_secs(300),
             message_deadline: Duration::from_secs(30),
             output_credit: 256 << 10,
+            max_buffered: 256 << 20,
             drain_deadline: Duration::from_secs(5),
             spin: Duration::from_micros(50),
             log_level: LogLevel::Info,
@@ -714,7 +728,7 @@ impl Config {
         let mut line = format!(
             "shared: name={} runtime_dir={} shm_backend={} queue_size={} max_message={}; \
              io_conn: listeners=[{}] backlog={} max_connections={} max_connections_per_ip={} read_buffer={} \
-             idle_timeout={} message_deadline={} output_credit={} drain_deadline={} spin={} log_level={} \
+             idle_timeout={} message_deadline={} output_credit={} max_buffered={} drain_deadline={} spin={} log_level={} \
              http.max_head={} http.max_headers={}; \
              md: max_instances={} spin={} slice={} drain_deadline={} log_level={} dumb.burn_max={} dumb.wait_max={} \
              dumb.stream_max={} dumb.stream_chunk={}; viewstats: refresh={}",
@@ -731,6 +745,7 @@ impl Config {
             d(io.idle_timeout),
             d(io.message_deadline),
             b(io.output_credit),
+            b(io.max_buffered),
             d(io.drain_deadline),
             d(io.spin),
             io.log_level,

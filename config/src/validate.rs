@@ -9,7 +9,7 @@ use crate::locate::{Locator, parent};
 use crate::units::{format_duration, format_size};
 use crate::{
     Config, MAX_HTTP_HEADERS, MAX_MD_INSTANCES, MAX_NAME_LEN, MAX_PIPELINE_DEPTH, MIN_HTTP_HEAD,
-    MIN_MAX_MESSAGE, default_framing,
+    MIN_MAX_BUFFERED, MIN_MAX_MESSAGE, default_framing,
 };
 
 /// Bytes a frame adds to its payload, and its alignment. Mirrors the shmq frame header (16
@@ -215,6 +215,19 @@ impl Config {
         if io.output_credit == 0 {
             return Err(Invalid::new("io_conn.output_credit", "must be at least 1 byte"));
         }
+        let one_input = io.read_buffer.saturating_add(self.shared.max_message);
+        if io.max_buffered < MIN_MAX_BUFFERED.max(one_input) {
+            return Err(Invalid::new(
+                "io_conn.max_buffered",
+                format!(
+                    "{} is below {} (at least 1MiB, and at least read_buffer + max_message: one \
+                     connection's largest input)",
+                    format_size(io.max_buffered),
+                    format_size(MIN_MAX_BUFFERED.max(one_input))
+                ),
+            )
+            .also("io_conn.read_buffer"));
+        }
         at_most("io_conn.drain_deadline", io.drain_deadline, MAX_DRAIN, "1h")?;
         at_most("io_conn.spin", io.spin, MAX_SPIN, "1s")?;
         let http = &io.http;
@@ -397,6 +410,15 @@ mod tests {
             ("io_conn.read_buffer", Box::new(|c| c.io_conn.read_buffer = 0)),
             ("io_conn.idle_timeout", Box::new(|c| c.io_conn.idle_timeout = YEAR * 2)),
             ("io_conn.output_credit", Box::new(|c| c.io_conn.output_credit = 0)),
+            ("io_conn.max_buffered", Box::new(|c| c.io_conn.max_buffered = 0)),
+            ("io_conn.max_buffered", Box::new(|c| c.io_conn.max_buffered = MIN_MAX_BUFFERED - 1)),
+            (
+                "io_conn.max_buffered",
+                Box::new(|c| {
+                    c.io_conn.read_buffer = 1 << 20;
+                    c.io_conn.max_buffered = (1 << 20) + 1;
+                }),
+            ),
             ("io_conn.spin", Box::new(|c| c.io_conn.spin = Duration::from_secs(2))),
             ("io_conn.http.max_head", Box::new(|c| c.io_conn.http.max_head = MIN_HTTP_HEAD - 1)),
             ("io_conn.http.max_head", Box::new(|c| c.io_conn.http.max_head = 65 << 20)),

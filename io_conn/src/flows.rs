@@ -259,6 +259,9 @@ pub struct Flow {
     pub proxied: bool,
     /// Last read or write.
     pub last_active: Instant,
+    /// When the socket last stopped taking all our output (EPOLLOUT armed): how long the
+    /// output has been held, for `io_conn.max_buffered`'s choice of the slowest readers.
+    pub out_since: Instant,
     /// When the incomplete message at the front of `input` started (or accept time while
     /// Unassigned, or when lingering began).
     pub since: Instant,
@@ -294,6 +297,7 @@ impl Flow {
             rq: ReqFlow::default(),
             proxied: false,
             last_active: now,
+            out_since: now,
             since: now,
             links: [Link::NONE; 2],
         }

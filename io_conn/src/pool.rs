@@ -6,6 +6,15 @@
 //! traffic allocates nothing: a `Buf` is a `Vec<u8>` whose length is its capacity (zeroed once at
 //! allocation) plus a `start..end` window, so reads and appends never touch the allocator.
 //!
+//! # Accounting (`io_conn.max_buffered`)
+//!
+//! Every byte a [`Buf`] allocates is counted, on the thread that allocates it, in one
+//! process-wide (per-thread: io_conn's loop is one thread; tests run a loop per thread) total:
+//! [`held_bytes`]. A `Buf` adds its allocation when it is made and when it grows, and takes it
+//! back when it is dropped, so the total covers input, output, held replies and the pool's spare
+//! buffers alike, whoever holds them. This costs a thread-local add on allocation, growth and
+//! free only: never per message in steady state. `server::budget` compares it with the budget.
+//!
 //! # Example
 //!
 //! ```
@@ -21,6 +30,25 @@
 //! assert_eq!(pool.free_count(), 1);
 //! ```
 
+thread_local! {
+    /// Bytes allocated by every live [`Buf`] of this thread.
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes allocated by the live [`Buf`]s of this thread (the io_conn loop's): what
+/// `io_conn.max_buffered` bounds.
+#[inline]
+pub fn held_bytes() -> usize {
+    HELD.with(std::cell::Cell::get)
+}
+
+#[inline]
+fn account(add: usize, sub: usize) {
+    // Saturating: a Buf dropped on another thread than its maker's (none in io_conn) cannot
+    // wrap the total.
+    HELD.with(|h| h.set(h.get().saturating_add(add).saturating_sub(sub)));
+}
+
 /// A byte buffer with a filled window `start..end` over a fixed, zero-initialised allocation.
 #[derive(Debug)]
 pub struct Buf {
@@ -35,7 +63,15 @@ pub struct Buf {
 
 impl Buf {
     fn new(size: usize) -> Self {
-        Self { data: vec![0; size], start: 0, end: 0, scanned: 0 }
+        let data = vec![0; size];
+        account(data.capacity(), 0);
+        Self { data, start: 0, end: 0, scanned: 0 }
+    }
+
+    /// Bytes this buffer allocated (counted in [`held_bytes`]).
+    #[inline]
+    pub fn allocated(&self) -> usize {
+        self.data.capacity()
     }
 
     /// Bytes held.
@@ -93,7 +129,9 @@ impl Buf {
         }
         if self.data.len() - self.end < want && self.data.len() < limit {
             let target = (self.end + want).max(self.data.len() * 2).min(limit.max(self.data.len()));
+            let before = self.data.capacity();
             self.data.resize(target, 0);
+            account(self.data.capacity(), before);
         }
         &mut self.data[self.end..]
     }
@@ -113,6 +151,12 @@ impl Buf {
     }
 }
 
+impl Drop for Buf {
+    fn drop(&mut self) {
+        account(0, self.data.capacity());
+    }
+}
+
 /// A free list of [`Buf`]s of one nominal size.
 #[derive(Debug)]
 pub struct Pool {
@@ -120,12 +164,21 @@ pub struct Pool {
     size: usize,
     max_free: usize,
     allocated: u64,
+    /// A returned buffer is kept only while [`held_bytes`] is at most this (the budget's
+    /// low-water mark: spares never hold memory the budget needs).
+    keep_below: usize,
 }
 
 impl Pool {
     /// A pool handing out buffers of `size` bytes and keeping at most `max_free` idle ones.
     pub fn new(size: usize, max_free: usize) -> Self {
-        Self { free: Vec::with_capacity(max_free), size: size.max(1), max_free, allocated: 0 }
+        Self {
+            free: Vec::with_capacity(max_free),
+            size: size.max(1),
+            max_free,
+            allocated: 0,
+            keep_below: usize::MAX,
+        }
     }
 
     /// An empty buffer: a pooled one, or a new allocation of the nominal size.
@@ -144,11 +197,26 @@ impl Pool {
     /// messages must not pin its memory forever), as is any beyond `max_free`.
     #[inline]
     pub fn put(&mut self, mut b: Buf) {
-        if b.capacity() > self.size.saturating_mul(4) || self.free.len() >= self.max_free {
+        if b.capacity() > self.size.saturating_mul(4)
+            || self.free.len() >= self.max_free
+            || held_bytes() > self.keep_below
+        {
             return;
         }
         b.clear();
         self.free.push(b);
+    }
+
+    /// Keeps returned buffers only while [`held_bytes`] is at most `bytes`.
+    pub fn set_keep_below(&mut self, bytes: usize) {
+        self.keep_below = bytes;
+    }
+
+    /// Frees every idle buffer; returns the bytes freed.
+    pub fn trim(&mut self) -> usize {
+        let bytes = self.free.iter().map(Buf::allocated).sum();
+        self.free.clear();
+        bytes
     }
 
     /// Idle buffers held.
@@ -206,6 +274,52 @@ mod tests {
         c.extend(&[7; 100]); // grown past 4x
         pool.put(c);
         assert_eq!(pool.free_count(), 0, "oversized buffer freed");
+    }
+
+    #[test]
+    fn held_bytes_follow_allocation_growth_and_drop() {
+        let base = held_bytes();
+        let mut pool = Pool::new(8, 4);
+        let mut b = pool.get();
+        assert_eq!(held_bytes() - base, b.allocated());
+        assert!(b.allocated() >= 8);
+        b.extend(&[1; 100]); // grows
+        assert!(b.allocated() >= 100);
+        assert_eq!(held_bytes() - base, b.allocated(), "growth is counted");
+        let c = pool.get();
+        assert_eq!(held_bytes() - base, b.allocated() + c.allocated());
+        drop(b);
+        assert_eq!(held_bytes() - base, c.allocated(), "a dropped buffer is not counted");
+        pool.put(c);
+        assert_eq!(held_bytes() - base, 8, "a pooled spare still counts");
+        assert_eq!(pool.trim(), 8);
+        assert_eq!(held_bytes(), base, "trimmed spares are freed");
+    }
+
+    #[test]
+    fn pool_keeps_no_spare_above_its_limit() {
+        let base = held_bytes();
+        let mut pool = Pool::new(8, 4);
+        pool.set_keep_below(base + 8);
+        let a = pool.get();
+        let b = pool.get();
+        pool.put(a); // held = base + 16 > limit: freed
+        assert_eq!(pool.free_count(), 0);
+        pool.put(b); // held = base + 8: kept
+        assert_eq!(pool.free_count(), 1);
+        assert_eq!(held_bytes() - base, 8);
+    }
+
+    #[test]
+    fn held_bytes_are_per_thread() {
+        let base = held_bytes();
+        let other = std::thread::spawn(|| {
+            let mut pool = Pool::new(1 << 16, 1);
+            let b = pool.get();
+            held_bytes() - b.allocated()
+        });
+        assert_eq!(other.join().expect("thread"), 0, "another thread starts at 0");
+        assert_eq!(held_bytes(), base);
     }
 
     #[test]

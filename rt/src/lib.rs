@@ -16,8 +16,11 @@
 //! * [`activation`]: the sockets systemd passes in (socket activation);
 //! * [`httpdate`]: the HTTP `Date` header value, formatted at most once per second.
 //!
+//! * [`malloc`]: glibc malloc tuned so freed client buffers go back to the system.
+//!
 //! Nothing here touches shared memory or knows about flows or frames. The only `unsafe` is in
-//! [`activation`] (adopting inherited descriptors, removing `LISTEN_*` from the environment);
+//! [`activation`] (adopting inherited descriptors, removing `LISTEN_*` from the environment)
+//! and [`malloc`] (mallopt, malloc_trim);
 //! nix and sd-notify wrap the other system calls.
 //!
 //! # Example
@@ -60,6 +63,7 @@
 pub mod activation;
 pub mod contention;
 pub mod httpdate;
+pub mod malloc;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;

@@ -165,6 +165,8 @@ pub(crate) struct Clients {
     /// `io_conn.max_connections`: accepts beyond this many slots in use are refused. The flow
     /// table has at least this many slots (a reload grows it, never shrinks it).
     pub(super) max_conn: u32,
+    /// `io_conn.max_buffered`: the memory budget of every client buffer together.
+    pub(super) budget: super::budget::Budget,
 }
 
 pub(super) fn nonzero(d: Duration) -> Option<Duration> {
@@ -206,10 +208,14 @@ impl Clients {
         let max_msg = usize::try_from(cfg.shared.max_message).context("shared.max_message")?;
         let read_size = usize::try_from(io.read_buffer).context("io_conn.read_buffer")?;
         let max_conn = io.max_connections;
+        let budget = super::budget::Budget::new(io.max_buffered);
+        let mut pool =
+            Pool::new(read_size.min(max_msg.max(read_size)), (max_conn as usize).min(4096));
+        pool.set_keep_below(budget.low_water());
         Ok(Self {
             listeners: lst,
             flows: FlowTable::new(max_conn),
-            pool: Pool::new(read_size.min(max_msg.max(read_size)), (max_conn as usize).min(4096)),
+            pool,
             scratch: vec![0; read_size],
             unassigned: VecDeque::new(),
             drained_list: Vec::with_capacity((max_conn as usize).min(1 << 16)),
@@ -235,6 +241,7 @@ impl Clients {
             per_ip: PerIp::new(io.max_connections_per_ip, max_conn),
             paused: false,
             max_conn,
+            budget,
         })
     }
 
@@ -274,7 +281,8 @@ impl Clients {
             }
             // During a handover an event queued before the pause is not acted on: what the
             // client sends now is read by the successor.
-            if self.paused {
+            // Over the memory budget nothing more is read (`budget`).
+            if self.paused || self.budget.reading_stopped() {
             } else if self.flows.get(slot).state == State::Header {
                 self.read_header(cx, links, slot);
             } else {
@@ -299,11 +307,15 @@ impl Clients {
         let f = self.flows.get_mut(slot);
         let Some(sock) = f.sock.as_ref() else { return };
         let mut want = EpollFlags::empty();
-        if f.wants_input() && !(self.paused && f.state != State::Lingering) {
+        let paused = self.paused || self.budget.paused();
+        if f.wants_input() && !(paused && f.state != State::Lingering) {
             want |= EpollFlags::EPOLLIN;
         }
         if f.output_len() > 0 {
             want |= EpollFlags::EPOLLOUT;
+            if !f.interest.contains(EpollFlags::EPOLLOUT) {
+                f.out_since = cx.now;
+            }
         }
         if want != f.interest {
             let mut ev = EpollEvent::new(want, flow_token(slot, generation));
@@ -329,6 +341,7 @@ impl Clients {
                 | Io::ClosedByMd
                 | Io::ClosedMdGone
                 | Io::ClosedShutdown
+                | Io::ClosedMemory
         ));
         let old_id = self.flows.id(slot);
         let f = self.flows.get_mut(slot);

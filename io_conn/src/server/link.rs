@@ -653,7 +653,11 @@ impl Inbound {
         if let Some(ss) = stats {
             ss.outcons.note_pickup(cx.now_ns);
         }
-        let r = r.half.rx.drain(FRAMES_PER_RING, |fr| clients.on_md_frame(cx, links, i as u32, fr));
+        // The memory budget is checked after every frame: one drain may bring megabytes.
+        let r = r.half.rx.drain(FRAMES_PER_RING, |fr| {
+            clients.on_md_frame(cx, links, i as u32, fr);
+            clients.check_budget(cx, links);
+        });
         // The last staged replies of this drain (also after a corrupt frame: what came before
         // it is delivered).
         clients.write_staged(cx, links);

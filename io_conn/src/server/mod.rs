@@ -36,8 +36,10 @@
 //!    is going to that md, so a request/response client does not cost md an extra wake-up;
 //!    under `request` dispatch only a quarter of the credit, or credit an md may be waiting for:
 //!    `dispatch`, "Returning credit").
-//! 6. Flush each io→md producer once (one Release store; rings md's doorbell only if md armed it).
-//! 7. Mirror the counters into the stats segment (a copy of relaxed stores, no syscall; see
+//! 6. Check the memory budget (`budget`): over `io_conn.max_buffered`, close the slowest
+//!    readers.
+//! 7. Flush each io→md producer once (one Release store; rings md's doorbell only if md armed it).
+//! 8. Mirror the counters into the stats segment (a copy of relaxed stores, no syscall; see
 //!    `crate::stats`) with a heartbeat; the timer wakes an idle loop once per [`HEARTBEAT_TICK`]
 //!    so the heartbeat tells a live io_conn from a hung one. Under systemd with `WatchdogSec=`,
 //!    each iteration also pings the watchdog (at most every half interval), and the timer wakes
@@ -52,6 +54,7 @@
 //! which edge-triggered mode would only allow with a private "still readable" list.
 
 mod accept;
+mod budget;
 mod clients;
 mod dispatch;
 mod handover;
@@ -207,6 +210,10 @@ impl<'c> Server<'c> {
                 .add(s.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token(K_SHUTDOWN, 0)))
                 .context("epoll add shutdown eventfd")?;
         }
+        // Freed client buffers go back to the system, so `max_buffered` bounds the RSS.
+        if !rt::malloc::tune_for_buffers() {
+            log::debug!("malloc tuning not available: max_buffered bounds buffers, not the RSS");
+        }
         let clients = Clients::new(cfg, listeners, &epoll)?;
         // The config's validation enforces it (so `--check-config` does); kept for a `Config`
         // built by hand.
@@ -322,6 +329,8 @@ impl<'c> Server<'c> {
             self.clients.retry_blocked(&mut self.cx, &mut self.links);
             let force = self.clients.drained_due(self.cx.now);
             self.clients.flush_drained(&mut self.cx, &mut self.links, force);
+            // Before the flush: the CLOSE frames of flows it closes go out with the rest.
+            self.clients.enforce_budget(&mut self.cx, &mut self.links);
             if self.links.flush(self.stats.as_mut()) {
                 self.owed = true;
             } else if frames > 0 {

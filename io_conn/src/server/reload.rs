@@ -443,6 +443,7 @@ impl Server<'_> {
             max_elements: io.resp.max_elements as usize,
             max_bulk: usize::try_from(io.resp.max_bulk).unwrap_or(usize::MAX).min(lim.max_msg),
         };
+        self.clients.set_budget(io.max_buffered);
         if io.max_connections > self.clients.max_conn {
             self.clients.flows.grow(io.max_connections);
         }

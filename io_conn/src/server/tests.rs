@@ -11,7 +11,7 @@ use super::{Clients, Cx, Links};
 use crate::counters::{Counters, Io};
 use crate::flows::{AfterFlush, ListId, State};
 
-fn setup(mds: usize) -> (Cx, Clients, Links) {
+pub(super) fn setup(mds: usize) -> (Cx, Clients, Links) {
     setup_listener("echo", (0..mds as u32).collect(), false, mds)
 }
 

@@ -24,7 +24,8 @@ pub const STATS_LAYOUT_VERSION: u32 = 2;
 /// 2: the io_conn set gained `accept_fd_exhausted`, `stale_frames`, `bad_frames`,
 /// `drained_frames`; the md set lost its service-specific request counters (now command slots).
 /// 6: the io_conn set gained `proxy_refused_untrusted`, `proxy_refused_invalid`,
-/// `proxy_headers` (PROXY protocol listeners).
+/// `proxy_headers` (PROXY protocol listeners), and `closed_memory`, `buffered_bytes` and
+/// `budget_reached` (`io_conn.max_buffered`).
 pub const SCHEMA_VERSION: u32 = 6;
 /// Entries in [`StatsHeader::sections`].
 pub const MAX_SECTIONS: usize = 8;

@@ -235,6 +235,7 @@ counter_set! {
         ClosedByMd => Counter "closed_by_md" "connections" "Connections closed because md sent CLOSE";
         ClosedMdGone => Counter "closed_md_gone" "connections" "Connections closed because their md instance died, or no md came within 10 s";
         ClosedShutdown => Counter "closed_shutdown" "connections" "Connections closed at shutdown (drain deadline)";
+        ClosedMemory => Counter "closed_memory" "connections" "Connections closed by the server: client buffers reached max_buffered (slowest readers first)";
         BytesIn => Counter "bytes_in" "bytes" "Bytes read from client sockets";
         BytesOut => Counter "bytes_out" "bytes" "Bytes written to client sockets";
         MessagesIn => Counter "messages_in" "messages" "Framed client messages sent to md (DATA frames)";
@@ -258,6 +259,8 @@ counter_set! {
         ReloadsOk => Counter "reloads_ok" "reloads" "Config reloads applied (SIGHUP, io_conn --reload)";
         ReloadsRefused => Counter "reloads_refused" "reloads" "Config reloads refused (a file that does not validate, or a key that needs a restart); the old config is kept";
         ConfigGeneration => Gauge "config_generation" "generation" "Config in effect: 0 the one read at start, +1 per reload applied";
+        BufferedBytes => Gauge "buffered_bytes" "bytes" "Bytes of client buffers io_conn holds (input, output, held replies, pooled), counted against max_buffered";
+        BudgetReached => Counter "budget_reached" "events" "Times client buffers reached max_buffered: reading stopped and the slowest readers were closed";
         HeartbeatNs => Gauge "heartbeat_mono_ns" "mono_ns" "CLOCK_MONOTONIC of io_conn's last loop iteration";
     }
 }
