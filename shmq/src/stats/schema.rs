@@ -17,7 +17,7 @@
 //! c[Io::BytesIn] += 512;
 //! c[Io::MessagesIn] += 1;
 //! assert_eq!(c.get(Io::BytesIn), 512);
-//! assert_eq!(format!("{c:?}").split(", ").nth(13), Some("bytes_in: 512"));
+//! assert!(format!("{c:?}").split(", ").any(|f| f == "bytes_in: 512"));
 //! ```
 
 use std::fmt;
