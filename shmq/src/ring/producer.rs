@@ -302,6 +302,10 @@ impl Producer {
     /// tail could become visible. The line holding `tail` itself is left alone: the consumer is
     /// about to read its first part (the end of the frame just published), and writing it now
     /// would pull it back from under the reader.
+    ///
+    /// A reset between our publish and this can make these zeroes land in the next generation's
+    /// data area, as a stale producer's frame writes already can (finding 7 guards the position
+    /// words, not the data area; docs/ARCHITECTURE.md, "Positions").
     #[inline]
     fn pretouch(&mut self) {
         let mut pos = (self.tail | 63) + 1;
