@@ -13,7 +13,11 @@ use super::{
 use crate::doorbell::Doorbell;
 use crate::frame::{FlowId, Frame, FrameHeader, HEADER_SIZE, Kind, frame_size};
 use crate::layout::RingHeader;
-use crate::sync::{Ordering, spin_hint};
+use crate::sync::{Ordering, prefetch_read, spin_hint};
+
+/// Bytes of a new batch whose lines the consumer prefetches when it sees a new `tail`: two
+/// 128-byte line pairs, enough for the header and payload of a small frame.
+const PREFETCH_BYTES: u64 = 256;
 
 /// The consuming side of a ring. Exactly one per ring; not `Clone`.
 #[derive(Debug)]
@@ -174,6 +178,9 @@ impl Consumer {
                     return Err(self.fail(pos, Corruption::Positions { head: pos, tail: t }));
                 }
                 self.cached_tail = t;
+                if t != pos {
+                    self.prefetch(pos, t);
+                }
                 if pos == t {
                     // Only padding (or nothing) was left: consume it now, no frame to release.
                     self.head = pos;
@@ -242,6 +249,21 @@ impl Consumer {
                 core::slice::from_raw_parts(self.r.data.add(off + HEADER_SIZE), fh.len as usize)
             };
             return Ok(Some(Frame { flowid: FlowId(fh.flowid), kind, flags: fh.flags, payload }));
+        }
+    }
+
+    /// Starts loading the lines of what was just published, from `pos` up to `tail` (at most
+    /// [`PREFETCH_BYTES`], and not past the end of the data area): the header and the payload
+    /// of the next frames then arrive together instead of one miss after the other (issue 15).
+    /// A hint only: nothing is read through it, so it adds no trust in the peer's bytes.
+    #[inline]
+    fn prefetch(&self, pos: u64, tail: u64) {
+        let off = pos & self.r.mask;
+        let end = (off + (tail - pos).min(PREFETCH_BYTES)).min(self.r.cap);
+        let mut line = off & !63;
+        while line < end {
+            prefetch_read(self.r.data.wrapping_add(line as usize));
+            line += 64;
         }
     }
 

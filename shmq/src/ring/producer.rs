@@ -10,6 +10,10 @@ use crate::frame::{FlowId, FrameHeader, HEADER_SIZE, Kind, frame_size};
 use crate::layout::RingHeader;
 use crate::sync::Ordering;
 
+/// Bytes past the line holding `tail` that a flush takes ownership of for the next frames
+/// ([`Producer::pretouch`]): two lines, a small frame's header and payload.
+const PRETOUCH_BYTES: u64 = 128;
+
 /// The producing side of a ring. Exactly one per ring; not `Clone`.
 #[derive(Debug)]
 pub struct Producer {
@@ -273,6 +277,7 @@ impl Producer {
             }
         };
         self.published = self.tail;
+        self.pretouch();
         if depth > self.max_depth {
             self.max_depth = depth;
         }
@@ -287,6 +292,37 @@ impl Producer {
         self.counters_dirty = true;
         self.store_counters();
         rang
+    }
+
+    /// Takes ownership of the lines the next frames will be written to, while the consumer reads
+    /// what was just published (issue 15): stores a zero at the start of each of the
+    /// [`PRETOUCH_BYTES`] / 64 lines that follow the line holding `tail`, where they are free
+    /// space. A line of a large ring was last read by the consumer a lap ago and has usually left
+    /// this core's caches; without this, the next publish would wait for those fetches before its
+    /// tail could become visible. The line holding `tail` itself is left alone: the consumer is
+    /// about to read its first part (the end of the frame just published), and writing it now
+    /// would pull it back from under the reader.
+    ///
+    /// A reset between our publish and this can make these zeroes land in the next generation's
+    /// data area, as a stale producer's frame writes already can (finding 7 guards the position
+    /// words, not the data area; docs/ARCHITECTURE.md, "Positions").
+    #[inline]
+    fn pretouch(&mut self) {
+        let mut pos = (self.tail | 63) + 1;
+        let end = pos + PRETOUCH_BYTES;
+        // Free space only: everything below `cached_head + cap` and at or past `tail` is ours
+        // (the consumer reads nothing at or past the published tail).
+        let free_end = self.cached_head + self.r.cap;
+        while pos < end && pos + 8 <= free_end {
+            let off = (pos & self.r.mask) as usize;
+            // SAFETY: in bounds: off < cap and off is a multiple of 64, so off + 8 <= cap.
+            // Aligned: 8-aligned offset in the 128-aligned data area. Exclusive: `pos` lies in
+            // [tail, cached_head + cap), free space no consumer reads (it stopped below `head`,
+            // and reads nothing at or past the published tail); the next frame written there
+            // overwrites the zero before any tail covering it is published.
+            unsafe { self.r.data.add(off).cast::<u64>().write_volatile(0) };
+            pos += 64;
+        }
     }
 
     fn store_counters(&mut self) {
