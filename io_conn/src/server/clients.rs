@@ -256,11 +256,12 @@ impl Clients {
             }
             // During a handover an event queued before the pause is not acted on: what the
             // client sends now is read by the successor.
-            if self.paused {
-            } else if self.flows.get(slot).state == State::Header {
-                self.read_header(cx, links, slot);
-            } else {
-                self.on_readable(cx, links, slot);
+            if !self.paused {
+                if self.flows.get(slot).state == State::Header {
+                    self.read_header(cx, links, slot);
+                } else {
+                    self.on_readable(cx, links, slot);
+                }
             }
         }
         if ev.contains(EpollFlags::EPOLLOUT) && self.flows.get(slot).state == State::Open {
