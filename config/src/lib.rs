@@ -789,12 +789,17 @@ impl Config {
 
 /// One listener in [`Config::summary`]: `ADDR=SERVICE/FRAMING/DISPATCH[:DEPTH]`.
 pub(crate) fn listener_summary(l: &Listener) -> String {
-    match l.dispatch {
+    let mut s = match l.dispatch {
         Dispatch::Request => {
             format!("{}={}/{}/request:{}", l.address, l.service, l.framing(), l.pipeline_depth)
         }
         Dispatch::Flow => format!("{}={}/{}/flow", l.address, l.service, l.framing()),
+    };
+    if l.proxy_protocol != ProxyProtocol::None {
+        let from: Vec<String> = l.proxy_from.iter().map(Cidr::to_string).collect();
+        s.push_str(&format!("/proxy-{}({})", l.proxy_protocol, from.join(",")));
     }
+    s
 }
 
 /// [`Config::runtime_dir`] with the environment passed in (for tests).

@@ -19,7 +19,7 @@ const ACCEPTS_PER_EVENT: usize = 64;
 /// The reply a line service gets when the flow table is full.
 const ERR_TOO_MANY: &[u8] = b"ERR too many connections\n";
 /// The reply a line service gets when its address has `max_connections_per_ip` open.
-const ERR_TOO_MANY_FROM_IP: &[u8] = b"ERR too many connections from your address\n";
+pub(super) const ERR_TOO_MANY_FROM_IP: &[u8] = b"ERR too many connections from your address\n";
 
 impl Clients {
     /// Listener `idx` is readable: accept up to [`ACCEPTS_PER_EVENT`] connections.

@@ -20,14 +20,11 @@ use std::net::{IpAddr, TcpStream};
 
 use config::Framing;
 
+use super::accept::ERR_TOO_MANY_FROM_IP;
 use super::{Clients, Cx, Links};
 use crate::counters::Io;
 use crate::flows::{ListId, State};
 use crate::proxy::{self, Parse, Version};
-
-/// The reply a line service gets when the address a PROXY header names has
-/// `max_connections_per_ip` open (the same line `accept` sends).
-const ERR_TOO_MANY_FROM_IP: &[u8] = b"ERR too many connections from your address\n";
 
 /// The header version a listener expects (`proxy_protocol`), None for `"none"`.
 pub(super) fn version(l: &config::Listener) -> Option<Version> {
