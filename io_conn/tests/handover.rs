@@ -7,109 +7,12 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use util::*;
-
-/// A successor io_conn started with `--takeover` on the old one's config.
-struct Successor {
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Successor {
-    fn start(old: &Server, spawn_md: u32) -> Successor {
-        Self::start_bin(old, spawn_md, &io_conn_bin())
-    }
-
-    /// With another binary: an upgrade is a takeover by the new build.
-    fn start_bin(old: &Server, spawn_md: u32, bin: &std::path::Path) -> Successor {
-        let mut cmd = Command::new(bin);
-        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"] {
-            cmd.env_remove(var);
-        }
-        cmd.arg("--config").arg(&old.config).arg("--takeover");
-        if spawn_md > 0 {
-            cmd.arg("--spawn-md").arg(spawn_md.to_string());
-        }
-        cmd.env("SHMSRV_MD_BIN", md_bin())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn the successor");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (log2, stderr) = (Arc::clone(&log), child.stderr.take().expect("stderr"));
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[successor] {line}");
-                log2.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let s = Successor { child: Some(child), log };
-        loop {
-            match rx.recv_timeout(WATCHDOG) {
-                Ok(l) if l == "ready" => break,
-                Ok(_) => {}
-                Err(_) => panic!("the successor never printed ready; log:\n{}", s.log_text()),
-            }
-        }
-        s
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, pattern: &str) {
-        let until = Instant::now() + WATCHDOG;
-        while !self.log_text().contains(pattern) {
-            assert!(Instant::now() < until, "no {pattern:?} in the successor's log");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM; exit 0 within the watchdog.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let st = wait_exit(&mut child);
-        assert!(st.success(), "successor exited {st}; log:\n{}", self.log_text());
-    }
-}
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let until = Instant::now() + WATCHDOG;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st;
-        }
-        assert!(Instant::now() < until, "process {} did not exit", child.id());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A client that connects, PINGs and closes in a loop while the switch happens: counts
 /// connection attempts refused (there must be none: the listeners are handed over too).

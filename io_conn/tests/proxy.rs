@@ -292,3 +292,56 @@ fn proxy_keys_reload_live() {
     );
     sut.stop();
 }
+
+/// A planned restart (SIGUSR2 and `io_conn --takeover`) passes on connections whose address
+/// came from a PROXY header: afterwards each is still served as the client its header named
+/// (also one whose request was half written at the switch), under both dispatch modes; a
+/// connection that has not finished its header is closed; the old io_conn closed nothing else.
+#[test]
+fn takeover_keeps_proxied_connections_and_their_client_addresses() {
+    for dispatch in ["request", "flow"] {
+        let old = start(&format!("proxy_takeover_{dispatch}"), "v2", dispatch, "");
+        let a = old.addr("http/http");
+        let mut conns: Vec<(TcpStream, String)> = (0..6)
+            .map(|i| {
+                let client = format!("203.0.113.{}:{}", 10 + i, 4000 + i);
+                let mut s = connect_from(BALANCER, a);
+                s.write_all(&[&v2(&client, "192.0.2.1:80")[..], WHOAMI].concat()).unwrap();
+                assert_eq!(read_body(&mut s), format!("{client}\n"), "{dispatch}: before");
+                (s, client)
+            })
+            .collect();
+        // Half a request on every connection at the switch: the successor gets it in the record.
+        for (s, _) in &mut conns {
+            s.write_all(&WHOAMI[..10]).unwrap();
+        }
+        // And one connection that has sent only half of its header.
+        let mut half = connect_from(BALANCER, a);
+        half.write_all(&v2("203.0.113.99:1", "192.0.2.1:80")[..10]).unwrap();
+        let old_pid = old.pid();
+        let succ = Successor::start(&old, 1);
+        succ.wait_log("md instance 0 live");
+        for (i, (s, client)) in conns.iter_mut().enumerate() {
+            s.write_all(&WHOAMI[10..]).unwrap();
+            assert_eq!(read_body(s), format!("{client}\n"), "{dispatch}: connection {i} after");
+            s.write_all(WHOAMI).unwrap();
+            assert_eq!(read_body(s), format!("{client}\n"), "{dispatch}: connection {i} again");
+        }
+        closed_silently(&mut half);
+        // A new connection through the balancer is served by the successor.
+        let (b, _) = exchange(
+            BALANCER,
+            a,
+            &[&v2("198.51.100.9:9", "192.0.2.1:80")[..], WHOAMI_LAST].concat(),
+        );
+        assert_eq!(b, ["198.51.100.9:9\n"], "{dispatch}: a new connection after the switch");
+        drop(conns);
+        succ.stop();
+        let mut old = old;
+        let mut child = old.child.take().expect("old child");
+        assert!(wait_exit(&mut child).success(), "{dispatch}: the old io_conn's exit");
+        assert_eq!(child.id(), old_pid);
+        // Only the connection without its header was closed at the switch.
+        old.wait_log("connections over (successor; 1 closed", 1);
+    }
+}

@@ -17,7 +17,8 @@
 //!         writer pid u32 | listeners u32 | flows u32 | 0 u32
 //! listener inode u64 | address
 //! flow     slot u32 | generation u32 | inode u64 | listener index u32 | request u8 |
-//!          peer address | input length u32 | input | output length u32 | output
+//!          peer address | client flag u8 (0, or 1 and the address a PROXY header carried) |
+//!          input length u32 | input | output length u32 | output
 //! trailer  FNV-1a 64 of everything before it
 //! address  family u8 (4 or 6) | ip [u8; 16] (v4 in the first 4) | port u16
 //! ```
@@ -41,6 +42,7 @@
 //!         listener: 0,
 //!         request: true,
 //!         peer: "127.0.0.1:5000".parse().unwrap(),
+//!         client: None,
 //!         input: b"PI".to_vec(),
 //!         output: Vec::new(),
 //!     }],

@@ -12,7 +12,7 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 /// `b"SHMSRVHO"`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMSRVHO");
 /// Bump on any change to the record format.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 /// Largest record a successor reads (a bound for a hostile or broken memfd).
 pub const MAX_RECORD: u64 = 1 << 30;
 /// fd store names: the record, listeners, client connections.
@@ -49,8 +49,11 @@ pub struct FlowRecord {
     pub listener: u32,
     /// `request` dispatch (else `flow`).
     pub request: bool,
-    /// The client's address (md gets it in the new OPEN).
+    /// The socket's peer address (the successor checks the socket against it).
     pub peer: SocketAddr,
+    /// The client address a PROXY header carried (a `proxy_protocol` listener): md gets it in
+    /// the new OPEN instead of `peer`, which is then the balancer's. `None`: `peer` is the client.
+    pub client: Option<SocketAddr>,
     /// Bytes read from the client and not yet sent to md: an incomplete message.
     pub input: Vec<u8>,
     /// Reply bytes not yet written to the client.
@@ -187,7 +190,7 @@ impl Record {
                 + self
                     .flows
                     .iter()
-                    .map(|f| 29 + ADDR + f.input.len() + f.output.len())
+                    .map(|f| 30 + 2 * ADDR + f.input.len() + f.output.len())
                     .sum::<usize>(),
         );
         out.extend_from_slice(&MAGIC.to_le_bytes());
@@ -209,6 +212,13 @@ impl Record {
             out.extend_from_slice(&f.listener.to_le_bytes());
             out.push(u8::from(f.request));
             put_addr(&mut out, f.peer);
+            match f.client {
+                Some(c) => {
+                    out.push(1);
+                    put_addr(&mut out, c);
+                }
+                None => out.push(0),
+            }
             out.extend_from_slice(&(f.input.len() as u32).to_le_bytes());
             out.extend_from_slice(&f.input);
             out.extend_from_slice(&(f.output.len() as u32).to_le_bytes());
@@ -252,7 +262,7 @@ impl Record {
         let nl = c.u32()? as usize;
         let nf = c.u32()? as usize;
         c.u32()?;
-        if nl > body.len() / (8 + ADDR) || nf > body.len() / (29 + ADDR) {
+        if nl > body.len() / (8 + ADDR) || nf > body.len() / (30 + ADDR) {
             return Err(RecordError::Invalid("counts"));
         }
         let mut inodes = std::collections::HashSet::with_capacity(nl + nf);
@@ -278,6 +288,11 @@ impl Record {
                 _ => return Err(RecordError::Invalid("dispatch")),
             };
             let peer = c.addr()?;
+            let client = match c.u8()? {
+                0 => None,
+                1 => Some(c.addr()?),
+                _ => return Err(RecordError::Invalid("client flag")),
+            };
             let input = c.bytes()?;
             let output = c.bytes()?;
             if listener as usize >= listeners.len() {
@@ -293,6 +308,7 @@ impl Record {
                 listener,
                 request,
                 peer,
+                client,
                 input,
                 output,
             });
@@ -357,6 +373,8 @@ mod tests {
                     listener: i % 2,
                     request: i == 1,
                     peer: format!("127.0.0.{}:{}", i + 1, 5000 + i).parse().unwrap(),
+                    // One flow behind a PROXY balancer: the client it named.
+                    client: (i == 2).then(|| "[2001:db8::7]:443".parse().unwrap()),
                     input: vec![b'P'; i as usize],
                     output: vec![b'x'; 2 * i as usize],
                 })
@@ -405,8 +423,15 @@ mod tests {
         r.flows[1].inode = r.flows[0].inode;
         assert!(Record::decode(&r.encode()).is_err(), "duplicate inode");
         let mut b = sample().encode();
-        b[8] = 2; // version
-        assert_eq!(Record::decode(&reseal(b)), Err(RecordError::Version(2)));
+        b[8] = 1; // version: format 1 had no client address
+        assert_eq!(Record::decode(&reseal(b)), Err(RecordError::Version(1)));
+        let mut b = sample().encode();
+        // The first flow's client flag: after the header, two listeners and the flow's fixed
+        // fields and peer.
+        let at = HEADER + 2 * (8 + ADDR) + 21 + ADDR;
+        assert_eq!(b[at], 0, "sample's first flow has no client");
+        b[at] = 2;
+        assert_eq!(Record::decode(&reseal(b)), Err(RecordError::Invalid("client flag")));
         let mut b = sample().encode();
         b[28] = 0xff; // listener count far beyond the bytes
         assert!(Record::decode(&reseal(b)).is_err());

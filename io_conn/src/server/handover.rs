@@ -191,38 +191,47 @@ impl Clients {
         let mut cur = self.flows.front(ListId::Idle);
         while let Some(slot) = cur {
             cur = self.flows.next(ListId::Idle, slot);
-            // A flow whose peer came from a PROXY header is closed: the record holds one peer
-            // address, which the successor checks against the socket's.
-            let exported = self.transferable(slot) && !self.flows.get(slot).proxied && {
+            let exported = self.transferable(slot) && {
                 let f = self.flows.get(slot);
+                // A flow whose address came from a PROXY header (`proxied`): the record names
+                // the socket's own peer (the balancer), which the successor checks the socket
+                // against, and the client separately.
+                let (peer, client) = if f.proxied {
+                    (f.sock.as_ref().and_then(|s| s.peer_addr().ok()), Some(f.peer))
+                } else {
+                    (Some(f.peer), None)
+                };
                 let li = lidx.get(f.listener as usize).copied().flatten();
                 let dup = f.sock.as_ref().and_then(|s| s.try_clone().ok()).map(OwnedFd::from);
-                match (li, dup) {
-                    (Some(li), Some(fd)) => match handover::inode(std::os::fd::AsFd::as_fd(&fd)) {
-                        Ok(inode) => {
-                            rec.flows.push(FlowRecord {
-                                slot,
-                                generation: f.generation,
-                                inode,
-                                listener: li,
-                                request: f.rq.on,
-                                peer: f.peer,
-                                input: f
-                                    .input
-                                    .as_ref()
-                                    .map(|b| b.filled().to_vec())
-                                    .unwrap_or_default(),
-                                output: f
-                                    .output
-                                    .as_ref()
-                                    .map(|b| b.filled().to_vec())
-                                    .unwrap_or_default(),
-                            });
-                            cfds.push(fd);
-                            true
+                match (li, dup, peer) {
+                    (Some(li), Some(fd), Some(peer)) => {
+                        match handover::inode(std::os::fd::AsFd::as_fd(&fd)) {
+                            Ok(inode) => {
+                                rec.flows.push(FlowRecord {
+                                    slot,
+                                    generation: f.generation,
+                                    inode,
+                                    listener: li,
+                                    request: f.rq.on,
+                                    peer,
+                                    client,
+                                    input: f
+                                        .input
+                                        .as_ref()
+                                        .map(|b| b.filled().to_vec())
+                                        .unwrap_or_default(),
+                                    output: f
+                                        .output
+                                        .as_ref()
+                                        .map(|b| b.filled().to_vec())
+                                        .unwrap_or_default(),
+                                });
+                                cfds.push(fd);
+                                true
+                            }
+                            Err(_) => false,
                         }
-                        Err(_) => false,
-                    },
+                    }
                     _ => false,
                 }
             };
@@ -247,11 +256,14 @@ impl Clients {
             if li >= self.listeners.len() {
                 continue;
             }
-            if !self.per_ip.admit(rec.peer.ip()) {
+            // Behind a PROXY balancer the client is the address its header carried: md, the
+            // logs and max_connections_per_ip see that one, as before the handover.
+            let who = rec.client.unwrap_or(rec.peer);
+            if !self.per_ip.admit(who.ip()) {
                 continue; // dropping the socket closes it
             }
             let Some(slot) = self.flows.alloc() else {
-                self.per_ip.release(rec.peer.ip());
+                self.per_ip.release(who.ip());
                 continue;
             };
             let generation = self.flows.get(slot).generation;
@@ -261,7 +273,7 @@ impl Clients {
             if let Err(e) = cx.epoll.add(&sock, EpollEvent::new(want, flow_token(slot, generation)))
             {
                 log::warn!("epoll add handed-over socket: {e}");
-                self.per_ip.release(rec.peer.ip());
+                self.per_ip.release(who.ip());
                 self.flows.release(slot);
                 continue;
             }
@@ -279,7 +291,8 @@ impl Clients {
             let f = self.flows.get_mut(slot);
             f.sock = Some(sock);
             f.listener = li as u16;
-            f.peer = rec.peer;
+            f.peer = who;
+            f.proxied = rec.client.is_some();
             f.interest = want;
             f.last_active = cx.now;
             f.since = cx.now;
