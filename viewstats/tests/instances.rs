@@ -5,56 +5,19 @@
 //! never the other's. A missing `--config` file and a `--name` the config would refuse are clear
 //! errors.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_viewstats");
+mod util;
+use util::{io_conn_bin, run};
+
 const WATCHDOG: Duration = Duration::from_secs(60);
-
-/// The real io_conn binary, next to viewstats (`cargo build --workspace --bins` builds it).
-fn io_conn_bin() -> PathBuf {
-    let p = std::env::var_os("SHMSRV_IO_CONN_BIN")
-        .map_or_else(|| Path::new(BIN).with_file_name("io_conn"), Into::into);
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo build -p io_conn; scripts/test.sh does)",
-        p.display()
-    );
-    p
-}
-
-/// Runs viewstats with `args` under a watchdog.
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn viewstats");
-    let (tx, rx) = mpsc::channel();
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        let _ = out.read_to_end(&mut o);
-        let _ = err.read_to_end(&mut e);
-        let _ = tx.send((o, e));
-    });
-    let Ok((stdout, stderr)) = rx.recv_timeout(WATCHDOG) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("watchdog: viewstats {args:?} hung");
-    };
-    let status = child.wait().expect("wait viewstats");
-    Output { status, stdout, stderr }
-}
 
 fn json(args: &[&str]) -> Value {
     let mut all = vec!["--json"];
