@@ -213,18 +213,21 @@ fn issue_6_md_death_marks_slot_dead() {
         "st_mddead",
         Setup { spawn_md: 0, max_instances: 1, ..Setup::default() },
     );
-    let mut md = std::process::Command::new(util::md_bin())
-        .arg("--config")
-        .arg(&sut.config)
-        .arg("--instance")
-        .arg("0")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start md");
+    // Killed on drop: a failed assertion before the kill below leaves no md behind.
+    let mut md = util::KillOnDrop(
+        std::process::Command::new(util::md_bin())
+            .arg("--config")
+            .arg(&sut.config)
+            .arg("--instance")
+            .arg("0")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start md"),
+    );
     sut.wait_md_live(1);
     let mut a = sut.connect("dumb/line");
     roundtrip(&mut a, b"PING\n", b"PONG\n");
-    let pid = u64::from(md.id());
+    let pid = u64::from(md.0.id());
     sut.wait_stats("md running", |v| {
         let mut p = expect_exact(v, &[("md", 0, "pid", pid), ("md", 0, "commands.dumb.ping", 1)]);
         if v["sections"]["md"][0]["state_name"].as_str() != Some("running") {
@@ -232,8 +235,8 @@ fn issue_6_md_death_marks_slot_dead() {
         }
         p
     });
-    md.kill().expect("kill md");
-    md.wait().expect("reap md");
+    md.0.kill().expect("kill md");
+    md.0.wait().expect("reap md");
     // Its connection ends (a lingering close: FIN now, counted once the client closes too); the
     // slot says dead, still naming the md that died.
     assert!(read_to_eof(&mut a).is_empty());
