@@ -802,6 +802,7 @@ mod replay {
         let data = std::fs::read(p).expect("readable input");
         match t.as_str() {
             "framing" => super::framing(&data),
+            "http" => super::http(&data),
             "resp" => super::resp(&data),
             "ring" => super::ring(&data),
             "config" => super::config(&data),
