@@ -49,6 +49,13 @@ use httparse::{EMPTY_HEADER, Header, Status};
 
 use super::Next;
 
+/// Set in [`Next::Incomplete`]'s `scanned` when the head is complete and a chunked body is not:
+/// the other bits are where the chunk walk resumes (the size line of the first chunk not yet
+/// complete), so each read costs the bytes it brings instead of a walk from the first chunk.
+/// Without it `scanned` is where the search for the end of the head resumes. Callers hand the
+/// value back unchanged (and 0 after a message), as for every framer.
+pub const SCANNED_BODY: usize = 1 << (usize::BITS - 1);
+
 /// Most header fields io_conn ever parses: the size of the (uninitialised, so free) array of
 /// header slots on the stack; `io_conn.http.max_headers` is at most this.
 pub const MAX_HEADERS: usize = config::MAX_HTTP_HEADERS as usize;
@@ -190,7 +197,11 @@ enum Body {
 pub fn next_message(buf: &[u8], scanned: usize, max: usize, lim: &Limits) -> Next {
     let skip = leading_empty_lines(buf);
     let head_limit = lim.max_head.min(max);
-    let Some(head_end) = find_head_end(buf, skip, scanned) else {
+    // A chunked body part-way: the head is found again from its start (it is at most
+    // `max_head`, and parsed again below anyway), the walk resumes where it stopped.
+    let (head_from, body_from) =
+        if scanned & SCANNED_BODY != 0 { (0, scanned & !SCANNED_BODY) } else { (scanned, 0) };
+    let Some(head_end) = find_head_end(buf, skip, head_from) else {
         return if buf.len() >= head_limit {
             Next::HeadTooLarge
         } else {
@@ -224,7 +235,7 @@ pub fn next_message(buf: &[u8], scanned: usize, max: usize, lim: &Limits) -> Nex
             }
             end
         }
-        Body::Chunked => match chunked_end(buf, head_end, max, lim) {
+        Body::Chunked => match chunked_end(buf, head_end.max(body_from), max, lim) {
             Ok(end) => end,
             Err(n) => return n,
         },
@@ -326,12 +337,14 @@ fn tokens(v: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
-/// One past the end of the chunked body that starts at `from` (the trailer section included),
-/// or the [`Next`] to return: incomplete, too long (over `max`), malformed.
+/// One past the end of the chunked body whose walk starts at `from` (the size line of its
+/// first chunk, or of the first one an earlier call did not see complete), the trailer section
+/// included, or the [`Next`] to return: incomplete (with where to resume: [`SCANNED_BODY`]), too
+/// long (over `max`), malformed.
 fn chunked_end(buf: &[u8], from: usize, max: usize, lim: &Limits) -> Result<usize, Next> {
     let mut pos = from;
-    let incomplete = |len: usize| {
-        if len >= max { Next::TooLong } else { Next::Incomplete { scanned: 0 } }
+    let incomplete = |len: usize, at: usize| {
+        if len >= max { Next::TooLong } else { Next::Incomplete { scanned: SCANNED_BODY | at } }
     };
     loop {
         let rest = &buf[pos..];
@@ -341,12 +354,16 @@ fn chunked_end(buf: &[u8], from: usize, max: usize, lim: &Limits) -> Result<usiz
         }
         let (line, size) = match httparse::parse_chunk_size(rest) {
             Ok(Status::Complete(v)) => v,
-            Ok(Status::Partial) => return Err(incomplete(buf.len())),
+            Ok(Status::Partial) => return Err(incomplete(buf.len(), pos)),
             Err(_) => return Err(Next::Malformed),
         };
+        let size_line = pos;
         pos += line;
         if size == 0 {
-            return trailer_end(buf, pos, max, lim);
+            return trailer_end(buf, pos, max, lim).map_err(|e| match e {
+                Next::Incomplete { .. } => incomplete(buf.len(), size_line),
+                e => e,
+            });
         }
         // The data and its CRLF must fit in `max`; the compare is done in u64 first.
         if size > (max - pos.min(max)) as u64 {
@@ -354,7 +371,7 @@ fn chunked_end(buf: &[u8], from: usize, max: usize, lim: &Limits) -> Result<usiz
         }
         let data_end = pos + size as usize; // <= max
         if buf.len() < data_end + 2 {
-            return Err(incomplete(data_end + 2));
+            return Err(incomplete(data_end + 2, size_line));
         }
         if &buf[data_end..data_end + 2] != b"\r\n" {
             return Err(Next::Malformed);
@@ -364,7 +381,8 @@ fn chunked_end(buf: &[u8], from: usize, max: usize, lim: &Limits) -> Result<usiz
 }
 
 /// One past the trailer section that starts at `pos` (after the last chunk's size line): header
-/// fields, then an empty line.
+/// fields, then an empty line. Like a head, at most `max_head` bytes ([`Next::HeadTooLarge`]):
+/// it is searched again from its start on each read until it is complete.
 fn trailer_end(buf: &[u8], pos: usize, max: usize, lim: &Limits) -> Result<usize, Next> {
     let rest = &buf[pos..];
     if rest.starts_with(b"\r\n") {
@@ -372,8 +390,17 @@ fn trailer_end(buf: &[u8], pos: usize, max: usize, lim: &Limits) -> Result<usize
     }
     // Fields: the section ends at the first empty line (`\r\n\r\n` from here on).
     let Some(i) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Err(if buf.len() >= max { Next::TooLong } else { Next::Incomplete { scanned: 0 } });
+        return Err(if buf.len() >= max {
+            Next::TooLong
+        } else if rest.len() > lim.max_head {
+            Next::HeadTooLarge
+        } else {
+            Next::Incomplete { scanned: 0 }
+        });
     };
+    if i + 4 > lim.max_head {
+        return Err(Next::HeadTooLarge);
+    }
     let end = pos + i + 4;
     if end > max {
         return Err(Next::TooLong);
@@ -416,7 +443,7 @@ mod tests {
         for cut in 0..req.len() {
             match next_message(&req[..cut], scanned, MAX, &lim()) {
                 Next::Incomplete { scanned: s } => {
-                    assert!(s <= cut, "scanned {s} beyond {cut}");
+                    assert!(s & !SCANNED_BODY <= cut, "scanned {s:#x} beyond {cut}");
                     scanned = s;
                 }
                 other => panic!("prefix of {cut} bytes of {:?}: {other:?}", show(req)),
@@ -428,6 +455,49 @@ mod tests {
         let mut two = req.to_vec();
         two.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(next_message(&two, 0, MAX, &lim()), want, "{:?} + a second", show(req));
+    }
+
+    /// A chunked body arriving a few bytes per read: the walk resumes at the first chunk not yet
+    /// complete ([`SCANNED_BODY`]), so no read walks the chunks before it again (quadratic work
+    /// for a client that trickles a body of many small chunks: the http fuzz target's slow
+    /// input, fuzz/slow/http).
+    #[test]
+    fn chunked_walk_resumes_where_it_stopped() {
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut req = head.to_vec();
+        for _ in 0..3 {
+            req.extend_from_slice(b"1\r\nx\r\n");
+        }
+        let fourth = req.len();
+        req.extend_from_slice(b"1\r");
+        let Next::Incomplete { scanned } = next_message(&req, 0, MAX, &lim()) else {
+            panic!("incomplete")
+        };
+        assert_eq!(scanned, SCANNED_BODY | fourth, "resumes at the fourth chunk's size line");
+        // Handed back with more bytes: the same position until that chunk is complete, then on.
+        req.extend_from_slice(b"\nx");
+        assert_eq!(next_message(&req, scanned, MAX, &lim()), Next::Incomplete { scanned });
+        req.extend_from_slice(b"\r\n0\r\n");
+        let Next::Incomplete { scanned: s2 } = next_message(&req, scanned, MAX, &lim()) else {
+            panic!("incomplete")
+        };
+        assert_eq!(s2, SCANNED_BODY | (fourth + 6), "resumes at the last chunk's size line");
+        req.extend_from_slice(b"\r\n");
+        assert_eq!(next_message(&req, s2, MAX, &lim()), whole(&req));
+        assert_eq!(next_message(&req, 0, MAX, &lim()), whole(&req));
+    }
+
+    /// A trailer section counts against `max_head` like a head: larger, it is `431`, whole or
+    /// arriving in pieces (it is searched from its start on each read, so it must be bounded).
+    #[test]
+    fn a_trailer_over_max_head_is_refused() {
+        let mut req =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+        req.extend_from_slice(b"X-Long: ");
+        req.extend(std::iter::repeat_n(b'y', lim().max_head));
+        assert_eq!(next_message(&req, 0, MAX, &lim()), Next::HeadTooLarge, "incomplete");
+        req.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(next_message(&req, 0, MAX, &lim()), Next::HeadTooLarge, "complete");
     }
 
     fn show(b: &[u8]) -> String {
