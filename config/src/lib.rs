@@ -298,7 +298,8 @@ impl Default for IoConn {
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// Largest request head (request line and header fields, with the blank line that ends
-    /// them); a longer one gets `431` and the connection closes. [`MIN_HTTP_HEAD`]..=64MiB;
+    /// them); a longer one gets `431` and the connection closes; a chunked body's trailer
+    /// section is held to the same size. [`MIN_HTTP_HEAD`]..=64MiB;
     /// `shared.max_message` caps it too (a head is part of one message). Default 8KiB (nginx's
     /// `large_client_header_buffers` size).
     #[serde(

@@ -12,7 +12,8 @@
 //!   (`431`); anything `httparse` refuses is [`Next::Malformed`] (`400`);
 //! * **the body**: `Content-Length` bytes, or a chunked body (chunk-size lines read with
 //!   `httparse::parse_chunk_size`, the CRLF after each chunk checked, the trailer section parsed
-//!   like header fields); head and body together at most `max_message`, else [`Next::TooLong`]
+//!   like header fields and held to `max_head`; the walk resumes where the last read left it,
+//!   [`SCANNED_BODY`]); head and body together at most `max_message`, else [`Next::TooLong`]
 //!   (`413`). Both `Transfer-Encoding` and `Content-Length`, a `Transfer-Encoding` whose last
 //!   coding is not `chunked`, one in an HTTP/1.0 request, a bad or conflicting
 //!   `Content-Length`, or an HTTP/1.1 request without exactly one `Host` are
