@@ -532,7 +532,7 @@ mod tests {
             (
                 "io_conn.listener[echo].dispatch",
                 Apply::Live,
-                Box::new(|c| c.io_conn.listeners[0].dispatch = crate::Dispatch::Flow),
+                Box::new(|c| c.io_conn.listeners[0].dispatch = Some(crate::Dispatch::Flow)),
             ),
             (
                 "io_conn.listener[echo].pipeline_depth",

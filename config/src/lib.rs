@@ -65,7 +65,7 @@ pub use crate::error::{ConfigError, ErrorKind};
 pub use crate::group::{Group, Instances, parse_instances};
 pub use crate::kv::{KV_CHUNK_BYTES, Kv, MAX_KV_KEYS, Resp};
 pub(crate) use crate::listener::listener_summary;
-pub use crate::listener::{Dispatch, Framing, Listener, default_framing};
+pub use crate::listener::{Dispatch, Framing, Listener, default_dispatch, default_framing};
 use crate::locate::Locator;
 pub use crate::proxy::{Cidr, MAX_PROXY_FROM, ProxyProtocol};
 pub use crate::service::{ServiceSection, Services};
@@ -287,7 +287,7 @@ impl Default for IoConn {
                 Listener::new(9090, "reverse"),
                 Listener::new(8090, "dumb"),
                 Listener::new(8080, "http"),
-                Listener { dispatch: Dispatch::Flow, ..Listener::new(6380, "kv") },
+                Listener::new(6380, "kv"),
             ],
             resp: Resp::default(),
         }

@@ -39,9 +39,14 @@ pub struct Listener {
     pub framing: Option<Framing>,
     /// How requests of a connection reach md: [`Dispatch::Request`] (each request to the
     /// least-loaded md of the service's group) or [`Dispatch::Flow`] (the connection bound to
-    /// one md for life). Left out = `Flow`. The shipped listeners use `Request`.
-    #[serde(default)]
-    pub dispatch: Dispatch,
+    /// one md for life). `None` (written `""` or left out) = the service's default, see
+    /// [`default_dispatch`] and [`Listener::dispatch`].
+    #[serde(
+        default,
+        deserialize_with = "deserialize_dispatch_opt",
+        serialize_with = "serialize_dispatch_opt"
+    )]
+    pub dispatch: Option<Dispatch>,
     /// Under `dispatch = "request"`: requests in flight per connection (io_conn holds early
     /// replies until the ones before them are sent; past this it stops reading the socket).
     /// 1..=[`MAX_PIPELINE_DEPTH`]; ignored under `flow`. Default [`DEFAULT_PIPELINE_DEPTH`].
@@ -64,24 +69,26 @@ fn default_pipeline_depth() -> u32 {
 }
 
 impl Listener {
-    /// A listener on `127.0.0.1:port` with the service's default framing, dispatched per
-    /// request (the shipped listeners: stateless built-ins).
+    /// A listener on `127.0.0.1:port` with the service's default framing, and its default
+    /// dispatch written out, as the shipped file does.
     pub(crate) fn new(port: u16, service: &str) -> Self {
         Self {
             name: String::new(),
             address: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
             service: service.to_owned(),
             framing: None,
-            dispatch: Dispatch::Request,
+            dispatch: Some(default_dispatch(service)),
             pipeline_depth: DEFAULT_PIPELINE_DEPTH,
             proxy_protocol: ProxyProtocol::None,
             proxy_from: Vec::new(),
         }
     }
 
-    /// The dispatch mode (`dispatch`; `Flow` when the table leaves it out).
+    /// The dispatch mode in effect: the explicit one, else the service's default
+    /// ([`default_dispatch`]: `Request` for the stateless built-ins, `Flow` for `kv` and for
+    /// any other service).
     pub fn dispatch(&self) -> Dispatch {
-        self.dispatch
+        self.dispatch.unwrap_or_else(|| default_dispatch(&self.service))
     }
 
     /// Requests in flight per connection under [`Dispatch::Request`] (`pipeline_depth`).
@@ -134,15 +141,15 @@ impl fmt::Display for Framing {
 }
 
 /// How io_conn hands a connection's requests to md (`dispatch` of a listener).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dispatch {
     /// Each complete request goes to the least-loaded live md of the service's group; replies
     /// return in request order. For stateless services. `"request"`.
     Request,
     /// The connection is bound to one md for life: for services whose requests on a connection
-    /// must run one after another on one md (sessions, rooms). The default. `"flow"`.
-    #[default]
+    /// must run one after another on one md (sessions, rooms). The default for `kv` and for
+    /// services that are not built in. `"flow"`.
     Flow,
 }
 
@@ -173,9 +180,21 @@ pub fn default_framing(service: &str) -> Option<Framing> {
         _ => None,
     }
 }
+/// Default dispatch of a service: `request` for the stateless built-ins (`echo`, `reverse`,
+/// `dumb`, `http`: any md may answer any request, so a new md takes load off open
+/// connections); `flow` for `kv` (a connection's commands run in order on one md, as Redis
+/// clients expect) and for every other service (it may keep state per connection, and `flow`
+/// is the safe choice for state the config cannot see).
+pub fn default_dispatch(service: &str) -> Dispatch {
+    match service {
+        "echo" | "reverse" | "dumb" | "http" => Dispatch::Request,
+        _ => Dispatch::Flow,
+    }
+}
+
 /// One listener in [`Config::summary`]: `ADDR=SERVICE/FRAMING/DISPATCH[:DEPTH]`.
 pub(crate) fn listener_summary(l: &Listener) -> String {
-    let mut s = match l.dispatch {
+    let mut s = match l.dispatch() {
         Dispatch::Request => {
             format!("{}={}/{}/request:{}", l.address, l.service, l.framing(), l.pipeline_depth)
         }
@@ -213,6 +232,28 @@ fn deserialize_framing_opt<'de, D: serde::Deserializer<'de>>(
              for the service's default)"
         ))),
     }
+}
+
+fn deserialize_dispatch_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Dispatch>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "" => Ok(None),
+        "request" => Ok(Some(Dispatch::Request)),
+        "flow" => Ok(Some(Dispatch::Flow)),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid dispatch {s:?} (expected \"request\", \"flow\", or \"\" for the \
+             service's default)"
+        ))),
+    }
+}
+
+fn serialize_dispatch_opt<S: serde::Serializer>(
+    v: &Option<Dispatch>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.map_or("", Dispatch::as_str))
 }
 
 fn serialize_framing_opt<S: serde::Serializer>(

@@ -288,7 +288,11 @@ mod tests {
         .unwrap();
         let l = &ok.io_conn.listeners[0];
         assert_eq!(l.proxy_protocol, ProxyProtocol::V1);
-        assert!(ok.summary().contains("127.0.0.1:0=http/http/flow/proxy-v1(10.0.0.0/8,::1/128)"));
+        assert!(
+            ok.summary().contains("127.0.0.1:0=http/http/request:16/proxy-v1(10.0.0.0/8,::1/128)"),
+            "{}",
+            ok.summary()
+        );
         assert!(l.proxy_trusts(ip("10.1.2.3")) && l.proxy_trusts(ip("::1")));
         assert!(!l.proxy_trusts(ip("11.0.0.1")));
         // proxy_from alone (no protocol) is allowed: it is just not used.

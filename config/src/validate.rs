@@ -522,7 +522,7 @@ mod tests {
                 address: "127.0.0.1:0".parse().unwrap(),
                 service: "x".into(),
                 framing: Some(Framing::Len32),
-                dispatch: Dispatch::Flow,
+                dispatch: Some(Dispatch::Flow),
                 pipeline_depth: 1,
                 ..Listener::new(0, "echo")
             },
@@ -531,7 +531,7 @@ mod tests {
                 address: "127.0.0.1:0".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
-                dispatch: Dispatch::Flow,
+                dispatch: Some(Dispatch::Flow),
                 pipeline_depth: 1,
                 ..Listener::new(0, "echo")
             },
@@ -540,7 +540,7 @@ mod tests {
                 address: "[::]:4680".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
-                dispatch: Dispatch::Flow,
+                dispatch: Some(Dispatch::Flow),
                 pipeline_depth: 1,
                 ..Listener::new(0, "echo")
             },
@@ -549,7 +549,7 @@ mod tests {
                 address: "127.0.0.1:4680".parse().unwrap(),
                 service: "echo".into(),
                 framing: None,
-                dispatch: Dispatch::Request,
+                dispatch: Some(Dispatch::Request),
                 pipeline_depth: crate::MAX_PIPELINE_DEPTH,
                 ..Listener::new(0, "echo")
             },

@@ -117,7 +117,7 @@ stream_chunk = "1KiB"
     assert_eq!(cfg.io_conn.read_buffer, 4096);
     assert_eq!(cfg.io_conn.listeners.len(), 1);
     assert_eq!(cfg.io_conn.listeners[0].framing(), Framing::Len32);
-    // A listener table without `dispatch` is bound per flow.
+    // A kv listener without `dispatch` is bound per flow (kv's default).
     assert_eq!(cfg.io_conn.listeners[0].dispatch(), Dispatch::Flow);
     assert_eq!(cfg.io_conn.listeners[0].pipeline_depth(), 16);
     assert_eq!(cfg.md.dumb.stream_chunk, 1024);
@@ -342,6 +342,33 @@ fn bad_enum_values() {
         4,
         "invalid framing \"http2\"",
     );
+}
+
+/// A listener without `dispatch` (or with `""`) gets its service's default: `request` for the
+/// stateless built-ins, `flow` for kv and for any other service; an explicit value wins.
+#[test]
+fn dispatch_defaults_per_service() {
+    let table = |service: &str, dispatch: &str| {
+        format!(
+            "[[io_conn.listener]]\naddress = \"127.0.0.1:0\"\nservice = \"{service}\"\nframing = \"line\"\n{dispatch}"
+        )
+    };
+    let cases = [
+        ("http", "", Dispatch::Request),
+        ("echo", "", Dispatch::Request),
+        ("reverse", "dispatch = \"\"\n", Dispatch::Request),
+        ("dumb", "", Dispatch::Request),
+        ("kv", "", Dispatch::Flow),
+        ("chat", "", Dispatch::Flow),
+        ("http", "dispatch = \"flow\"\n", Dispatch::Flow),
+        ("chat", "dispatch = \"request\"\n", Dispatch::Request),
+    ];
+    for (service, dispatch, want) in cases {
+        let cfg = Config::from_toml_str(&table(service, dispatch), "t.toml").unwrap();
+        assert_eq!(cfg.io_conn.listeners[0].dispatch(), want, "{service} {dispatch:?}");
+    }
+    assert_eq!(config::default_dispatch("http"), Dispatch::Request);
+    assert_eq!(config::default_dispatch("kv"), Dispatch::Flow);
 }
 
 #[test]

@@ -81,7 +81,7 @@ fn bad_dispatch_value() {
         ErrorKind::Schema,
         Some("io_conn.listener[0].dispatch"),
         4,
-        "unknown variant `round-robin`, expected `request` or `flow`",
+        "invalid dispatch \"round-robin\" (expected \"request\", \"flow\", or \"\" for the service's default)",
     );
 }
 

@@ -49,6 +49,7 @@ $3
 [[io_conn.listener]]
 address = "127.0.0.1:$2"
 service = "dumb"
+dispatch = "flow"
 [md]
 $3
 EOF

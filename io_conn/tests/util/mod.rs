@@ -99,8 +99,9 @@ pub fn config_text_with(
     md_extra: &str,
     dispatch: Option<&str>,
 ) -> String {
-    // Every listener gets the same `dispatch` (none: the config's default, `flow`).
-    let d = dispatch.map(|d| format!("dispatch = \"{d}\"\n")).unwrap_or_default();
+    // Every listener gets the same `dispatch`; none: `flow`, written out, which is what these
+    // tests were written for (the built-in services' own default is `request`).
+    let d = format!("dispatch = \"{}\"\n", dispatch.unwrap_or("flow"));
     format!(
         r#"[shared]
 name = "{name}"
@@ -169,7 +170,7 @@ pub struct Setup<'a> {
     pub md_bin: Option<PathBuf>,
     /// More `[[io_conn.listener]]` tables, appended to the config (see [`listener`]).
     pub listeners: &'a str,
-    /// `dispatch` of every default listener (`"request"` or `"flow"`; none: the default).
+    /// `dispatch` of every default listener (`"request"` or `"flow"`; none: `"flow"`).
     pub dispatch: Option<&'a str>,
     /// The io_conn binary (default [`io_conn_bin`]); md is then taken from its directory unless
     /// `md_bin` says otherwise. The PING bench's A/B mode runs two builds side by side with it.
