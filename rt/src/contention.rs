@@ -1,6 +1,6 @@
-//! The contention signal: are more threads runnable than there are CPUs? A loop that busy-polls
-//! then takes a CPU some other thread (a client, the peer process, another service) is waiting
-//! for, so [`crate::SpinGate`] does not spin.
+//! The contention signal: are more than twice as many threads runnable as there are CPUs? A
+//! loop that busy-polls then only switches back and forth with the threads waiting for its CPU
+//! (its spin yields every few µs, [`crate::SpinGate`]), so it does not spin.
 //!
 //! # The signal: `procs_running` of `/proc/loadavg`
 //!
@@ -9,8 +9,10 @@
 //! offset 0 on a descriptor kept open (no `open`/`close` per read; seq_file regenerates the
 //! text for a read at offset 0), at most once per [`Contention::INTERVAL`] (1 ms), and compared
 //! with the CPUs this process may run on (`sched_getaffinity`, via
-//! [`std::thread::available_parallelism`]). Crowded means `procs_running > cpus`: the spinner is
-//! one of the runnable threads, so the others need every CPU and the spinner's.
+//! [`std::thread::available_parallelism`]). Crowded means `procs_running > 2 * cpus`
+//! ([`Contention::CROWDED_PER_CPU`]). The spinner is one of the runnable threads. Up to two per
+//! CPU, a polite spin (one that yields) costs the others a few µs each time they wake; beyond,
+//! it would mostly switch to and from them.
 //!
 //! Why this one: it is predictive (read before a spin, so the spin that would steal is not
 //! started), it counts the threads of every process (a client on the same machine, other
@@ -60,6 +62,12 @@ impl Contention {
     /// The longest a reading is reused.
     pub const INTERVAL: Duration = Duration::from_millis(1);
 
+    /// Crowded means more than this many runnable threads per CPU. Two, not one: the spin
+    /// yields its CPU every few µs ([`crate::SpinGate`]), so a runnable thread beside it costs
+    /// it little; one per CPU kept the gate shut whenever a client shared the machine (at one
+    /// connection, client + io_conn + md = 3 runnable on 2 CPUs).
+    pub const CROWDED_PER_CPU: u32 = 2;
+
     /// The system's signal (`/proc/loadavg`, the CPUs of this process's affinity mask). Without
     /// `/proc/loadavg`, or with `SHMSRV_SPIN_IGNORE_LOAD=1`, never crowded.
     pub fn system() -> Self {
@@ -82,7 +90,8 @@ impl Contention {
         self.cpus
     }
 
-    /// More threads runnable than CPUs, as of the last reading; reads the signal again if the
+    /// More than [`Self::CROWDED_PER_CPU`] runnable threads per CPU, as of the last reading;
+    /// reads the signal again if the
     /// last reading is older than [`Self::INTERVAL`] (or `now` went backwards: a caller's stale
     /// clock).
     pub fn crowded(&mut self, now: Instant) -> bool {
@@ -91,7 +100,7 @@ impl Contention {
             .is_some_and(|t| now.checked_duration_since(t).is_some_and(|age| age < Self::INTERVAL));
         if !fresh {
             self.read_at = Some(now);
-            self.crowded = self.running().is_some_and(|r| r > self.cpus);
+            self.crowded = self.running().is_some_and(|r| r > Self::CROWDED_PER_CPU * self.cpus);
         }
         self.crowded
     }
@@ -144,10 +153,13 @@ mod tests {
     }
 
     #[test]
-    fn crowded_means_more_runnable_than_cpus() {
+    fn crowded_means_more_than_two_runnable_per_cpu() {
         let now = Instant::now();
         assert!(!Contention::fixed(Some(2), 2).crowded(now), "one each");
-        assert!(Contention::fixed(Some(3), 2).crowded(now));
+        assert!(!Contention::fixed(Some(3), 2).crowded(now), "a client beside io_conn and md");
+        assert!(!Contention::fixed(Some(4), 2).crowded(now), "two each");
+        assert!(Contention::fixed(Some(5), 2).crowded(now));
+        assert!(Contention::fixed(Some(3), 1).crowded(now));
         assert!(!Contention::fixed(None, 2).crowded(now), "no reading: never crowded");
         assert_eq!(Contention::fixed(Some(1), 0).cpus(), 1, "at least one CPU");
     }
@@ -155,12 +167,12 @@ mod tests {
     #[test]
     fn a_reading_is_reused_within_the_interval() {
         let t0 = Instant::now();
-        let mut sut = Contention::fixed(Some(3), 2);
+        let mut sut = Contention::fixed(Some(5), 2);
         assert!(sut.crowded(t0));
         sut.source = Source::Fixed(Some(1));
         assert!(sut.crowded(t0 + Contention::INTERVAL / 2), "the cached verdict");
         assert!(!sut.crowded(t0 + Contention::INTERVAL), "read again");
-        sut.source = Source::Fixed(Some(5));
+        sut.source = Source::Fixed(Some(9));
         assert!(sut.crowded(t0), "a clock that went backwards reads again");
     }
 }

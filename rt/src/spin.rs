@@ -19,9 +19,18 @@ use crate::contention::Contention;
 ///   [`Self::MAX_BACKOFF_SHIFT`]); a spin that finds work (a hit) resets `k`. A peer that answers
 ///   within the budget keeps the gate open; one that does not costs one wasted budget per
 ///   `2^k` opportunities, a fraction that halves with every further miss;
-/// * the machine is not crowded: no more runnable threads than CPUs ([`Contention`]: the
-///   `procs_running` of `/proc/loadavg`, read at most once per ms). Spinning then would take
-///   the CPU of a client or of the peer.
+/// * the machine is not crowded: at most twice as many runnable threads as CPUs
+///   ([`Contention`]: the `procs_running` of `/proc/loadavg`, read at most once per ms).
+///
+/// A spin is polite: after every 32 looks it calls `sched_yield`, so a thread that becomes
+/// runnable on the spinner's CPU (a client woken by a reply, the peer process, another
+/// service) gets that CPU within a few µs instead of waiting for the spinner's time slice to
+/// end. That is what lets a spin pay on a machine where the client shares the CPUs: at one
+/// connection (client, io_conn and md on 2 vCPUs) both sides spin, nobody sleeps, and the
+/// client's own wake-up is the only one left per request; without the yield the spinners had
+/// to stop whenever `procs_running` passed the CPU count, which at one connection it does all
+/// the time (docs/BENCHMARKS.md, "Polite spinning"). With the yield, the contention signal only
+/// guards a machine so crowded that every yield would switch to another thread.
 ///
 /// The caller decides what the spin waits for and when it is worth one (io_conn: while an md
 /// owes it a reply, or right after it wrote replies; md: whenever it runs out of input, the
@@ -85,8 +94,10 @@ impl SpinGate {
     /// when the gate is closed (`ready` is then not called, and neither the backoff nor the
     /// miss count changes except for one skipped opportunity).
     ///
-    /// `ready` is called before each `spin_loop` hint (a look at a ring is one atomic load); the
-    /// clock is read once per 32 hints, which keeps `clock_gettime` out of most of the loop.
+    /// `ready` is called before each `spin_loop` hint (a look at a ring is one atomic load); after
+    /// every 32 looks the spin yields the CPU (`sched_yield`: returns at once when no other
+    /// thread is runnable on this CPU) and reads the clock, which keeps both out of most of the
+    /// loop.
     pub fn spin(&mut self, mut ready: impl FnMut() -> bool) -> bool {
         if self.budget.is_zero() {
             return false;
@@ -107,6 +118,9 @@ impl SpinGate {
                 }
                 std::hint::spin_loop();
             }
+            // Let a thread waiting for this CPU run now (see the type's docs). It cannot fail on
+            // Linux; an error would only mean no yield, so it is ignored.
+            let _ = nix::sched::sched_yield();
             if start.elapsed() >= self.budget {
                 self.misses = (self.misses + 1).min(Self::MAX_BACKOFF_SHIFT);
                 self.skip = 1 << self.misses;
@@ -195,15 +209,19 @@ mod tests {
     #[test]
     fn contention_closes_the_gate() {
         let mut sut =
-            SpinGate::with_contention(Duration::from_micros(50), Contention::fixed(Some(3), 2));
+            SpinGate::with_contention(Duration::from_micros(50), Contention::fixed(Some(5), 2));
         for _ in 0..10 {
             assert!(!sut.spin(|| panic!("ready must not be called on a crowded machine")));
         }
         assert_eq!((sut.misses, sut.skip), (0, 0), "a closed gate is not a miss");
-        // As many runnable as CPUs: open.
-        let mut sut =
-            SpinGate::with_contention(Duration::from_micros(50), Contention::fixed(Some(2), 2));
-        assert!(sut.spin(|| true));
+        // Up to two runnable per CPU (a client beside io_conn and md): open.
+        for running in [2, 3, 4] {
+            let mut sut = SpinGate::with_contention(
+                Duration::from_micros(50),
+                Contention::fixed(Some(running), 2),
+            );
+            assert!(sut.spin(|| true), "{running} runnable on 2 CPUs");
+        }
     }
 
     #[test]

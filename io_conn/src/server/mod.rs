@@ -23,9 +23,9 @@
 //!
 //! 1. Decide how long to sleep: 0 if any md ring has frames; while some md owes a reply
 //!    (frames pushed, none answered since) or right after replies went to clients, one spin
-//!    opportunity ([`rt::SpinGate`]: up to `io_conn.spin`, unless backing off after spins that
-//!    found nothing or the machine has more runnable threads than CPUs) on the md→io rings and,
-//!    every few looks, the epoll set (`epoll_wait` with timeout 0: a lone client's next request
+//!    opportunity ([`rt::SpinGate`]: up to `io_conn.spin`, yielding the CPU every few µs,
+//!    unless backing off after spins that found nothing or the machine has more than twice as
+//!    many runnable threads as CPUs) on the md→io rings and, every few looks, the epoll set (`epoll_wait` with timeout 0: a lone client's next request
 //!    comes after its own round trip); otherwise arm each md→io ring's doorbell (drain the FIFO,
 //!    set `armed`, fence, re-check) and sleep — 1 ms at most while flows are blocked on a full
 //!    ring or DRAINED frames are deferred, else until an event (the timerfd covers deadlines).

@@ -16,10 +16,11 @@
 //! 6. Something happened (or yielded work waits): loop, looking at the epoll set without
 //!    sleeping every 64 passes or every millisecond, whichever comes first (signals, pidfd).
 //!    Nothing happened: one spin opportunity on the input ring, up to [`RunnerOptions::spin`]
-//!    ([`rt::SpinGate`]: skipped while backing off after spins in which io_conn sent nothing, or
-//!    while the machine has more runnable threads than CPUs); then arm the doorbell
-//!    ([`Consumer::prepare_sleep`]) and sleep in `epoll_wait` on: the doorbell FIFO, the timerfd,
-//!    the shutdown eventfd, the signalfd, and io_conn's pidfd.
+//!    ([`rt::SpinGate`]: yielding the CPU every few µs; skipped while backing off after spins
+//!    in which io_conn sent nothing, or while the machine has more than twice as many runnable
+//!    threads as CPUs); then arm the doorbell ([`Consumer::prepare_sleep`]) and sleep in
+//!    `epoll_wait` on: the doorbell FIFO, the timerfd, the shutdown eventfd, the signalfd, and
+//!    io_conn's pidfd.
 //!
 //! # Time slices
 //!
@@ -480,8 +481,9 @@ where
         let mut since_poll = 0u32;
         let mut last_poll = Instant::now();
         // Spin (up to `md.spin`) when out of input only while io_conn is likely to send more:
-        // the gate backs off after spins that found nothing, and stays shut while the machine
-        // has more runnable threads than CPUs (io_conn and the clients need them).
+        // the gate backs off after spins that found nothing, yields the CPU every few µs (so a
+        // client or io_conn woken on this CPU runs at once), and stays shut while the machine
+        // has more than twice as many runnable threads as CPUs.
         let mut gate = SpinGate::new(self.core.opts.spin);
         if control.shutdown_requested() {
             return Ok(Exit::Shutdown);
