@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | 0 | identity and geometry ([`RingHeader::magic`] … [`RingHeader::ready`]) | creator |
 //! | 72 | [`RingHeader::holder`]: which md holds the pair (in the `in` ring only) | md claims (CAS from 0), io_conn releases on reset |
-//! | 128 | `tail` (published per batch; nothing polls it: frames carry commit stamps) | producer |
+//! | 128 | `tail` (published per batch; not the data signal: frames carry commit stamps) | producer |
 //! | 256 | `head` | consumer |
 //! | 384 | `armed` | consumer sets, producer clears |
 //! | 512 | [`ProducerCounters`] | producer |

@@ -35,7 +35,10 @@
 //! that invariant.
 //!
 //! **`tail`** is still published by [`Producer::flush`] (a compare-and-swap, issue 14 finding 7)
-//! once per batch, for depth statistics, viewstats and a producer's re-attach; nothing polls it.
+//! once per batch, for depth statistics, viewstats and a producer's re-attach. It is never the
+//! signal for data; a spinning consumer looks at it only while it is ahead of it (the producer is
+//! mid-batch), so that it does not poll the very line a streaming producer is writing
+//! ([`Consumer::spin`]).
 //! A producer that attaches continues after the last stamped frame (it walks the stamps forward
 //! from `max(head, tail)`), so frames stamped but never flushed by a predecessor are neither lost
 //! nor overwritten. The consumer reads `tail` only before it sleeps, as a corruption check (a
@@ -679,7 +682,7 @@ pub enum Published {
 pub fn publish_tail(h: &RingHeader, published: u64, tail: u64) -> Published {
     // Release (on success) pairs with the Acquire loads of `tail` in the consumer's pre-sleep
     // check and in a producer's attach: the stamps below the new tail are visible to whoever
-    // sees it. (Nothing polls `tail` for data any more: frames are published by their stamps.)
+    // sees it. (`tail` is no longer the signal for data: frames are published by their stamps.)
     // A compare-and-swap,
     // not a store: only the producer of this generation, which stored `published` itself, can
     // move the word (finding 7). Relaxed on failure: the value found is only reported.
