@@ -146,7 +146,7 @@ fn one_push_one_sleep() {
         let mut slept = false;
         if !is_stamped(&w[0], 0) {
             fifo.swap(0, Ordering::AcqRel); // drain the FIFO before arming
-            slept = arm_and_recheck(&h, &w[0], 0);
+            slept = arm_and_recheck(&h, 0, &w[0], 0);
         }
         producer.join().expect("producer");
         if slept {
@@ -182,8 +182,8 @@ impl Fifo {
     }
 }
 
-/// Two commit + flush rounds against a consumer that loops: take what is stamped, else drain,
-/// arm, re-check the stamp and really sleep. Every frame must be seen; a lost wake-up is a loom
+/// Two commit + flush rounds against a consumer that loops: take what is flushed up to it and
+/// stamped, else drain, arm, re-check and really sleep. Every frame must be seen; a lost wake-up is a loom
 /// deadlock. (Checked 2026-12-02: with the fence in `publish_tail` removed, loom fails this
 /// model with a deadlock.)
 #[test]
@@ -208,12 +208,13 @@ fn two_rounds() {
         let mut i = 0;
         while i < 2 {
             let pos = 24 * i as u64;
-            if is_stamped(&w[i], pos) {
+            // What `Consumer::has_data` asks: the last flush reaches us, and the stamp is there.
+            if h.tail.0.load(Ordering::Relaxed) >= pos && is_stamped(&w[i], pos) {
                 i += 1; // consume
                 continue;
             }
             fifo.drain();
-            if arm_and_recheck(&h, &w[i], pos) {
+            if arm_and_recheck(&h, pos, &w[i], pos) {
                 fifo.wait();
             }
         }

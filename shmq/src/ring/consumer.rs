@@ -3,6 +3,7 @@
 //! Ownership, untrusted bytes and doorbell handshake are described in the
 //! [parent module](super).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,12 @@ pub struct Consumer {
     pub(super) head: u64,
     /// Local: the last value stored to the shared `head`.
     published: u64,
+    /// Local: the producer's flushed `tail` as last loaded. A hint, never trusted for bounds:
+    /// while it is at or past `head` the consumer takes frames by their stamps; once `head` has
+    /// passed it (we took frames of a batch not flushed yet) it is reloaded, and the rest of the
+    /// batch waits for its flush ([`Self::caught_up`]). A `Cell` so that `has_data(&self)` can
+    /// refresh it.
+    flushed: Cell<u64>,
     /// Bytes (skip + frame) the peeked frame occupies; 0 when nothing is peeked.
     pub(super) pending: u64,
     /// Payload bytes of the peeked frame.
@@ -81,6 +88,7 @@ impl Consumer {
             r,
             head,
             published: head,
+            flushed: Cell::new(tail),
             pending: 0,
             pending_bytes: 0,
             corrupt: None,
@@ -143,16 +151,41 @@ impl Consumer {
         e
     }
 
-    /// True if a frame is waiting: the stamp at our position is there (one load of the line the
-    /// frame is in). A peeked but unreleased frame counts; so may a lone padding record (peek
-    /// then returns None).
+    /// True if a frame is waiting: the producer's last flush covers our position and the stamp
+    /// at it is there (in the common case one load, of the line the frame is in). A peeked but
+    /// unreleased frame counts; so may a lone padding record (peek then returns None).
     #[inline]
     pub fn has_data(&self) -> bool {
         if self.pending != 0 {
             return true;
         }
         let pos = self.r.header_pos(self.head);
-        is_stamped(self.r.word(pos), pos)
+        self.caught_up() && is_stamped(self.r.word(pos), pos)
+    }
+
+    /// Whether the producer's last flush reaches our position, so that the frame there (if
+    /// stamped) is ours to take now. Loads `tail` only when the cached value is behind `head`.
+    ///
+    /// This is what keeps a consumer off the line a streaming producer is writing (issue 15,
+    /// docs/BENCHMARKS.md "Ring layout 3"): taking frames the moment they are stamped, a
+    /// consumer that keeps up polls the line the producer is writing the next frame into and
+    /// steals it at every poll (measured: 64 B streaming at ~0.36x the C ring). So once the
+    /// consumer has passed the last flush (it took the first frame of a batch), the rest of the
+    /// batch becomes visible at its flush, and the consumer meanwhile reads `tail`'s line, which
+    /// the producer writes once per flush. A producer that commits one frame and flushes (a
+    /// round trip) is flushed up to the consumer by the time it waits again, so the round trip
+    /// keeps the one-transfer path (the stamp).
+    #[inline]
+    fn caught_up(&self) -> bool {
+        if self.flushed.get() >= self.head {
+            return true;
+        }
+        // Relaxed: a hint only; the stamps decide what a frame is (Acquire in `is_stamped`).
+        // Any value is harmless: a hostile one can only hide frames from us or show us
+        // stamps sooner, which are validated as always.
+        let t = self.r.hdr().tail.0.load(Ordering::Relaxed);
+        self.flushed.set(t);
+        t >= self.head
     }
 
     /// Borrows the next frame in place, or `None` if nothing is committed at our position. Call
@@ -177,7 +210,7 @@ impl Consumer {
         let mut from = self.head;
         loop {
             let pos = self.r.header_pos(from);
-            if !is_stamped(self.r.word(pos), pos) {
+            if !(self.caught_up() && is_stamped(self.r.word(pos), pos)) {
                 // Nothing committed here yet. Padding we stepped over is consumed now (no frame
                 // to release). An implicit wrap is not: the producer's tail may stand before it,
                 // and our head never passes the producer's tail.
@@ -338,8 +371,8 @@ impl Consumer {
         }
         let start = Instant::now();
         loop {
-            for i in 0..64u32 {
-                if self.spin_poll(i) {
+            for _ in 0..64 {
+                if self.has_data() {
                     return true;
                 }
                 for _ in 0..SPIN_GAP {
@@ -350,29 +383,6 @@ impl Consumer {
                 return self.has_data();
             }
         }
-    }
-
-    /// One poll of [`Self::spin`]: the stamp at our position, except while the producer is in
-    /// the middle of a batch we have already caught up with (its last flushed `tail` is behind
-    /// us), when only every eighth poll looks at the stamp and the others at `tail`. Polling the
-    /// stamp is the fast path for a producer that commits one frame and waits (a round trip:
-    /// one line transfer carries "ready" and the frame); but a consumer that keeps up with a
-    /// streaming producer would poll the very line the producer is writing the next frame into,
-    /// and each poll steals that line from it (measured: ~2.6x fewer 64 B frames/s than polling
-    /// `tail`). While the producer is mid-batch, its flush is coming anyway; `tail`'s line is
-    /// written once per flush.
-    #[inline]
-    fn spin_poll(&self, i: u32) -> bool {
-        if self.pending != 0 {
-            return true;
-        }
-        // Relaxed: a hint only (where the producer's last flush stands); frames are still found
-        // by their stamps, which `has_data` loads with Acquire.
-        let t = self.r.hdr().tail.0.load(Ordering::Relaxed);
-        if t < self.head && !i.is_multiple_of(8) {
-            return false;
-        }
-        self.has_data()
     }
 
     /// Gets ready to sleep on `doorbell`: publishes, drains the FIFO, arms, fences and re-checks.
@@ -395,7 +405,7 @@ impl Consumer {
         // Drain first: a byte rung after the arm below must stay in the FIFO to wake us.
         let _ = doorbell.drain();
         let pos = self.r.header_pos(self.head);
-        if arm_and_recheck(self.r.hdr(), self.r.word(pos), pos) {
+        if arm_and_recheck(self.r.hdr(), self.head, self.r.word(pos), pos) {
             self.sleeps += 1;
             self.counters_dirty = true;
             self.publish();

@@ -748,25 +748,28 @@ pub fn is_stamped(word: &AtomicU64, pos: u64) -> bool {
     word.load(Ordering::Acquire) == pos + 1
 }
 
-/// Consumer half of the doorbell handshake: arm, fence, re-check the stamp word `word` of the
-/// header at `pos` (the consumer's position after the implicit wrap). Returns true if the
-/// consumer may sleep (still nothing committed there); false if a frame arrived, in which case
-/// `armed` is cleared again.
+/// Consumer half of the doorbell handshake: arm, fence, re-check what the consumer takes a
+/// frame by: the flushed `tail` reaching its position `head` and the stamp word `word` of the
+/// header at `pos` (`head` after the implicit wrap). Returns true if the consumer may sleep
+/// (nothing to take there); false if a frame arrived, in which case `armed` is cleared again.
 ///
 /// The caller must have drained its FIFO before calling (a byte rung after this point wakes it).
 ///
 /// SYNC POINT: store-buffering with the producer's [`commit_stamp`] then [`publish_tail`]:
-/// (stamp store; fence; `armed` load) against (`armed` store; fence; stamp load).
+/// (stamp store; `tail` store; fence; `armed` load) against (`armed` store; fence; `tail` and
+/// stamp loads).
 #[inline]
-pub fn arm_and_recheck(h: &RingHeader, word: &AtomicU64, pos: u64) -> bool {
+pub fn arm_and_recheck(h: &RingHeader, head: u64, word: &AtomicU64, pos: u64) -> bool {
     // Relaxed store: ordered before the load below by the SeqCst fence.
     h.armed.0.store(1, Ordering::Relaxed);
     // SeqCst fence: pairs with the producer's fence in `publish_tail` (see there). The fences
     // are totally ordered: if ours comes first, the producer's `armed` load after its fence sees
-    // 1 and it rings; if its fence comes first, the stamp it stored before (at commit, sequenced
-    // before the flush) is visible to our load after ours.
+    // 1 and it rings; if its fence comes first, the stamp and the `tail` it stored before (at
+    // commit and at the flush, both before its fence) are visible to our loads after ours, and
+    // that tail reaches `head` (we never pass the producer's frames).
     fence(Ordering::SeqCst);
-    if is_stamped(word, pos) {
+    // Acquire (tail) pairs with the producer's Release publish; the stamp load is Acquire too.
+    if h.tail.0.load(Ordering::Acquire) >= head && is_stamped(word, pos) {
         // Data arrived: do not sleep. Relaxed: `armed` carries no data. A racing producer swap
         // may already have cleared it and be ringing: that byte is either drained before the
         // next arming or causes one spurious wake-up, never a lost one.

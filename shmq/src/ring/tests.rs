@@ -293,20 +293,30 @@ fn trailing_padding_alone_is_consumed_as_empty() {
 
 // ---------------------------------------------------------------- commit stamps
 
+/// A frame is visible from its commit to a consumer that has caught up with the last flush (the
+/// round-trip case); once the consumer took a frame of a batch not flushed yet, the rest of that
+/// batch becomes visible at its flush (which also rings a sleeping consumer).
 #[test]
-fn frames_are_visible_at_commit_and_flush_only_publishes_tail() {
+fn frames_are_visible_at_commit_when_caught_up_and_the_rest_of_a_batch_at_its_flush() {
     let (_m, mut tx, mut rx) = ring(Direction::ToMd);
     tx.try_push(FlowId(1), Kind::Data, 0, b"one").unwrap();
     let mut r = tx.reserve(10).unwrap();
     r.buf()[..3].copy_from_slice(b"two");
-    assert!(rx.has_data());
+    assert!(rx.has_data(), "visible at commit");
     assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"one")), Ok(1), "reserved, not committed");
     r.commit(3, FlowId(2), Kind::Data, 0).unwrap();
-    assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"two")), Ok(1));
     assert_eq!(shared_tail(&rx), 0, "nothing flushed");
-    assert_eq!(shared_head(&rx), 64, "the consumer is ahead of the flushed tail");
-    tx.flush();
+    assert_eq!(shared_head(&rx), 32, "the consumer is ahead of the flushed tail");
+    assert!(!rx.has_data(), "the rest of the batch waits for its flush");
+    assert_eq!(rx.drain(10, |_| {}), Ok(0));
+    let (bell, _w) = pipe_bells();
+    assert!(rx.prepare_sleep(&bell), "and the consumer may sleep: the flush rings it");
+    assert!(tx.flush(), "rung");
     assert_eq!(shared_tail(&rx), 64);
+    assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"two")), Ok(1));
+    // Caught up again: the next frame is visible at its commit.
+    tx.try_push(FlowId(3), Kind::Data, 0, b"three").unwrap();
+    assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"three")), Ok(1));
 }
 
 /// A stamp left from an earlier lap (the right offset, an older position) is not a frame: the
@@ -346,8 +356,10 @@ fn client_bytes_equal_to_the_next_stamp_are_not_taken() {
     tx.try_push(FlowId(2), Kind::Data, 0, &[0; 104]).unwrap(); // 128..256
     assert_eq!(rx.drain(10, |_| {}), Ok(1));
     assert_eq!(peek_word(&mem, 72), next + 1, "the forged stamp is in place");
-    // Lap 1: a 72-byte frame at CAP ends exactly at `next`.
+    // Lap 1: a 72-byte frame at CAP ends exactly at `next`; flushed, so the consumer, caught up,
+    // polls the stamp at `next` at once.
     tx.try_push(FlowId(3), Kind::Data, 0, &[3; 48]).unwrap();
+    tx.flush();
     assert_eq!(tx.tail, next);
     let mut seen = vec![];
     rx.drain(10, |f| seen.push(f.flowid.0)).unwrap();
