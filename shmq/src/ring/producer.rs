@@ -406,12 +406,22 @@ impl Reservation<'_> {
     }
 }
 
-/// The attach checks on the two shared positions: both multiples of 8, and neither more than a
+/// The attach checks on the two shared positions: both multiples of 8, neither more than a
 /// capacity ahead of the other (the consumer may be ahead of the flushed `tail`: it sees frames
-/// from their commit; a producer flushes at least every half ring, see `commit_at`).
+/// from their commit; a producer flushes at least every half ring, see `commit_at`), and both
+/// below 2^63, so that no position arithmetic (`pos + rem`, `pos + 1`, frame ends) can overflow:
+/// honest positions take centuries to get there (`generation_base` starts over at 0 before).
+/// Found by the `ring` fuzz target (fuzz/crashes/ring): a hostile `head` near 2^64 overflowed
+/// the implicit-wrap step.
 pub(super) fn positions_plausible(head: u64, tail: u64, cap: u64) -> bool {
-    head.is_multiple_of(8) && tail.is_multiple_of(8) && head.abs_diff(tail) <= cap
+    head.is_multiple_of(8)
+        && tail.is_multiple_of(8)
+        && head.abs_diff(tail) <= cap
+        && head.max(tail) <= POSITION_MAX
 }
+
+/// The largest position either side attaches at (see [`positions_plausible`]).
+pub(super) const POSITION_MAX: u64 = u64::MAX / 2;
 
 /// Where a producer attaching continues: after the last frame stamped in a row from
 /// `max(head, tail)`, so frames a predecessor (of this generation) stamped but never flushed are

@@ -71,6 +71,30 @@ fn producer_rejects_head_moved_past_tail() {
     }
 }
 
+/// Regression for the `ring` fuzz target's crash (fuzz/crashes/ring): a hostile `head` (and
+/// `tail`) near 2^64 made the consumer's implicit-wrap step overflow. Positions past 2^63 are
+/// refused at attach, by both sides.
+#[test]
+fn attach_rejects_positions_near_overflow() {
+    let mem = Arc::new(HeapMemory::new_ring(CAP, MAXP, Direction::ToMd));
+    for top in [u64::MAX - 7, u64::MAX - 15, ((u64::MAX / 2) + 1) & !7] {
+        hdr(&mem).tail.0.store(top, Ordering::Relaxed);
+        hdr(&mem).head.0.store(top, Ordering::Relaxed);
+        assert_eq!(Consumer::attach(mem.clone(), 0).err(), Some(RingAttachError::BadGeometry));
+        assert_eq!(
+            Producer::attach(mem.clone(), 0, None).err(),
+            Some(RingAttachError::BadGeometry)
+        );
+    }
+    let ok = producer::POSITION_MAX & !7;
+    hdr(&mem).tail.0.store(ok, Ordering::Relaxed);
+    hdr(&mem).head.0.store(ok, Ordering::Relaxed);
+    let mut rx = Consumer::attach(mem.clone(), 0).expect("the largest position attaches");
+    let mut tx = Producer::attach(mem.clone(), 0, None).expect("the largest position attaches");
+    tx.try_push(FlowId(1), Kind::Data, 0, b"far").unwrap();
+    assert_eq!(rx.peek().unwrap().map(|f| f.payload), Some(&b"far"[..]));
+}
+
 #[test]
 fn attach_rejects_unaligned_positions() {
     let mem = Arc::new(HeapMemory::new_ring(CAP, MAXP, Direction::ToMd));
