@@ -166,9 +166,9 @@ pub struct RingHeader {
     pub proto_md: AtomicU32,
     _pad2: [u32; 10],
     /// Producer-written only. Monotonic byte position one past the last frame of the last
-    /// flush (frames stamped since may lie beyond it). Not the consumer's signal for data (the
-    /// stamps are): statistics, viewstats, a producer's re-attach, the consumer's pre-sleep
-    /// corruption check.
+    /// flush (frames stamped since may lie beyond it). Frames are found by their stamps; this
+    /// serves statistics, viewstats, a producer's re-attach, the consumer's pre-sleep corruption
+    /// check, and the consumer's hint whether the last flush reaches its position.
     pub tail: Line<AtomicU64>,
     /// Consumer-written only. Monotonic byte position of the next frame to read.
     pub head: Line<AtomicU64>,

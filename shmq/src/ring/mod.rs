@@ -18,10 +18,14 @@
 //! plus one ([`crate::frame`]). The producer writes the rest of the header and the payload, then
 //! stores the stamp with Release ([`commit_stamp`]); the consumer polls the stamp word at its own
 //! position with Acquire ([`is_stamped`]) and takes the frame when it equals `position + 1`. So a
-//! frame becomes visible to the consumer at [`Reservation::commit`] / [`Producer::try_push`],
-//! not at [`Producer::flush`], and the one cache line the consumer polls is the line that
-//! carries the frame: one line transfer per small frame instead of two (a `tail` line, then
-//! the frame's line).
+//! frame becomes visible to a consumer that has caught up with the producer's last flush at
+//! [`Reservation::commit`] / [`Producer::try_push`], not at [`Producer::flush`], and the one
+//! cache line the consumer polls is the line that carries the frame: one line transfer per
+//! small frame instead of two (a `tail` line, then the frame's line). Once the consumer has
+//! taken a frame of a batch that is not flushed yet (it is past the flushed `tail`), the rest of
+//! that batch becomes visible at its flush: a consumer that keeps up with a streaming producer
+//! would otherwise poll the very line the producer is writing and steal it at every poll
+//! (measured: 64 B streaming fell to ~0.36x the C ring; docs/BENCHMARKS.md, "Ring layout 3").
 //!
 //! **Clear-ahead.** Before it stores a frame's stamp, the producer stores 0 into the stamp word
 //! of the *next* header position (the frame's end, or the next lap's start when fewer than
@@ -35,14 +39,13 @@
 //! that invariant.
 //!
 //! **`tail`** is still published by [`Producer::flush`] (a compare-and-swap, issue 14 finding 7)
-//! once per batch, for depth statistics, viewstats and a producer's re-attach. It is never the
-//! signal for data; a spinning consumer looks at it only while it is ahead of it (the producer is
-//! mid-batch), so that it does not poll the very line a streaming producer is writing
-//! ([`Consumer::spin`]).
-//! A producer that attaches continues after the last stamped frame (it walks the stamps forward
+//! once per batch, for depth statistics, viewstats and a producer's re-attach, and as the
+//! consumer's hint above (does the last flush reach my position?), which it reloads only once it
+//! has passed the cached value. It never tells the consumer what a frame is or where it ends:
+//! the stamps do. A producer that attaches continues after the last stamped frame (it walks the stamps forward
 //! from `max(head, tail)`), so frames stamped but never flushed by a predecessor are neither lost
-//! nor overwritten. The consumer reads `tail` only before it sleeps, as a corruption check (a
-//! published tail past a position whose stamp is missing is a trampled ring).
+//! nor overwritten. Before it sleeps the consumer also checks `tail` for corruption (a published
+//! tail past a position whose stamp is missing is a trampled ring).
 //!
 //! The consumer publishes `head` in [`Consumer::publish`] (and automatically every eighth of the
 //! ring, so a long batch cannot starve the producer of space, and whenever [`Consumer::peek`]

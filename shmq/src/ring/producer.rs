@@ -217,8 +217,9 @@ impl Producer {
         Ok(Reservation { p: self, skip, max })
     }
 
-    /// Copies one frame into the ring. Visible to the consumer at once (its stamp); call
-    /// [`Self::flush`] once per batch to publish `tail` and ring a sleeping consumer.
+    /// Copies one frame into the ring. Visible at once (its stamp) to a consumer caught up with
+    /// the last flush, else at the next flush; call [`Self::flush`] once per batch to publish
+    /// `tail` and ring a sleeping consumer.
     #[inline]
     pub fn try_push(
         &mut self,
@@ -282,8 +283,9 @@ impl Producer {
     }
 
     /// Publishes `tail` past every committed frame (one compare-and-swap) and rings the
-    /// consumer's doorbell if it is armed. Returns true if it rang. Call once per batch: the
-    /// consumer already sees each frame from its commit, but only a flush wakes a sleeping one.
+    /// consumer's doorbell if it is armed. Returns true if it rang. Call once per batch: a
+    /// consumer caught up with the last flush sees a frame from its commit, one that already took
+    /// frames of this batch sees the rest now, and only a flush wakes a sleeping one.
     ///
     /// A producer whose ring was reset since it attached (`generation` moved on) stores nothing:
     /// its `tail` belongs to the old generation (issue 14, finding 7). The generation check is
@@ -389,8 +391,8 @@ impl Reservation<'_> {
         unsafe { core::slice::from_raw_parts_mut(self.p.r.data.add(off), self.max) }
     }
 
-    /// Commits the first `len` bytes of [`Self::buf`] as one frame: stamps it, so the consumer
-    /// sees it from now on.
+    /// Commits the first `len` bytes of [`Self::buf`] as one frame: stamps it (visible from now
+    /// on to a consumer caught up with the last flush; see [`Producer::try_push`]).
     pub fn commit(
         self,
         len: usize,
