@@ -361,3 +361,28 @@ fn generation_base_is_past_every_old_position() {
     assert_eq!(generation_base(u64::MAX - 7, 0, CAP), 0, "hostile: restart at 0");
     assert_eq!(generation_base(0, 0, 1 << 63), 0, "damaged capacity: no overflow");
 }
+
+/// A producer left over from generation 1 that has not flushed since the reset (so it does not
+/// know yet) writes a frame at its old position, which is the same offset as generation 2's
+/// first frame: it overwrites that frame's stamp with its own (an old position + 1, which no
+/// consumer of generation 2 takes). The new consumer does not stall in front of it forever: the
+/// flushed `tail` of generation 2 is past it with no stamp there, which it reports as `Corrupt`
+/// before it sleeps (and the pair is reset again).
+#[test]
+fn a_stale_producer_trampling_a_new_frame_is_found_before_sleeping() {
+    let (mem, mut stale, _rx) = ring(Direction::ToMd);
+    reset(&*mem, 0, 2).unwrap();
+    let mut tx = Producer::attach(mem.clone(), 0, None).unwrap();
+    let mut rx = Consumer::attach(mem.clone(), 0).unwrap();
+    tx.try_push(FlowId(1), Kind::Data, 0, b"new").unwrap();
+    tx.flush();
+    stale.try_push(FlowId(9), Kind::Data, 0, b"old").unwrap(); // position 0: data offset 0
+    assert_eq!(rx.peek().unwrap().map(|f| f.flowid), None, "the stale stamp is not taken");
+    let (bell, _w) = pipe_bells();
+    assert!(!rx.prepare_sleep(&bell), "no sleep in front of a trampled frame");
+    let base = generation_base(0, 0, CAP);
+    let what = Corruption::Positions { head: base, tail: base + 32 };
+    assert_eq!(rx.corruption(), Some(RingError::Corrupt { at: base, what }));
+    assert!(!stale.flush(), "the stale producer's publish fails");
+    assert_eq!(stale.reserve(1).err(), Some(PushError::Corrupt), "and it writes no more");
+}
