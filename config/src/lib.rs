@@ -142,7 +142,7 @@ pub struct Shared {
     /// Which kind of shared memory segments to use. Default [`ShmBackend::Posix`].
     pub shm_backend: ShmBackend,
     /// Bytes in each ring's data area: a power of two, 4KiB..=4GiB, and at least
-    /// `2 * (max_message rounded up to 8 + 16)` so two largest frames fit. Default 1MiB.
+    /// `2 * (max_message rounded up to 8 + 24)` so two largest frames fit. Default 1MiB.
     #[serde(
         deserialize_with = "units::deserialize_size",
         serialize_with = "units::serialize_size"

@@ -12,10 +12,10 @@ use crate::{
     MIN_MAX_BUFFERED, MIN_MAX_MESSAGE, default_framing,
 };
 
-/// Bytes a frame adds to its payload, and its alignment. Mirrors the shmq frame header (16
-/// bytes, 8-aligned) so a bad combination is reported with its key here rather than by
+/// Bytes a frame adds to its payload, and its alignment. Mirrors the shmq frame header (24
+/// bytes since ring layout 3: a commit stamp, then len, kind, flags, flowid; 8-aligned) so a bad combination is reported with its key here rather than by
 /// `shmq` at segment creation; shmq's own check stays authoritative.
-const FRAME_HEADER: u64 = 16;
+const FRAME_HEADER: u64 = 24;
 const FRAME_ALIGN: u64 = 8;
 
 const MIN_QUEUE: u64 = 4 << 10;
@@ -511,7 +511,7 @@ mod tests {
     fn accepted_edges() {
         let mut cfg = Config::default();
         cfg.shared.queue_size = 4 << 10;
-        cfg.shared.max_message = 2048 - 16;
+        cfg.shared.max_message = 2048 - FRAME_HEADER;
         cfg.md.dumb.stream_chunk = 1024;
         cfg.io_conn.spin = Duration::ZERO;
         cfg.io_conn.idle_timeout = Duration::ZERO;

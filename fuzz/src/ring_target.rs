@@ -6,15 +6,18 @@ use super::*;
 /// Fuzz target: a consumer reading a ring that a hostile producer writes.
 ///
 /// Input: geometry (capacity 256 << (b % 5), max payload), then a script of one-byte opcodes
-/// with operands: honest push (+ flush), write bytes into the data area, store `tail` (relative
-/// to the consumer's published head or raw), store `head`, re-attach, peek(+release), drain,
-/// publish.
+/// with operands: honest push (+ flush), write bytes into the data area, forge a stamped header
+/// (its stamp right for its position or off by some steps), store `tail` (relative to the
+/// consumer's published head or raw), store `head`, re-attach, peek(+release), drain, publish.
+/// Frames are visible from their commit (layout 3: commit stamps) to a consumer caught up with
+/// the last flush, the rest of a batch at its flush, so an honest run must read back every
+/// committed frame in order, and every one once flushed.
 pub fn ring(data: &[u8]) {
     let mut b = Bytes::new(data);
     let g = b.u8();
     let capacity = 256u64 << (g % 5);
-    // frame_size(max_payload) <= capacity / 2.
-    let max_payload = (b.u16() as u64 % (capacity / 2 - 15)).max(1);
+    // frame_size(max_payload) <= capacity / 2 (a 24-byte header).
+    let max_payload = (b.u16() as u64 % (capacity / 2 - 23)).max(1);
     let mem = Arc::new(HeapMemory::new_ring(capacity, max_payload, Direction::ToMd));
     let data_lo = mem.as_ptr() as usize + RING_HEADER_SIZE;
     let data_hi = data_lo + capacity as usize;
@@ -23,9 +26,8 @@ pub fn ring(data: &[u8]) {
 
     let mut tx = Producer::attach(shared.clone(), 0, None).expect("fresh ring");
     let mut rx = Some(Consumer::attach(shared.clone(), 0).expect("fresh ring"));
-    // What an honest run must read back, in order (flushed frames only).
+    // What an honest run must read back, in order (every committed frame).
     let mut expected: std::collections::VecDeque<Vec<u8>> = Default::default();
-    let mut unflushed: Vec<Vec<u8>> = Vec::new();
     let mut hostile = false;
     let mut seq = 0u64;
 
@@ -50,21 +52,18 @@ pub fn ring(data: &[u8]) {
                 let payload: Vec<u8> =
                     (0..len).map(|i| (seq as u8).wrapping_add(i as u8)).collect();
                 match tx.try_push(FlowId::new(1, seq as u32), Kind::Data, 0, &payload) {
-                    Ok(()) => unflushed.push(payload),
-                    // A full ring flushes what was committed, so the consumer can see it.
-                    Err(PushError::Full) => expected.extend(unflushed.drain(..)),
+                    Ok(()) => expected.push_back(payload),
+                    Err(PushError::Full) => {}
                     // A hostile head (op 5) is caught by the producer's own checks.
                     Err(PushError::Corrupt) => assert!(hostile, "honest ring called corrupt"),
                     Err(e) => panic!("{len} <= max_payload {max_payload} refused: {e:?}"),
                 }
                 if op & 0x80 != 0 {
                     tx.flush();
-                    expected.extend(unflushed.drain(..));
                 }
             }
             1 => {
                 tx.flush();
-                expected.extend(unflushed.drain(..));
             }
             2 => {
                 // Hostile: arbitrary bytes anywhere in the data area.
@@ -75,15 +74,22 @@ pub fn ring(data: &[u8]) {
                 hostile = true;
             }
             3 => {
-                // Hostile: a frame header at an aligned offset.
-                let off = (b.u16() as usize % capacity as usize) & !7;
+                // Hostile: a stamped frame header at an aligned position near the consumer's
+                // (whose stamp is right for that position unless 0x80 says otherwise), so the
+                // consumer really validates it.
+                let head = rx.as_ref().map_or(0, |c| c.header().head.0.load(Ordering::Relaxed));
+                let pos = (head & !7).wrapping_add(8 * (b.u16() as u64 % (capacity / 8)));
+                let off = (pos % capacity) as usize;
                 let len = b.u16() as u32 % (max_payload as u32 * 2 + 32);
                 let kind = b.u8() as u16 % 16;
-                let mut h = [0u8; 16];
-                h[..4].copy_from_slice(&len.to_le_bytes());
-                h[4..6].copy_from_slice(&kind.to_le_bytes());
-                h[8..].copy_from_slice(&b.u64().to_le_bytes());
-                poke(&mem, RING_HEADER_SIZE + off, &h);
+                let stamp = if op & 0x80 != 0 { b.u64() } else { pos.wrapping_add(1) };
+                let mut h = [0u8; 24];
+                h[..8].copy_from_slice(&stamp.to_le_bytes());
+                h[8..12].copy_from_slice(&len.to_le_bytes());
+                h[12..14].copy_from_slice(&kind.to_le_bytes());
+                h[16..].copy_from_slice(&b.u64().to_le_bytes());
+                let n = h.len().min(capacity as usize - off);
+                poke(&mem, RING_HEADER_SIZE + off, &h[..n]);
                 hostile = true;
             }
             4 => {
@@ -116,6 +122,7 @@ pub fn ring(data: &[u8]) {
             6 => {
                 if let Some(c) = rx.as_mut() {
                     let release = op & 0x80 == 0;
+                    let mut recheck = false;
                     match c.peek() {
                         Ok(Some(f)) => {
                             check(f.payload);
@@ -127,10 +134,14 @@ pub fn ring(data: &[u8]) {
                                 c.release();
                             }
                         }
-                        Ok(None) => {
-                            assert!(hostile || expected.is_empty(), "flushed frames not seen")
-                        }
+                        // A consumer that took frames of a batch not flushed yet sees the rest
+                        // of it at its flush: flush, then it must see one.
+                        Ok(None) => recheck = !hostile && !expected.is_empty(),
                         Err(e) => assert!(hostile, "corruption without a hostile write: {e:?}"),
+                    }
+                    if recheck {
+                        tx.flush();
+                        assert!(c.has_data(), "committed and flushed frames not seen");
                     }
                 }
             }

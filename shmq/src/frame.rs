@@ -1,22 +1,27 @@
-//! The frame format: a 16-byte header, then the payload, padded to 8 bytes.
+//! The frame format: a 24-byte header (commit stamp first), then the payload, padded to 8 bytes.
 //!
 //! Every message in a ring is one frame. Both processes build and read frames through this module
 //! only, so the format is defined once.
 //!
 //! ```text
-//!  0        4      6       8                16                 16+len   align8
-//!  | len u32 | kind | flags | flowid u64     | payload (len B)  | pad    |
+//!  0            8        12     14      16               24                 24+len   align8
+//!  | stamp u64  | len u32 | kind | flags | flowid u64     | payload (len B)  | pad    |
 //! ```
 //!
+//! * `stamp` is the frame's **commit word**: its monotonic byte position plus one (never 0). The
+//!   producer stores it last, with Release, after the rest of the header and the payload; the
+//!   consumer polls the stamp at its own position (Acquire) and takes the frame only when it is
+//!   exactly `position + 1`. One cache line carries both "ready" and the data (issue 15, part 2;
+//!   `shmq::ring`, "Commit stamps").
 //! * `len` is the **payload** length in bytes (the header is not included).
 //! * Frames start at 8-byte aligned positions. 8, not 16: the header's widest field is a `u64`,
 //!   so 8 keeps every field naturally aligned, and 16 would waste up to 8 more bytes on the small
-//!   line messages (`PING\n`) that dominate. The cost is one more wrap case, below.
+//!   line messages (`PING\n`) that dominate. The cost is more wrap cases, below.
 //! * **Wrap rule.** A frame never splits across the end of the data area. At a position whose
-//!   remainder to the end (`rem`) is smaller than a header (only `rem == 8` is possible), both
-//!   sides skip to the start implicitly, without any record. Otherwise, if the frame does not fit
-//!   in `rem`, the producer writes a [`Kind::Pad`] record whose `len` is exactly `rem - 16`, and
-//!   the consumer skips it.
+//!   remainder to the end (`rem`) is smaller than a header (`rem` 8 or 16), both sides skip to
+//!   the start implicitly, without any record. Otherwise, if the frame does not fit in `rem`, the
+//!   producer writes a (stamped) [`Kind::Pad`] record whose `len` is exactly `rem - 24`, and the
+//!   consumer skips it.
 //! * `flowid` names the client connection: the low 32 bits a slot index, the high 32 bits the
 //!   slot's generation ([`FlowId`]), so a reply for a closed connection never reaches a new one.
 //!
@@ -54,8 +59,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::layout::Direction;
 
-/// Bytes in a frame header.
-pub const HEADER_SIZE: usize = 16;
+/// Bytes in a frame header (the stamp included).
+pub const HEADER_SIZE: usize = 24;
+/// Bytes of the stamp, the first word of every header.
+pub const STAMP_SIZE: usize = 8;
 /// Frames start at multiples of this.
 pub const ALIGN: usize = 8;
 /// Smallest data area a ring may have.
@@ -113,7 +120,7 @@ pub mod flags {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Kind {
-    /// Filler to the end of the data area (never returned to callers).
+    /// Filler to the end of the data area, stamped like a frame (never returned to callers).
     Pad = 1,
     /// io → md: a new flow. Payload: [`OpenInfo`].
     Open = 2,
@@ -198,9 +205,24 @@ impl Kind {
 }
 
 /// A frame header as stored in the ring (little-endian host; shmsrv runs on one host).
+///
+/// Documents the ABI; the ring never reads or writes it as one value: the producer writes the
+/// [`FrameMeta`] at `STAMP_SIZE` and then stores the stamp atomically, the consumer loads the
+/// stamp atomically and then copies the [`FrameMeta`] once.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The commit word: the frame's byte position + 1, stored last (Release).
+    pub stamp: u64,
+    /// The rest of the header.
+    pub meta: FrameMeta,
+}
+
+/// The header without its stamp: what the producer writes before the stamp, and what the
+/// consumer copies (once, volatile) after it saw the stamp.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameMeta {
     /// Payload length in bytes.
     pub len: u32,
     /// A [`Kind`] value.
@@ -213,8 +235,15 @@ pub struct FrameHeader {
 
 #[cfg(not(loom))]
 const _: () = {
+    use core::mem::offset_of;
     assert!(size_of::<FrameHeader>() == HEADER_SIZE);
-    assert!(core::mem::offset_of!(FrameHeader, flowid) == 8);
+    assert!(size_of::<FrameMeta>() == HEADER_SIZE - STAMP_SIZE);
+    assert!(offset_of!(FrameHeader, stamp) == 0);
+    assert!(offset_of!(FrameHeader, meta) == STAMP_SIZE);
+    assert!(offset_of!(FrameMeta, len) == 0);
+    assert!(offset_of!(FrameMeta, kind) == 4);
+    assert!(offset_of!(FrameMeta, flags) == 6);
+    assert!(offset_of!(FrameMeta, flowid) == 8);
 };
 
 /// A flow identifier: slot index (low 32 bits) and slot generation (high 32 bits).
@@ -441,11 +470,11 @@ mod tests {
 
     #[test]
     fn frame_size_rounds_to_eight() {
-        assert_eq!(frame_size(0), 16);
-        assert_eq!(frame_size(1), 24);
-        assert_eq!(frame_size(8), 24);
-        assert_eq!(frame_size(9), 32);
-        assert_eq!(frame_size(64), 80);
+        assert_eq!(frame_size(0), 24);
+        assert_eq!(frame_size(1), 32);
+        assert_eq!(frame_size(8), 32);
+        assert_eq!(frame_size(9), 40);
+        assert_eq!(frame_size(64), 88);
     }
 
     #[test]

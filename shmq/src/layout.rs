@@ -12,12 +12,12 @@
 //! |---|---|---|
 //! | 0 | identity and geometry ([`RingHeader::magic`] … [`RingHeader::ready`]) | creator |
 //! | 72 | [`RingHeader::holder`]: which md holds the pair (in the `in` ring only) | md claims (CAS from 0), io_conn releases on reset |
-//! | 128 | `tail` | producer |
+//! | 128 | `tail` (published per batch; not the data signal: frames carry commit stamps) | producer |
 //! | 256 | `head` | consumer |
 //! | 384 | `armed` | consumer sets, producer clears |
 //! | 512 | [`ProducerCounters`] | producer |
 //! | 640 | [`ConsumerCounters`] | consumer |
-//! | 768 | data area, `capacity` bytes | producer writes frames, consumer reads them |
+//! | 768 | data area, `capacity` bytes | producer writes and stamps frames, consumer reads them |
 //!
 //! Any change here bumps [`LAYOUT_VERSION`].
 
@@ -26,7 +26,10 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMQRING"`: lets `attach` reject foreign segments early.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// Bump on any change to [`RingHeader`], the counters or the frame format.
-pub const LAYOUT_VERSION: u32 = 2;
+///
+/// 3: frames carry a commit stamp (a 24-byte header, `shmq::frame`) and become visible at
+/// commit; clear-ahead of the next stamp word (issue 15, part 2).
+pub const LAYOUT_VERSION: u32 = 3;
 /// The io_conn ↔ md frame protocol (frame kinds, flags, payload layouts, the HELLO/LEAVE
 /// exchange): bump it on any change an md or io_conn of another build would misparse, even when
 /// the header layout stays. io_conn writes its version into the pair, md checks it before it
@@ -162,7 +165,10 @@ pub struct RingHeader {
     /// while it releases a dead holder's claim. 0: an md from before versions.
     pub proto_md: AtomicU32,
     _pad2: [u32; 10],
-    /// Producer-written only. Monotonic byte position one past the last committed frame.
+    /// Producer-written only. Monotonic byte position one past the last frame of the last
+    /// flush (frames stamped since may lie beyond it). Frames are found by their stamps; this
+    /// serves statistics, viewstats, a producer's re-attach, the consumer's pre-sleep corruption
+    /// check, and the consumer's hint whether the last flush reaches its position.
     pub tail: Line<AtomicU64>,
     /// Consumer-written only. Monotonic byte position of the next frame to read.
     pub head: Line<AtomicU64>,

@@ -9,7 +9,8 @@
 //!   doorbell and sleeps in `poll(2)` on the FIFO: a 10 s timeout there is not a timing
 //!   assertion but a lost-wake-up detector (the producer never stops for that long unless it
 //!   finished, and then the consumer is not asleep).
-//! * `consumer_*` (proptest): arbitrary data-area bytes and positions give only `Ok` frames that
+//! * `consumer_*` (proptest): arbitrary data-area bytes, stamps planted at arbitrary positions
+//!   (right for their position or not) and arbitrary positions give only `Ok` frames that
 //!   satisfy every header rule, `Ok(None)`, or `Corrupt`; never a panic, an out-of-bounds read
 //!   or an endless loop.
 //!
@@ -264,15 +265,16 @@ fn two_threads_4k_ring_doorbell() {
 
 #[test]
 fn two_threads_smallest_ring_every_offset() {
-    // 256 bytes, max payload 112 (frame 128 = half the ring): wraps every few frames, through
-    // every offset, the implicit 8-byte wrap and padding records of every length.
-    two_threads("256", 256, 112, frame_count(1_000_000));
+    // 256 bytes, max payload 104 (frame 128 = half the ring): wraps every few frames, through
+    // every offset, the implicit 8- and 16-byte wraps and padding records of every length.
+    two_threads("256", 256, 104, frame_count(1_000_000));
 }
 
 // ------------------------------------------------------------------------- arbitrary bytes
 
 const CAP: u64 = 256;
-const MAXP: u64 = 112;
+const MAXP: u64 = 104;
+const HDR: u64 = shmq::frame::HEADER_SIZE as u64;
 
 /// Writes `bytes` over the data area of the ring in `mem` from offset 0.
 fn write_data(mem: &HeapMemory, bytes: &[u8]) {
@@ -293,8 +295,9 @@ fn write_data(mem: &HeapMemory, bytes: &[u8]) {
 /// against the header rules. Returns the number of frames. Fails on a panic (propagates) or
 /// if it would loop beyond what the positions allow.
 fn drain_checked(rx: &mut Consumer, dir: Direction) -> Result<usize, RingError> {
-    // Every frame occupies at least 16 bytes of the at most CAP published ones.
-    let bound = CAP as usize / 16 + 1;
+    // Every frame occupies at least 24 bytes, and a stamp only matches one position: at most
+    // one lap's worth of frames.
+    let bound = CAP as usize / 24 + 1;
     for n in 0..=bound {
         match rx.peek() {
             Ok(Some(f)) => {
@@ -329,13 +332,15 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Arbitrary bytes in the data area, an arbitrary start position and an arbitrary published
-    /// tail (aligned or not, behind, ahead, absurd): only Ok frames that obey the rules, then
-    /// Ok(None) or Corrupt.
+    /// Arbitrary bytes in the data area, stamps planted at arbitrary aligned positions past the
+    /// start (right for their position, or for another lap), an arbitrary start position and an
+    /// arbitrary published tail (aligned or not, behind, ahead, absurd): only Ok frames that
+    /// obey the rules, then Ok(None) or Corrupt.
     #[test]
     fn consumer_arbitrary_data_and_tail(
         data in proptest::collection::vec(any::<u8>(), CAP as usize),
         start in 0u64..1024,
+        stamps in proptest::collection::vec((0u64..CAP / 8, prop_oneof![3 => Just(0u64), 1 => Just(CAP)]), 0..12),
         tail_delta in prop_oneof![0u64..=CAP + 16, any::<u64>()],
         to_md in any::<bool>(),
     ) {
@@ -347,8 +352,19 @@ proptest! {
         rx0.header().head.0.store(start, Ordering::Relaxed);
         drop(rx0);
         let mut rx = Consumer::attach(mem.clone(), 0).expect("attach at start");
-        write_data(&mem, &data);
+        let mut w = data.clone();
+        for &(slot, lap) in &stamps {
+            let pos = start + 8 * slot;
+            let off = (pos & (CAP - 1)) as usize;
+            w[off..off + 8].copy_from_slice(&(pos + lap + 1).to_le_bytes());
+        }
+        write_data(&mem, &w);
         rx.header().tail.0.store(start.wrapping_add(tail_delta), Ordering::Release);
+        let _ = drain_checked(&mut rx, dir);
+        let (r, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).expect("pipe");
+        let bell = shmq::Doorbell::from_fd(r);
+        drop(wr);
+        let _ = rx.prepare_sleep(&bell);
         let _ = drain_checked(&mut rx, dir);
     }
 
@@ -380,16 +396,21 @@ proptest! {
             if tx.try_push(FlowId(i as u64), Kind::Data, 0, &p).is_err() {
                 break;
             }
-            if rem >= 16 && need > rem {
+            if rem >= HDR && need > rem {
                 headers.push((pos & (CAP - 1)) as usize);
             }
-            let at = if rem == 8 || need > rem { pos + rem } else { pos };
+            let at = if rem < HDR || need > rem { pos + rem } else { pos };
             headers.push((at & (CAP - 1)) as usize);
             pos = at + need;
             pushed += 1;
         }
         tx.flush();
-        let hit_header = flips.iter().any(|&(o, _)| headers.iter().any(|&h| o >= h && o < h + 16));
+        // The cleared stamp word of the next header position counts as a header: a flip there
+        // can forge a stamp (a single byte can spell a small position + 1).
+        let rem = CAP - (pos & (CAP - 1));
+        let next = if rem < HDR { pos + rem } else { pos };
+        headers.push((next & (CAP - 1)) as usize);
+        let hit_header = flips.iter().any(|&(o, _)| headers.iter().any(|&h| o >= h && o < h + HDR as usize));
         for &(o, b) in &flips {
             // SAFETY: `o` is below CAP, so inside the data area of `mem`; single-threaded.
             unsafe { *mem.as_ptr().add(RING_HEADER_SIZE + o) = b };

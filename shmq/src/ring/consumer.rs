@@ -3,34 +3,44 @@
 //! Ownership, untrusted bytes and doorbell handshake are described in the
 //! [parent module](super).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::producer::positions_plausible;
 use super::{
     Attached, Corruption, Memory, Published, RingAttachError, RingError, arm_and_recheck,
-    publish_head,
+    is_stamped, publish_head,
 };
 use crate::doorbell::Doorbell;
-use crate::frame::{FlowId, Frame, FrameHeader, HEADER_SIZE, Kind, frame_size};
+use crate::frame::{FlowId, Frame, FrameMeta, HEADER_SIZE, Kind, STAMP_SIZE, frame_size};
 use crate::layout::RingHeader;
 use crate::sync::{Ordering, prefetch_read, spin_hint};
 
-/// Bytes of a new batch whose lines the consumer prefetches when it sees a new `tail`: two
-/// 128-byte line pairs, enough for the header and payload of a small frame.
+/// Pause instructions between two polls of [`Consumer::spin`] (about 13 ns each on the build
+/// machines): a poll that comes less often steals the polled line from a producer writing it
+/// less often (issue 15, docs/BENCHMARKS.md "Ring layout 3").
+const SPIN_GAP: u32 = 4;
+
+/// Bytes of a frame past its first line that the consumer prefetches once it has the frame's
+/// length: the payload lines of a small frame.
 const PREFETCH_BYTES: u64 = 256;
 
 /// The consuming side of a ring. Exactly one per ring; not `Clone`.
 #[derive(Debug)]
 pub struct Consumer {
     r: Attached,
-    /// Local: position of the next frame to read. `pub(super)` (with `cached_tail` and
-    /// `pending`) for the unit tests, which check where a peeked frame lies.
+    /// Local: position of the next frame to read. `pub(super)` (with `pending`) for the unit
+    /// tests, which check where a peeked frame lies.
     pub(super) head: u64,
     /// Local: the last value stored to the shared `head`.
     published: u64,
-    /// Local cache of the producer's `tail`. Only ever a value validated against this
-    /// consumer's own positions: `head <= cached_tail <= head + capacity`, a multiple of 8.
-    pub(super) cached_tail: u64,
+    /// Local: the producer's flushed `tail` as last loaded. A hint, never trusted for bounds:
+    /// while it is at or past `head` the consumer takes frames by their stamps; once `head` has
+    /// passed it (we took frames of a batch not flushed yet) it is reloaded, and the rest of the
+    /// batch waits for its flush ([`Self::caught_up`]). A `Cell` so that `has_data(&self)` can
+    /// refresh it.
+    flushed: Cell<u64>,
     /// Bytes (skip + frame) the peeked frame occupies; 0 when nothing is peeked.
     pub(super) pending: u64,
     /// Payload bytes of the peeked frame.
@@ -56,11 +66,11 @@ impl Consumer {
         let r = Attached::new(mem, offset)?;
         let h = r.hdr();
         // Relaxed for our own `head` (we continue where a previous consumer of this generation
-        // stopped); Acquire for the producer's tail (pairs with its Release store).
+        // stopped) and for the producer's tail (only checked for plausibility; frames are found
+        // by their stamps).
         let head = h.head.0.load(Ordering::Relaxed);
-        let tail = h.tail.0.load(Ordering::Acquire);
-        if !head.is_multiple_of(8) || !tail.is_multiple_of(8) || head > tail || tail - head > r.cap
-        {
+        let tail = h.tail.0.load(Ordering::Relaxed);
+        if !positions_plausible(head, tail, r.cap) {
             return Err(RingAttachError::BadGeometry);
         }
         // Relaxed: only this consumer writes its counters line.
@@ -78,7 +88,7 @@ impl Consumer {
             r,
             head,
             published: head,
-            cached_tail: tail,
+            flushed: Cell::new(tail),
             pending: 0,
             pending_bytes: 0,
             corrupt: None,
@@ -141,94 +151,104 @@ impl Consumer {
         e
     }
 
-    /// True if a frame is waiting (refreshes the cached tail when it must).
-    /// A peeked but unreleased frame counts; so may trailing padding (peek then returns None).
+    /// True if a frame is waiting: the producer's last flush covers our position and the stamp
+    /// at it is there (in the common case one load, of the line the frame is in). A peeked but
+    /// unreleased frame counts; so may a lone padding record (peek then returns None).
+    #[inline]
     pub fn has_data(&self) -> bool {
-        if self.head != self.cached_tail {
+        if self.pending != 0 {
             return true;
         }
-        // Acquire pairs with the producer's Release store of `tail`.
-        self.r.hdr().tail.0.load(Ordering::Acquire) != self.head
+        let pos = self.r.header_pos(self.head);
+        self.caught_up() && is_stamped(self.r.word(pos), pos)
     }
 
-    /// Borrows the next frame in place, or `None` if the ring is empty. Call [`Self::release`]
-    /// when done with it; peeking again without releasing returns the same frame.
+    /// Whether the producer's last flush reaches our position, so that the frame there (if
+    /// stamped) is ours to take now. Loads `tail` only when the cached value is behind `head`.
     ///
-    /// The header is copied and validated; any impossible value returns [`RingError::Corrupt`]
-    /// (counted once in `consumer.corrupt`), and every later call returns the same error. The
-    /// payload is borrowed from the shared segment: see the module docs ("Untrusted bytes") for
-    /// why a misbehaving producer could change its bytes under the reader, and treat it as
-    /// untrusted input. Finding the ring empty publishes `head`.
+    /// This is what keeps a consumer off the line a streaming producer is writing (issue 15,
+    /// docs/BENCHMARKS.md "Ring layout 3"): taking frames the moment they are stamped, a
+    /// consumer that keeps up polls the line the producer is writing the next frame into and
+    /// steals it at every poll (measured: 64 B streaming at ~0.36x the C ring). So once the
+    /// consumer has passed the last flush (it took the first frame of a batch), the rest of the
+    /// batch becomes visible at its flush, and the consumer meanwhile reads `tail`'s line, which
+    /// the producer writes once per flush. A producer that commits one frame and flushes (a
+    /// round trip) is flushed up to the consumer by the time it waits again, so the round trip
+    /// keeps the one-transfer path (the stamp).
+    #[inline]
+    fn caught_up(&self) -> bool {
+        if self.flushed.get() >= self.head {
+            return true;
+        }
+        // Relaxed: a hint only; the stamps decide what a frame is (Acquire in `is_stamped`).
+        // Any value is harmless: a hostile one can only hide frames from us or show us
+        // stamps sooner, which are validated as always.
+        let t = self.r.hdr().tail.0.load(Ordering::Relaxed);
+        self.flushed.set(t);
+        t >= self.head
+    }
+
+    /// Borrows the next frame in place, or `None` if nothing is committed at our position. Call
+    /// [`Self::release`] when done with it; peeking again without releasing returns the same
+    /// frame.
+    ///
+    /// The stamp is loaded (Acquire), the rest of the header copied once and validated; any
+    /// impossible value returns [`RingError::Corrupt`] (counted once in `consumer.corrupt`), and
+    /// every later call returns the same error. The payload is borrowed from the shared segment:
+    /// see the module docs ("Untrusted bytes") for why a misbehaving producer could change its
+    /// bytes under the reader, and treat it as untrusted input. Finding the ring empty publishes
+    /// `head`.
     pub fn peek(&mut self) -> Result<Option<Frame<'_>>, RingError> {
         if let Some(e) = self.corrupt {
             return Err(e);
         }
         let cap = self.r.cap;
         let mask = self.r.mask;
-        let mut pos = self.head;
+        // `from`: where the next frame (or padding) starts, implicit wrap not applied; `pos`: its
+        // header. At most two rounds: a padding record leads to the start of the data area,
+        // where none can follow (a padding record there is corrupt).
+        let mut from = self.head;
         loop {
-            if pos == self.cached_tail {
-                // Acquire pairs with the producer's Release store of `tail`: the frame bytes
-                // below the new tail are visible.
-                let t = self.r.hdr().tail.0.load(Ordering::Acquire);
-                // Checked against `pos` (where we stand, possibly past padding), not `head`: a
-                // tail between the two moved backwards, and `t - pos` below would underflow.
-                // `pos >= head`, so `t - head` cannot underflow once `t >= pos` holds.
-                if t < pos || t - self.head > cap || !t.is_multiple_of(8) {
-                    return Err(self.fail(pos, Corruption::Positions { head: pos, tail: t }));
-                }
-                self.cached_tail = t;
-                if t != pos {
-                    self.prefetch(pos, t);
-                }
-                if pos == t {
-                    // Only padding (or nothing) was left: consume it now, no frame to release.
-                    self.head = pos;
-                    self.pending = 0;
-                    // Caught up: hand every consumed byte back now (one store, and only when
-                    // `head` moved), so a consumer that polls or spins between batches never
-                    // holds back space a full producer is waiting for.
-                    self.publish();
-                    return Ok(None);
-                }
+            let pos = self.r.header_pos(from);
+            if !(self.caught_up() && is_stamped(self.r.word(pos), pos)) {
+                // Nothing committed here yet. Padding we stepped over is consumed now (no frame
+                // to release). An implicit wrap is not: the producer's tail may stand before it,
+                // and our head never passes the producer's tail.
+                self.head = from;
+                self.pending = 0;
+                // Caught up: hand every consumed byte back now (one store, and only when
+                // `head` moved), so a consumer that polls or spins between batches never
+                // holds back space a full producer is waiting for.
+                self.publish();
+                return Ok(None);
             }
-            let avail = self.cached_tail - pos;
             let off = (pos & mask) as usize;
             let rem = cap - off as u64;
-            if rem < HEADER_SIZE as u64 {
-                if avail < rem {
-                    return Err(
-                        self.fail(pos, Corruption::Positions { head: pos, tail: self.cached_tail })
-                    );
-                }
-                pos += rem;
-                continue;
-            }
-            if avail < HEADER_SIZE as u64 {
-                return Err(
-                    self.fail(pos, Corruption::Positions { head: pos, tail: self.cached_tail })
-                );
-            }
-            // SAFETY: in bounds: off + 16 <= cap (rem >= 16). Aligned: off is a multiple of 8
-            // (positions advance by multiples of 8; tail alignment is checked above) and the
-            // data area is 128-aligned. Race-free: the bytes lie below the published tail (avail
-            // >= 16), which the producer will not touch again until we publish a head past them.
-            // A hostile producer could still write them: `read_volatile` copies the header once
-            // and everything below uses only the copy.
-            let fh: FrameHeader =
-                unsafe { core::ptr::read_volatile(self.r.data.add(off).cast::<FrameHeader>()) };
+            // SAFETY: in bounds: a header position has rem >= HEADER_SIZE, so off + 24 <= cap.
+            // Aligned: off is a multiple of 8 and the data area is 128-aligned. Race-free: the
+            // stamp we acquired says the producer wrote these bytes before it, and it will not
+            // touch them again until we publish a head past them. A hostile producer could still
+            // write them: `read_volatile` copies the header once and everything below uses only
+            // the copy.
+            let fh: FrameMeta = unsafe {
+                core::ptr::read_volatile(self.r.data.add(off + STAMP_SIZE).cast::<FrameMeta>())
+            };
             let Some(kind) = Kind::from_u16(fh.kind).filter(|k| k.allowed(self.r.direction)) else {
                 return Err(self.fail(pos, Corruption::Kind(fh.kind)));
             };
             if kind == Kind::Pad {
-                if fh.len as u64 + HEADER_SIZE as u64 != rem || avail < rem {
+                // A padding record reaches exactly to the end of the data area, and never sits at
+                // its start (no frame needs more than a whole lap).
+                if fh.len as u64 + HEADER_SIZE as u64 != rem || rem == cap {
                     return Err(self.fail(pos, Corruption::Pad(fh.len)));
                 }
-                pos += rem;
+                from = pos + rem;
                 continue;
             }
             let size = frame_size(fh.len as usize) as u64;
-            if fh.len as u64 > self.r.max_payload || size > rem || size > avail {
+            // Past the lap's end, or (after padding) further than a ring's worth from `head`:
+            // no honest producer reserves that.
+            if fh.len as u64 > self.r.max_payload || size > rem || pos + size - self.head > cap {
                 return Err(self.fail(pos, Corruption::Length(fh.len)));
             }
             if let Some(n) = kind.fixed_len() {
@@ -238,13 +258,14 @@ impl Consumer {
                     );
                 }
             }
+            self.prefetch(off as u64, size);
             self.pending = pos + size - self.head;
             self.pending_bytes = fh.len as u64;
-            // SAFETY: in bounds: off + 16 + len <= off + size <= cap (checked). Race-free: below
-            // the published tail, see the header read above (for an honest producer; a hostile
-            // one is the documented compromise, module docs "Untrusted bytes"). The slice lives
-            // no longer than the &mut self borrow, and `release` (which lets the producer reuse
-            // the bytes) needs &mut self, so the borrow ends first.
+            // SAFETY: in bounds: off + 24 + len <= off + size <= cap (checked). Race-free: the
+            // frame is stamped, see the header read above (for an honest producer; a hostile one
+            // is the documented compromise, module docs "Untrusted bytes"). The slice lives no
+            // longer than the &mut self borrow, and `release` (which lets the producer reuse the
+            // bytes) needs &mut self, so the borrow ends first.
             let payload = unsafe {
                 core::slice::from_raw_parts(self.r.data.add(off + HEADER_SIZE), fh.len as usize)
             };
@@ -252,15 +273,14 @@ impl Consumer {
         }
     }
 
-    /// Starts loading the lines of what was just published, from `pos` up to `tail` (at most
-    /// [`PREFETCH_BYTES`], and not past the end of the data area): the header and the payload
-    /// of the next frames then arrive together instead of one miss after the other (issue 15).
-    /// A hint only: nothing is read through it, so it adds no trust in the peer's bytes.
+    /// Starts loading the lines of a stamped frame past the line holding its stamp (at most
+    /// [`PREFETCH_BYTES`]): the payload's miss overlaps the header checks instead of following
+    /// them (issue 15). Only lines of the frame itself: never the next frame's, which the
+    /// producer may be writing. A hint only: nothing is read through it.
     #[inline]
-    fn prefetch(&self, pos: u64, tail: u64) {
-        let off = pos & self.r.mask;
-        let end = (off + (tail - pos).min(PREFETCH_BYTES)).min(self.r.cap);
-        let mut line = off & !63;
+    fn prefetch(&self, off: u64, size: u64) {
+        let end = off + size.min(PREFETCH_BYTES);
+        let mut line = (off | 63) + 1;
         while line < end {
             prefetch_read(self.r.data.wrapping_add(line as usize));
             line += 64;
@@ -355,7 +375,9 @@ impl Consumer {
                 if self.has_data() {
                     return true;
                 }
-                spin_hint();
+                for _ in 0..SPIN_GAP {
+                    spin_hint();
+                }
             }
             if start.elapsed() >= budget {
                 return self.has_data();
@@ -365,14 +387,25 @@ impl Consumer {
 
     /// Gets ready to sleep on `doorbell`: publishes, drains the FIFO, arms, fences and re-checks.
     /// Returns true if the caller may now block in epoll on the FIFO; false if data is waiting.
+    ///
+    /// Also the one place the consumer reads the producer's `tail` (once per sleep, off the hot
+    /// path): a flushed tail past our position while no stamp is there cannot happen with an
+    /// honest producer (it stamps before it flushes, and never writes a stamped frame's bytes
+    /// before we release it), so the ring was trampled (a hostile peer, or a producer of an older
+    /// generation writing its data area): the ring is reported `Corrupt` (see [`Self::peek`])
+    /// instead of sleeping forever in front of it. Returns false then.
     pub fn prepare_sleep(&mut self, doorbell: &Doorbell) -> bool {
         self.publish();
-        if self.has_data() {
+        if self.has_data() || self.corrupt.is_some() {
+            return false;
+        }
+        if self.tail_without_stamp() {
             return false;
         }
         // Drain first: a byte rung after the arm below must stay in the FIFO to wake us.
         let _ = doorbell.drain();
-        if arm_and_recheck(self.r.hdr(), self.head) {
+        let pos = self.r.header_pos(self.head);
+        if arm_and_recheck(self.r.hdr(), self.head, self.r.word(pos), pos) {
             self.sleeps += 1;
             self.counters_dirty = true;
             self.publish();
@@ -380,6 +413,24 @@ impl Consumer {
         } else {
             false
         }
+    }
+
+    /// The pre-sleep check of [`Self::prepare_sleep`]: true (and the ring marked corrupt) if the
+    /// published `tail` is past our position, or impossible, while nothing is stamped here.
+    fn tail_without_stamp(&mut self) -> bool {
+        // Acquire pairs with the producer's Release publish of `tail`: every stamp below the
+        // tail we see was stored before it, so it is visible to the stamp load below.
+        let t = self.r.hdr().tail.0.load(Ordering::Acquire);
+        if t <= self.head {
+            // Behind or at us: the consumer may legitimately be ahead of the last flush.
+            return false;
+        }
+        let pos = self.r.header_pos(self.head);
+        if t - self.head <= self.r.cap && t.is_multiple_of(8) && is_stamped(self.r.word(pos), pos) {
+            return false;
+        }
+        self.fail(self.head, Corruption::Positions { head: self.head, tail: t });
+        true
     }
 
     /// Counts one wake-up from the doorbell (call when epoll reports the FIFO readable).

@@ -32,14 +32,14 @@
 //!   release sees everything io_conn wrote before it, in particular `ready = 0`, so its re-check
 //!   of `ready`/`generation` after the claim cannot mistake the pair for its old generation. It
 //!   needs no Release of its own: the claim reaches io_conn before md's HELLO does, because md
-//!   publishes HELLO with the Release store of the `out` ring's tail, sequenced after the claim,
-//!   and io_conn reads HELLO after its Acquire load of that tail. The failure ordering is Relaxed:
+//!   publishes HELLO with the Release store of its commit stamp in the `out` ring, sequenced
+//!   after the claim, and io_conn reads HELLO after its Acquire load of that stamp. The failure ordering is Relaxed:
 //!   the value read is the whole message (the holder's identity); nothing else is read through it.
 //! * io_conn's release is `compare_exchange(dead, 0, Release, Relaxed)` inside the reset, after
 //!   `ready = 0` and before the Release store of `ready = 1` (see above for its partner). A
 //!   compare-and-swap, not a store: it can only clear the identity io_conn checked.
 //! * io_conn's reads of the word ([`holder`]: the HELLO check, the periodic dead-holder check)
-//!   are Relaxed: for HELLO the happens-before through the ring's tail makes the claim visible;
+//!   are Relaxed: for HELLO the happens-before through the frame's stamp makes the claim visible;
 //!   the periodic check only needs some recent value (a claim it has not seen yet is seen at the
 //!   next tick).
 //!

@@ -8,45 +8,80 @@
 //! # Ownership and threading
 //!
 //! Exactly one [`Producer`] and one [`Consumer`] exist per ring, each in its own process (or
-//! thread). Neither is `Clone`. Each keeps its own position and a *cached* copy of the peer's
-//! position in process-local fields, and re-reads the peer's only when it must (rtrb's
-//! `cached_head`/`cached_tail`). Each publishes its own position once per batch: the producer in
-//! [`Producer::flush`] (and when it finds the ring full, so the consumer can always see what fills
-//! it), the consumer in [`Consumer::publish`] (and automatically every eighth of the ring, so a
-//! long batch cannot starve the producer of space, and whenever [`Consumer::peek`] finds the ring
-//! empty).
+//! thread). Neither is `Clone`. Each keeps its own position in process-local fields; the
+//! producer also keeps a *cached* copy of the consumer's `head` and re-reads it only when the
+//! cached free space is too small (rtrb's `cached_head`).
 //!
-//! Frames a producer committed are invisible to the consumer until the next flush: a producer
-//! that never flushes looks, to the consumer, like one that never pushed.
+//! # Commit stamps (layout 3, issue 15 part 2)
+//!
+//! The first word of every frame header is its **stamp**: the frame's monotonic byte position
+//! plus one ([`crate::frame`]). The producer writes the rest of the header and the payload, then
+//! stores the stamp with Release ([`commit_stamp`]); the consumer polls the stamp word at its own
+//! position with Acquire ([`is_stamped`]) and takes the frame when it equals `position + 1`. So a
+//! frame becomes visible to a consumer that has caught up with the producer's last flush at
+//! [`Reservation::commit`] / [`Producer::try_push`], not at [`Producer::flush`], and the one
+//! cache line the consumer polls is the line that carries the frame: one line transfer per
+//! small frame instead of two (a `tail` line, then the frame's line). Once the consumer has
+//! taken a frame of a batch that is not flushed yet (it is past the flushed `tail`), the rest of
+//! that batch becomes visible at its flush: a consumer that keeps up with a streaming producer
+//! would otherwise poll the very line the producer is writing and steal it at every poll
+//! (measured: 64 B streaming fell to ~0.36x the C ring; docs/BENCHMARKS.md, "Ring layout 3").
+//!
+//! **Clear-ahead.** Before it stores a frame's stamp, the producer stores 0 into the stamp word
+//! of the *next* header position (the frame's end, or the next lap's start when fewer than
+//! [`HEADER_SIZE`] bytes remain there). Reservations include that word, so it is always free
+//! space. The consumer polling the next position therefore reads 0 or the next frame's stamp,
+//! never old bytes: neither a stamp from an older lap (those are other positions anyway) nor
+//! client payload bytes that happen to equal the expected value. Stamps are whole positions, so
+//! a producer left over from an older generation, all of whose positions lie below the new
+//! generation's base ([`generation_base`]), cannot forge one either; the reset zeroes the stamp
+//! word at the new base ([`reset`]) and `init` the one at 0, so each generation starts with
+//! that invariant.
+//!
+//! **`tail`** is still published by [`Producer::flush`] (a compare-and-swap, issue 14 finding 7)
+//! once per batch, for depth statistics, viewstats and a producer's re-attach, and as the
+//! consumer's hint above (does the last flush reach my position?), which it reloads only once it
+//! has passed the cached value. It never tells the consumer what a frame is or where it ends:
+//! the stamps do. A producer that attaches continues after the last stamped frame (it walks the stamps forward
+//! from `max(head, tail)`), so frames stamped but never flushed by a predecessor are neither lost
+//! nor overwritten. Before it sleeps the consumer also checks `tail` for corruption (a published
+//! tail past a position whose stamp is missing is a trampled ring).
+//!
+//! The consumer publishes `head` in [`Consumer::publish`] (and automatically every eighth of the
+//! ring, so a long batch cannot starve the producer of space, and whenever [`Consumer::peek`]
+//! finds the ring empty).
 //!
 //! # Untrusted bytes
 //!
-//! The consumer treats everything in the segment as untrusted: it copies each frame header once,
-//! validates the copy against the ring (length, alignment, kind, position) and returns
-//! [`RingError::Corrupt`] for anything impossible. After the first corrupt frame the ring is dead
-//! for this consumer (positions can no longer be trusted) until the creator resets it.
+//! The consumer treats everything in the segment as untrusted: it loads a stamp, copies the rest
+//! of the header once, validates the copy against the ring (length, alignment, kind, position)
+//! and returns [`RingError::Corrupt`] for anything impossible. After the first corrupt frame the
+//! ring is dead for this consumer (positions can no longer be trusted) until the creator resets
+//! it.
 //!
 //! One compromise is deliberate: [`Consumer::peek`] lends the payload as a `&[u8]` *into the
 //! segment* (zero copy), and [`Reservation::buf`] lends a `&mut [u8]` into it. Rust assumes
 //! nobody else writes memory behind such a reference, and the SPSC protocol guarantees that for
-//! an honest peer (the producer does not touch bytes below the published tail until the
-//! consumer publishes a head past them, and the consumer never reads at or past the published
-//! tail). A hostile or buggy process that maps the segment writable can break that promise; the
-//! worst it can then do is change payload bytes under the reader, so every user treats payload
-//! contents as untrusted input (bounds-checked decoding, never an index taken from the payload
-//! without a check) and copies whatever must stay stable. Headers are never read through a
-//! reference: they are copied once with a volatile read and only the copy is validated and used.
+//! an honest peer (the producer does not touch the bytes of a stamped frame until the consumer
+//! publishes a head past them, and the consumer reads nothing of a frame before its stamp). A
+//! hostile or buggy process that maps the segment writable can break that promise; the worst it
+//! can then do is change payload bytes under the reader, so every user treats payload contents
+//! as untrusted input (bounds-checked decoding, never an index taken from the payload without a
+//! check) and copies whatever must stay stable. Headers are never read through a reference: the
+//! stamp is an atomic load and the rest is copied once with a volatile read.
 //!
 //! # Doorbell handshake
 //!
-//! The consumer, before sleeping: drain the FIFO, store `armed = 1`, `fence(SeqCst)`, re-read
-//! `tail`; sleep only if still empty ([`Consumer::prepare_sleep`]). The producer, after
-//! publishing: `fence(SeqCst)`, load `armed`, and if set *swap* it to 0 and write one byte
-//! ([`Producer::flush`]). This is store-buffering (Dekker): the fences forbid both loads seeing
-//! the old values, so a sleeping consumer is always woken. The loom tests in
-//! `shmq/tests/loom.rs` model it with the FIFO in the model, and fail if either fence is removed.
-//! Each side runs its half as a free function ([`publish_tail`], [`arm_and_recheck`]) on a
-//! `&RingHeader`, so the model runs the very code the processes run.
+//! The consumer, before sleeping: drain the FIFO, store `armed = 1`, `fence(SeqCst)`, re-check
+//! the stamp at its position; sleep only if still unstamped ([`Consumer::prepare_sleep`]). The
+//! producer stamps each frame at commit; its flush then publishes `tail`, runs `fence(SeqCst)`,
+//! loads `armed`, and if set *swaps* it to 0 and writes one byte ([`Producer::flush`]). This is
+//! store-buffering (Dekker) between (stamp store; fence; `armed` load) and (`armed` store;
+//! fence; stamp load): the fences forbid both loads seeing the old values, so a sleeping
+//! consumer is always woken by the flush that follows a commit. The loom tests in
+//! `shmq/tests/loom.rs` model it with the FIFO in the model, and fail if either fence is
+//! removed. Each side runs its half as a free function ([`commit_stamp`] + [`publish_tail`],
+//! [`arm_and_recheck`]), so the model runs the very code the processes run.
 //!
 //! # Example
 //!
@@ -60,6 +95,7 @@
 //! let mut tx = Producer::attach(mem.clone(), 0, None).unwrap();
 //! let mut rx = Consumer::attach(mem, 0).unwrap();
 //! tx.try_push(FlowId::new(1, 1), Kind::Data, 0, b"PING\n").unwrap();
+//! // Visible once committed; the flush publishes `tail` and rings a sleeping consumer.
 //! tx.flush();
 //! let f = rx.peek().unwrap().unwrap();
 //! assert_eq!((f.kind, f.payload), (Kind::Data, &b"PING\n"[..]));
@@ -70,11 +106,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::frame::{MIN_CAPACITY, frame_size};
+use crate::frame::{HEADER_SIZE, MIN_CAPACITY, frame_size};
 use crate::layout::{
     Direction, LAYOUT_VERSION, RING_HEADER_SIZE, RING_MAGIC, RingHeader, RingParams,
 };
-use crate::sync::{Ordering, fence};
+use crate::sync::{AtomicU64, Ordering, fence};
 
 // The two sides and the test memory live in their own files; every public item is re-exported
 // here, so `shmq::ring::X` is the one path for each of them.
@@ -221,7 +257,9 @@ impl std::error::Error for PushError {}
 /// What a corrupt ring looked like. `Copy`, for counting and one log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Corruption {
-    /// `tail` behind `head`, more than `capacity` ahead, or unaligned.
+    /// A published `tail` ahead of the consumer's position while the stamp there is missing
+    /// (a trampled ring), more than `capacity` ahead, or unaligned; or the consumer's own `head`
+    /// word changed under its generation.
     Positions {
         /// Consumer's position.
         head: u64,
@@ -230,9 +268,11 @@ pub enum Corruption {
     },
     /// Unknown frame kind, or one not allowed in this direction.
     Kind(u16),
-    /// A frame longer than `max_payload`, past `tail`, or past the end of the data area.
+    /// A frame longer than `max_payload`, past the end of the data area, or reaching more than
+    /// `capacity` past the consumer's head.
     Length(u32),
-    /// A padding record whose length does not reach exactly to the end of the data area.
+    /// A padding record whose length does not reach exactly to the end of the data area, or one
+    /// at the start of the data area (where no frame can need one).
     Pad(u32),
     /// A fixed-size kind with the wrong payload length.
     KindLength {
@@ -290,6 +330,10 @@ pub fn init(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitE
         (*h).epoch = p.epoch;
         // Relaxed: published by the Release store of `ready` below.
         (*h).generation.store(p.generation, Ordering::Relaxed);
+        // The first frame's stamp word (position 0): zero, so nothing left in the memory can
+        // pass for a stamp (clear-ahead starts here; see the module docs). In bounds: the data
+        // area has at least MIN_CAPACITY bytes (checked); 8-aligned (128-aligned area).
+        base.add(RING_HEADER_SIZE).cast::<u64>().write_volatile(0);
         // Release pairs with the Acquire load of `ready` in `check_header`: a side that sees
         // ready = 1 sees every field above.
         (*h).ready.store(1, Ordering::Release);
@@ -307,8 +351,23 @@ pub fn init(mem: &dyn Memory, offset: usize, p: &RingParams) -> Result<(), InitE
 /// touching the data: a live side sees `generation != its own` via `is_current()` and must
 /// re-attach. Nothing queued under the old generation is delivered afterwards.
 pub fn reset(mem: &dyn Memory, offset: usize, new_generation: u64) -> Result<(), RingAttachError> {
-    reset_header(header_at(mem, offset)?, new_generation, None);
+    let h = header_at(mem, offset)?;
+    reset_inner(h, new_generation, None, base_stamp_word(mem, offset));
     Ok(())
+}
+
+/// The stamp word at data offset 0, where every generation's base lies ([`generation_base`] is a
+/// multiple of the capacity), if the region has a data area at all.
+fn base_stamp_word(mem: &dyn Memory, offset: usize) -> Option<&AtomicU64> {
+    if mem.len().saturating_sub(offset) < RING_HEADER_SIZE + 8 {
+        return None;
+    }
+    let p = mem.as_ptr().wrapping_add(offset + RING_HEADER_SIZE);
+    // SAFETY: in bounds (checked just above); 8-aligned (the region is 128-aligned, `offset` a
+    // multiple of 128 as `header_at` checked, RING_HEADER_SIZE a multiple of 128). `AtomicU64`
+    // has the size, alignment and bit validity of `u64` (`shmq::sync`), and every access to a
+    // stamp word by the rings is atomic.
+    Some(unsafe { &*p.cast::<AtomicU64>() })
 }
 
 /// [`reset`], and clears the holder word if it still names `dead` (a [`holder::pack`]ed identity
@@ -321,13 +380,25 @@ pub fn reset_releasing(
     new_generation: u64,
     dead: u64,
 ) -> Result<bool, RingAttachError> {
-    Ok(reset_header(header_at(mem, offset)?, new_generation, Some(dead)))
+    let h = header_at(mem, offset)?;
+    Ok(reset_inner(h, new_generation, Some(dead), base_stamp_word(mem, offset)))
 }
 
 /// The reset itself, on a header anywhere (the loom model calls it on a heap header). With
 /// `release = Some(word)`, the holder word is cleared if it still holds `word`; returns whether
 /// it was.
 pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -> bool {
+    reset_inner(h, new_generation, release, None)
+}
+
+/// The reset; `base_stamp` is the stamp word at data offset 0 (None in the loom models, whose
+/// header has no data area).
+fn reset_inner(
+    h: &RingHeader,
+    new_generation: u64,
+    release: Option<u64>,
+    base_stamp: Option<&AtomicU64>,
+) -> bool {
     // Relaxed: the fence below orders it before the position stores; nothing is published by it.
     h.ready.store(0, Ordering::Relaxed);
     // The new generation first, positions last: a stale side checks the generation before it
@@ -367,6 +438,16 @@ pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -
     // rare: the two locked instructions cost nothing that matters.
     h.tail.0.swap(base, Ordering::Relaxed);
     h.head.0.swap(base, Ordering::Relaxed);
+    // The new generation's first stamp word (the base is a multiple of the capacity: offset 0)
+    // must read 0: old bytes there (a frame of the old generation, client payload) must not
+    // pass for the stamp `base + 1`, and a producer attaching walks stamps from the base (see
+    // the module docs, "Clear-ahead"). Relaxed: published by the Release store of `ready`.
+    // A stale producer may still write the data area afterwards: that cannot forge a stamp
+    // (its positions are all below the base); it can trample one, which the consumer reports
+    // as `Corrupt` before it sleeps (`Consumer::prepare_sleep`).
+    if let Some(w) = base_stamp {
+        w.store(0, Ordering::Relaxed);
+    }
     // Release pairs with the sides' Acquire loads of `ready`/`generation`.
     h.ready.store(1, Ordering::Release);
     released
@@ -381,7 +462,11 @@ pub fn reset_header(h: &RingHeader, new_generation: u64, release: Option<u64>) -
 /// the reset stored the base: a stale side can never write into a new generation, however late
 /// it runs. `4 * capacity` of margin covers what honest sides can still publish between the
 /// reset's loads and its stores (a producer never gets more than `capacity` ahead of the head
-/// it saw). A position that would overflow (only a hostile peer gets near 2^63) starts the new
+/// it saw). The same bound keeps stale *stamps* out: a stale producer stamps positions below
+/// the head it saw plus one capacity, so below the base, and a consumer of the new generation
+/// only takes a stamp equal to its own position (at or past the base) plus one; a stale producer
+/// that reloads the new head finds it past its own tail and stops (`PushError::Corrupt`).
+/// A position that would overflow (only a hostile peer gets near 2^63) starts the new
 /// generation at 0 instead: the ring was corrupt anyway, and attach validates whatever it finds.
 pub fn generation_base(head: u64, tail: u64, capacity: u64) -> u64 {
     let top = head.max(tail);
@@ -537,6 +622,28 @@ impl Attached {
         is_current(self.hdr(), self.generation)
     }
 
+    /// The stamp word of a header at position `pos` (any 8-aligned position).
+    #[inline]
+    fn word(&self, pos: u64) -> &AtomicU64 {
+        let off = (pos & self.mask) as usize;
+        // SAFETY: in bounds: `off < cap` and a multiple of 8 (positions are multiples of 8, the
+        // capacity a power of two >= 256), so `off + 8 <= cap`, inside the data area that
+        // `check_header` verified against the region's length; the Arc keeps it mapped.
+        // Aligned: the data area is 128-aligned. `AtomicU64` has the size, alignment and bit
+        // validity of `u64` (`shmq::sync`), so any bytes there are a valid value. Every access
+        // to a word that serves as a stamp is atomic on both sides (the producer's payload and
+        // header writes never cover the word at the consumer's position: see the module docs).
+        unsafe { &*self.data.add(off).cast::<AtomicU64>() }
+    }
+
+    /// Where a header at `pos` really starts: past the implicit wrap when fewer than a header's
+    /// bytes remain before the end of the data area.
+    #[inline]
+    fn header_pos(&self, pos: u64) -> u64 {
+        let rem = self.cap - (pos & self.mask);
+        if rem < HEADER_SIZE as u64 { pos + rem } else { pos }
+    }
+
     /// The publish guard: true while the ring's generation is still the one this side attached
     /// under. One load and one compare, per publish (not per frame).
     ///
@@ -567,16 +674,19 @@ pub enum Published {
     Lost(u64),
 }
 
-/// Producer half of the doorbell handshake: publishes `tail` (a compare-and-swap from
-/// `published`, the value this producer stored last), then reports whether the consumer was
-/// armed (and disarms it). The caller writes one doorbell byte on `Stored(true)`.
+/// Producer half of the doorbell handshake, run by every flush after the frames were stamped
+/// ([`commit_stamp`]): publishes `tail` (a compare-and-swap from `published`, the value this
+/// producer stored last), then reports whether the consumer was armed (and disarms it). The
+/// caller writes one doorbell byte on `Stored(true)`.
 ///
 /// SYNC POINT: store-buffering with [`arm_and_recheck`]; the compare-and-swap against
 /// [`reset_header`] (see [`generation_base`]).
 #[inline]
 pub fn publish_tail(h: &RingHeader, published: u64, tail: u64) -> Published {
-    // Release (on success) pairs with the consumer's Acquire load of `tail`: the frame bytes
-    // written before this are visible to a consumer that sees the new tail. A compare-and-swap,
+    // Release (on success) pairs with the Acquire loads of `tail` in the consumer's pre-sleep
+    // check and in a producer's attach: the stamps below the new tail are visible to whoever
+    // sees it. (`tail` is no longer the signal for data: frames are published by their stamps.)
+    // A compare-and-swap,
     // not a store: only the producer of this generation, which stored `published` itself, can
     // move the word (finding 7). Relaxed on failure: the value found is only reported.
     if let Err(found) =
@@ -585,15 +695,16 @@ pub fn publish_tail(h: &RingHeader, published: u64, tail: u64) -> Published {
         return Published::Lost(found);
     }
     // SeqCst fence: forbids the store-buffering outcome where our load of `armed` below sees 0
-    // (consumer not armed yet) while the consumer's re-check of `tail` after its own fence sees
-    // the old tail: then it would sleep with data pending and nobody would ring.
+    // (consumer not armed yet) while the consumer's re-check of the stamp after its own fence
+    // sees no stamp: then it would sleep with a frame committed and nobody would ring. The
+    // stamps this flush covers were stored before (at commit), so they precede this fence.
     fence(Ordering::SeqCst);
     // Relaxed load first: the fence already orders it after the tail store, which is all the
     // argument needs; it skips the locked swap in the common case (consumer busy, not armed).
     // If it sees 1, the swap (an RMW, so it reads the latest value) decides: swap, not store,
     // so exactly one producer flush rings per arming of the consumer, and a consumer that
     // disarmed itself meanwhile (it saw the data) is not rung. Relaxed for both: `armed` carries
-    // no data; the consumer reads frames only after its own Acquire load of `tail`.
+    // no data; the consumer reads frames only after its own Acquire load of a stamp.
     Published::Stored(
         h.armed.0.load(Ordering::Relaxed) != 0 && h.armed.0.swap(0, Ordering::Relaxed) != 0,
     )
@@ -614,21 +725,54 @@ pub fn publish_head(h: &RingHeader, published: u64, head: u64) -> Published {
     }
 }
 
-/// Consumer half of the doorbell handshake: arm, fence, re-check. Returns true if the consumer
-/// may sleep (the ring is still empty at `head`); false if data arrived, in which case `armed`
-/// is cleared again.
+/// Producer: commits the frame whose header is at `pos` and whose stamp word is `word`: first
+/// stores 0 into `next`, the stamp word of the next header position (clear-ahead), then the
+/// stamp `pos + 1` into `word`. Everything else of the frame must be written before.
+///
+/// SYNC POINT: the stamp's Release pairs with the consumer's Acquire in [`is_stamped`]; with
+/// [`publish_tail`]'s fence it is the producer's store in the doorbell's store-buffering.
+#[inline]
+pub fn commit_stamp(word: &AtomicU64, next: &AtomicU64, pos: u64) {
+    // Relaxed: ordered before the stamp below by its Release. A consumer that acquires this
+    // frame's stamp and then loads `next` sees 0 or a later value (the next frame's stamp), never
+    // the bytes that were there before: that is what makes old bytes harmless.
+    next.store(0, Ordering::Relaxed);
+    // Release pairs with the consumer's Acquire load in `is_stamped`: the header fields and the
+    // payload written before this are visible to a consumer that sees the stamp.
+    word.store(pos + 1, Ordering::Release);
+}
+
+/// Consumer: whether the header at `pos` (stamp word `word`) is committed.
+///
+/// SYNC POINT: Acquire pairs with the Release in [`commit_stamp`].
+#[inline]
+pub fn is_stamped(word: &AtomicU64, pos: u64) -> bool {
+    // Acquire: once the stamp is seen, the frame's header and payload are too.
+    word.load(Ordering::Acquire) == pos + 1
+}
+
+/// Consumer half of the doorbell handshake: arm, fence, re-check what the consumer takes a
+/// frame by: the flushed `tail` reaching its position `head` and the stamp word `word` of the
+/// header at `pos` (`head` after the implicit wrap). Returns true if the consumer may sleep
+/// (nothing to take there); false if a frame arrived, in which case `armed` is cleared again.
 ///
 /// The caller must have drained its FIFO before calling (a byte rung after this point wakes it).
 ///
-/// SYNC POINT: store-buffering with [`publish_tail`].
+/// SYNC POINT: store-buffering with the producer's [`commit_stamp`] then [`publish_tail`]:
+/// (stamp store; `tail` store; fence; `armed` load) against (`armed` store; fence; `tail` and
+/// stamp loads).
 #[inline]
-pub fn arm_and_recheck(h: &RingHeader, head: u64) -> bool {
+pub fn arm_and_recheck(h: &RingHeader, head: u64, word: &AtomicU64, pos: u64) -> bool {
     // Relaxed store: ordered before the load below by the SeqCst fence.
     h.armed.0.store(1, Ordering::Relaxed);
-    // SeqCst fence: pairs with the producer's fence in `publish_tail` (see there).
+    // SeqCst fence: pairs with the producer's fence in `publish_tail` (see there). The fences
+    // are totally ordered: if ours comes first, the producer's `armed` load after its fence sees
+    // 1 and it rings; if its fence comes first, the stamp and the `tail` it stored before (at
+    // commit and at the flush, both before its fence) are visible to our loads after ours, and
+    // that tail reaches `head` (we never pass the producer's frames).
     fence(Ordering::SeqCst);
-    // Acquire pairs with the producer's Release store of `tail`.
-    if h.tail.0.load(Ordering::Acquire) != head {
+    // Acquire (tail) pairs with the producer's Release publish; the stamp load is Acquire too.
+    if h.tail.0.load(Ordering::Acquire) >= head && is_stamped(word, pos) {
         // Data arrived: do not sleep. Relaxed: `armed` carries no data. A racing producer swap
         // may already have cleared it and be ringing: that byte is either drained before the
         // next arming or causes one spurious wake-up, never a lost one.

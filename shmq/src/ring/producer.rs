@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{Attached, Memory, Published, PushError, RingAttachError, publish_tail};
+use super::{Attached, Memory, Published, PushError, RingAttachError, commit_stamp, publish_tail};
 use crate::doorbell::Doorbell;
-use crate::frame::{FlowId, FrameHeader, HEADER_SIZE, Kind, frame_size};
+use crate::frame::{FlowId, FrameMeta, HEADER_SIZE, Kind, STAMP_SIZE, frame_size};
 use crate::layout::RingHeader;
 use crate::sync::Ordering;
 
@@ -19,8 +19,8 @@ const PRETOUCH_BYTES: u64 = 128;
 pub struct Producer {
     r: Attached,
     doorbell: Option<Doorbell>,
-    /// Local: one past the last committed frame (published or not). `pub(super)` for the unit
-    /// tests, which start the ring at chosen offsets.
+    /// Local: one past the last committed (stamped) frame, flushed or not. `pub(super)` for the
+    /// unit tests, which start the ring at chosen offsets.
     pub(super) tail: u64,
     /// Local: the last value stored to the shared `tail`.
     published: u64,
@@ -60,16 +60,16 @@ impl Producer {
     ) -> Result<Self, RingAttachError> {
         let r = Attached::new(mem, offset)?;
         let h = r.hdr();
-        // Relaxed for our own `tail`: only a previous producer of this generation wrote it, and we
-        // only continue from the number (we read no bytes it wrote). Acquire for the consumer's
+        // Acquire for our own `tail`: pairs with a previous producer's Release publish, so the
+        // stamps below it are visible (the walk below starts there). Acquire for the consumer's
         // `head`: pairs with its Release store, so its reads below head are done before we
         // overwrite those bytes.
-        let tail = h.tail.0.load(Ordering::Relaxed);
+        let published = h.tail.0.load(Ordering::Acquire);
         let head = h.head.0.load(Ordering::Acquire);
-        if !tail.is_multiple_of(8) || !head.is_multiple_of(8) || head > tail || tail - head > r.cap
-        {
+        if !positions_plausible(head, published, r.cap) {
             return Err(RingAttachError::BadGeometry);
         }
+        let tail = walk_stamps(&r, head, published)?;
         // Relaxed: only this producer writes its counters line; readers tolerate staleness.
         h.producer.pid.store(std::process::id(), Ordering::Relaxed);
         let frames = h.producer.frames.load(Ordering::Relaxed);
@@ -81,7 +81,7 @@ impl Producer {
             r,
             doorbell,
             tail,
-            published: tail,
+            published,
             cached_head: head,
             frames,
             bytes,
@@ -136,6 +136,18 @@ impl Producer {
         if rem < HEADER_SIZE as u64 || need > rem { rem } else { 0 }
     }
 
+    /// Bytes from the tail that a frame of `need` bytes after `skip` occupies, including the
+    /// stamp word of the next header position that its commit clears (clear-ahead: the frame's
+    /// end, or the next lap's start if less than a header remains there). At most
+    /// `skip + need + HEADER_SIZE`; never more than the capacity for a frame of at most
+    /// `max_payload` (`frame_size(max_payload) <= capacity / 2`): a skip happens only before a
+    /// frame larger than the remainder, which then starts a lap, so its clear word lies at
+    /// most `need + 8 <= capacity - skip` bytes in).
+    #[inline]
+    pub(super) fn span(&self, skip: u64, need: u64) -> u64 {
+        self.r.header_pos(self.tail + skip + need) + 8 - self.tail
+    }
+
     /// Ensures `total` bytes are free, refreshing the cached head once if needed.
     #[inline]
     fn ensure_space(&mut self, total: u64) -> Result<(), PushError> {
@@ -145,11 +157,12 @@ impl Producer {
         // Acquire pairs with the consumer's Release store of `head`: once we see head = h, the
         // consumer has finished reading every byte below h, so we may overwrite them.
         let head = self.r.hdr().head.0.load(Ordering::Acquire);
-        // An honest consumer's head never goes back and never passes what we published (it
-        // cannot have read frames it could not see). Trusting a head past `published` would let
-        // us overwrite committed, unpublished frames; one behind our cache would break the
-        // `tail - head <= cap` arithmetic. Either is a corrupt (or reset) ring.
-        if head < self.cached_head || head > self.published {
+        // An honest consumer's head never goes back and never passes what we stamped (it cannot
+        // have read frames it could not see; it may pass what we *flushed*: frames are visible
+        // from their commit). Trusting a head past our tail would let us overwrite frames nobody
+        // read; one behind our cache would break the `tail - head <= cap` arithmetic. Either is
+        // a corrupt (or reset) ring.
+        if head < self.cached_head || head > self.tail {
             return Err(PushError::Corrupt);
         }
         self.cached_head = head;
@@ -161,7 +174,7 @@ impl Producer {
             self.full_events += 1;
             self.counters_dirty = true;
         }
-        // Let the consumer see what we have so it can free space (and wake it if it sleeps).
+        // Wake the consumer if it sleeps, so it frees space (it can already see every frame).
         self.flush();
         Err(PushError::Full)
     }
@@ -173,14 +186,14 @@ impl Producer {
             return false;
         }
         let need = frame_size(len) as u64;
-        let total = self.skip_for(need) + need;
+        let total = self.span(self.skip_for(need), need);
         if self.r.cap - (self.tail - self.cached_head) >= total {
             return true;
         }
         // Acquire: as in `ensure_space`. An impossible head is ignored here (the next reserve
         // reports it as `Corrupt`).
         let head = self.r.hdr().head.0.load(Ordering::Acquire);
-        if head >= self.cached_head && head <= self.published {
+        if head >= self.cached_head && head <= self.tail {
             self.cached_head = head;
         }
         self.r.cap - (self.tail - self.cached_head) >= total
@@ -188,8 +201,10 @@ impl Producer {
 
     /// Reserves room for a payload of up to `max` bytes, in place.
     pub fn reserve(&mut self, max: usize) -> Result<Reservation<'_>, PushError> {
-        if self.lost && self.r.same_generation() {
-            // Someone else wrote our `tail` under our own generation: a corrupt ring.
+        if self.lost {
+            // Someone else wrote our `tail` under our own generation (a corrupt ring), or the
+            // ring was reset under us: either way this handle writes no more frames, which
+            // would land in a newer generation's data area (and could trample its stamps).
             return Err(PushError::Corrupt);
         }
         if max as u64 > self.r.max_payload {
@@ -197,13 +212,14 @@ impl Producer {
         }
         let need = frame_size(max) as u64;
         let skip = self.skip_for(need);
-        self.ensure_space(skip + need)?;
+        self.ensure_space(self.span(skip, need))?;
         self.in_full = false;
         Ok(Reservation { p: self, skip, max })
     }
 
-    /// Copies one frame into the ring. Not visible to the consumer until [`Self::flush`] (or a
-    /// later `Full`, which flushes).
+    /// Copies one frame into the ring. Visible at once (its stamp) to a consumer caught up with
+    /// the last flush, else at the next flush; call [`Self::flush`] once per batch to publish
+    /// `tail` and ring a sleeping consumer.
     #[inline]
     pub fn try_push(
         &mut self,
@@ -217,38 +233,59 @@ impl Producer {
         r.commit(payload.len(), flowid, kind, flags)
     }
 
-    /// Writes the frame at `tail + skip` and advances the local tail.
+    /// Writes the frame at `tail + skip`, stamps it (and the padding record before it, if any)
+    /// and advances the local tail.
     fn commit_at(&mut self, skip: u64, len: usize, flowid: FlowId, kind: Kind, flags: u16) {
-        let d = self.r.data;
+        let pos = self.tail + skip;
         if skip >= HEADER_SIZE as u64 {
-            let pad = FrameHeader {
+            // A padding record to the end of the data area, stamped on its own: its clear-ahead
+            // word is the frame's stamp word at the next lap's start, so a consumer that steps
+            // over the padding finds 0 there until the frame below is stamped.
+            let pad = FrameMeta {
                 len: (skip - HEADER_SIZE as u64) as u32,
                 kind: Kind::Pad as u16,
                 flags: 0,
                 flowid: 0,
             };
-            let off = (self.tail & self.r.mask) as usize;
-            // SAFETY: in bounds: off + 16 <= cap because skip = cap - off >= 16. Aligned: off is
-            // a multiple of 8 (positions advance by multiples of 8) and the data area is
-            // 128-aligned. Exclusive: the bytes lie between tail and tail + skip + need, which
-            // `ensure_space` proved free (the consumer stopped reading below `head`), and the
-            // consumer reads nothing at or past the published tail.
-            unsafe { d.add(off).cast::<FrameHeader>().write(pad) };
+            self.write_meta(self.tail, pad);
+            commit_stamp(self.r.word(self.tail), self.r.word(pos), self.tail);
         }
-        let pos = self.tail + skip;
-        let off = (pos & self.r.mask) as usize;
-        let h = FrameHeader { len: len as u32, kind: kind as u16, flags, flowid: flowid.0 };
-        // SAFETY: in bounds: after the wrap rule, off + frame_size(len) <= cap. Aligned and
-        // exclusive: as for the padding record above.
-        unsafe { d.add(off).cast::<FrameHeader>().write(h) };
-        self.tail = pos + frame_size(len) as u64;
+        self.write_meta(
+            pos,
+            FrameMeta { len: len as u32, kind: kind as u16, flags, flowid: flowid.0 },
+        );
+        let end = pos + frame_size(len) as u64;
+        // The payload (written through `Reservation::buf` or by `try_push`) and the meta above
+        // are complete: clear the next header's stamp word, then stamp this frame.
+        commit_stamp(self.r.word(pos), self.r.word(self.r.header_pos(end)), pos);
+        self.tail = end;
         self.frames += 1;
         self.bytes += len as u64;
         self.counters_dirty = true;
+        // Keep the shared `tail` within half a ring of the frames: a producer that never flushes
+        // (a huge batch) still lets a successor's attach walk find where it stopped, and keeps
+        // `head - tail <= capacity` for the attach checks.
+        if self.tail - self.published >= self.r.cap / 2 {
+            self.flush();
+        }
     }
 
-    /// Publishes every committed frame (one compare-and-swap) and rings the consumer's doorbell
-    /// if it is armed. Returns true if it rang. Call once per batch.
+    /// Writes a header's fields other than the stamp at position `pos`.
+    #[inline]
+    fn write_meta(&self, pos: u64, meta: FrameMeta) {
+        let off = (pos & self.r.mask) as usize + STAMP_SIZE;
+        // SAFETY: in bounds: a header at `pos` lies wholly inside the data area (the wrap rule:
+        // at least HEADER_SIZE bytes remain at a header position), so off + 16 <= cap. Aligned:
+        // `pos` is a multiple of 8 and the data area 128-aligned. Exclusive: the bytes lie in
+        // the span `ensure_space` proved free (the consumer stopped reading below `head`), and
+        // the consumer reads nothing of a header before its stamp, which is stored after this.
+        unsafe { self.r.data.add(off).cast::<FrameMeta>().write(meta) };
+    }
+
+    /// Publishes `tail` past every committed frame (one compare-and-swap) and rings the
+    /// consumer's doorbell if it is armed. Returns true if it rang. Call once per batch: a
+    /// consumer caught up with the last flush sees a frame from its commit, one that already took
+    /// frames of this batch sees the rest now, and only a flush wakes a sleeping one.
     ///
     /// A producer whose ring was reset since it attached (`generation` moved on) stores nothing:
     /// its `tail` belongs to the old generation (issue 14, finding 7). The generation check is
@@ -311,16 +348,15 @@ impl Producer {
         let mut pos = (self.tail | 63) + 1;
         let end = pos + PRETOUCH_BYTES;
         // Free space only: everything below `cached_head + cap` and at or past `tail` is ours
-        // (the consumer reads nothing at or past the published tail).
+        // (the consumer reads nothing at or past our tail but the stamp word it polls).
         let free_end = self.cached_head + self.r.cap;
         while pos < end && pos + 8 <= free_end {
-            let off = (pos & self.r.mask) as usize;
-            // SAFETY: in bounds: off < cap and off is a multiple of 64, so off + 8 <= cap.
-            // Aligned: 8-aligned offset in the 128-aligned data area. Exclusive: `pos` lies in
-            // [tail, cached_head + cap), free space no consumer reads (it stopped below `head`,
-            // and reads nothing at or past the published tail); the next frame written there
-            // overwrites the zero before any tail covering it is published.
-            unsafe { self.r.data.add(off).cast::<u64>().write_volatile(0) };
+            // An atomic store (Relaxed: nothing is published by it): the word may be the stamp
+            // word the consumer polls (the next lap's start, after an implicit wrap), which
+            // already holds 0 (clear-ahead), so a 0 changes nothing it can see. Every other word
+            // here lies in [tail, cached_head + cap), free space the consumer does not read, and
+            // any frame written there later is stamped after it.
+            self.r.word(pos).store(0, Ordering::Relaxed);
             pos += 64;
         }
     }
@@ -342,18 +378,21 @@ impl Producer {
 
 impl Reservation<'_> {
     /// The payload area: `max` bytes, in the shared segment. It holds stale bytes from earlier
-    /// frames, not zeroes. (A `&mut` into memory another process maps writable: see the module
+    /// frames, not zeroes. Nothing of it is visible to the consumer before [`Self::commit`]. (A `&mut` into memory another process maps writable: see the module
     /// docs, "Untrusted bytes".)
     pub fn buf(&mut self) -> &mut [u8] {
         let pos = self.p.tail + self.skip;
         let off = (pos & self.p.r.mask) as usize + HEADER_SIZE;
-        // SAFETY: in bounds: off - 16 + frame_size(max) <= cap by the wrap rule. Exclusive: the
-        // bytes are free (`ensure_space`), the consumer does not read past the published tail,
-        // and the &mut borrow of the Reservation prevents a second view from this side.
+        // SAFETY: in bounds: off - HEADER_SIZE + frame_size(max) <= cap by the wrap rule.
+        // Exclusive: the bytes are free (`ensure_space`), the consumer reads nothing of a frame
+        // before its stamp (stored by `commit`, which consumes the Reservation), the stamp word
+        // it polls lies before them, and the &mut borrow of the Reservation prevents a second
+        // view from this side.
         unsafe { core::slice::from_raw_parts_mut(self.p.r.data.add(off), self.max) }
     }
 
-    /// Commits the first `len` bytes of [`Self::buf`] as one frame.
+    /// Commits the first `len` bytes of [`Self::buf`] as one frame: stamps it (visible from now
+    /// on to a consumer caught up with the last flush; see [`Producer::try_push`]).
     pub fn commit(
         self,
         len: usize,
@@ -366,5 +405,67 @@ impl Reservation<'_> {
         }
         self.p.commit_at(self.skip, len, flowid, kind, flags);
         Ok(())
+    }
+}
+
+/// The attach checks on the two shared positions: both multiples of 8, neither more than a
+/// capacity ahead of the other (the consumer may be ahead of the flushed `tail`: it sees frames
+/// from their commit; a producer flushes at least every half ring, see `commit_at`), and both
+/// below 2^63, so that no position arithmetic (`pos + rem`, `pos + 1`, frame ends) can overflow:
+/// honest positions take centuries to get there (`generation_base` starts over at 0 before).
+/// Found by the `ring` fuzz target (fuzz/crashes/ring): a hostile `head` near 2^64 overflowed
+/// the implicit-wrap step.
+pub(super) fn positions_plausible(head: u64, tail: u64, cap: u64) -> bool {
+    head.is_multiple_of(8)
+        && tail.is_multiple_of(8)
+        && head.abs_diff(tail) <= cap
+        && head.max(tail) <= POSITION_MAX
+}
+
+/// The largest position either side attaches at (see [`positions_plausible`]).
+pub(super) const POSITION_MAX: u64 = u64::MAX / 2;
+
+/// Where a producer attaching continues: after the last frame stamped in a row from
+/// `max(head, tail)`, so frames a predecessor (of this generation) stamped but never flushed are
+/// neither lost nor overwritten. Bounded: at most one capacity past `head`. A stamped header that
+/// is impossible (bad kind or length, a frame past the lap end or past `head + capacity`) is a
+/// corrupt ring: `BadGeometry`.
+fn walk_stamps(r: &Attached, head: u64, tail: u64) -> Result<u64, RingAttachError> {
+    let start = head.max(tail);
+    let mut end = start;
+    loop {
+        let pos = r.header_pos(end);
+        if pos + 8 > head + r.cap || !super::is_stamped(r.word(pos), pos) {
+            return Ok(end);
+        }
+        let off = (pos & r.mask) as usize + STAMP_SIZE;
+        // SAFETY: in bounds: a header position leaves at least HEADER_SIZE bytes to the end of
+        // the data area. Aligned as in `Attached::word`. Race-free: only the producer writes
+        // headers, and we are the only producer (a predecessor is gone); the Acquire of the
+        // stamp above orders its writes before this read. Copied once (volatile); only the copy
+        // is used.
+        let meta = unsafe { core::ptr::read_volatile(r.data.add(off).cast::<FrameMeta>()) };
+        let rem = r.cap - (pos & r.mask);
+        let next = match Kind::from_u16(meta.kind) {
+            Some(Kind::Pad) if rem != r.cap && u64::from(meta.len) + HEADER_SIZE as u64 == rem => {
+                pos + rem
+            }
+            Some(k)
+                if k != Kind::Pad
+                    && k.allowed(r.direction)
+                    && u64::from(meta.len) <= r.max_payload =>
+            {
+                let size = frame_size(meta.len as usize) as u64;
+                if size > rem {
+                    return Err(RingAttachError::BadGeometry);
+                }
+                pos + size
+            }
+            _ => return Err(RingAttachError::BadGeometry),
+        };
+        if next - head > r.cap {
+            return Err(RingAttachError::BadGeometry);
+        }
+        end = next;
     }
 }

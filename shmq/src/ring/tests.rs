@@ -6,14 +6,14 @@
 
 use super::*;
 use crate::doorbell::Doorbell;
-use crate::frame::{ALIGN, FlowId, FrameHeader, HEADER_SIZE, Hello, Kind};
+use crate::frame::{ALIGN, FlowId, FrameMeta, HEADER_SIZE, Hello, Kind, STAMP_SIZE};
 
 mod hostile;
 
 /// Smallest ring: 256 data bytes, so every offset near the end is a few pushes away.
 const CAP: u64 = MIN_CAPACITY;
-/// Largest payload that still fits twice in CAP: frame_size(112) = 128 = CAP / 2.
-const MAXP: u64 = 112;
+/// Largest payload that still fits twice in CAP: frame_size(104) = 128 = CAP / 2.
+const MAXP: u64 = 104;
 
 fn ring_at(
     cap: u64,
@@ -40,14 +40,35 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
     (0..n).map(|k| (seed as u8).wrapping_mul(31).wrapping_add(k as u8)).collect()
 }
 
-/// Writes a raw frame header at data-area offset `off` (test-only corruption).
-fn poke(mem: &HeapMemory, off: usize, len: u32, kind: u16, flowid: u64) {
+/// Writes a raw frame header (all but the stamp) at data-area offset `off` (test-only
+/// corruption).
+fn poke_meta(mem: &HeapMemory, off: usize, len: u32, kind: u16, flowid: u64) {
     assert!(off.is_multiple_of(ALIGN) && off + HEADER_SIZE <= CAP as usize);
-    let fh = FrameHeader { len, kind, flags: 0, flowid };
-    // SAFETY: off + 16 is inside the data area of the ring `mem` holds (all callers pass
-    // offsets below the capacity minus 16, multiples of 8), the data area is 8-aligned, and
+    let fh = FrameMeta { len, kind, flags: 0, flowid };
+    // SAFETY: off + 24 is inside the data area of the ring `mem` holds (all callers pass
+    // offsets below the capacity minus 24, multiples of 8), the data area is 8-aligned, and
     // the test is single-threaded: no other access to these bytes is live.
-    unsafe { mem.as_ptr().add(RING_HEADER_SIZE + off).cast::<FrameHeader>().write(fh) }
+    unsafe { mem.as_ptr().add(RING_HEADER_SIZE + off + STAMP_SIZE).cast::<FrameMeta>().write(fh) }
+}
+
+/// Writes the 8-byte word at data-area offset `off` (a stamp, or anything else).
+fn poke_word(mem: &HeapMemory, off: usize, v: u64) {
+    assert!(off.is_multiple_of(ALIGN) && off + 8 <= CAP as usize);
+    // SAFETY: in bounds and aligned (checked, data area 128-aligned); single-threaded test.
+    unsafe { mem.as_ptr().add(RING_HEADER_SIZE + off).cast::<u64>().write_volatile(v) }
+}
+
+fn peek_word(mem: &HeapMemory, off: usize) -> u64 {
+    // SAFETY: as for poke_word.
+    unsafe { mem.as_ptr().add(RING_HEADER_SIZE + off).cast::<u64>().read_volatile() }
+}
+
+/// A hostile producer's frame: the header at `pos` (data offset `pos & (CAP - 1)`), stamped
+/// `pos + 1` as an honest commit would, so the consumer takes it and must validate it.
+fn poke(mem: &HeapMemory, pos: u64, len: u32, kind: u16, flowid: u64) {
+    let off = (pos & (CAP - 1)) as usize;
+    poke_meta(mem, off, len, kind, flowid);
+    poke_word(mem, off, pos + 1);
 }
 
 fn shared_tail(c: &Consumer) -> u64 {
@@ -60,6 +81,13 @@ fn shared_head(c: &Consumer) -> u64 {
 
 fn set_tail(c: &Consumer, t: u64) {
     c.header().tail.0.store(t, Ordering::Release);
+}
+
+/// A doorbell over a pipe (tests only need its fd semantics).
+fn pipe_bells() -> (Doorbell, Doorbell) {
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    (Doorbell::from_fd(r), Doorbell::from_fd(w))
 }
 
 /// Asserts that the consumer reports exactly `what` at `at`, keeps reporting it, counts it
@@ -88,17 +116,17 @@ fn skip_rule_for_every_offset_and_size() {
         for len in 0..=MAXP as usize {
             let need = frame_size(len) as u64;
             let rem = CAP - off;
-            let want = if rem == 8 {
-                8 // too small for a header: implicit wrap, no record
-            } else if need > rem {
-                rem // a padding record of rem - 16 payload bytes
-            } else {
-                0
-            };
+            // Too small for a header (8 or 16): an implicit wrap, no record; or too small for
+            // the frame: a padding record of rem - 24 payload bytes. Either way the whole rest.
+            let want = if rem < HEADER_SIZE as u64 || need > rem { rem } else { 0 };
             assert_eq!(tx.skip_for(need), want, "off {off} len {len}");
             // Whatever the skip, the frame then lies wholly inside the data area.
             let start = (tx.tail + want) & (CAP - 1);
             assert!(start + need <= CAP, "off {off} len {len}");
+            // The span with the clear-ahead word fits an empty ring: `Full` is temporary.
+            let span = tx.span(want, need);
+            assert!(span <= CAP && span >= want + need + 8, "off {off} len {len}: span {span}");
+            assert!(span <= want + need + HEADER_SIZE as u64);
         }
     }
     assert_eq!(ring_bytes(CAP), RING_HEADER_SIZE + 256);
@@ -135,8 +163,8 @@ fn init_rejects_bad_geometry() {
     };
     assert_eq!(init(&mem, 0, &p(1000, 10)), Err(InitError::BadCapacity(1000)));
     assert_eq!(init(&mem, 0, &p(128, 10)), Err(InitError::BadCapacity(128)));
-    assert_eq!(init(&mem, 0, &p(1024, 497)), Err(InitError::BadMaxPayload(497)));
-    assert!(init(&mem, 0, &p(1024, 496)).is_ok());
+    assert_eq!(init(&mem, 0, &p(1024, 489)), Err(InitError::BadMaxPayload(489)));
+    assert!(init(&mem, 0, &p(1024, 488)).is_ok());
     assert!(matches!(init(&mem, 0, &p(2048, 10)), Err(InitError::RegionTooSmall { .. })));
     assert!(matches!(init(&mem, 64, &p(256, 10)), Err(InitError::RegionTooSmall { .. })));
 }
@@ -153,9 +181,13 @@ fn attach_checks_header() {
         Producer::attach(mem.clone(), 384, None).err(),
         Some(RingAttachError::Truncated { .. })
     ));
-    // Impossible positions at attach.
+    // Impossible positions at attach: more than a ring apart (either way).
     h.tail.0.store(8, Ordering::Relaxed);
-    h.head.0.store(16, Ordering::Relaxed);
+    h.head.0.store(16 + CAP, Ordering::Relaxed);
+    assert_eq!(Consumer::attach(mem.clone(), 0).err(), Some(RingAttachError::BadGeometry));
+    assert_eq!(Producer::attach(mem.clone(), 0, None).err(), Some(RingAttachError::BadGeometry));
+    h.tail.0.store(16 + CAP, Ordering::Relaxed);
+    h.head.0.store(8, Ordering::Relaxed);
     assert_eq!(Consumer::attach(mem.clone(), 0).err(), Some(RingAttachError::BadGeometry));
     assert_eq!(Producer::attach(mem.clone(), 0, None).err(), Some(RingAttachError::BadGeometry));
     let mem2 = HeapMemory::new(ring_bytes(CAP));
@@ -169,47 +201,49 @@ fn attach_checks_header() {
 // ---------------------------------------------------------------- wrap-around
 
 /// Every payload size 0..=MAXP at every 8-byte offset of the ring: the frame round-trips,
-/// the skip is what the wrap rule says (implicit for rem == 8, a padding record of exactly
-/// rem - 16 otherwise), nothing is written past the end, and a second frame follows it.
+/// the skip is what the wrap rule says (implicit for rem 8 or 16, a stamped padding record of
+/// exactly rem - 24 otherwise), nothing is written past the end, the frame is visible from its
+/// commit (before any flush), and a second frame follows it.
 #[test]
 fn wrap_every_size_at_every_offset() {
     for off in (0..CAP).step_by(ALIGN) {
         for len in 0..=MAXP as usize {
             let start = 3 * CAP + off;
             let (mem, mut tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
-            // Poison the last 8 bytes: the implicit wrap must not write them.
-            // SAFETY: the last 8 bytes of the data area of `mem`; single-threaded test.
+            // Poison the last 16 bytes: an implicit wrap must not write them.
+            // SAFETY: the last 16 bytes of the data area of `mem`; single-threaded test.
             unsafe {
                 core::ptr::write_bytes(
-                    mem.as_ptr().add(RING_HEADER_SIZE + CAP as usize - 8),
+                    mem.as_ptr().add(RING_HEADER_SIZE + CAP as usize - 16),
                     0xAA,
-                    8,
+                    16,
                 )
             };
             let rem = CAP - off;
             let need = frame_size(len) as u64;
-            let skip = if rem == 8 || need > rem { rem } else { 0 };
+            let skip = if rem < HEADER_SIZE as u64 || need > rem { rem } else { 0 };
             let p = pattern(len as u64 + off, len);
+            assert!(!rx.has_data());
             tx.try_push(FlowId::new(off as u32, len as u32), Kind::Data, 3, &p).unwrap();
-            assert_eq!(rx.peek().unwrap().map(|f| f.kind), None, "invisible before flush");
-            tx.flush();
-            assert_eq!(shared_tail(&rx), start + skip + need, "off {off} len {len}");
+            assert!(rx.has_data(), "visible at commit (off {off} len {len})");
+            if skip + need < CAP / 2 {
+                // (From half a ring on, the commit publishes the tail itself.)
+                assert_eq!(shared_tail(&rx), start, "tail not published before the flush");
+            }
             if skip >= HEADER_SIZE as u64 {
-                // SAFETY: offset `off` < CAP - 16 inside the data area (skip >= 16 means
-                // rem >= 16); single-threaded.
-                let pad = unsafe {
-                    mem.as_ptr().add(RING_HEADER_SIZE + off as usize).cast::<FrameHeader>().read()
-                };
-                assert_eq!((pad.kind, pad.len as u64), (Kind::Pad as u16, rem - 16));
-            } else if rem == 8 {
-                // SAFETY: the last 8 bytes of the data area; single-threaded.
-                let tail8 = unsafe {
+                let pad = peek_word(&mem, off as usize + STAMP_SIZE);
+                assert_eq!(peek_word(&mem, off as usize), start + 1, "padding stamped");
+                let (plen, pkind) = (pad as u32, (pad >> 32) as u16);
+                assert_eq!((pkind, plen as u64), (Kind::Pad as u16, rem - HEADER_SIZE as u64));
+            } else if skip > 0 {
+                // SAFETY: the last `rem` bytes of the data area; single-threaded.
+                let last = unsafe {
                     core::slice::from_raw_parts(
-                        mem.as_ptr().add(RING_HEADER_SIZE + CAP as usize - 8),
-                        8,
+                        mem.as_ptr().add(RING_HEADER_SIZE + off as usize),
+                        rem as usize,
                     )
                 };
-                assert_eq!(tail8, &[0xAA; 8], "implicit wrap wrote nothing");
+                assert!(last.iter().all(|b| *b == 0xAA), "implicit wrap wrote nothing");
             }
             let f = rx.peek().unwrap().expect("the frame");
             assert_eq!(
@@ -218,13 +252,15 @@ fn wrap_every_size_at_every_offset() {
                 "off {off} len {len}"
             );
             rx.release();
+            tx.flush();
+            assert_eq!(shared_tail(&rx), start + skip + need, "off {off} len {len}");
             // A second frame right after it, also round-tripping.
             tx.try_push(FlowId(9), Kind::Eof, 0, &[]).unwrap();
-            tx.flush();
             let f = rx.peek().unwrap().expect("the second frame");
             assert_eq!((f.flowid, f.kind, f.payload.len()), (FlowId(9), Kind::Eof, 0));
             rx.release();
             assert_eq!(rx.peek().unwrap().map(|f| f.kind), None);
+            tx.flush();
             assert_eq!(shared_head(&rx), shared_tail(&rx), "caught up and published");
             assert_eq!(rx.header().consumer.frames.load(Ordering::Relaxed), 2, "pads not counted");
             assert_eq!(rx.header().producer.frames.load(Ordering::Relaxed), 2);
@@ -236,18 +272,172 @@ fn wrap_every_size_at_every_offset() {
 fn trailing_padding_alone_is_consumed_as_empty() {
     let start = CAP - 32;
     let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
-    poke(&mem, (CAP - 32) as usize, 16, Kind::Pad as u16, 0);
-    set_tail(&rx, CAP);
+    poke(&mem, CAP - 32, 8, Kind::Pad as u16, 0);
     assert!(rx.has_data());
     assert_eq!(rx.peek().unwrap().map(|f| f.kind), None);
     assert_eq!(shared_head(&rx), CAP, "padding consumed and published");
     assert!(!rx.has_data());
-    // Implicit 8-byte wrap alone, too.
-    let (_mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, CAP - 8);
-    set_tail(&rx, CAP);
-    assert_eq!(rx.peek().unwrap().map(|f| f.kind), None);
-    assert_eq!(shared_head(&rx), CAP);
+    // An implicit 8- or 16-byte wrap alone is not consumed: the producer's tail stands before
+    // it, and the consumer's head never passes the producer's tail (the producer would call
+    // such a head corrupt). The next frame, at offset 0, is found through it.
+    for rem in [8, 16] {
+        let (_mem, mut tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, CAP - rem);
+        assert_eq!(rx.peek().unwrap().map(|f| f.kind), None);
+        assert_eq!((rx.head, rx.corruption()), (CAP - rem, None));
+        tx.try_push(FlowId(5), Kind::Data, 0, b"x").unwrap();
+        assert_eq!(rx.peek().unwrap().map(|f| f.flowid), Some(FlowId(5)));
+        rx.release();
+        assert_eq!(rx.head, CAP + 32);
+    }
+}
+
+// ---------------------------------------------------------------- commit stamps
+
+/// A frame is visible from its commit to a consumer that has caught up with the last flush (the
+/// round-trip case); once the consumer took a frame of a batch not flushed yet, the rest of that
+/// batch becomes visible at its flush (which also rings a sleeping consumer).
+#[test]
+fn frames_are_visible_at_commit_when_caught_up_and_the_rest_of_a_batch_at_its_flush() {
+    let (_m, mut tx, mut rx) = ring(Direction::ToMd);
+    tx.try_push(FlowId(1), Kind::Data, 0, b"one").unwrap();
+    let mut r = tx.reserve(10).unwrap();
+    r.buf()[..3].copy_from_slice(b"two");
+    assert!(rx.has_data(), "visible at commit");
+    assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"one")), Ok(1), "reserved, not committed");
+    r.commit(3, FlowId(2), Kind::Data, 0).unwrap();
+    assert_eq!(shared_tail(&rx), 0, "nothing flushed");
+    assert_eq!(shared_head(&rx), 32, "the consumer is ahead of the flushed tail");
+    assert!(!rx.has_data(), "the rest of the batch waits for its flush");
+    assert_eq!(rx.drain(10, |_| {}), Ok(0));
+    let (bell, _w) = pipe_bells();
+    assert!(rx.prepare_sleep(&bell), "and the consumer may sleep: the flush rings it");
+    assert!(tx.flush(), "rung");
+    assert_eq!(shared_tail(&rx), 64);
+    assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"two")), Ok(1));
+    // Caught up again: the next frame is visible at its commit.
+    tx.try_push(FlowId(3), Kind::Data, 0, b"three").unwrap();
+    assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"three")), Ok(1));
+}
+
+/// A stamp left from an earlier lap (the right offset, an older position) is not a frame: the
+/// consumer takes only `position + 1`.
+#[test]
+fn stale_stamp_from_an_earlier_lap_is_not_taken() {
+    let start = 2 * CAP + 64;
+    let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
+    for old in [start - CAP, start - 2 * CAP, start + CAP] {
+        poke(&mem, old, 3, Kind::Data as u16, 7); // header of another lap at our offset
+        assert!(!rx.has_data(), "stamp of position {old}");
+        assert_eq!(rx.peek().unwrap().map(|f| f.kind), None);
+        assert_eq!(rx.corruption(), None);
+    }
+    poke(&mem, start, 3, Kind::Data as u16, 7);
+    assert_eq!(rx.peek().unwrap().map(|f| f.flowid), Some(FlowId(7)), "ours is taken");
+}
+
+/// Clear-ahead: client payload bytes of an earlier lap that hold exactly the stamp (and a
+/// plausible header) expected at the next header position are not taken for a frame, because
+/// the producer zeroed that word before it stamped the frame in front of it. Without
+/// clear-ahead this test reads a forged frame (flowid 666).
+#[test]
+fn client_bytes_equal_to_the_next_stamp_are_not_taken() {
+    let (mem, mut tx, mut rx) = ring(Direction::ToMd);
+    // Lap 0: one frame whose payload covers offset 72..96, where lap 1's second header goes
+    // (not a line start, so the producer's pretouch of line starts cannot clear it instead).
+    let next = CAP + 72; // lap 1: a 72-byte frame at CAP, then the position the forger aims at
+    let mut forged = vec![0u8; MAXP as usize];
+    let at = 72 - HEADER_SIZE; // payload offset of data offset 72
+    forged[at..at + 8].copy_from_slice(&(next + 1).to_le_bytes());
+    forged[at + 8..at + 12].copy_from_slice(&0u32.to_le_bytes()); // len 0
+    forged[at + 12..at + 14].copy_from_slice(&(Kind::Data as u16).to_le_bytes());
+    forged[at + 16..at + 24].copy_from_slice(&666u64.to_le_bytes());
+    tx.try_push(FlowId(1), Kind::Data, 0, &forged).unwrap(); // 0..128
+    assert_eq!(rx.drain(10, |_| {}), Ok(1));
+    tx.try_push(FlowId(2), Kind::Data, 0, &[0; 104]).unwrap(); // 128..256
+    assert_eq!(rx.drain(10, |_| {}), Ok(1));
+    assert_eq!(peek_word(&mem, 72), next + 1, "the forged stamp is in place");
+    // Lap 1: a 72-byte frame at CAP ends exactly at `next`; flushed, so the consumer, caught up,
+    // polls the stamp at `next` at once.
+    tx.try_push(FlowId(3), Kind::Data, 0, &[3; 48]).unwrap();
+    tx.flush();
+    assert_eq!(tx.tail, next);
+    let mut seen = vec![];
+    rx.drain(10, |f| seen.push(f.flowid.0)).unwrap();
+    assert_eq!(seen, [3], "no forged frame after the real one");
+    assert!(!rx.has_data());
     assert_eq!(rx.corruption(), None);
+}
+
+/// A producer that attaches after a predecessor stamped frames without flushing them continues
+/// after those frames: nothing is lost or overwritten, and the consumer sees everything in order.
+#[test]
+fn producer_reattach_after_stamping_without_flush_continues_after_the_stamped_frames() {
+    for consumed in [0usize, 2, 3] {
+        let (mem, mut tx, mut rx) = ring(Direction::ToMd);
+        tx.try_push(FlowId(1), Kind::Data, 0, b"flushed").unwrap();
+        tx.flush();
+        for i in 2..=3u64 {
+            tx.try_push(FlowId(i), Kind::Data, 0, &[i as u8; 20]).unwrap();
+        }
+        let end = tx.tail;
+        drop(tx); // dies without a flush: the shared tail covers frame 1 only
+        assert_eq!(shared_tail(&rx), 32);
+        // The consumer may already have taken some of them (and published its head past the
+        // flushed tail).
+        let mut seen = vec![];
+        rx.drain(consumed, |f| seen.push(f.flowid.0)).unwrap();
+        let mut tx = Producer::attach(mem.clone(), 0, None).expect("re-attach");
+        assert_eq!(tx.tail, end, "continues after the stamped frames ({consumed} consumed)");
+        tx.try_push(FlowId(4), Kind::Data, 0, b"after").unwrap();
+        tx.flush();
+        rx.drain(10, |f| seen.push(f.flowid.0)).unwrap();
+        assert_eq!(seen, [1, 2, 3, 4], "order kept, nothing lost ({consumed} consumed)");
+    }
+}
+
+/// The walk stops at a stamp that is not the next position's, and refuses an impossible
+/// stamped header rather than continuing after it.
+#[test]
+fn producer_attach_walk_is_bounded_and_validated() {
+    let (mem, _tx, _rx) = ring(Direction::ToMd);
+    poke(&mem, 0, MAXP as u32 + 1, Kind::Data as u16, 0);
+    assert_eq!(Producer::attach(mem.clone(), 0, None).err(), Some(RingAttachError::BadGeometry));
+    poke(&mem, 0, 0, Kind::Pause as u16, 0); // not a kind of this direction
+    assert_eq!(Producer::attach(mem.clone(), 0, None).err(), Some(RingAttachError::BadGeometry));
+    poke(&mem, 0, CAP as u32 - 24, Kind::Pad as u16, 0); // padding at the start of a lap
+    assert_eq!(Producer::attach(mem.clone(), 0, None).err(), Some(RingAttachError::BadGeometry));
+    poke_word(&mem, 0, CAP + 1); // another lap's stamp: nothing to walk
+    assert_eq!(Producer::attach(mem.clone(), 0, None).unwrap().tail, 0);
+}
+
+#[test]
+fn attach_refuses_layout_2() {
+    let mem = HeapMemory::new_ring(CAP, MAXP, Direction::ToMd);
+    // SAFETY: test: the header is ours; nothing else uses the ring; `layout_version` is a plain
+    // u32 field written once by `init`.
+    unsafe { (*mem.as_ptr().cast::<RingHeader>()).layout_version = 2 };
+    let mem = Arc::new(mem);
+    let want = Some(RingAttachError::VersionMismatch { found: 2, expected: 3 });
+    assert_eq!(LAYOUT_VERSION, 3);
+    assert_eq!(Consumer::attach(mem.clone(), 0).err(), want);
+    assert_eq!(Producer::attach(mem, 0, None).err(), want);
+}
+
+/// The reset zeroes the stamp word at the new generation's base, so bytes left there (here a
+/// forged `base + 1`) are not a frame, and a producer attaching does not walk past them.
+#[test]
+fn reset_zeroes_the_base_stamp_word() {
+    let (mem, mut tx, _rx) = ring(Direction::ToMd);
+    tx.try_push(FlowId(1), Kind::Data, 0, b"old").unwrap();
+    tx.flush();
+    let base = generation_base(0, 32, CAP);
+    poke(&mem, base, 0, Kind::Data as u16, 666); // what a forger would need
+    reset(&*mem, 0, 2).unwrap();
+    assert_eq!(peek_word(&mem, 0), 0);
+    let mut rx = Consumer::attach(mem.clone(), 0).unwrap();
+    let tx = Producer::attach(mem.clone(), 0, None).unwrap();
+    assert_eq!(tx.tail, base);
+    assert_eq!(rx.peek().unwrap().map(|f| f.flowid), None);
 }
 
 // ---------------------------------------------------------------- full, empty, reserve
@@ -267,21 +457,22 @@ fn empty_ring() {
 #[test]
 fn full_is_reported_flushed_counted_per_episode_and_recovers() {
     let (_m, mut tx, mut rx) = ring(Direction::ToMd);
-    // 24-byte frames (len 8): 256 / 24 = 10 fit, with 16 bytes to spare.
+    // 32-byte frames (len 8): 7 fit in 256 bytes, the 8th would need its clear-ahead word too
+    // (it would end at 256, and the word at 256 is the first frame's stamp: not free).
     let mut n = 0u64;
     while tx.try_push(FlowId(n), Kind::Data, 0, &n.to_le_bytes()) != Err(PushError::Full) {
         n += 1;
-        assert!(n <= 10);
+        assert!(n <= 8);
     }
-    assert_eq!(n, 10);
-    // Full flushed: the consumer sees every frame although we never called flush.
-    assert_eq!(shared_tail(&rx), 240);
+    assert_eq!(n, 7);
+    // Full flushed: the tail is published although we never called flush.
+    assert_eq!(shared_tail(&rx), 224);
     for _ in 0..5 {
         assert_eq!(tx.try_push(FlowId(99), Kind::Data, 0, &[0; 8]), Err(PushError::Full));
         assert_eq!(tx.reserve(8).err(), Some(PushError::Full));
         assert!(!tx.has_room(8));
+        assert!(!tx.has_room(0), "24 bytes + the 8-byte wrap + the clear word do not fit");
     }
-    assert!(tx.has_room(0), "a 16-byte frame still fits");
     assert_eq!(tx.header().producer.full_events.load(Ordering::Relaxed), 1, "one episode");
     // Consume one frame: room for exactly one more.
     let f = rx.peek().unwrap().unwrap();
@@ -295,7 +486,7 @@ fn full_is_reported_flushed_counted_per_episode_and_recovers() {
     assert_eq!(tx.header().producer.full_events.load(Ordering::Relaxed), 2, "second episode");
     let mut seen = vec![];
     rx.drain(usize::MAX, |f| seen.push(f.flowid.0)).unwrap();
-    assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "order kept, nothing dropped");
+    assert_eq!(seen, (1..=7).collect::<Vec<_>>(), "order kept, nothing dropped");
 }
 
 #[test]
@@ -323,22 +514,20 @@ fn dropped_reservation_leaves_ring_unchanged() {
     // Near the end, where the reservation would need a padding record.
     let start = CAP - 48;
     let (mem, mut tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
-    poke(&mem, (CAP - 48) as usize, 0x5555, 0x5555, 0x5555);
+    poke_meta(&mem, (CAP - 48) as usize, 0x5555, 0x5555, 0x5555);
     {
         let mut r = tx.reserve(MAXP as usize).unwrap();
         r.buf().fill(0xEE);
     }
+    assert!(!rx.has_data(), "nothing stamped");
     assert!(!tx.flush(), "nothing committed");
     assert_eq!(shared_tail(&rx), start);
     assert_eq!(tx.header().producer.frames.load(Ordering::Relaxed), 0);
-    // SAFETY: offset CAP - 48 is inside the data area; single-threaded.
-    let h = unsafe {
-        mem.as_ptr().add(RING_HEADER_SIZE + (CAP - 48) as usize).cast::<FrameHeader>().read()
-    };
-    assert_eq!(h.kind, 0x5555, "no padding record was written");
+    assert_eq!(peek_word(&mem, (CAP - 48) as usize), 0, "no stamp");
+    assert_eq!(peek_word(&mem, (CAP - 40) as usize) >> 32, 0x5555, "no padding record written");
     tx.try_push(FlowId(1), Kind::Data, 0, b"x").unwrap();
     tx.flush();
-    assert_eq!(shared_tail(&rx), start + 24, "the next frame goes where the reservation was");
+    assert_eq!(shared_tail(&rx), start + 32, "the next frame goes where the reservation was");
     assert_eq!(rx.peek().unwrap().unwrap().payload, b"x");
 }
 
@@ -363,7 +552,7 @@ fn consumer_publish_cadence() {
     // 4096-byte ring: the consumer publishes every 512 bytes, at drain's end, and when empty.
     let (_m, mut tx, mut rx) = ring_at(4096, 1024, Direction::ToMd, 0);
     for i in 0..40u64 {
-        tx.try_push(FlowId(i), Kind::Data, 0, &[0; 48]).unwrap(); // 64-byte frames
+        tx.try_push(FlowId(i), Kind::Data, 0, &[0; 40]).unwrap(); // 64-byte frames
     }
     tx.flush();
     for i in 1..=8u64 {
@@ -380,6 +569,20 @@ fn consumer_publish_cadence() {
     assert_eq!(shared_head(&rx), 40 * 64, "finding the ring empty publishes");
 }
 
+/// A producer that commits more than half a ring without flushing publishes `tail` itself, so
+/// the shared tail never lags the frames by a ring (attach checks and the re-attach walk rely
+/// on it).
+#[test]
+fn producer_publishes_tail_every_half_ring_without_flush() {
+    let (_m, mut tx, mut rx) = ring_at(4096, 1024, Direction::ToMd, 0);
+    for i in 0..200u64 {
+        tx.try_push(FlowId(i), Kind::Data, 0, &[0; 40]).unwrap();
+        assert!(tx.tail - shared_tail(&rx) < 2048, "frame {i}");
+        rx.drain(usize::MAX, |_| {}).unwrap();
+    }
+    assert!(shared_tail(&rx) >= 2048);
+}
+
 // ---------------------------------------------------------------- corruption
 
 #[test]
@@ -387,7 +590,6 @@ fn corrupt_unknown_kind() {
     for kind in [0u16, 12, 0xffff] {
         let (mem, _tx, mut rx) = ring(Direction::ToMd);
         poke(&mem, 0, 0, kind, 0);
-        set_tail(&rx, 16);
         assert_corrupt(&mut rx, 0, Corruption::Kind(kind));
     }
 }
@@ -404,7 +606,6 @@ fn corrupt_kind_wrong_for_direction() {
     ] {
         let (mem, _tx, mut rx) = ring(dir);
         poke(&mem, 0, 0, kind as u16, 0);
-        set_tail(&rx, 16);
         assert_corrupt(&mut rx, 0, Corruption::Kind(kind as u16));
     }
 }
@@ -414,55 +615,51 @@ fn corrupt_len_above_max_payload() {
     for len in [MAXP as u32 + 1, u32::MAX] {
         let (mem, _tx, mut rx) = ring(Direction::ToMd);
         poke(&mem, 0, len, Kind::Data as u16, 0);
-        set_tail(&rx, CAP);
         assert_corrupt(&mut rx, 0, Corruption::Length(len));
     }
 }
 
+/// After a padding record, a frame that reaches more than a ring past `head` (no honest
+/// producer reserves that: the padding and the frame are reserved together).
 #[test]
-fn corrupt_len_past_tail() {
-    // A valid frame first, so the bad one is not at position 0.
-    let (mem, mut tx, mut rx) = ring(Direction::ToMd);
-    tx.try_push(FlowId(1), Kind::Data, 0, b"ok").unwrap();
-    tx.flush();
-    assert_eq!(rx.peek().unwrap().unwrap().payload, b"ok");
-    rx.release();
-    poke(&mem, 24, 32, Kind::Data as u16, 0); // needs 48 bytes
-    set_tail(&rx, 24 + 40);
-    assert_corrupt(&mut rx, 24, Corruption::Length(32));
-    assert_eq!(rx.header().consumer.frames.load(Ordering::Relaxed), 1);
+fn corrupt_frame_further_than_a_ring_from_head() {
+    let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, 24);
+    poke(&mem, 24, (CAP - 24 - 24) as u32, Kind::Pad as u16, 0); // reaches the end
+    poke(&mem, CAP, MAXP as u32, Kind::Data as u16, 0); // 232 + 128 > 256
+    assert_corrupt(&mut rx, CAP, Corruption::Length(MAXP as u32));
 }
 
 #[test]
 fn corrupt_frame_past_ring_end() {
     let start = CAP - 32;
     let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
-    poke(&mem, (CAP - 32) as usize, 40, Kind::Data as u16, 0); // 56 bytes in a 32-byte rem
-    set_tail(&rx, start + 64);
+    poke(&mem, start, 40, Kind::Data as u16, 0); // 64 bytes in a 32-byte rem
     assert_corrupt(&mut rx, start, Corruption::Length(40));
 }
 
 #[test]
 fn corrupt_pad_length() {
-    // rem is 32, so the only valid padding length is 16.
-    for len in [0u32, 8, 24, 32, u32::MAX] {
+    // rem is 32, so the only valid padding length is 8.
+    for len in [0u32, 16, 24, 32, u32::MAX] {
         let start = CAP - 32;
         let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
-        poke(&mem, (CAP - 32) as usize, len, Kind::Pad as u16, 0);
-        set_tail(&rx, start + 64);
+        poke(&mem, start, len, Kind::Pad as u16, 0);
         assert_corrupt(&mut rx, start, Corruption::Pad(len));
     }
     // Padding in the middle of the ring (it must reach the end).
+    let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, 64);
+    poke(&mem, 64, 16, Kind::Pad as u16, 0);
+    assert_corrupt(&mut rx, 64, Corruption::Pad(16));
+    // Padding over a whole lap, at its start: no frame needs it.
     let (mem, _tx, mut rx) = ring(Direction::ToMd);
-    poke(&mem, 0, 16, Kind::Pad as u16, 0);
-    set_tail(&rx, 64);
-    assert_corrupt(&mut rx, 0, Corruption::Pad(16));
-    // Correct length, but the published tail stops inside it.
+    poke(&mem, 0, CAP as u32 - 24, Kind::Pad as u16, 0);
+    assert_corrupt(&mut rx, 0, Corruption::Pad(CAP as u32 - 24));
+    // Correct padding with nothing stamped after it yet: consumed, the ring is empty.
     let start = CAP - 32;
     let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
-    poke(&mem, (CAP - 32) as usize, 16, Kind::Pad as u16, 0);
-    set_tail(&rx, start + 16);
-    assert_corrupt(&mut rx, start, Corruption::Pad(16));
+    poke(&mem, start, 8, Kind::Pad as u16, 0);
+    assert_eq!(rx.peek().unwrap().map(|f| f.kind), None);
+    assert_eq!((rx.head, rx.corruption()), (CAP, None));
 }
 
 #[test]
@@ -478,29 +675,45 @@ fn corrupt_fixed_length_kinds() {
     ] {
         let (mem, _tx, mut rx) = ring(dir);
         poke(&mem, 0, len, kind as u16, 0);
-        set_tail(&rx, frame_size(len as usize) as u64);
         assert_corrupt(&mut rx, 0, Corruption::KindLength { kind: kind as u16, len });
     }
 }
 
+/// The consumer reads `tail` only before it sleeps: a published tail past its position with no
+/// stamp there (a trampled ring), impossible or unaligned, is `Corrupt` instead of a sleep in
+/// front of a frame that will never be stamped. A tail behind it is fine (it may be ahead of the
+/// last flush).
 #[test]
-fn corrupt_positions() {
+fn corrupt_positions_found_before_sleeping() {
     let start = 64;
     let cases: [(u64, &str); 5] = [
-        (start - 8, "tail behind head"),
+        (start + 32, "tail ahead, nothing stamped"),
         (start + CAP + 8, "tail more than capacity ahead"),
         (start + 20, "unaligned tail"),
         (start + 8, "tail inside a frame header"),
         (!7u64, "tail absurdly far"),
     ];
+    let (rx_bell, _tx_bell) = pipe_bells();
     for (tail, why) in cases {
         let (_mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
         set_tail(&rx, tail);
+        assert!(!rx.prepare_sleep(&rx_bell), "{why}: must not sleep");
         let what = Corruption::Positions { head: start, tail };
-        let want = RingError::Corrupt { at: start, what };
-        assert_eq!(rx.peek().map(|f| f.is_some()), Err(want), "{why}");
         assert_corrupt(&mut rx, start, what);
     }
+    for tail in [start - 8, start, 0] {
+        let (_mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
+        set_tail(&rx, tail);
+        assert!(rx.prepare_sleep(&rx_bell), "tail {tail} behind or at the consumer");
+        assert_eq!(rx.corruption(), None);
+        rx.header().armed.0.store(0, Ordering::Relaxed);
+    }
+    // A stamped frame there: data, not corruption.
+    let (mem, _tx, mut rx) = ring_at(CAP, MAXP, Direction::ToMd, start);
+    poke(&mem, start, 0, Kind::Eof as u16, 0);
+    set_tail(&rx, start + 24);
+    assert!(!rx.prepare_sleep(&rx_bell));
+    assert_eq!(rx.corruption(), None);
 }
 
 #[test]
@@ -510,31 +723,30 @@ fn corruption_after_valid_frames_does_not_lose_them() {
         tx.try_push(FlowId(i), Kind::Data, 0, b"abc").unwrap();
     }
     tx.flush();
-    poke(&mem, 72, 0, 77, 0);
-    set_tail(&rx, 72 + 16);
+    poke(&mem, 96, 0, 77, 0);
     let mut seen = vec![];
     let r = rx.drain(usize::MAX, |f| seen.push(f.flowid.0));
     assert_eq!(seen, [0, 1, 2]);
-    assert_eq!(r, Err(RingError::Corrupt { at: 72, what: Corruption::Kind(77) }));
-    assert_eq!(shared_head(&rx), 72, "drain published the frames it handled");
+    assert_eq!(r, Err(RingError::Corrupt { at: 96, what: Corruption::Kind(77) }));
+    assert_eq!(shared_head(&rx), 96, "drain published the frames it handled");
     assert_eq!(rx.header().consumer.frames.load(Ordering::Relaxed), 3);
-    assert_corrupt(&mut rx, 72, Corruption::Kind(77));
+    assert_corrupt(&mut rx, 96, Corruption::Kind(77));
 }
 
 #[test]
 fn producer_sees_corrupt_head() {
-    // Ahead of what the producer published.
+    // Ahead of what the producer committed.
     let (_m, mut tx, rx) = ring(Direction::ToMd);
     while tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]).is_ok() {}
-    let published = shared_tail(&rx);
-    rx.header().head.0.store(published + 8, Ordering::Release);
+    let committed = tx.tail;
+    rx.header().head.0.store(committed + 8, Ordering::Release);
     assert_eq!(tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]), Err(PushError::Corrupt));
     assert_eq!(tx.reserve(8).err(), Some(PushError::Corrupt));
     // Behind what the producer already saw (e.g. after a reset it has not noticed).
     let (_m, mut tx, mut rx) = ring(Direction::ToMd);
     while tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]).is_ok() {}
     rx.drain(2, |_| {}).unwrap();
-    assert!(tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]).is_ok(), "cached head = 48");
+    assert!(tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]).is_ok(), "cached head = 64");
     while tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]).is_ok() {}
     rx.header().head.0.store(24, Ordering::Release);
     assert_eq!(tx.try_push(FlowId(0), Kind::Data, 0, &[0; 8]), Err(PushError::Corrupt));
@@ -560,12 +772,6 @@ fn reset_bumps_generation_and_drops_old_frames() {
     tx.try_push(FlowId(2), Kind::Data, 0, b"new").unwrap();
     tx.flush();
     assert_eq!(rx.peek().unwrap().unwrap().payload, b"new");
-}
-
-fn pipe_bells() -> (Doorbell, Doorbell) {
-    let (r, w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    (Doorbell::from_fd(r), Doorbell::from_fd(w))
 }
 
 #[test]

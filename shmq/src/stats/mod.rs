@@ -94,7 +94,10 @@
 //! ([`QueueConsumerStats::note_pickup`]). This is "latest publish → consumer pick-up": it includes
 //! the doorbell wake-up (~25–30 µs across vCPUs here) and time the consumer was busy elsewhere; when
 //! several flushes coalesce into one batch it measures the newest, so it is a lower bound for the
-//! oldest frame. Frames themselves carry no timestamp (the frame header is 16 bytes and full).
+//! oldest frame. Frames themselves carry no timestamp (the 24-byte frame header is full). Since
+//! ring layout 3 a frame is visible to the consumer from its commit, a little before the flush
+//! that stamps this time, so a pick-up between the two is measured from the previous flush's
+//! stamp (if that one was not counted yet): the commit-to-flush gap is one loop iteration.
 //!
 //! # Example
 //!
