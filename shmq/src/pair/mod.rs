@@ -252,6 +252,20 @@ impl PairConfig {
         ring::ring_bytes(self.capacity)
     }
 
+    /// The geometry and identity this process writes into a ring it creates or rewrites.
+    fn ring_params(&self, d: Dir, epoch: u64, generation: u64) -> RingParams {
+        let me = ProcId::current();
+        RingParams {
+            capacity: self.capacity,
+            max_payload: self.max_payload,
+            direction: d.direction(),
+            creator_pid: me.pid,
+            creator_start_time: me.start_time,
+            epoch,
+            generation,
+        }
+    }
+
     fn segment(&self, d: Dir, instance: u32) -> String {
         format!("{}.{}.{instance}", self.name, d.tag())
     }
@@ -380,16 +394,7 @@ impl PairConfig {
         // between two io_conns, reported as such (`Other` with the `Exists` source).
         let seg = Segment::create(self.backend, &name, self.segment_bytes(), MODE)
             .map_err(|e| other(name.clone(), e))?;
-        let me = ProcId::current();
-        let p = RingParams {
-            capacity: self.capacity,
-            max_payload: self.max_payload,
-            direction: d.direction(),
-            creator_pid: me.pid,
-            creator_start_time: me.start_time,
-            epoch,
-            generation: 1,
-        };
+        let p = self.ring_params(d, epoch, 1);
         if let Err(e) = ring::init(&seg, 0, &p) {
             let _ = Segment::remove(self.backend, &name);
             return Err(other(name, e));

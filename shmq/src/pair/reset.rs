@@ -5,12 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::doorbell::Doorbell;
-use crate::layout::RingParams;
 use crate::region::Segment;
 use crate::ring::holder;
 use crate::ring::{self, Consumer, Producer};
 use crate::sync::Ordering;
-use crate::sys::{Liveness, ProcId};
+use crate::sys::Liveness;
 
 use super::*;
 
@@ -193,16 +192,7 @@ impl PairConfig {
             return Ok(released);
         }
         log::warn!("ring header of {} damaged; rewriting it", seg.name());
-        let me = ProcId::current();
-        let p = RingParams {
-            capacity: self.capacity,
-            max_payload: self.max_payload,
-            direction: d.direction(),
-            creator_pid: me.pid,
-            creator_start_time: me.start_time,
-            epoch,
-            generation,
-        };
+        let p = self.ring_params(d, epoch, generation);
         ring::init(&**seg, 0, &p).map_err(|e| other(seg.name(), e))?;
         Ok(release.is_some())
     }

@@ -378,8 +378,9 @@ impl Producer {
 
 impl Reservation<'_> {
     /// The payload area: `max` bytes, in the shared segment. It holds stale bytes from earlier
-    /// frames, not zeroes. Nothing of it is visible to the consumer before [`Self::commit`]. (A `&mut` into memory another process maps writable: see the module
-    /// docs, "Untrusted bytes".)
+    /// frames, not zeroes. Nothing of it is visible to the consumer before [`Self::commit`]. (A
+    /// `&mut` into memory another process maps writable: see the module docs, "Untrusted
+    /// bytes".)
     pub fn buf(&mut self) -> &mut [u8] {
         let pos = self.p.tail + self.skip;
         let off = (pos & self.p.r.mask) as usize + HEADER_SIZE;
