@@ -223,8 +223,8 @@ pub struct Flow {
     pub drained: u64,
     /// In the loop's DRAINED list.
     pub in_drained_list: bool,
-    /// In the loop's credit watch list (`request` dispatch: credit below a quarter held back
-    /// while an md works on one of this flow's requests; see `server::dispatch`). Like
+    /// In the loop's credit watch list (credit below a quarter, `flow` dispatch: a sixteenth,
+    /// held back while an md works on one of this flow's requests; see `server::dispatch`). Like
     /// `in_drained_list` it stays with the slot: a stale entry serves the slot's next flow.
     pub in_credit_watch: bool,
     /// The epoll interest currently registered.
@@ -238,6 +238,11 @@ pub struct Flow {
     /// `flow` dispatch: requests pushed to md whose reply has not ended (md marks reply ends,
     /// OPEN flag `OPEN_MARK_ENDS`): 0 means no reply is owed, which a handover waits for.
     pub owed: u32,
+    /// `flow` dispatch: when md started on the oldest request still owed (the push that made
+    /// `owed` 1, or the reply end that left others owed). A request owed for a whole tick while
+    /// credit is held back may be waiting for that credit (`server::dispatch`, "Returning
+    /// credit").
+    pub owed_since: Instant,
     /// `flow` dispatch: md sent DATA for it at least once (a CLOSE before that is a refusal,
     /// which routing counts against the md).
     pub md_answered: bool,
@@ -288,6 +293,7 @@ impl Flow {
             blocked: false,
             open_pending: false,
             owed: 0,
+            owed_since: now,
             md_answered: false,
             input_end: InputEnd::Reading,
             after_flush: AfterFlush::Serve,

@@ -144,8 +144,8 @@ pub(crate) struct Clients {
     pub(super) drained_list: Vec<u32>,
     /// When deferred DRAINED frames go out even if nothing else goes to their md.
     pub(super) drained_force_at: Option<Instant>,
-    /// `request`-dispatched flows holding back credit from an md that works on one of their
-    /// requests: looked at once per [`super::SHORT_TICK`] (`dispatch::watch_credit`).
+    /// Flows holding back credit from an md that works on one of their requests: looked at once
+    /// per [`super::SHORT_TICK`] (`dispatch::watch_credit`).
     pub(super) credit_watch: Vec<u32>,
     /// When the credit watch list is looked at next.
     pub(super) credit_watch_at: Option<Instant>,

@@ -42,6 +42,14 @@
 //! So a request/response client costs md no DRAINED frame until a quarter of the credit (64 KiB
 //! by default: hundreds of small replies) is owed, and a request that waits for credit gets it
 //! within one to two ticks.
+//!
+//! `flow` dispatch follows the same rule with one md per connection (`output::add_drained`): a
+//! sixteenth of the credit goes back with the next frames to that md or within a tick; less
+//! joins the credit watch only while md owes the connection a reply (`Flow::owed`), and goes
+//! back once the oldest owed reply has been unfinished for a whole tick (`Flow::owed_since`).
+//! Until then it stays here: it used to go back once per tick and connection, which at kv
+//! `-c 50` was a DRAINED frame for every third request (docs/BENCHMARKS.md, "Credit held
+//! back under flow dispatch").
 
 use std::time::Instant;
 
@@ -49,7 +57,7 @@ use shmq::frame::{self, FlowId, Kind};
 
 use super::{Clients, Cx, Links, SHORT_TICK};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, InputEnd, NO_MD, Peer, ReqFlow, State, TooLong};
+use crate::flows::{AfterFlush, Flow, InputEnd, NO_MD, Peer, ReqFlow, State, TooLong};
 
 impl Clients {
     /// A DATA frame of md `i` for `request`-dispatched flow `slot`.
@@ -327,7 +335,16 @@ impl Clients {
             let id = self.flows.id(slot);
             let f = self.flows.get_mut(slot);
             let mut keep = false;
-            if f.state == State::Open && f.rq.on {
+            if f.state == State::Open && !f.rq.on {
+                // `flow` dispatch: one md, whose requests run in order.
+                if f.drained > 0 && !f.in_drained_list {
+                    match credit_verdict((f.owed > 0).then_some(f.owed_since), cx.now) {
+                        Verdict::Idle => {}
+                        Verdict::Young => keep = true,
+                        Verdict::Return => keep = !push_flow_drained(cx, links, id, f),
+                    }
+                }
+            } else if f.state == State::Open {
                 let ReqFlow { q, peers, .. } = &mut f.rq;
                 for p in peers.iter_mut().filter(|p| p.drained > 0) {
                     let oldest = q.iter().find(|r| r.md == p.md && !r.done).map(|r| r.since);
@@ -367,6 +384,24 @@ pub(super) fn credit_verdict(oldest: Option<Instant>, now: Instant) -> Verdict {
         None => Verdict::Idle,
         Some(t) if now.saturating_duration_since(t) >= SHORT_TICK => Verdict::Return,
         Some(_) => Verdict::Young,
+    }
+}
+
+/// Pushes one DRAINED frame returning a `flow`-dispatched connection's held-back credit to its md;
+/// false if its ring was full (to be retried). An md without a ring is owed nothing any more.
+fn push_flow_drained(cx: &mut Cx, links: &mut Links, id: FlowId, f: &mut Flow) -> bool {
+    let Some((tx, pushed)) = links.tx(f.md) else {
+        f.drained = 0;
+        return true;
+    };
+    match tx.try_push(id, Kind::Drained, 0, &frame::encode_drained(f.drained)) {
+        Ok(()) => {
+            *pushed = true;
+            f.drained = 0;
+            cx.c[Io::DrainedFrames] += 1;
+            true
+        }
+        Err(_) => false,
     }
 }
 

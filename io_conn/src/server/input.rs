@@ -80,7 +80,15 @@ fn push_one(
         let Some((tx, pushed)) = links.tx(f.md) else { return Err(Pump::MdGone) };
         tx.try_push(id, Kind::Data, 0, msg).map_err(|e| push_failed(e, f.md))?;
         *pushed = true;
+        if f.owed == 0 {
+            f.owed_since = now;
+        }
         f.owed += 1;
+        // Credit held back while md works on a request: watched (see `dispatch`).
+        if f.drained > 0 && !f.in_credit_watch && !f.in_drained_list {
+            f.in_credit_watch = true;
+            watch.push(id.slot());
+        }
         return Ok(());
     }
     if f.rq.full() {

@@ -32,7 +32,11 @@ impl Clients {
                     links.req_answered(i);
                 }
                 // One frame may complete the replies of a whole batch (`flags::ends_flags`).
-                f.owed = f.owed.saturating_sub(frame::flags::data_ends(fr.flags));
+                let ends = frame::flags::data_ends(fr.flags);
+                f.owed = f.owed.saturating_sub(ends);
+                if ends > 0 && f.owed > 0 {
+                    f.owed_since = cx.now; // md goes on to the next one now
+                }
                 if fr.payload.is_empty() {
                     return; // only a reply's end
                 }
@@ -310,12 +314,24 @@ impl Clients {
         self.update_interest(cx, slot);
     }
 
+    /// `n` credited bytes of a `flow`-dispatched connection reached the client. They go back to
+    /// md with the DRAINED list once a sixteenth of the credit is owed; below that, only if md
+    /// may be waiting for them: the flow joins the credit watch while a request is owed (see
+    /// "Returning credit" in `dispatch`), and otherwise the credit stays here until more comes.
     fn add_drained(&mut self, cx: &Cx, slot: u32, n: u64) {
         if n == 0 {
             return;
         }
+        let ride = (self.lim.credit / 16).max(1);
         let f = self.flows.get_mut(slot);
         f.drained += n;
+        if f.drained < ride {
+            if f.owed > 0 && !f.in_credit_watch && !f.in_drained_list {
+                f.in_credit_watch = true;
+                self.credit_watch.push(slot);
+            }
+            return;
+        }
         if !f.in_drained_list {
             f.in_drained_list = true;
             self.drained_list.push(slot);
@@ -335,13 +351,13 @@ impl Clients {
         self.drained_force_at.is_some_and(|t| now >= t)
     }
 
-    /// Pushes DRAINED for flows that flushed output. Sent at once when a quarter of the credit is
-    /// waiting, or a sixteenth when md gets other frames this iteration anyway; otherwise
-    /// deferred up to [`SHORT_TICK`] (`force`), so the credit of small replies goes back in one
-    /// batch per md and millisecond instead of a frame per reply, and never wakes md on its own
-    /// more than once per millisecond. `request`-dispatched flows are only here with a quarter
-    /// of the credit owed to some md; smaller amounts are returned by the credit watch
-    /// (`dispatch::watch_credit`, looked at here once per tick).
+    /// Pushes DRAINED for flows that flushed output. A flow is here with at least a sixteenth of
+    /// the credit owed (`add_drained`; `request` dispatch: a quarter, to some md). Sent at once
+    /// when a quarter of the credit is waiting, or a sixteenth when md gets other frames this
+    /// iteration anyway; otherwise deferred up to [`SHORT_TICK`] (`force`), so md is never woken
+    /// for credit alone more than once per millisecond. Smaller amounts go back only when md may
+    /// be waiting for them: the credit watch (`dispatch::watch_credit`, looked at here once per
+    /// tick).
     pub(super) fn flush_drained(&mut self, cx: &mut Cx, links: &mut Links, force: bool) {
         let quarter = (self.lim.credit / 4).max(1);
         let ride = (self.lim.credit / 16).max(1);
@@ -369,10 +385,8 @@ impl Clients {
                 k += 1;
                 continue;
             };
-            // Riding along with other frames to md only once a sixteenth of the credit is
-            // waiting: a DRAINED per request/response round trip cost md one frame per command
-            // (kv at c50: half of the frames md handled); the forced flush every SHORT_TICK
-            // returns the rest in one batch per md.
+            // A sixteenth of the credit (16 KiB by default) rides along with other frames to md;
+            // the forced flush every SHORT_TICK returns the rest in one batch per md.
             if !(force || f.drained >= quarter || (*pushed && f.drained >= ride)) {
                 k += 1;
                 continue;

@@ -359,3 +359,63 @@ fn ends_flags_round_trip() {
         assert_eq!(data_ends(ends_flags(k)) as usize, k);
     }
 }
+
+/// `flow` dispatch: md 0 owes `owed` replies to a flow and sends the first (5 bytes); it is
+/// written to the client, then the loop runs `ticks` iterations a double tick apart.
+fn flow_answer_and_tick(owed: u32, reply: &'static [u8], ticks: u32) -> (Cx, Clients, FlowId) {
+    use std::io::Read;
+    let (mut cx, mut cl, mut links) = setup(1);
+    let (id, mut client) = socket_flow(&mut cx, &mut cl);
+    let f = cl.flows.get_mut(id.slot());
+    (f.owed, f.owed_since) = (owed, cx.now);
+    let fr =
+        Frame { flowid: id, kind: Kind::Data, flags: frame::flags::ends_flags(1), payload: reply };
+    cl.on_md_frame(&mut cx, &mut links, 0, fr);
+    cl.write_staged(&mut cx, &mut links);
+    let mut got = vec![0u8; reply.len()];
+    client.read_exact(&mut got).expect("read");
+    assert_eq!(got, reply);
+    for _ in 0..ticks {
+        cl.flush_drained(&mut cx, &mut links, true);
+        cx.now += super::SHORT_TICK * 2;
+    }
+    (cx, cl, id)
+}
+
+/// A request/response client under `flow` dispatch costs md no DRAINED frame per reply (kv at
+/// c50 sent one per flow and tick: a third of the frames md read): small credit stays here while
+/// md owes the flow nothing.
+#[test]
+fn flow_credit_below_a_sixteenth_is_held_back_while_no_reply_is_owed() {
+    let (cx, cl, id) = flow_answer_and_tick(1, b"PONG\n", 3);
+    let f = cl.flows.get(id.slot());
+    assert_eq!(f.drained, 5, "held back: md is not waiting for it");
+    assert_eq!(cx.c[Io::DrainedFrames], 0);
+    assert!(!f.in_drained_list && !f.in_credit_watch);
+    assert!(!cl.has_drained(), "nothing keeps the loop waking up every tick");
+}
+
+#[test]
+fn flow_credit_held_back_goes_to_md_once_a_reply_stays_owed_for_a_tick() {
+    let (_, cl, id) = flow_answer_and_tick(2, b"PONG\n", 1);
+    let f = cl.flows.get(id.slot());
+    assert_eq!(f.drained, 5, "the second reply is young: credit held back");
+    assert!(f.in_credit_watch && cl.has_drained());
+    let (_, cl, id) = flow_answer_and_tick(2, b"PONG\n", 3);
+    let f = cl.flows.get(id.slot());
+    // No ring in these tests: returning the credit forgets it (nobody to push it to).
+    assert_eq!(f.drained, 0, "returned: md may be waiting for room");
+    assert!(!f.in_credit_watch && !cl.has_drained());
+}
+
+#[test]
+fn flow_credit_of_a_sixteenth_joins_the_drained_list() {
+    static BIG: [u8; 64 << 10] = [b'x'; 64 << 10];
+    let sixteenth = config::Config::default().io_conn.output_credit / 16;
+    assert!(sixteenth as usize <= BIG.len(), "the test reply covers a sixteenth of the credit");
+    let (_, cl, id) = flow_answer_and_tick(1, &BIG[..sixteenth as usize], 0);
+    let f = cl.flows.get(id.slot());
+    assert_eq!(f.drained, sixteenth);
+    assert!(f.in_drained_list && !f.in_credit_watch, "due with the next frames or tick");
+    assert!(cl.has_drained(), "the loop wakes for it within a tick");
+}
