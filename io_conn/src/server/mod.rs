@@ -25,8 +25,9 @@
 //!    (frames pushed, none answered since) or right after replies went to clients, one spin
 //!    opportunity ([`rt::SpinGate`]: up to `io_conn.spin`, yielding the CPU every few µs,
 //!    unless backing off after spins that found nothing or the machine has more than twice as
-//!    many runnable threads as CPUs) on the md→io rings and, every few looks, the epoll set (`epoll_wait` with timeout 0: a lone client's next request
-//!    comes after its own round trip); otherwise arm each md→io ring's doorbell (drain the FIFO,
+//!    many runnable threads as CPUs) on the md→io rings and, every few looks, the epoll set
+//!    (`epoll_wait` with timeout 0: a lone client's next request comes after its own round
+//!    trip; the events it fetches are the ones step 2 handles); otherwise arm each md→io ring's doorbell (drain the FIFO,
 //!    set `armed`, fence, re-check) and sleep — 1 ms at most while flows are blocked on a full
 //!    ring or DRAINED frames are deferred, else until an event (the timerfd covers deadlines).
 //! 2. Handle every epoll event (accept, read, write, doorbells, pidfds, timer, signals).
@@ -149,6 +150,9 @@ pub(crate) struct Server<'c> {
     links: Links,
     inbound: Inbound,
     events: Vec<EpollEvent>,
+    /// Events a spin's look at the epoll set already fetched into `events`: the loop handles
+    /// them instead of asking again (one `epoll_wait` per event batch found while spinning).
+    peeked: usize,
     timer: OneShotTimer,
     signals: Option<SignalFd>,
     shutdown: Option<Shutdown>,
@@ -249,6 +253,7 @@ impl<'c> Server<'c> {
             links,
             inbound,
             events: vec![EpollEvent::empty(); 256],
+            peeked: 0,
             timer,
             signals,
             shutdown: opts.shutdown.take(),
@@ -308,10 +313,13 @@ impl<'c> Server<'c> {
         self.rearm_timer();
         while !self.exit {
             let timeout = self.sleep_timeout();
-            let n = match self.cx.epoll.wait(&mut self.events, timeout) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => 0,
-                Err(e) => return Err(e).context("epoll_wait"),
+            let n = match std::mem::take(&mut self.peeked) {
+                0 => match self.cx.epoll.wait(&mut self.events, timeout) {
+                    Ok(n) => n,
+                    Err(Errno::EINTR) => 0,
+                    Err(e) => return Err(e).context("epoll_wait"),
+                },
+                n => n,
             };
             if n > 0 {
                 self.cx.c[Io::EpollWakeups] += 1;
@@ -350,21 +358,26 @@ impl<'c> Server<'c> {
 
     // ---- sleeping -------------------------------------------------------------------------
 
+    /// How long the loop's `epoll_wait` may sleep; or, when a spin's look at the epoll set found
+    /// events, `peeked` says how many are in `events` already (the timeout is then unused).
     fn sleep_timeout(&mut self) -> EpollTimeout {
+        self.peeked = 0;
         if self.inbound.has_data() {
             return EpollTimeout::ZERO;
         }
         if (self.owed || self.replied) && self.links.any_live() {
             let (inbound, links, epoll) = (&self.inbound, &self.links, &self.cx.epoll);
+            let (events, peeked) = (&mut self.events, &mut self.peeked);
             let mut looks = 0u32;
-            let mut peek = [EpollEvent::empty(); 1];
-            // Level-triggered: an event seen by the peek is reported again by the loop's own
-            // epoll_wait (timeout 0), so nothing is consumed here.
+            // A look at the epoll set fetches the events themselves: the loop handles them
+            // (`peeked`) without a second epoll_wait.
             let hit = self.spin.spin(|| {
                 looks = looks.wrapping_add(1);
                 inbound.live_has_data(links)
-                    || (looks.is_multiple_of(SPIN_EPOLL_EVERY)
-                        && epoll.wait(&mut peek, EpollTimeout::ZERO).is_ok_and(|n| n > 0))
+                    || (looks.is_multiple_of(SPIN_EPOLL_EVERY) && {
+                        *peeked = epoll.wait(events, EpollTimeout::ZERO).unwrap_or(0);
+                        *peeked > 0
+                    })
             });
             if hit {
                 return EpollTimeout::ZERO;
