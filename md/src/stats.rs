@@ -183,8 +183,12 @@ impl MdStatsSink {
     /// A batch begins with input waiting: records the queue wait of io_conn's latest publish if
     /// it is new. Call only when the input ring shows data, so that a publish stamp io_conn wrote
     /// before that data is visible and not later than our clock reading.
+    /// Reads the clock only if there is a new stamp to record.
     #[inline]
     pub(crate) fn pickup(&mut self) {
+        if !self.in_consumer.pickup_pending() {
+            return;
+        }
         let now = monotonic_ns();
         self.batch_ns = now;
         self.in_consumer.note_pickup(now);

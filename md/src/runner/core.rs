@@ -306,6 +306,9 @@ impl<F: fmt::Debug> Core<F> {
         svc: &mut S,
         tx: &mut Producer,
     ) -> bool {
+        if self.ready.is_empty() {
+            return false; // (no clock read on the common path)
+        }
         let budget = self.opts.slice;
         let round_start = Instant::now();
         let mut ran = false;

@@ -314,6 +314,13 @@ impl QueueConsumerStats {
         self.b.add(QueueConsumer::WaitSumNs.word(), ns);
         write_end(&w[0]);
     }
+    /// The producer stamped a publish that [`Self::note_pickup`] has not recorded yet (one relaxed
+    /// load: lets the caller skip its clock read when there is nothing to record).
+    #[inline]
+    pub fn pickup_pending(&self) -> bool {
+        let stamp = self.partner.get(QueueProducer::LastPublishNs.word());
+        stamp != 0 && stamp != self.last_stamp
+    }
     /// Call when a batch begins (after a wake-up or a successful spin): if the producer stamped a
     /// publish not recorded yet, records `now - stamp` and returns it.
     #[inline]
