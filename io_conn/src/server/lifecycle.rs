@@ -136,10 +136,12 @@ impl Server<'_> {
         self.links.reset(&mut self.cx, &mut self.inbound, stats, i);
     }
 
-    /// Handles every frame left in md `i`'s `out` ring, as the loop would (a dead producer's
-    /// last flush is visible: its tail store was a Release, our load an Acquire). Stops at a
-    /// corrupt frame. Returns how many frames were handled.
+    /// Handles every frame left in md `i`'s `out` ring, as the loop would: every frame md
+    /// committed (stamped), including those of a last batch it never flushed
+    /// (`Consumer::producer_gone`). Stops at a corrupt frame. Returns how many frames were
+    /// handled.
     fn drain_gone(&mut self, i: u32) -> u64 {
+        self.inbound.producer_gone(i as usize);
         let mut frames = 0;
         for _ in 0..DRAIN_ROUNDS {
             let stats = self.stats.as_mut().and_then(|st| st.slot(i));

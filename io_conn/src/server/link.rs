@@ -630,6 +630,14 @@ impl Inbound {
         }
     }
 
+    /// Instance `i`'s md is gone: its ring's stamped frames are taken even if it never flushed
+    /// them (`Consumer::producer_gone`), before the reset.
+    pub(super) fn producer_gone(&mut self, i: usize) {
+        if let Some(Some(r)) = self.rx.get_mut(i) {
+            r.half.rx.producer_gone();
+        }
+    }
+
     /// Instance `i`'s consumer (for the stats halves).
     fn consumer(&self, i: usize) -> Option<&Consumer> {
         self.rx.get(i).and_then(Option::as_ref).map(|r| &r.half.rx)

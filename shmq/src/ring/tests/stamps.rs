@@ -29,6 +29,30 @@ fn frames_are_visible_at_commit_when_caught_up_and_the_rest_of_a_batch_at_its_fl
     assert_eq!(rx.drain(10, |f| assert_eq!(f.payload, b"three")), Ok(1));
 }
 
+/// A producer that died (or is dropped) after stamping a batch it never flushed: once told
+/// (`producer_gone`), the consumer takes every stamped frame of it, in order, and stops at the
+/// first position not stamped (a frame reserved and never committed), without any corruption.
+#[test]
+fn a_gone_producers_stamped_unflushed_frames_are_taken_after_producer_gone() {
+    let (_m, mut tx, mut rx) = ring(Direction::ToMd);
+    tx.try_push(FlowId(1), Kind::Data, 0, b"one").unwrap();
+    assert_eq!(rx.drain(10, |_| {}), Ok(1), "the first of the batch, at its commit");
+    // (Two frames: with the first, under half of the test ring, which a producer flushes itself.)
+    for (id, p) in [(2, &b"two"[..]), (3, b"three")] {
+        tx.try_push(FlowId(id), Kind::Data, 0, p).unwrap();
+    }
+    let mut r = tx.reserve(10).unwrap(); // being written when it died: never stamped
+    r.buf()[..4].copy_from_slice(b"half");
+    assert_eq!(shared_tail(&rx), 0, "nothing flushed");
+    assert_eq!(rx.drain(10, |_| {}), Ok(0), "a live producer's batch waits for its flush");
+    rx.producer_gone();
+    let mut seen = vec![];
+    assert_eq!(rx.drain(10, |f| seen.push((f.flowid.0, f.payload.to_vec()))), Ok(2));
+    assert_eq!(seen, [(2, b"two".to_vec()), (3, b"three".to_vec())]);
+    assert!(!rx.has_data(), "the reserved frame is not taken");
+    assert_eq!(rx.corruption(), None);
+}
+
 /// A stamp left from an earlier lap (the right offset, an older position) is not a frame: the
 /// consumer takes only `position + 1`.
 #[test]
