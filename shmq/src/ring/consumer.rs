@@ -190,7 +190,7 @@ impl Consumer {
 
     /// The producer is gone (its process exited, or it is being dropped): from now on every frame
     /// it stamped is taken, flushed or not. A live producer's unflushed batch waits for its flush
-    /// ([`Self::caught_up`]: only to keep off the line it is writing), but a dead one will never
+    /// (`caught_up`: only to keep off the line it is writing), but a dead one will never
     /// flush, and the frames it committed (stamped, with the next stamp cleared first) are whole:
     /// a reply it finished before it died is delivered rather than lost with the reset. Frames
     /// are validated as always; a producer still running is harmless too (it only loses the
