@@ -388,34 +388,29 @@ pub(super) fn credit_verdict(oldest: Option<Instant>, now: Instant) -> Verdict {
 }
 
 /// Pushes one DRAINED frame returning a `flow`-dispatched connection's held-back credit to its md;
-/// false if its ring was full (to be retried). An md without a ring is owed nothing any more.
+/// false if its ring was full (to be retried).
 fn push_flow_drained(cx: &mut Cx, links: &mut Links, id: FlowId, f: &mut Flow) -> bool {
-    let Some((tx, pushed)) = links.tx(f.md) else {
-        f.drained = 0;
-        return true;
-    };
-    match tx.try_push(id, Kind::Drained, 0, &frame::encode_drained(f.drained)) {
-        Ok(()) => {
-            *pushed = true;
-            f.drained = 0;
-            cx.c[Io::DrainedFrames] += 1;
-            true
-        }
-        Err(_) => false,
-    }
+    push_credit(cx, links, id, f.md, &mut f.drained)
 }
 
 /// Pushes one DRAINED frame returning `p.drained` to md `p.md`; false if its ring was full (to be
-/// retried). An md without a ring is owed nothing any more.
+/// retried).
 fn push_drained(cx: &mut Cx, links: &mut Links, id: FlowId, p: &mut Peer) -> bool {
-    let Some((tx, pushed)) = links.tx(p.md) else {
-        p.drained = 0; // no ring: nobody to return it to
+    push_credit(cx, links, id, p.md, &mut p.drained)
+}
+
+/// Pushes one DRAINED frame returning `*owed` bytes of flow `id`'s credit to md `md` and zeroes
+/// `*owed`; false if its ring was full (to be retried). An md without a ring is owed nothing any
+/// more.
+fn push_credit(cx: &mut Cx, links: &mut Links, id: FlowId, md: u32, owed: &mut u64) -> bool {
+    let Some((tx, pushed)) = links.tx(md) else {
+        *owed = 0; // no ring: nobody to return it to
         return true;
     };
-    match tx.try_push(id, Kind::Drained, 0, &frame::encode_drained(p.drained)) {
+    match tx.try_push(id, Kind::Drained, 0, &frame::encode_drained(*owed)) {
         Ok(()) => {
             *pushed = true;
-            p.drained = 0;
+            *owed = 0;
             cx.c[Io::DrainedFrames] += 1;
             true
         }
