@@ -29,6 +29,8 @@ pub fn ring(data: &[u8]) {
     // What an honest run must read back, in order (every committed frame).
     let mut expected: std::collections::VecDeque<Vec<u8>> = Default::default();
     let mut hostile = false;
+    // The consumer was told the producer is gone (op 8 with 0x80): it takes every stamped frame.
+    let mut gone = false;
     let mut seq = 0u64;
 
     let check = |payload: &[u8]| {
@@ -118,6 +120,7 @@ pub fn ring(data: &[u8]) {
                 hdr.head.0.store(t.wrapping_add_signed(d), Ordering::Relaxed);
                 hostile = true;
                 rx = Consumer::attach(shared.clone(), 0).ok();
+                gone = false;
             }
             6 => {
                 if let Some(c) = rx.as_mut() {
@@ -133,6 +136,11 @@ pub fn ring(data: &[u8]) {
                             if release {
                                 c.release();
                             }
+                        }
+                        // A consumer told the producer is gone takes every committed frame,
+                        // flushed or not.
+                        Ok(None) if gone && !hostile => {
+                            assert!(expected.is_empty(), "a gone producer's committed frame missed")
                         }
                         // A consumer that took frames of a batch not flushed yet sees the rest
                         // of it at its flush: flush, then it must see one.
@@ -163,6 +171,10 @@ pub fn ring(data: &[u8]) {
             }
             _ => {
                 if let Some(c) = rx.as_mut() {
+                    if op & 0x80 != 0 {
+                        c.producer_gone();
+                        gone = true;
+                    }
                     c.publish();
                     let _ = c.has_data();
                 }
