@@ -27,9 +27,10 @@
 //!    unless backing off after spins that found nothing or the machine has more than twice as
 //!    many runnable threads as CPUs) on the md→io rings and, every few looks, the epoll set
 //!    (`epoll_wait` with timeout 0: a lone client's next request comes after its own round
-//!    trip; the events it fetches are the ones step 2 handles); otherwise arm each md→io ring's doorbell (drain the FIFO,
-//!    set `armed`, fence, re-check) and sleep — 1 ms at most while flows are blocked on a full
-//!    ring or DRAINED frames are deferred, else until an event (the timerfd covers deadlines).
+//!    trip; the events it fetches are the ones step 2 handles); otherwise arm each md→io
+//!    ring's doorbell (drain the FIFO, set `armed`, fence, re-check) and sleep — 1 ms at most
+//!    while flows are blocked on a full ring or DRAINED frames are deferred, else until an
+//!    event (the timerfd covers deadlines).
 //! 2. Handle every epoll event (accept, read, write, doorbells, pidfds, timer, signals).
 //! 3. Drain every md→io ring (frames are handled in place, then released).
 //! 4. Retry the flows blocked on a full io→md ring, in FIFO order per ring.
