@@ -16,9 +16,11 @@ use crate::contention::Contention;
 /// * the budget is not zero (zero: never spin);
 /// * it is not backing off: after `k` spins in a row that ran out the budget without work
 ///   (misses), the next `2^k` opportunities are skipped (`k` at most
-///   [`Self::MAX_BACKOFF_SHIFT`]); a spin that finds work (a hit) resets `k`. A peer that answers
-///   within the budget keeps the gate open; one that does not costs one wasted budget per
-///   `2^k` opportunities, a fraction that halves with every further miss;
+///   [`Self::MAX_BACKOFF_SHIFT`]); a spin that finds work (a hit) resets `k`, and so does a
+///   sleep that ended in work sooner than the budget ([`Self::note_wake`]: a spin would have
+///   found it). A peer that answers within the budget keeps the gate open; one that does not
+///   costs one wasted budget per `2^k` opportunities, a fraction that halves with every
+///   further miss;
 /// * the machine is not crowded: at most twice as many runnable threads as CPUs
 ///   ([`Contention`]: the `procs_running` of `/proc/loadavg`, read at most once per ms).
 ///
@@ -87,6 +89,20 @@ impl SpinGate {
     /// The spin budget.
     pub fn budget(&self) -> Duration {
         self.budget
+    }
+
+    /// The loop slept (armed its doorbells and waited) for `slept` and woke to work. Had it
+    /// spun, a spin of the budget would have found that work: a backoff in progress ends and
+    /// the next opportunity spins. This is how the gate recovers from misses that were not the
+    /// peer's silence: on a VM whose vCPUs the host preempts, a spin runs out its budget while
+    /// the peer's vCPU is not running, and without this the backoff then kept a lone client
+    /// paying a wake-up per request for up to 2^8 requests after the host let go. A loop whose
+    /// peer is really quiet sleeps longer than the budget, and its backoff stands.
+    pub fn note_wake(&mut self, slept: Duration) {
+        if slept < self.budget {
+            self.misses = 0;
+            self.skip = 0;
+        }
     }
 
     /// One spin opportunity: if the gate is open (see the type's docs), spins up to the budget;
@@ -184,6 +200,32 @@ mod tests {
             assert_eq!(sut.skip, want, "{k} misses in a row");
         }
         assert_eq!(sut.misses, SpinGate::MAX_BACKOFF_SHIFT);
+    }
+
+    /// A wake-up to work sooner than the budget after the loop went to sleep ends a backoff (a
+    /// spin would have found that work); a longer sleep leaves it alone.
+    #[test]
+    fn a_wake_within_the_budget_ends_a_backoff_a_longer_one_does_not() {
+        let mut sut =
+            SpinGate::with_contention(Duration::from_micros(50), Contention::fixed(Some(1), 2));
+        // Three misses in a row (each `spin` misses or skips an opportunity).
+        while sut.misses < 3 {
+            let _ = sut.spin(|| false);
+        }
+        assert!(sut.skip > 0, "backing off");
+        sut.note_wake(Duration::from_micros(50));
+        assert!(sut.skip > 0 && sut.misses == 3, "a sleep of the whole budget: backoff stands");
+        sut.note_wake(Duration::from_micros(20));
+        assert_eq!((sut.misses, sut.skip), (0, 0));
+        let mut called = false;
+        assert!(
+            sut.spin(|| {
+                called = true;
+                true
+            }),
+            "the next opportunity spins"
+        );
+        assert!(called);
     }
 
     #[test]

@@ -314,7 +314,11 @@ impl<'c> Server<'c> {
         self.rearm_timer();
         while !self.exit {
             let timeout = self.sleep_timeout();
-            let n = match std::mem::take(&mut self.peeked) {
+            let peeked = std::mem::take(&mut self.peeked);
+            // A real sleep: how long it lasted tells the spin gate whether a spin would have
+            // paid (`SpinGate::note_wake`).
+            let slept_from = (peeked == 0 && timeout != EpollTimeout::ZERO).then(Instant::now);
+            let n = match peeked {
                 0 => match self.cx.epoll.wait(&mut self.events, timeout) {
                     Ok(n) => n,
                     Err(Errno::EINTR) => 0,
@@ -327,6 +331,9 @@ impl<'c> Server<'c> {
                 self.cx.c[Io::EpollEvents] += n as u64;
             }
             self.cx.now = Instant::now();
+            if let (Some(t), true) = (slept_from, n > 0) {
+                self.spin.note_wake(self.cx.now.saturating_duration_since(t));
+            }
             self.cx.now_ns = monotonic_ns();
             self.watchdog.tick(self.cx.now);
             for k in 0..n {

@@ -646,6 +646,8 @@ where
                     TOKEN_BELL if sleep => {
                         ep.rx.note_wakeup();
                         self.core.stats[Md::Wakeups] += 1;
+                        // Input within the budget: a spin would have paid (ends a backoff).
+                        gate.note_wake(last_poll.elapsed());
                     }
                     TOKEN_TIMER => {
                         let mut buf = [0u8; 8];
