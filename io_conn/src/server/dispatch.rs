@@ -57,7 +57,7 @@ use shmq::frame::{self, FlowId, Kind};
 
 use super::{Clients, Cx, Links, SHORT_TICK};
 use crate::counters::Io;
-use crate::flows::{AfterFlush, Flow, InputEnd, NO_MD, Peer, ReqFlow, State, TooLong};
+use crate::flows::{AfterFlush, InputEnd, NO_MD, Peer, ReqFlow, State, TooLong};
 
 impl Clients {
     /// A DATA frame of md `i` for `request`-dispatched flow `slot`.
@@ -341,7 +341,7 @@ impl Clients {
                     match credit_verdict((f.owed > 0).then_some(f.owed_since), cx.now) {
                         Verdict::Idle => {}
                         Verdict::Young => keep = true,
-                        Verdict::Return => keep = !push_flow_drained(cx, links, id, f),
+                        Verdict::Return => keep = !push_credit(cx, links, id, f.md, &mut f.drained),
                     }
                 }
             } else if f.state == State::Open {
@@ -385,12 +385,6 @@ pub(super) fn credit_verdict(oldest: Option<Instant>, now: Instant) -> Verdict {
         Some(t) if now.saturating_duration_since(t) >= SHORT_TICK => Verdict::Return,
         Some(_) => Verdict::Young,
     }
-}
-
-/// Pushes one DRAINED frame returning a `flow`-dispatched connection's held-back credit to its md;
-/// false if its ring was full (to be retried).
-fn push_flow_drained(cx: &mut Cx, links: &mut Links, id: FlowId, f: &mut Flow) -> bool {
-    push_credit(cx, links, id, f.md, &mut f.drained)
 }
 
 /// Pushes one DRAINED frame returning `p.drained` to md `p.md`; false if its ring was full (to be
