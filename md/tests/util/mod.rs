@@ -250,7 +250,11 @@ impl Io {
     /// them. This is how a test shows that md sent nothing it should not have: it sends a later
     /// request (on another flow, or on the same one) and asserts that its answer comes first.
     /// md handles its input in ring order and its output ring is FIFO, so anything md wrongly
-    /// sent earlier is in front of that answer.
+    /// sent in an earlier pass is in front of that answer. Across flows that is all: within one
+    /// pass md pushes the output flow by flow, in the order the flows were first touched in the
+    /// pass's input batch (`Core::pump_dirty`), not in the order the replies were written. So do
+    /// not use it to say which of two flows' answers comes first when md may run both requests in
+    /// one pass (see `fairness::slice_zero_runs_long_work_to_its_end`).
     pub fn expect_next_bytes(&mut self, flow: FlowId, want: &[u8]) {
         let mut got = Vec::new();
         while got.len() < want.len() {
