@@ -362,53 +362,21 @@ fn slice_zero_runs_long_work_to_its_end() {
     let (a, b) = (flow(260), flow(261));
     io.open(a, "dumb", BIG);
     io.open(b, "dumb", BIG);
-    io.lines(
-        a,
-        "BURN 10000000
-",
-    );
-    io.lines(
-        b, "PING
-",
-    );
-    io.expect_bytes(
-        a,
-        b"RESULT 50000005000000
-",
-    );
-    io.expect_bytes(
-        b, b"PONG
-",
-    );
+    io.lines(a, "BURN 10000000\n");
+    io.lines(b, "PING\n");
+    io.expect_bytes(a, b"RESULT 50000005000000\n");
+    io.expect_bytes(b, b"PONG\n");
     // With slicing the BURN would yield at once and b's PING run between two of its slices:
     // [Message(a, Yield), Message(b, Done), Resume(a, Yield), ...].
     use Call::Message;
     let done = Status::Done;
     assert_eq!(*calls.lock().unwrap(), [Message(a, done), Message(b, done)]);
     // The three requests published at once: md runs them in ring order, each to its end.
-    for (f, line) in [
-        (
-            b, "PING
-",
-        ),
-        (
-            a,
-            "BURN 10000000
-",
-        ),
-        (
-            b, "PING
-",
-        ),
-    ] {
+    for (f, line) in [(b, "PING\n"), (a, "BURN 10000000\n"), (b, "PING\n")] {
         io.tx.try_push(f, Kind::Data, 0, line.as_bytes()).expect("room in the input ring");
     }
     io.tx.flush();
-    io.expect_bytes(
-        a,
-        b"RESULT 50000005000000
-",
-    );
+    io.expect_bytes(a, b"RESULT 50000005000000\n");
     io.expect_bytes(b, b"PONG\nPONG\n");
     let want = [Message(b, done), Message(a, done), Message(b, done)];
     assert_eq!(calls.lock().unwrap()[2..], want);
