@@ -8,7 +8,8 @@
 #                              # haproxy, ...
 #   scripts/deps.sh package    # also cargo-deb (scripts/package.sh)
 #   scripts/deps.sh ci         # package, plus what only CI steps use: systemd-nspawn
-#                              # (.ci/systemd-container) and the DejaVu font (bench-table's chart)
+#                              # (.ci/systemd-container), nginx (peers-ab's smoke run) and the
+#                              # DejaVu font (bench-table's chart)
 #
 # SHMSRV_NO_INSTALL=1 installs nothing: it only says what is missing (scripts/test.sh then falls
 # back to `cargo test`, and the tests that need a missing tool say they skip). A failed install
@@ -72,6 +73,8 @@ if $want_package; then
 fi
 if $want_ci; then
     apt_for[systemd-nspawn]=systemd-container
+    # nginx: the peer of scripts/peers-ab.sh http (smoke-run by .ci/bench-smoke).
+    apt_for[nginx]=nginx-light
 fi
 missing=()
 for cmd in "${!apt_for[@]}"; do
