@@ -184,6 +184,7 @@ fn service_close_marks_the_last_reply_and_closes_after_it() {
     io.open(other, "q", 1 << 20);
     io.lines(other, "PING\n");
     io.expect_next_bytes(other, b"PONG\n");
+    io.expect_nothing_else(other, "PING\n", b"PONG\n");
     io.stop();
 }
 
@@ -202,6 +203,7 @@ fn service_close_from_a_timer_drops_held_requests() {
     io.open(other, "q", 1 << 20);
     io.lines(other, "PING\n");
     io.expect_next_bytes(other, b"PONG\n");
+    io.expect_nothing_else(other, "PING\n", b"PONG\n");
     io.stop();
 }
 

@@ -239,6 +239,7 @@ fn eof_answers_everything_then_closes() {
     io.open(g, "reverse", BIG);
     io.data(g, b"ab\n");
     io.expect_next_bytes(g, b"ba\n");
+    io.expect_nothing_else(g, "cd\n", b"dc\n");
     let (_, stats) = io.stop();
     // f after its EOF; g when md left (shutdown: an idle flow-dispatched flow is closed).
     assert_eq!(stats[Md::ClosesOut], 2);
@@ -261,6 +262,7 @@ fn eof_waits_for_credit_before_close() {
     io.open(g, "dumb", BIG);
     io.lines(g, "PING\n");
     io.expect_next_bytes(g, b"PONG\n");
+    io.expect_nothing_else(g, "PING\n", b"PONG\n");
     io.drained(f, 4);
     io.expect_next_bytes(f, b"\n");
     io.expect_kind(f, Kind::Close);
@@ -285,6 +287,7 @@ fn close_from_io_cancels_wait_and_stream() {
     // out, and a CLOSE that ended a's WAIT early would have its PING answered at once).
     io.lines(c, "WAIT 200\nPING\n");
     io.expect_next_bytes(c, b"DONE\nPONG\n");
+    io.expect_nothing_else(c, "PING\n", b"PONG\n");
     let (_, stats) = io.stop();
     assert_eq!(stats[Md::ClosesIn], 2);
 }
@@ -356,6 +359,7 @@ fn credit_blocked_flow_holds_requests_until_drained() {
     io.open(g, "dumb", BIG);
     io.lines(g, "PING\n");
     io.expect_next_bytes(g, b"PONG\n");
+    io.expect_nothing_else(g, "PING\n", b"PONG\n");
     io.drained(f, 5);
     io.expect_bytes(f, b"PONG\nPONG\n");
 }

@@ -260,6 +260,7 @@ fn close_of_a_yielded_flow_drops_its_work() {
     // Nothing of `a` ever comes: a later request of b is answered first.
     io.lines(b, "WORK 2\n");
     io.expect_next_bytes(b, b"done 2\n");
+    io.expect_nothing_else(b, "PING\n", b"PONG\n");
     let (exit, _) = io.stop();
     assert_eq!(exit, Exit::Shutdown);
 }

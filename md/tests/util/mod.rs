@@ -275,6 +275,17 @@ impl Io {
         );
     }
 
+    /// Shows that md sent nothing for another flow in the pass that answered `flow`'s last
+    /// request, which [`Self::expect_next_bytes`] alone cannot (md pushes a pass's output flow by
+    /// flow, so a frame md wrongly wrote for another flow in that pass can sit right after the
+    /// answer): sends `req` on `flow`, which md runs in a later pass, and expects its answer
+    /// `want` as the very next frames. Call it right after the `expect_next_bytes` whose answer
+    /// it extends.
+    pub fn expect_nothing_else(&mut self, flow: FlowId, req: &str, want: &[u8]) {
+        self.lines(flow, req);
+        self.expect_next_bytes(flow, want);
+    }
+
     /// Expects HELLO as the very first frame.
     pub fn expect_hello(&mut self) -> Hello {
         let o = self.recv();
