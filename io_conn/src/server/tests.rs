@@ -252,6 +252,14 @@ fn credit_verdicts() {
     assert_eq!(credit_verdict(Some(now + SHORT_TICK), now), Verdict::Young);
 }
 
+/// The loop's DRAINED step for `ticks` iterations, each two short ticks after the last.
+fn run_ticks(cx: &mut Cx, cl: &mut Clients, links: &mut Links, ticks: u32) {
+    for _ in 0..ticks {
+        cl.flush_drained(cx, links, true);
+        cx.now += super::SHORT_TICK * 2;
+    }
+}
+
 /// md 0 answers the flow's only request; then the loop runs a few iterations.
 fn answer_and_tick(mds: &[u32], ticks: u32) -> (Cx, Clients, FlowId) {
     use std::io::Read;
@@ -263,10 +271,7 @@ fn answer_and_tick(mds: &[u32], ticks: u32) -> (Cx, Clients, FlowId) {
     let mut got = [0u8; 5];
     client.read_exact(&mut got).expect("read");
     assert_eq!(&got, b"PONG\n");
-    for _ in 0..ticks {
-        cl.flush_drained(&mut cx, &mut links, true);
-        cx.now += super::SHORT_TICK * 2;
-    }
+    run_ticks(&mut cx, &mut cl, &mut links, ticks);
     (cx, cl, id)
 }
 
@@ -375,10 +380,7 @@ fn flow_answer_and_tick(owed: u32, reply: &'static [u8], ticks: u32) -> (Cx, Cli
     let mut got = vec![0u8; reply.len()];
     client.read_exact(&mut got).expect("read");
     assert_eq!(got, reply);
-    for _ in 0..ticks {
-        cl.flush_drained(&mut cx, &mut links, true);
-        cx.now += super::SHORT_TICK * 2;
-    }
+    run_ticks(&mut cx, &mut cl, &mut links, ticks);
     (cx, cl, id)
 }
 
